@@ -1,0 +1,2 @@
+//! kiln: pull Ollama models straight from the Ollama registry and bake them
+//! into OCI images, with no Ollama and no Docker daemon.

@@ -1,0 +1,1 @@
+//! kiln-plugin: the Rust guest SDK for kiln request-filter plugins.

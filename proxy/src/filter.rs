@@ -1,0 +1,60 @@
+//! The request-filter stage: the one place where policy (the wasm plugin
+//! chain) sees an inference request before it is forwarded to Ollama.
+//!
+//! The forwarding code only knows this trait; everything wasmtime-specific
+//! lives in the plugin host module that implements it.
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// What kind of request this is, as the plugins see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RouteKind {
+    OllamaGenerate,
+    OllamaChat,
+    OllamaEmbed,
+    OpenaiChat,
+    OpenaiCompletions,
+    OpenaiEmbeddings,
+    Other,
+}
+
+/// A request as handed to the filter stage.
+#[derive(Clone, Debug)]
+pub struct FilterRequest {
+    pub route: RouteKind,
+    pub method: String,
+    pub path: String,
+    /// Header names lower-cased, in arrival order.
+    pub headers: Vec<(String, String)>,
+    /// The JSON body as received (or as rewritten by earlier filters).
+    pub body: Vec<u8>,
+    /// The model named in the body, when there is one.
+    pub model: Option<String>,
+}
+
+/// The outcome of the whole filter stage.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Forward this (possibly rewritten) request.
+    Forward(FilterRequest),
+    /// Answer the client with this status and message, rendered in the
+    /// client's error format (Ollama or OpenAI) by the caller.
+    Reject { status: u16, message: String },
+}
+
+pub type VerdictFuture<'a> = Pin<Box<dyn Future<Output = Verdict> + Send + 'a>>;
+
+/// A stage that decides what happens to a request before it is forwarded.
+pub trait RequestFilter: Send + Sync {
+    fn apply(&self, request: FilterRequest) -> VerdictFuture<'_>;
+}
+
+/// The stage when no plugins are configured: every request goes through as is.
+pub struct NoFilters;
+
+impl RequestFilter for NoFilters {
+    fn apply(&self, request: FilterRequest) -> VerdictFuture<'_> {
+        Box::pin(async move { Verdict::Forward(request) })
+    }
+}

@@ -1,0 +1,1 @@
+//! Test support shared by kiln's integration tests and benchmarks.
