@@ -58,3 +58,33 @@ impl RequestFilter for NoFilters {
         Box::pin(async move { Verdict::Forward(request) })
     }
 }
+
+/// One `[[plugins]]` entry of the proxy config (DESIGN.md §3).
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSpec {
+    pub name: String,
+    pub path: std::path::PathBuf,
+    /// Optional pin: the proxy refuses to start when the file's sha256 differs.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Route selection (e.g. "generate", "chat", "embed", "openai"); default: all inference routes.
+    #[serde(default)]
+    pub routes: Option<Vec<String>>,
+    /// Opaque to the host; handed to the plugin as JSON.
+    #[serde(default)]
+    pub config: serde_json::Value,
+}
+
+/// What happens to a request when a plugin fails (trap, deadline, bad output).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Fail closed: the request is refused with a 5xx.
+    #[default]
+    Deny,
+    /// Fail open: the request continues as if the plugin allowed it.
+    Allow,
+}
