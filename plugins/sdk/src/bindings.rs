@@ -1,0 +1,11 @@
+//! Generated guest bindings for `kiln:filter/filter`. Plugin code should not
+//! need these: the SDK's own types wrap them.
+
+wit_bindgen::generate!({
+    path: "../wit",
+    world: "filter",
+    // The export macro is used from plugin crates through `export_plugin!`.
+    pub_export_macro: true,
+    export_macro_name: "__export_filter_world",
+    default_bindings_module: "kiln_plugin::bindings",
+});

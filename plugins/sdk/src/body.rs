@@ -1,0 +1,402 @@
+//! Typed views of the request bodies of Ollama's and OpenAI's APIs.
+//!
+//! Every view keeps the fields it does not name in `extra`, so parsing and
+//! re-serializing a body never drops what a client sent: a plugin that only
+//! clamps `num_predict` leaves `format`, `tools` or `keep_alive` alone.
+
+use crate::request::Route;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A JSON object's fields.
+pub type Object = Map<String, Value>;
+
+/// Why a body could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyError(pub String);
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "request body is not valid for this API: {}", self.0)
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+/// One chat message. `content` is a string for Ollama and usually for
+/// OpenAI, but OpenAI also allows a list of parts (`{"type":"text","text":…}`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    #[serde(default)]
+    pub content: Value,
+    #[serde(flatten)]
+    pub extra: Object,
+}
+
+impl Message {
+    pub fn new(role: &str, content: &str) -> Self {
+        Message {
+            role: role.into(),
+            content: Value::String(content.into()),
+            extra: Object::new(),
+        }
+    }
+
+    /// The text of the message (text parts joined by newlines).
+    pub fn text(&self) -> String {
+        let mut out = Vec::new();
+        let mut this = self.clone();
+        this.for_each_text_mut(|t| out.push(t.clone()));
+        out.join("\n")
+    }
+
+    /// Visits every piece of text in the message, for rewriting in place.
+    pub fn for_each_text_mut(&mut self, mut f: impl FnMut(&mut String)) {
+        match &mut self.content {
+            Value::String(s) => f(s),
+            Value::Array(parts) => {
+                for part in parts {
+                    if let Some(Value::String(s)) = part.get_mut("text") {
+                        f(s)
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `POST /api/generate`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GenerateRequest {
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// Runner options: `num_predict`, `num_ctx`, `temperature`, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<Object>,
+    #[serde(flatten)]
+    pub extra: Object,
+}
+
+/// `POST /api/chat`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    #[serde(default)]
+    pub messages: Vec<Message>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<Object>,
+    #[serde(flatten)]
+    pub extra: Object,
+}
+
+/// `POST /api/embed` (`input`: string or list) and `/api/embeddings` (`prompt`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EmbedRequest {
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<Object>,
+    #[serde(flatten)]
+    pub extra: Object,
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OpenaiChatRequest {
+    pub model: String,
+    #[serde(default)]
+    pub messages: Vec<Message>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// The newer name of `max_tokens`; Ollama reads either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u64>,
+    #[serde(flatten)]
+    pub extra: Object,
+}
+
+/// `POST /v1/completions` (`prompt`: string or list of strings) and
+/// `POST /v1/embeddings` (`input`: string or list).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OpenaiCompletionRequest {
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    #[serde(flatten)]
+    pub extra: Object,
+}
+
+/// A request body in the typed view of its route.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Body {
+    OllamaGenerate(GenerateRequest),
+    OllamaChat(ChatRequest),
+    OllamaEmbed(EmbedRequest),
+    OpenaiChat(OpenaiChatRequest),
+    OpenaiCompletions(OpenaiCompletionRequest),
+    OpenaiEmbeddings(OpenaiCompletionRequest),
+    /// A route without a typed view: the JSON as is.
+    Other(Value),
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, BodyError> {
+    serde_json::from_slice(bytes).map_err(|e| BodyError(e.to_string()))
+}
+
+/// Visits the strings of a `prompt`/`input` that may be a string or a list.
+fn for_each_string_mut(value: &mut Value, f: &mut impl FnMut(&mut String)) {
+    match value {
+        Value::String(s) => f(s),
+        Value::Array(items) => items.iter_mut().for_each(|v| for_each_string_mut(v, f)),
+        _ => {}
+    }
+}
+
+impl Body {
+    /// Parses `bytes` as the body of `route`.
+    pub fn parse(route: Route, bytes: &[u8]) -> Result<Body, BodyError> {
+        Ok(match route {
+            Route::OllamaGenerate => Body::OllamaGenerate(parse(bytes)?),
+            Route::OllamaChat => Body::OllamaChat(parse(bytes)?),
+            Route::OllamaEmbed => Body::OllamaEmbed(parse(bytes)?),
+            Route::OpenaiChat => Body::OpenaiChat(parse(bytes)?),
+            Route::OpenaiCompletions => Body::OpenaiCompletions(parse(bytes)?),
+            Route::OpenaiEmbeddings => Body::OpenaiEmbeddings(parse(bytes)?),
+            Route::Other => Body::Other(parse(bytes)?),
+        })
+    }
+
+    /// The body as JSON bytes, unknown fields included.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let result = match self {
+            Body::OllamaGenerate(b) => serde_json::to_vec(b),
+            Body::OllamaChat(b) => serde_json::to_vec(b),
+            Body::OllamaEmbed(b) => serde_json::to_vec(b),
+            Body::OpenaiChat(b) => serde_json::to_vec(b),
+            Body::OpenaiCompletions(b) | Body::OpenaiEmbeddings(b) => serde_json::to_vec(b),
+            Body::Other(v) => serde_json::to_vec(v),
+        };
+        // Serializing maps of JSON values with string keys cannot fail.
+        result.unwrap_or_default()
+    }
+
+    pub fn model(&self) -> Option<&str> {
+        match self {
+            Body::OllamaGenerate(b) => Some(&b.model),
+            Body::OllamaChat(b) => Some(&b.model),
+            Body::OllamaEmbed(b) => Some(&b.model),
+            Body::OpenaiChat(b) => Some(&b.model),
+            Body::OpenaiCompletions(b) | Body::OpenaiEmbeddings(b) => Some(&b.model),
+            Body::Other(v) => v.get("model").and_then(Value::as_str),
+        }
+    }
+
+    pub fn set_model(&mut self, model: &str) {
+        match self {
+            Body::OllamaGenerate(b) => b.model = model.into(),
+            Body::OllamaChat(b) => b.model = model.into(),
+            Body::OllamaEmbed(b) => b.model = model.into(),
+            Body::OpenaiChat(b) => b.model = model.into(),
+            Body::OpenaiCompletions(b) | Body::OpenaiEmbeddings(b) => b.model = model.into(),
+            Body::Other(Value::Object(o)) => {
+                o.insert("model".into(), Value::String(model.into()));
+            }
+            Body::Other(_) => {}
+        }
+    }
+
+    /// The chat messages, for chat routes.
+    pub fn messages_mut(&mut self) -> Option<&mut Vec<Message>> {
+        match self {
+            Body::OllamaChat(b) => Some(&mut b.messages),
+            Body::OpenaiChat(b) => Some(&mut b.messages),
+            _ => None,
+        }
+    }
+
+    /// Visits every piece of user-supplied text: prompts, system prompts,
+    /// message contents and embedding inputs.
+    pub fn for_each_text_mut(&mut self, mut f: impl FnMut(&mut String)) {
+        match self {
+            Body::OllamaGenerate(b) => {
+                b.system.iter_mut().for_each(&mut f);
+                b.prompt.iter_mut().for_each(&mut f);
+            }
+            Body::OllamaChat(b) => b
+                .messages
+                .iter_mut()
+                .for_each(|m| m.for_each_text_mut(&mut f)),
+            Body::OpenaiChat(b) => b
+                .messages
+                .iter_mut()
+                .for_each(|m| m.for_each_text_mut(&mut f)),
+            Body::OllamaEmbed(b) => {
+                b.input
+                    .iter_mut()
+                    .for_each(|v| for_each_string_mut(v, &mut f));
+                b.prompt.iter_mut().for_each(&mut f);
+            }
+            Body::OpenaiCompletions(b) | Body::OpenaiEmbeddings(b) => {
+                b.prompt
+                    .iter_mut()
+                    .for_each(|v| for_each_string_mut(v, &mut f));
+                b.input
+                    .iter_mut()
+                    .for_each(|v| for_each_string_mut(v, &mut f));
+            }
+            Body::Other(_) => {}
+        }
+    }
+
+    /// All user-supplied text, for matching.
+    pub fn texts(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        self.clone().for_each_text_mut(|t| out.push(t.clone()));
+        out
+    }
+
+    /// Ollama's runner options (`options`), created empty when absent; `None`
+    /// for OpenAI routes, which have no such object.
+    pub fn options_mut(&mut self) -> Option<&mut Object> {
+        let options = match self {
+            Body::OllamaGenerate(b) => &mut b.options,
+            Body::OllamaChat(b) => &mut b.options,
+            Body::OllamaEmbed(b) => &mut b.options,
+            _ => return None,
+        };
+        Some(options.get_or_insert_with(Object::new))
+    }
+
+    /// The cap on generated tokens the client asked for: `options.num_predict`
+    /// for Ollama, `max_completion_tokens` or `max_tokens` for OpenAI. Ollama's
+    /// `num_predict` of -1 (or any negative) means "no limit" and reads as `None`.
+    pub fn max_tokens(&self) -> Option<u64> {
+        match self {
+            Body::OllamaGenerate(GenerateRequest { options, .. })
+            | Body::OllamaChat(ChatRequest { options, .. }) => {
+                options.as_ref()?.get("num_predict")?.as_u64()
+            }
+            Body::OpenaiChat(b) => b.max_completion_tokens.or(b.max_tokens),
+            Body::OpenaiCompletions(b) => b.max_tokens,
+            _ => None,
+        }
+    }
+
+    /// Sets the cap on generated tokens (see [`Body::max_tokens`]); no-op for
+    /// embedding routes, which generate nothing.
+    pub fn set_max_tokens(&mut self, n: u64) {
+        match self {
+            Body::OllamaGenerate(_) | Body::OllamaChat(_) => {
+                if let Some(o) = self.options_mut() {
+                    o.insert("num_predict".into(), Value::from(n));
+                }
+            }
+            Body::OpenaiChat(b) => {
+                // Ollama takes max_completion_tokens over max_tokens when both
+                // are present, so a clamp must hold for both names.
+                if b.max_completion_tokens.is_some() {
+                    b.max_completion_tokens = Some(n);
+                }
+                b.max_tokens = Some(n);
+            }
+            Body::OpenaiCompletions(b) => b.max_tokens = Some(n),
+            _ => {}
+        }
+    }
+
+    /// Whether this route generates text (and so has a token cap).
+    pub fn generates(&self) -> bool {
+        matches!(
+            self,
+            Body::OllamaGenerate(_)
+                | Body::OllamaChat(_)
+                | Body::OpenaiChat(_)
+                | Body::OpenaiCompletions(_)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unknown_fields_survive_a_round_trip() {
+        let src = json!({"model":"m","messages":[{"role":"user","content":"hi","images":["x"]}],"stream":false,"format":"json","options":{"seed":1}});
+        let body = Body::parse(Route::OllamaChat, src.to_string().as_bytes()).unwrap();
+        let back: Value = serde_json::from_slice(&body.to_bytes()).unwrap();
+        assert_eq!(back, src);
+    }
+
+    #[test]
+    fn texts_cover_prompts_messages_parts_and_inputs() {
+        let chat = json!({"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"u"}}]},{"role":"assistant","content":"b"}]});
+        let body = Body::parse(Route::OpenaiChat, chat.to_string().as_bytes()).unwrap();
+        assert_eq!(body.texts(), vec!["a", "b"]);
+        let gen_body = json!({"model":"m","system":"s","prompt":"p"});
+        assert_eq!(
+            Body::parse(Route::OllamaGenerate, gen_body.to_string().as_bytes())
+                .unwrap()
+                .texts(),
+            vec!["s", "p"]
+        );
+        let embed = json!({"model":"m","input":["x","y"]});
+        assert_eq!(
+            Body::parse(Route::OllamaEmbed, embed.to_string().as_bytes())
+                .unwrap()
+                .texts(),
+            vec!["x", "y"]
+        );
+    }
+
+    #[test]
+    fn max_tokens_maps_to_each_api() {
+        let mut b = Body::parse(Route::OllamaChat, br#"{"model":"m"}"#).unwrap();
+        assert_eq!(b.max_tokens(), None);
+        b.set_max_tokens(64);
+        assert_eq!(b.max_tokens(), Some(64));
+        assert_eq!(
+            serde_json::from_slice::<Value>(&b.to_bytes()).unwrap()["options"]["num_predict"],
+            64
+        );
+
+        let mut b = Body::parse(
+            Route::OpenaiChat,
+            br#"{"model":"m","max_completion_tokens":900}"#,
+        )
+        .unwrap();
+        assert_eq!(b.max_tokens(), Some(900));
+        b.set_max_tokens(100);
+        let v: Value = serde_json::from_slice(&b.to_bytes()).unwrap();
+        assert_eq!(
+            (
+                v["max_tokens"].as_u64(),
+                v["max_completion_tokens"].as_u64()
+            ),
+            (Some(100), Some(100))
+        );
+    }
+
+    #[test]
+    fn wrong_shapes_are_errors_not_panics() {
+        assert!(Body::parse(Route::OllamaChat, b"not json").is_err());
+        assert!(
+            Body::parse(Route::OllamaChat, br#"{"messages":[]}"#).is_err(),
+            "model is required"
+        );
+        assert!(Body::parse(Route::OllamaChat, br#"{"model":"m","messages":"x"}"#).is_err());
+    }
+}
