@@ -1,0 +1,267 @@
+//! The bytes Ollama writes: NDJSON chunks for `/api/*`, SSE events for `/v1/*`,
+//! the final metrics chunk, and the error bodies of both styles.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+/// The completion text, one word per token. Deterministic, so tests can
+/// compare what came through a proxy with what the emulator sent.
+const WORDS: &[&str] = &[
+    "The ",
+    "sky ",
+    "is ",
+    "blue ",
+    "because ",
+    "air ",
+    "scatters ",
+    "short ",
+    "wavelengths",
+    ". ",
+];
+
+pub fn token(i: usize) -> &'static str {
+    WORDS[i % WORDS.len()]
+}
+
+pub fn text(n: usize) -> String {
+    (0..n).map(token).collect()
+}
+
+/// RFC 3339 UTC with nanoseconds, as Go's `time.Time` marshals.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, day) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_nanos()
+    )
+}
+
+pub fn now() -> String {
+    rfc3339(SystemTime::now())
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// Days since 1970-01-01 to (year, month, day); Howard Hinnant's algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Which API a generation answers, and so how its chunks look.
+#[derive(Clone, Debug)]
+pub enum Shape {
+    Generate,
+    Chat,
+    OpenaiChat { id: String, include_usage: bool },
+    OpenaiCompletion { id: String },
+}
+
+/// Numbers of the final chunk.
+pub struct Totals {
+    pub prompt_tokens: usize,
+    pub eval_tokens: usize,
+    pub elapsed: Duration,
+    pub load: Duration,
+    pub done_reason: &'static str,
+}
+
+fn ndjson(v: &Value) -> Bytes {
+    let mut b = serde_json::to_vec(v).unwrap_or_default();
+    b.push(b'\n');
+    Bytes::from(b)
+}
+
+fn sse(v: &Value) -> String {
+    format!("data: {v}\n\n")
+}
+
+fn ollama_metrics(v: &mut Value, t: &Totals) {
+    let total = t.elapsed.as_nanos() as u64;
+    let load = t.load.as_nanos() as u64;
+    let eval = total.saturating_sub(load) * 9 / 10;
+    let extra = json!({
+        "done": true,
+        "done_reason": t.done_reason,
+        "total_duration": total,
+        "load_duration": load,
+        "prompt_eval_count": t.prompt_tokens,
+        "prompt_eval_duration": total.saturating_sub(load).saturating_sub(eval),
+        "eval_count": t.eval_tokens,
+        "eval_duration": eval,
+    });
+    if let (Some(obj), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
+        obj.extend(extra.clone());
+    }
+}
+
+fn openai_usage(t: &Totals) -> Value {
+    json!({
+        "prompt_tokens": t.prompt_tokens,
+        "completion_tokens": t.eval_tokens,
+        "total_tokens": t.prompt_tokens + t.eval_tokens,
+    })
+}
+
+fn openai_finish(t: &Totals) -> &'static str {
+    if t.done_reason == "length" {
+        "length"
+    } else {
+        "stop"
+    }
+}
+
+impl Shape {
+    pub fn content_type(&self, stream: bool) -> &'static str {
+        match (self, stream) {
+            (Shape::Generate | Shape::Chat, true) => "application/x-ndjson",
+            (_, false) => "application/json; charset=utf-8",
+            (_, true) => "text/event-stream",
+        }
+    }
+
+    /// One streamed token.
+    pub fn chunk(&self, model: &str, i: usize) -> Bytes {
+        let tok = token(i);
+        match self {
+            Shape::Generate => ndjson(
+                &json!({"model": model, "created_at": now(), "response": tok, "done": false}),
+            ),
+            Shape::Chat => ndjson(&json!({
+                "model": model, "created_at": now(),
+                "message": {"role": "assistant", "content": tok}, "done": false,
+            })),
+            Shape::OpenaiChat { id, .. } => Bytes::from(sse(&json!({
+                "id": id, "object": "chat.completion.chunk", "created": unix_now(), "model": model,
+                "system_fingerprint": "fp_ollama",
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": tok}, "finish_reason": null}],
+            }))),
+            Shape::OpenaiCompletion { id } => Bytes::from(sse(&json!({
+                "id": id, "object": "text_completion", "created": unix_now(), "model": model,
+                "system_fingerprint": "fp_ollama",
+                "choices": [{"text": tok, "index": 0, "finish_reason": null}],
+            }))),
+        }
+    }
+
+    /// The end of a stream: Ollama's metrics chunk, or OpenAI's finish chunk,
+    /// optional usage chunk and `[DONE]`.
+    pub fn last_chunk(&self, model: &str, t: &Totals) -> Bytes {
+        match self {
+            Shape::Generate => {
+                let mut v = json!({"model": model, "created_at": now(), "response": "", "context": [1, 2, 3]});
+                ollama_metrics(&mut v, t);
+                ndjson(&v)
+            }
+            Shape::Chat => {
+                let mut v = json!({"model": model, "created_at": now(), "message": {"role": "assistant", "content": ""}});
+                ollama_metrics(&mut v, t);
+                ndjson(&v)
+            }
+            Shape::OpenaiChat { id, include_usage } => {
+                let mut out = sse(&json!({
+                    "id": id, "object": "chat.completion.chunk", "created": unix_now(), "model": model,
+                    "system_fingerprint": "fp_ollama",
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": openai_finish(t)}],
+                }));
+                if *include_usage {
+                    out.push_str(&sse(&json!({
+                        "id": id, "object": "chat.completion.chunk", "created": unix_now(), "model": model,
+                        "system_fingerprint": "fp_ollama", "choices": [], "usage": openai_usage(t),
+                    })));
+                }
+                out.push_str("data: [DONE]\n\n");
+                Bytes::from(out)
+            }
+            Shape::OpenaiCompletion { id } => {
+                let mut out = sse(&json!({
+                    "id": id, "object": "text_completion", "created": unix_now(), "model": model,
+                    "system_fingerprint": "fp_ollama",
+                    "choices": [{"text": "", "index": 0, "finish_reason": openai_finish(t)}],
+                }));
+                out.push_str("data: [DONE]\n\n");
+                Bytes::from(out)
+            }
+        }
+    }
+
+    /// The whole answer of a `stream:false` request.
+    pub fn whole(&self, model: &str, n: usize, t: &Totals) -> Value {
+        let text = text(n);
+        match self {
+            Shape::Generate => {
+                let mut v = json!({"model": model, "created_at": now(), "response": text, "context": [1, 2, 3]});
+                ollama_metrics(&mut v, t);
+                v
+            }
+            Shape::Chat => {
+                let mut v = json!({"model": model, "created_at": now(), "message": {"role": "assistant", "content": text}});
+                ollama_metrics(&mut v, t);
+                v
+            }
+            Shape::OpenaiChat { id, .. } => json!({
+                "id": id, "object": "chat.completion", "created": unix_now(), "model": model,
+                "system_fingerprint": "fp_ollama",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": openai_finish(t)}],
+                "usage": openai_usage(t),
+            }),
+            Shape::OpenaiCompletion { id } => json!({
+                "id": id, "object": "text_completion", "created": unix_now(), "model": model,
+                "system_fingerprint": "fp_ollama",
+                "choices": [{"text": text, "index": 0, "finish_reason": openai_finish(t)}],
+                "usage": openai_usage(t),
+            }),
+        }
+    }
+
+    /// Ollama's error after streaming began: one more line, status stays 200.
+    pub fn stream_error(&self, message: &str) -> Bytes {
+        match self {
+            Shape::Generate | Shape::Chat => ndjson(&json!({"error": message})),
+            _ => Bytes::from(sse(&openai_error_body(500, message))),
+        }
+    }
+}
+
+/// OpenAI's error body, with the `type` Ollama picks for each status.
+pub fn openai_error_body(status: u16, message: &str) -> Value {
+    let kind = match status {
+        400 => "invalid_request_error",
+        404 => "not_found_error",
+        _ => "api_error",
+    };
+    json!({"error": {"message": message, "type": kind, "param": null, "code": null}})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        let t = UNIX_EPOCH + Duration::new(1_780_000_000, 5);
+        assert_eq!(rfc3339(t), "2026-05-28T20:26:40.000000005Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
+    }
+}
