@@ -19,6 +19,30 @@ pub enum RouteKind {
     Other,
 }
 
+impl RouteKind {
+    /// The route kind of a request path (the query, if any, is ignored).
+    pub fn from_path(path: &str) -> RouteKind {
+        let path = path.split('?').next().unwrap_or(path);
+        match path.trim_end_matches('/') {
+            "/api/generate" => RouteKind::OllamaGenerate,
+            "/api/chat" => RouteKind::OllamaChat,
+            "/api/embed" | "/api/embeddings" => RouteKind::OllamaEmbed,
+            "/v1/chat/completions" => RouteKind::OpenaiChat,
+            "/v1/completions" => RouteKind::OpenaiCompletions,
+            "/v1/embeddings" => RouteKind::OpenaiEmbeddings,
+            _ => RouteKind::Other,
+        }
+    }
+
+    /// True for the OpenAI-compatible routes, whose errors use OpenAI's format.
+    pub fn is_openai(self) -> bool {
+        matches!(
+            self,
+            RouteKind::OpenaiChat | RouteKind::OpenaiCompletions | RouteKind::OpenaiEmbeddings
+        )
+    }
+}
+
 /// A request as handed to the filter stage.
 #[derive(Clone, Debug)]
 pub struct FilterRequest {
@@ -39,8 +63,13 @@ pub enum Verdict {
     /// Forward this (possibly rewritten) request.
     Forward(FilterRequest),
     /// Answer the client with this status and message, rendered in the
-    /// client's error format (Ollama or OpenAI) by the caller.
-    Reject { status: u16, message: String },
+    /// client's error format (Ollama or OpenAI) by the caller, plus these
+    /// response headers (lower-cased names, e.g. `retry-after` on a 429).
+    Reject {
+        status: u16,
+        message: String,
+        headers: Vec<(String, String)>,
+    },
 }
 
 pub type VerdictFuture<'a> = Pin<Box<dyn Future<Output = Verdict> + Send + 'a>>;
