@@ -1,0 +1,314 @@
+//! Deterministic, uncompressed tar layers that are never materialised: a layer
+//! is a plan of header bytes, file ranges and padding, read straight from the
+//! source files whenever a digest or an upload needs its bytes. Equal inputs
+//! give byte-identical tars (sorted entries, mtime 0, uid/gid 0, fixed modes),
+//! so digests are stable across runs and machines and the registry already
+//! having a layer can be decided by a HEAD request.
+
+pub mod cache;
+mod tar_stream;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sha2::{Digest as _, Sha256};
+
+pub use cache::{FileIdentity, LayerCache};
+pub use tar_stream::LayerReader;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path} changed while kiln was reading it (expected {expected} bytes); run kiln again")]
+    Changed { path: PathBuf, expected: u64 },
+    #[error("invalid path {0:?} inside a layer")]
+    Path(String),
+}
+
+/// Where a file's bytes come from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A file on disk, read when the layer is read; `len` is its size when planned.
+    File { path: PathBuf, len: u64, identity: FileIdentity },
+    /// Small in-memory content (manifests, configs).
+    Bytes(Arc<[u8]>),
+}
+
+impl Source {
+    pub fn len(&self) -> u64 {
+        match self {
+            Source::File { len, .. } => *len,
+            Source::Bytes(b) => b.len() as u64,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A file, identified by its metadata (path, size, mtime, inode) for the digest cache.
+    pub fn file(path: impl Into<PathBuf>) -> Result<Source, LayerError> {
+        let path = path.into();
+        let meta = std::fs::metadata(&path).map_err(|source| LayerError::Read { path: path.clone(), source })?;
+        let identity = FileIdentity::from_metadata(&path, &meta);
+        Ok(Source::File { path, len: meta.len(), identity })
+    }
+
+    /// A file whose content is known by digest (a verified blob in the cache):
+    /// the digest cache can then skip even the `stat`-based identity.
+    pub fn blob(path: impl Into<PathBuf>, len: u64, digest: &str) -> Source {
+        Source::File { path: path.into(), len, identity: FileIdentity::Content(digest.to_string()) }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Node {
+    Dir,
+    File { mode: u32, source: Source },
+}
+
+/// What goes into one layer. Paths are absolute inside the image (`/models/…`).
+#[derive(Clone, Debug)]
+pub struct LayerSpec {
+    /// What the layer holds, for humans (`kiln inspect`, history).
+    pub description: String,
+    nodes: BTreeMap<String, Node>,
+}
+
+impl LayerSpec {
+    pub fn new(description: impl Into<String>) -> LayerSpec {
+        LayerSpec { description: description.into(), nodes: BTreeMap::new() }
+    }
+
+    /// Adds a file (and its parent directories, mode 0755).
+    pub fn file(&mut self, path: &str, mode: u32, source: Source) -> Result<&mut Self, LayerError> {
+        let rel = normalise(path)?;
+        let mut parent = String::new();
+        let parts: Vec<&str> = rel.split('/').collect();
+        for part in &parts[..parts.len() - 1] {
+            parent.push_str(part);
+            self.nodes.entry(parent.clone()).or_insert(Node::Dir);
+            parent.push('/');
+        }
+        self.nodes.insert(rel, Node::File { mode, source });
+        Ok(self)
+    }
+
+    /// Number of files (not directories) in the layer.
+    pub fn file_count(&self) -> usize {
+        self.nodes.values().filter(|n| matches!(n, Node::File { .. })).count()
+    }
+
+    /// The exact tar size, computed from the plan without reading any file.
+    pub fn tar_size(&self) -> Result<u64, LayerError> {
+        Ok(tar_stream::plan(self)?.iter().map(|s| s.len()).sum())
+    }
+
+    /// A reader producing the tar bytes.
+    pub fn open(&self) -> Result<LayerReader, LayerError> {
+        Ok(LayerReader::new(tar_stream::plan(self)?))
+    }
+
+    /// Entries in tar order: `(relative path, mode, Some(source) for files)`.
+    fn entries(&self) -> impl Iterator<Item = (&str, u32, Option<&Source>)> {
+        self.nodes.iter().map(|(path, node)| match node {
+            Node::Dir => (path.as_str(), 0o755, None),
+            Node::File { mode, source } => (path.as_str(), *mode, Some(source)),
+        })
+    }
+
+    /// A stable description of every input that determines the tar's bytes,
+    /// hashed into the digest-cache key.
+    fn cache_key(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(tar_stream::FORMAT_VERSION.as_bytes());
+        for (path, mode, source) in self.entries() {
+            h.update(format!("\0{path}\0{mode:o}\0").as_bytes());
+            match source {
+                None => h.update(b"dir"),
+                Some(Source::Bytes(b)) => h.update(format!("bytes {}", hex::encode(Sha256::digest(b))).as_bytes()),
+                Some(Source::File { len, identity, .. }) => h.update(format!("file {len} {identity}").as_bytes()),
+            }
+        }
+        hex::encode(h.finalize())
+    }
+}
+
+/// A layer with its digest known: ready for any sink.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub spec: LayerSpec,
+    /// sha256 of the tar; also its diff_id, since kiln's layers are uncompressed.
+    pub digest: String,
+    pub size: u64,
+}
+
+impl Layer {
+    /// Computes (or finds in the cache) the digest of a layer. Hashing runs on
+    /// a blocking thread; a cache hit reads nothing but a small file.
+    pub async fn build(spec: LayerSpec, cache: &LayerCache) -> Result<Layer, LayerError> {
+        let key = spec.cache_key();
+        let size = spec.tar_size()?;
+        if let Some((digest, cached_size)) = cache.get(&key)
+            && cached_size == size
+        {
+            return Ok(Layer { spec, digest, size });
+        }
+        let reader = spec.open()?;
+        let digest = tokio::task::spawn_blocking(move || hash_reader(reader))
+            .await
+            .map_err(|e| LayerError::Read { path: "layer".into(), source: io::Error::other(e) })??;
+        cache.put(&key, &digest, size);
+        Ok(Layer { spec, digest, size })
+    }
+
+    pub fn open(&self) -> Result<LayerReader, LayerError> {
+        self.spec.open()
+    }
+}
+
+fn hash_reader(mut reader: LayerReader) -> Result<String, LayerError> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read_layer(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+}
+
+/// `/models/blobs/x` → `models/blobs/x`; rejects `..`, empty parts and NULs so a
+/// hostile model name cannot place files outside the image paths kiln chose.
+fn normalise(path: &str) -> Result<String, LayerError> {
+    let rel = path.trim_start_matches('/');
+    let ok = !rel.is_empty()
+        && !rel.contains('\0')
+        && rel.split('/').all(|p| !p.is_empty() && p != "." && p != "..");
+    if ok { Ok(rel.to_string()) } else { Err(LayerError::Path(path.to_string())) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn bytes(b: &[u8]) -> Source {
+        Source::Bytes(Arc::from(b))
+    }
+
+    fn read_all(spec: &LayerSpec) -> Vec<u8> {
+        let mut out = Vec::new();
+        spec.open().unwrap().read_to_end(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn tar_is_sorted_complete_and_readable() {
+        let mut spec = LayerSpec::new("t");
+        spec.file("/models/manifests/registry.ollama.ai/library/gemma3/4b", 0o644, bytes(b"{}")).unwrap();
+        spec.file("/models/blobs/sha256-ab", 0o644, bytes(&[7u8; 1000])).unwrap();
+        let tar_bytes = read_all(&spec);
+        assert_eq!(tar_bytes.len() as u64, spec.tar_size().unwrap());
+        let mut archive = tar::Archive::new(tar_bytes.as_slice());
+        let entries: Vec<(String, u32, u64, u64, u64)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                (e.path().unwrap().display().to_string(), h.mode().unwrap(), h.uid().unwrap(), h.mtime().unwrap(), h.size().unwrap())
+            })
+            .collect();
+        let paths: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "models/",
+                "models/blobs/",
+                "models/blobs/sha256-ab",
+                "models/manifests/",
+                "models/manifests/registry.ollama.ai/",
+                "models/manifests/registry.ollama.ai/library/",
+                "models/manifests/registry.ollama.ai/library/gemma3/",
+                "models/manifests/registry.ollama.ai/library/gemma3/4b",
+            ]
+        );
+        assert!(entries.iter().all(|e| e.2 == 0 && e.3 == 0));
+        assert_eq!(entries[0].1, 0o755);
+        assert_eq!((entries[2].1, entries[2].4), (0o644, 1000));
+    }
+
+    #[test]
+    fn long_paths_survive() {
+        let long = format!("/models/manifests/{}/tag", "n".repeat(150));
+        let mut spec = LayerSpec::new("t");
+        spec.file(&long, 0o644, bytes(b"x")).unwrap();
+        let tar_bytes = read_all(&spec);
+        assert_eq!(tar_bytes.len() as u64, spec.tar_size().unwrap());
+        let mut archive = tar::Archive::new(tar_bytes.as_slice());
+        let names: Vec<String> =
+            archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
+        assert!(names.contains(&long[1..].to_string()), "{names:?}");
+    }
+
+    #[test]
+    fn sizes_beyond_8_gib_use_base256_headers() {
+        let nine_gib = 9u64 << 30;
+        let header = tar_stream::header_bytes("models/blobs/sha256-big", 0o644, Some(nine_gib)).unwrap();
+        let parsed = tar::Header::from_byte_slice(&header[header.len() - 512..]);
+        assert_eq!(parsed.size().unwrap(), nine_gib);
+        assert_eq!(parsed.as_bytes()[124] & 0x80, 0x80, "size field must be GNU base-256");
+    }
+
+    #[test]
+    fn hostile_paths_are_rejected() {
+        let mut spec = LayerSpec::new("t");
+        for bad in ["/models/../etc/passwd", "/", "/models//x", "/a/./b"] {
+            assert!(spec.file(bad, 0o644, bytes(b"")).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn digest_is_stable_and_cached_by_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("w.gguf");
+        std::fs::write(&file, vec![3u8; 5000]).unwrap();
+        let cache = LayerCache::new(Some(dir.path().join("cache")));
+        let spec = || {
+            let mut s = LayerSpec::new("w");
+            s.file("/models/blobs/sha256-w", 0o644, Source::file(&file).unwrap()).unwrap();
+            s
+        };
+        let first = Layer::build(spec(), &cache).await.unwrap();
+        let mut expected = Sha256::new();
+        expected.update(read_all(&spec()));
+        assert_eq!(first.digest, format!("sha256:{}", hex::encode(expected.finalize())));
+        // Same identity → served from the cache, even if bytes changed underneath
+        // without changing size/mtime/inode (proves nothing was re-hashed).
+        let key = spec().cache_key();
+        let fake = crate::image::sha256_digest(b"from the cache");
+        cache.put(&key, &fake, first.size);
+        assert_eq!(Layer::build(spec(), &cache).await.unwrap().digest, fake);
+        // A different size is a different identity.
+        std::fs::write(&file, vec![3u8; 6000]).unwrap();
+        assert_ne!(Layer::build(spec(), &cache).await.unwrap().digest, fake);
+    }
+
+    #[test]
+    fn shrinking_file_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("w");
+        std::fs::write(&file, vec![1u8; 4096]).unwrap();
+        let mut spec = LayerSpec::new("w");
+        spec.file("/w", 0o644, Source::file(&file).unwrap()).unwrap();
+        std::fs::write(&file, vec![1u8; 100]).unwrap();
+        let err = spec.open().unwrap().read_to_end(&mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("changed while kiln was reading"), "{err}");
+    }
+}
