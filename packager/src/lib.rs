@@ -1,4 +1,5 @@
 //! kiln: pull Ollama models straight from the Ollama registry and bake them
 //! into OCI images, with no Ollama and no Docker daemon.
+pub mod deploy;
 pub mod image;
 pub mod layers;

@@ -1,4 +1,7 @@
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
+use kiln::deploy;
 
 /// Pull Ollama models without Ollama and bake them into OCI images without Docker.
 #[derive(Parser)]
@@ -9,9 +12,29 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Cloud Run deployment files for a kiln image.
+    #[command(subcommand)]
+    Deploy(deploy::DeployCommand),
+}
 
-fn main() {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {}
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Deploy(deploy::DeployCommand::Render(args)) => {
+            // A rule violation is a usage error: the flags asked for something Cloud Run refuses.
+            if let Err(e) = deploy::run_render(&args) {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

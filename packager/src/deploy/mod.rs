@@ -1,0 +1,176 @@
+//! `kiln deploy render`: a Cloud Run service YAML (and the equivalent
+//! `gcloud run deploy` command) for a kiln image on an NVIDIA L4.
+
+mod render;
+mod rules;
+
+pub use render::{Rendered, render};
+pub use rules::RuleError;
+
+/// How kiln-proxy and Ollama share the instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// One container: kiln-proxy supervises `ollama serve` and owns the GPU.
+    Single,
+    /// Two containers: kiln-proxy at ingress, Ollama as a GPU sidecar.
+    Sidecar,
+}
+
+/// Everything the renderer needs; the CLI fills it from flags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeployOptions {
+    pub image: String,
+    /// Sidecar mode: the image kiln-proxy runs from (default: `image`).
+    pub proxy_image: Option<String>,
+    pub service: String,
+    pub region: String,
+    pub mode: Mode,
+    /// `OLLAMA_NUM_PARALLEL`: requests Ollama serves at once.
+    pub num_parallel: u32,
+    /// Cloud Run `--concurrency`; `None` means equal to `num_parallel`.
+    pub concurrency: Option<u32>,
+    pub cpu: u32,
+    pub memory: String,
+    pub gpu_type: String,
+    pub max_instances: u32,
+    pub timeout_s: u32,
+    pub service_account: Option<String>,
+    /// Models kiln-proxy loads into VRAM before reporting ready.
+    pub preload: Vec<String>,
+}
+
+impl DeployOptions {
+    /// The defaults of the Cloud Run + Gemma 3 tutorial, for one image.
+    pub fn new(image: impl Into<String>) -> DeployOptions {
+        DeployOptions {
+            image: image.into(),
+            proxy_image: None,
+            service: "ollama-gemma".into(),
+            region: "us-central1".into(),
+            mode: Mode::Single,
+            num_parallel: 4,
+            concurrency: None,
+            cpu: 8,
+            memory: "32Gi".into(),
+            gpu_type: "nvidia-l4".into(),
+            max_instances: 1,
+            timeout_s: 600,
+            service_account: None,
+            preload: Vec::new(),
+        }
+    }
+
+    pub fn concurrency(&self) -> u32 {
+        self.concurrency.unwrap_or(self.num_parallel)
+    }
+}
+
+/// `kiln deploy …` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum DeployCommand {
+    /// Write a Cloud Run service YAML for a kiln image on an NVIDIA L4.
+    ///
+    /// The YAML goes to stdout (or --output); the equivalent `gcloud run deploy`
+    /// command and any warnings go to stderr. Deploy it with
+    /// `gcloud run services replace service.yaml`. The service stays private:
+    /// callers need roles/run.invoker (`gcloud run services proxy` for local use).
+    #[command(
+        after_help = "Example:\n  kiln deploy render --image us-central1-docker.pkg.dev/my-project/kiln/ollama-gemma:4b \\\n      --preload gemma3:4b > service.yaml\n  gcloud run services replace service.yaml --region us-central1"
+    )]
+    Render(RenderArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RenderArgs {
+    /// The image to run, as pushed by `kiln pack --push` (tag or @sha256 digest).
+    #[arg(long)]
+    pub image: String,
+    /// Cloud Run service name.
+    #[arg(long, default_value = "ollama-gemma")]
+    pub service: String,
+    /// Region with L4 GPUs (us-central1, us-east4, europe-west1, europe-west4, asia-southeast1).
+    #[arg(long, default_value = "us-central1")]
+    pub region: String,
+    /// single: kiln-proxy supervises Ollama in one GPU container.
+    /// sidecar: kiln-proxy at ingress, Ollama as a GPU sidecar.
+    #[arg(long, value_enum, default_value = "single")]
+    pub mode: Mode,
+    /// OLLAMA_NUM_PARALLEL: requests Ollama serves at once (and kiln-proxy admits).
+    #[arg(long, default_value_t = 4)]
+    pub num_parallel: u32,
+    /// Cloud Run requests per instance. Default: --num-parallel, the tutorial's rule;
+    /// up to 2× is allowed (with a warning) to keep the GPU busy.
+    #[arg(long)]
+    pub concurrency: Option<u32>,
+    /// vCPUs per instance (L4 needs at least 4).
+    #[arg(long, default_value_t = 8)]
+    pub cpu: u32,
+    /// Memory per instance (L4 needs at least 16Gi).
+    #[arg(long, default_value = "32Gi")]
+    pub memory: String,
+    /// GPU type.
+    #[arg(long, default_value = "nvidia-l4")]
+    pub gpu_type: String,
+    /// Maximum instances (each needs one GPU of your quota).
+    #[arg(long, default_value_t = 1)]
+    pub max_instances: u32,
+    /// Request timeout in seconds (≤ 3600); long generations need a long timeout.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u32,
+    /// Runtime service account.
+    #[arg(long)]
+    pub service_account: Option<String>,
+    /// Models to load into VRAM before the instance reports ready (repeatable).
+    #[arg(long = "preload", value_name = "MODEL")]
+    pub preload: Vec<String>,
+    /// Sidecar mode: image for the kiln-proxy container (default: --image).
+    #[arg(long)]
+    pub proxy_image: Option<String>,
+    /// Write the YAML here instead of stdout.
+    #[arg(long, short)]
+    pub output: Option<std::path::PathBuf>,
+}
+
+impl From<&RenderArgs> for DeployOptions {
+    fn from(a: &RenderArgs) -> DeployOptions {
+        DeployOptions {
+            image: a.image.clone(),
+            proxy_image: a.proxy_image.clone(),
+            service: a.service.clone(),
+            region: a.region.clone(),
+            mode: a.mode,
+            num_parallel: a.num_parallel,
+            concurrency: a.concurrency,
+            cpu: a.cpu,
+            memory: a.memory.clone(),
+            gpu_type: a.gpu_type.clone(),
+            max_instances: a.max_instances,
+            timeout_s: a.timeout,
+            service_account: a.service_account.clone(),
+            preload: a.preload.clone(),
+        }
+    }
+}
+
+/// Runs `kiln deploy render`: YAML to stdout or a file, the rest to stderr.
+pub fn run_render(args: &RenderArgs) -> Result<(), RuleError> {
+    let rendered = render(&DeployOptions::from(args))?;
+    for warning in &rendered.warnings {
+        eprintln!("warning: {warning}");
+    }
+    match &args.output {
+        Some(path) => {
+            if let Err(e) = std::fs::write(path, &rendered.yaml) {
+                eprintln!("error: writing {}: {e}", path.display());
+                std::process::exit(1);
+            }
+        }
+        None => print!("{}", rendered.yaml),
+    }
+    eprintln!(
+        "# Deploy with: gcloud run services replace service.yaml --region {}",
+        args.region
+    );
+    eprintln!("# or, equivalently:\n{}", rendered.gcloud);
+    Ok(())
+}

@@ -1,0 +1,264 @@
+//! Renders the Cloud Run service (Knative v1 YAML, what
+//! `gcloud run services replace` takes) and the equivalent `gcloud run deploy`.
+
+use serde_json::{Value, json};
+
+use super::rules::{self, RuleError};
+use super::{DeployOptions, Mode};
+
+/// Port kiln-proxy listens on: Cloud Run's default `$PORT`.
+const PROXY_PORT: u16 = 8080;
+/// Ollama's address behind the proxy; loopback, so only the proxy reaches it.
+const OLLAMA_ADDR: &str = "127.0.0.1:11434";
+/// Startup probe: each field stays ≤ 240 s (the strictest limit published for
+/// Cloud Run), and the length comes from `failureThreshold`: 5 s × 120 = 10
+/// minutes for the image to start and the model to reach VRAM.
+const PROBE_PERIOD_S: u32 = 5;
+const PROBE_FAILURES: u32 = 120;
+
+/// The service YAML, the equivalent gcloud command, and warnings for the user.
+#[derive(Debug)]
+pub struct Rendered {
+    pub yaml: String,
+    pub gcloud: String,
+    pub warnings: Vec<String>,
+}
+
+pub fn render(options: &DeployOptions) -> Result<Rendered, RuleError> {
+    let warnings = rules::check(options)?;
+    let service = service(options);
+    let yaml = serde_yaml_ng::to_string(&service).expect("a JSON value always serializes to YAML");
+    Ok(Rendered {
+        yaml,
+        gcloud: gcloud_command(options),
+        warnings,
+    })
+}
+
+fn service(o: &DeployOptions) -> Value {
+    let mut template_annotations = json!({
+        "autoscaling.knative.dev/maxScale": o.max_instances.to_string(),
+        // GPU instances need instance-based billing: CPU always allocated.
+        "run.googleapis.com/cpu-throttling": "false",
+        "run.googleapis.com/gpu-zonal-redundancy-disabled": "true",
+        "run.googleapis.com/startup-cpu-boost": "true",
+    });
+    let containers = match o.mode {
+        Mode::Single => vec![single_container(o)],
+        Mode::Sidecar => {
+            // The proxy starts only once Ollama's startup probe passed.
+            template_annotations["run.googleapis.com/container-dependencies"] =
+                json!(json!({"proxy": ["ollama"]}).to_string());
+            vec![sidecar_proxy(o), sidecar_ollama(o)]
+        }
+    };
+    let mut spec = json!({
+        "containerConcurrency": o.concurrency(),
+        "timeoutSeconds": o.timeout_s,
+        "nodeSelector": {"run.googleapis.com/accelerator": o.gpu_type},
+        "containers": containers,
+    });
+    if let Some(account) = &o.service_account {
+        spec["serviceAccountName"] = json!(account);
+    }
+    json!({
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {
+            "name": o.service,
+            "labels": {"cloud.googleapis.com/location": o.region},
+            "annotations": {"run.googleapis.com/ingress": "all"},
+        },
+        "spec": {
+            "template": {
+                "metadata": {"annotations": template_annotations},
+                "spec": spec,
+            },
+        },
+    })
+}
+
+/// One container: kiln-proxy (the image's entrypoint) supervises `ollama serve`.
+fn single_container(o: &DeployOptions) -> Value {
+    json!({
+        "name": "kiln",
+        "image": o.image,
+        "ports": [{"name": "http1", "containerPort": PROXY_PORT}],
+        "env": env_list(&proxy_env(o)),
+        "resources": {"limits": gpu_limits(o.cpu, &o.memory)},
+        "startupProbe": proxy_startup_probe(),
+        "livenessProbe": proxy_liveness_probe(),
+    })
+}
+
+/// Ingress container in sidecar mode: kiln-proxy only, forwarding to the sidecar.
+fn sidecar_proxy(o: &DeployOptions) -> Value {
+    json!({
+        "name": "proxy",
+        "image": o.proxy_image.as_deref().unwrap_or(&o.image),
+        "command": ["kiln-proxy"],
+        "ports": [{"name": "http1", "containerPort": PROXY_PORT}],
+        "env": env_list(&proxy_env(o)),
+        "resources": {"limits": {"cpu": "1", "memory": "1Gi"}},
+        "startupProbe": proxy_startup_probe(),
+        "livenessProbe": proxy_liveness_probe(),
+    })
+}
+
+/// GPU sidecar in sidecar mode: `ollama serve` on loopback, no ports exposed.
+fn sidecar_ollama(o: &DeployOptions) -> Value {
+    let (cpu, memory) = sidecar_ollama_resources(o);
+    json!({
+        "name": "ollama",
+        "image": o.image,
+        "command": ["/bin/ollama"],
+        "args": ["serve"],
+        "env": env_list(&ollama_sidecar_env(o)),
+        "resources": {"limits": gpu_limits(cpu, &memory)},
+        // Ollama answers `GET /` once it serves; container-dependencies waits on this probe.
+        "startupProbe": {
+            "httpGet": {"path": "/", "port": 11434},
+            "periodSeconds": PROBE_PERIOD_S,
+            "timeoutSeconds": PROBE_PERIOD_S,
+            "failureThreshold": PROBE_FAILURES,
+        },
+    })
+}
+
+/// The proxy container takes one CPU and 1 GiB; the rest of the instance is Ollama's.
+fn sidecar_ollama_resources(o: &DeployOptions) -> (u32, String) {
+    let memory = match o
+        .memory
+        .strip_suffix("Gi")
+        .and_then(|g| g.parse::<u32>().ok())
+    {
+        Some(gib) => format!("{}Gi", gib - 1),
+        None => o.memory.clone(),
+    };
+    (o.cpu - 1, memory)
+}
+
+fn gpu_limits(cpu: u32, memory: &str) -> Value {
+    json!({"cpu": cpu.to_string(), "memory": memory, "nvidia.com/gpu": "1"})
+}
+
+/// Ready only once the preloaded models are in VRAM, so Cloud Run sends no
+/// request to an instance that would make it wait for a model load.
+fn proxy_startup_probe() -> Value {
+    json!({
+        "httpGet": {"path": "/healthz/ready", "port": PROXY_PORT},
+        "initialDelaySeconds": 0,
+        "periodSeconds": PROBE_PERIOD_S,
+        "timeoutSeconds": PROBE_PERIOD_S,
+        "failureThreshold": PROBE_FAILURES,
+    })
+}
+
+fn proxy_liveness_probe() -> Value {
+    json!({
+        "httpGet": {"path": "/healthz/live", "port": PROXY_PORT},
+        "periodSeconds": 30,
+        "timeoutSeconds": 5,
+        "failureThreshold": 3,
+    })
+}
+
+/// Environment of the kiln-proxy container.
+fn proxy_env(o: &DeployOptions) -> Vec<(&'static str, String)> {
+    let mut env = match o.mode {
+        Mode::Single => vec![("KILN_OLLAMA_SPAWN", "true".to_string())],
+        Mode::Sidecar => vec![
+            ("KILN_UPSTREAM", format!("http://{OLLAMA_ADDR}")),
+            ("KILN_OLLAMA_SPAWN", "false".to_string()),
+        ],
+    };
+    // kiln-proxy admits as many requests as Ollama serves in parallel.
+    env.push(("OLLAMA_NUM_PARALLEL", o.num_parallel.to_string()));
+    if !o.preload.is_empty() {
+        env.push(("KILN_OLLAMA_PRELOAD", o.preload.join(",")));
+    }
+    env
+}
+
+/// Environment of the Ollama sidecar container.
+fn ollama_sidecar_env(o: &DeployOptions) -> Vec<(&'static str, String)> {
+    vec![
+        ("OLLAMA_HOST", OLLAMA_ADDR.to_string()),
+        ("OLLAMA_NUM_PARALLEL", o.num_parallel.to_string()),
+        ("OLLAMA_KEEP_ALIVE", "-1".to_string()),
+    ]
+}
+
+fn env_list(env: &[(&str, String)]) -> Value {
+    env.iter()
+        .map(|(name, value)| json!({"name": name, "value": value}))
+        .collect()
+}
+
+/// `--set-env-vars` for gcloud; `^;^` switches its list separator when a value
+/// has commas, and single quotes keep the shell away from the `;`.
+fn env_flag(env: &[(&str, String)]) -> String {
+    let pairs: Vec<String> = env
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    if env.iter().any(|(_, value)| value.contains(',')) {
+        format!("--set-env-vars '^;^{}'", pairs.join(";"))
+    } else {
+        format!("--set-env-vars {}", pairs.join(","))
+    }
+}
+
+/// The same service as flags, for people who prefer `gcloud run deploy`.
+fn gcloud_command(o: &DeployOptions) -> String {
+    let mut args: Vec<String> = vec![
+        format!("gcloud run deploy {}", o.service),
+        format!("--region {}", o.region),
+        format!("--concurrency {}", o.concurrency()),
+        format!("--max-instances {}", o.max_instances),
+        format!("--timeout {}", o.timeout_s),
+        "--no-cpu-throttling".into(),
+        "--no-allow-unauthenticated".into(),
+    ];
+    if let Some(account) = &o.service_account {
+        args.push(format!("--service-account {account}"));
+    }
+    let probe = format!(
+        "httpGet.path=/healthz/ready,httpGet.port={PROXY_PORT},periodSeconds={PROBE_PERIOD_S},\
+         timeoutSeconds={PROBE_PERIOD_S},failureThreshold={PROBE_FAILURES}"
+    );
+    let gpu = format!(
+        "--gpu 1 --gpu-type {} --no-gpu-zonal-redundancy",
+        o.gpu_type
+    );
+    match o.mode {
+        Mode::Single => args.extend([
+            format!("--image {}", o.image),
+            format!("--port {PROXY_PORT}"),
+            format!("--cpu {} --memory {}", o.cpu, o.memory),
+            gpu,
+            env_flag(&proxy_env(o)),
+            format!("--startup-probe {probe}"),
+        ]),
+        Mode::Sidecar => args.extend([
+            "--container proxy".into(),
+            format!("--image {}", o.proxy_image.as_deref().unwrap_or(&o.image)),
+            "--command kiln-proxy".into(),
+            format!("--port {PROXY_PORT}"),
+            "--cpu 1 --memory 1Gi".into(),
+            env_flag(&proxy_env(o)),
+            "--depends-on ollama".into(),
+            format!("--startup-probe {probe}"),
+            "--container ollama".into(),
+            format!("--image {}", o.image),
+            "--command /bin/ollama --args serve".into(),
+            {
+                let (cpu, memory) = sidecar_ollama_resources(o);
+                format!("--cpu {cpu} --memory {memory}")
+            },
+            gpu,
+            env_flag(&ollama_sidecar_env(o)),
+        ]),
+    }
+    args.join(" \\\n  ")
+}

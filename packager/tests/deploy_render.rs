@@ -1,0 +1,244 @@
+//! `kiln deploy render` writes Cloud Run YAML that follows the GPU service
+//! rules; these tests parse the YAML and check each field against them.
+
+use std::process::Command;
+
+use kiln::deploy::{DeployOptions, Mode, render};
+use serde_json::Value;
+
+const IMAGE: &str = "us-central1-docker.pkg.dev/my-project/kiln/ollama-gemma:4b";
+
+fn rendered(options: &DeployOptions) -> Value {
+    let out = render(options).expect("valid options render");
+    serde_yaml_ng::from_str(&out.yaml).expect("renderer emits valid YAML")
+}
+
+fn env_of(container: &Value) -> Vec<(String, String)> {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn env_value(container: &Value, name: &str) -> Option<String> {
+    env_of(container)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v)
+}
+
+/// Every startup probe fits Cloud Run's strictest published limits: each
+/// field ≤ 240 s, timeout ≤ period, and period × threshold ≤ 600 s.
+fn assert_probe_within_limits(probe: &Value) {
+    let period = probe["periodSeconds"].as_u64().unwrap();
+    let timeout = probe["timeoutSeconds"].as_u64().unwrap();
+    let threshold = probe["failureThreshold"].as_u64().unwrap();
+    let delay = probe["initialDelaySeconds"].as_u64().unwrap_or(0);
+    assert!(
+        (1..=240).contains(&period) && (1..=240).contains(&timeout) && delay <= 240,
+        "{probe}"
+    );
+    assert!(timeout <= period, "{probe}");
+    assert!(period * threshold <= 600, "{probe}");
+    assert!(
+        period * threshold >= 300,
+        "model loads need minutes: {probe}"
+    );
+}
+
+#[test]
+fn single_container_service_has_gpu_probes_and_tutorial_concurrency() {
+    let options = DeployOptions {
+        preload: vec!["gemma3:4b".into()],
+        ..DeployOptions::new(IMAGE)
+    };
+    let doc = rendered(&options);
+    assert_eq!(doc["apiVersion"], "serving.knative.dev/v1");
+    assert_eq!(doc["kind"], "Service");
+    assert_eq!(doc["metadata"]["name"], "ollama-gemma");
+    let template = &doc["spec"]["template"];
+    let annotations = &template["metadata"]["annotations"];
+    assert_eq!(annotations["run.googleapis.com/cpu-throttling"], "false");
+    assert_eq!(
+        annotations["run.googleapis.com/gpu-zonal-redundancy-disabled"],
+        "true"
+    );
+    assert_eq!(annotations["autoscaling.knative.dev/maxScale"], "1");
+    assert!(
+        annotations
+            .get("run.googleapis.com/container-dependencies")
+            .is_none()
+    );
+    let spec = &template["spec"];
+    // The node selector is a pod-spec field, a sibling of containers.
+    assert_eq!(
+        spec["nodeSelector"]["run.googleapis.com/accelerator"],
+        "nvidia-l4"
+    );
+    assert_eq!(spec["containerConcurrency"], 4);
+    assert_eq!(spec["timeoutSeconds"], 600);
+    let containers = spec["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 1);
+    let kiln = &containers[0];
+    assert_eq!(kiln["image"], IMAGE);
+    assert_eq!(kiln["ports"][0]["containerPort"], 8080);
+    let limits = &kiln["resources"]["limits"];
+    assert_eq!(limits["nvidia.com/gpu"], "1");
+    assert_eq!(limits["cpu"], "8");
+    assert_eq!(limits["memory"], "32Gi");
+    assert_eq!(env_value(kiln, "OLLAMA_NUM_PARALLEL").as_deref(), Some("4"));
+    assert_eq!(
+        env_value(kiln, "KILN_OLLAMA_PRELOAD").as_deref(),
+        Some("gemma3:4b")
+    );
+    assert_eq!(kiln["startupProbe"]["httpGet"]["path"], "/healthz/ready");
+    assert_eq!(kiln["startupProbe"]["httpGet"]["port"], 8080);
+    assert_probe_within_limits(&kiln["startupProbe"]);
+    assert_eq!(kiln["livenessProbe"]["httpGet"]["path"], "/healthz/live");
+}
+
+#[test]
+fn sidecar_service_puts_gpu_on_ollama_and_orders_startup() {
+    let options = DeployOptions {
+        mode: Mode::Sidecar,
+        num_parallel: 2,
+        concurrency: Some(3),
+        ..DeployOptions::new(IMAGE)
+    };
+    let doc = rendered(&options);
+    let template = &doc["spec"]["template"];
+    let deps: Value = serde_json::from_str(
+        template["metadata"]["annotations"]["run.googleapis.com/container-dependencies"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(deps, serde_json::json!({"proxy": ["ollama"]}));
+    assert_eq!(template["spec"]["containerConcurrency"], 3);
+    let containers = template["spec"]["containers"].as_array().unwrap();
+    let proxy = containers.iter().find(|c| c["name"] == "proxy").unwrap();
+    let ollama = containers.iter().find(|c| c["name"] == "ollama").unwrap();
+    // Exactly one container exposes a port: the ingress.
+    assert!(proxy["ports"].is_array());
+    assert!(ollama.get("ports").is_none());
+    // Exactly one container has the GPU: Ollama.
+    assert!(proxy["resources"]["limits"].get("nvidia.com/gpu").is_none());
+    assert_eq!(ollama["resources"]["limits"]["nvidia.com/gpu"], "1");
+    // Together they stay within the instance size asked for.
+    assert_eq!(ollama["resources"]["limits"]["cpu"], "7");
+    assert_eq!(ollama["resources"]["limits"]["memory"], "31Gi");
+    assert_eq!(
+        env_value(ollama, "OLLAMA_HOST").as_deref(),
+        Some("127.0.0.1:11434")
+    );
+    assert_eq!(
+        env_value(ollama, "OLLAMA_NUM_PARALLEL").as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        env_value(proxy, "KILN_UPSTREAM").as_deref(),
+        Some("http://127.0.0.1:11434")
+    );
+    assert_eq!(
+        env_value(proxy, "OLLAMA_NUM_PARALLEL").as_deref(),
+        Some("2")
+    );
+    // container-dependencies waits only on containers with a startup probe.
+    assert_probe_within_limits(&ollama["startupProbe"]);
+    assert_probe_within_limits(&proxy["startupProbe"]);
+}
+
+fn kiln(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cli_prints_yaml_on_stdout_and_gcloud_command_on_stderr() {
+    let out = kiln(&["deploy", "render", "--image", IMAGE, "--max-instances", "3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_yaml_ng::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["kind"], "Service");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("gcloud run deploy ollama-gemma"),
+        "{stderr}"
+    );
+    for flag in [
+        "--gpu 1",
+        "--gpu-type nvidia-l4",
+        "--no-cpu-throttling",
+        "--concurrency 4",
+        "--no-allow-unauthenticated",
+    ] {
+        assert!(stderr.contains(flag), "missing {flag}: {stderr}");
+    }
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
+#[test]
+fn cli_warns_above_num_parallel_and_refuses_above_twice() {
+    let warn = kiln(&[
+        "deploy",
+        "render",
+        "--image",
+        IMAGE,
+        "--concurrency",
+        "6",
+        "--max-instances",
+        "3",
+    ]);
+    assert!(warn.status.success());
+    assert!(
+        String::from_utf8_lossy(&warn.stderr)
+            .contains("warning: --concurrency 6 is above --num-parallel 4")
+    );
+
+    let refused = kiln(&["deploy", "render", "--image", IMAGE, "--concurrency", "9"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(refused.stdout.is_empty(), "no YAML on refusal");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("more than twice --num-parallel 4") && stderr.contains("at most 8"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn cli_writes_output_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("service.yaml");
+    let out = kiln(&[
+        "deploy",
+        "render",
+        "--image",
+        IMAGE,
+        "--mode",
+        "sidecar",
+        "-o",
+        path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty());
+    let doc: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(
+        doc["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
