@@ -172,8 +172,12 @@ fn proxy_env(o: &DeployOptions) -> Vec<(&'static str, String)> {
             ("KILN_OLLAMA_SPAWN", "false".to_string()),
         ],
     };
-    // kiln-proxy admits as many requests as Ollama serves in parallel.
+    // kiln-proxy admits as many requests as Ollama serves in parallel; Cloud
+    // Run never sends more than `concurrency`, so a queue that size never
+    // refuses a request Cloud Run routed here (only races around a release).
     env.push(("OLLAMA_NUM_PARALLEL", o.num_parallel.to_string()));
+    env.push(("KILN_LIMITS_MAX_IN_FLIGHT", o.num_parallel.to_string()));
+    env.push(("KILN_LIMITS_MAX_QUEUE", o.concurrency().to_string()));
     if !o.preload.is_empty() {
         env.push(("KILN_OLLAMA_PRELOAD", o.preload.join(",")));
     }
