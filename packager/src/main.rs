@@ -13,6 +13,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Download Ollama models into the cache and, with --models-dir, an OLLAMA_MODELS tree.
+    Pull(kiln::pull::cli::PullArgs),
     /// Cloud Run deployment files for a kiln image.
     #[command(subcommand)]
     Deploy(deploy::DeployCommand),
@@ -21,6 +23,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<()> = match cli.command {
+        Command::Pull(args) => runtime().and_then(|rt| rt.block_on(kiln::pull::cli::run(&args))),
         Command::Deploy(deploy::DeployCommand::Render(args)) => {
             // A rule violation is a usage error: the flags asked for something Cloud Run refuses.
             if let Err(e) = deploy::run_render(&args) {
@@ -37,4 +40,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }

@@ -2,6 +2,7 @@
 //! registry on loopback (Debian's `docker-registry`) in three auth modes, and
 //! seeding with the images kiln reads in production.
 
+pub mod cdn_front;
 mod http;
 pub mod registry;
 pub mod seed;

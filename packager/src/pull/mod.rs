@@ -1,0 +1,433 @@
+//! `kiln pull`: Ollama models from a registry (Ollama's own, or a mirror
+//! given by `--source-registry`) into the local content-addressed cache.
+//!
+//! The result, [`PulledModel`], is what `pack` builds from and what
+//! [`crate::models_dir`] lays out as an `OLLAMA_MODELS` tree.
+
+mod blobs;
+pub mod cli;
+pub mod client;
+mod download;
+mod local;
+pub mod manifest;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::{StatusCode, Url};
+
+pub use client::Credentials;
+
+use crate::cache::{Cache, CacheError};
+use crate::progress::{Progress, ProgressMode};
+use crate::reference::ModelRef;
+use client::{MANIFEST_ACCEPT, RegistryClient, redact};
+
+/// How to pull. `PullOptions::new(cache_dir)` gives the defaults.
+#[derive(Clone, Debug)]
+pub struct PullOptions {
+    pub cache_dir: PathBuf,
+    /// Fetch from this registry instead of the model's own host, keeping the
+    /// canonical name (and so the canonical on-disk path).
+    pub source_registry: Option<Url>,
+    /// Hosts (`host[:port]`) reached over plain HTTP besides loopback ones.
+    pub insecure_registries: Vec<String>,
+    pub credentials: Option<Credentials>,
+    /// Concurrent connections per large blob (Ollama uses 16).
+    pub parallel: usize,
+    /// Bytes per ranged part; `None` picks by blob size.
+    pub part_size: Option<u64>,
+    /// Failed attempts in a row (without progress) before a part gives up.
+    pub max_retries: u32,
+    /// First retry delay; doubles per failure up to 32×.
+    pub retry_base_delay: Duration,
+    /// A connection that delivers nothing for this long is restarted.
+    pub stall_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub progress: ProgressMode,
+    /// An existing Ollama store (`~/.ollama/models`) to import from before
+    /// going to the network; blobs are verified while copied.
+    pub from_ollama_dir: Option<PathBuf>,
+}
+
+impl PullOptions {
+    pub fn new(cache_dir: impl Into<PathBuf>) -> PullOptions {
+        PullOptions {
+            cache_dir: cache_dir.into(),
+            source_registry: None,
+            insecure_registries: Vec::new(),
+            credentials: None,
+            parallel: 16,
+            part_size: None,
+            max_retries: 6,
+            retry_base_delay: Duration::from_secs(1),
+            stall_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(30),
+            progress: ProgressMode::Auto,
+            from_ollama_dir: None,
+        }
+    }
+}
+
+/// A blob in the cache, verified against its digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobRef {
+    /// `sha256:<hex>`.
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+    /// The verified file in the cache.
+    pub path: PathBuf,
+}
+
+/// A model whose manifest and blobs are all in the cache.
+#[derive(Clone, Debug)]
+pub struct PulledModel {
+    pub reference: ModelRef,
+    /// The manifest bytes exactly as served (Ollama's model ID is their sha256).
+    pub manifest: Vec<u8>,
+    /// `sha256:<hex>` of `manifest`.
+    pub manifest_digest: String,
+    pub config: BlobRef,
+    /// In manifest order.
+    pub layers: Vec<BlobRef>,
+}
+
+impl PulledModel {
+    /// Config and layers, each digest once.
+    pub fn blobs(&self) -> impl Iterator<Item = &BlobRef> {
+        std::iter::once(&self.config).chain(&self.layers)
+    }
+}
+
+/// Everything that can go wrong in a pull, each with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error("model {model:?} not found in {registry}{}", hint.as_ref().map(|h| format!("; see {h}")).unwrap_or_default())]
+    NotFound {
+        model: String,
+        registry: String,
+        hint: Option<String>,
+    },
+    #[error("{registry} refused access: {detail}")]
+    Unauthorized { registry: String, detail: String },
+    #[error("cannot pull {model:?}: {reason}")]
+    Unsupported { model: String, reason: String },
+    #[error("the manifest of {model:?} is not usable: {reason}")]
+    InvalidManifest { model: String, reason: String },
+    #[error(
+        "blob from {registry} does not match its digest: expected {expected}, got {actual}; \
+         the bad bytes were deleted, pull again (if it repeats, something between you and the registry alters data)"
+    )]
+    DigestMismatch {
+        expected: String,
+        actual: String,
+        registry: String,
+    },
+    #[error("unexpected answer from {registry}: {detail}")]
+    Protocol { registry: String, detail: String },
+    #[error("{what}: {detail}")]
+    Network { what: String, detail: String },
+    #[error("{what}: HTTP {status}{}", if body.is_empty() { String::new() } else { format!(" ({body})") })]
+    Http {
+        what: String,
+        status: u16,
+        body: String,
+    },
+    #[error("no data for {seconds:.0}s while downloading {digest}")]
+    Stalled { digest: String, seconds: f64 },
+    #[error(
+        "downloading {digest} failed {attempts} times in a row ({last}); run the same command again to resume"
+    )]
+    Exhausted {
+        digest: String,
+        attempts: u32,
+        last: String,
+    },
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl PullError {
+    /// Worth retrying: the network, a stall, or the server's temporary trouble.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PullError::Network { .. } | PullError::Stalled { .. } => true,
+            PullError::Http { status, .. } => *status == 408 || *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+/// One line for a reqwest error: its chain of causes, without the URL
+/// (presigned URLs carry credentials in their query).
+pub(crate) fn describe(error: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut parts = Vec::new();
+    let mut source: Option<&dyn std::error::Error> = error.source();
+    let top = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "could not connect"
+    } else if error.is_body() || error.is_decode() {
+        "connection broke while reading"
+    } else {
+        "request failed"
+    };
+    parts.push(top.to_string());
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    parts.join(": ")
+}
+
+/// Whether a registry host is reached over plain HTTP: loopback always,
+/// others only when named by `--insecure-registry`.
+pub fn is_plain_http(host: &str, insecure: &[String]) -> bool {
+    if insecure.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+        return true;
+    }
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        })
+    };
+    if name.eq_ignore_ascii_case("localhost") || name.to_ascii_lowercase().ends_with(".localhost") {
+        return true;
+    }
+    name.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+        || insecure.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// The registry base URL a model is fetched from.
+pub fn registry_base(model: &ModelRef, options: &PullOptions) -> Result<Url, PullError> {
+    if let Some(url) = &options.source_registry {
+        return Ok(url.clone());
+    }
+    let scheme = if is_plain_http(&model.host, &options.insecure_registries) {
+        "http"
+    } else {
+        "https"
+    };
+    Url::parse(&format!("{scheme}://{}", model.host)).map_err(|e| PullError::Protocol {
+        registry: model.host.clone(),
+        detail: format!("{} is not a usable host: {e}", model.host),
+    })
+}
+
+/// Pulls the models into the cache: all manifests first (so a typo fails
+/// before gigabytes move), then each distinct blob once.
+pub async fn pull_models(
+    options: &PullOptions,
+    models: &[ModelRef],
+) -> Result<Vec<PulledModel>, PullError> {
+    let cache = Cache::new(&options.cache_dir);
+    let progress = Progress::new(options.progress);
+    let mut clients: HashMap<Url, RegistryClient> = HashMap::new();
+    let mut plans = Vec::new();
+    for model in models {
+        if model.is_cloud_tag() {
+            return Err(manifest::cloud_or_weightless(model));
+        }
+        let base = registry_base(model, options)?;
+        let client = match clients.get(&base) {
+            Some(c) => c.clone(),
+            None => {
+                let c = RegistryClient::new(
+                    base.clone(),
+                    options.credentials.clone(),
+                    options.connect_timeout,
+                )?;
+                clients.insert(base, c.clone());
+                c
+            }
+        };
+        let local = match &options.from_ollama_dir {
+            Some(dir) => local::read_manifest(dir, model)?,
+            None => None,
+        };
+        let bytes = match local {
+            Some(bytes) => bytes,
+            None => fetch_manifest(&client, model, options).await?,
+        };
+        let parsed = manifest::parse_manifest(model, &bytes)?;
+        plans.push((model.clone(), client, bytes, parsed));
+    }
+
+    let fetcher = blobs::BlobFetcher {
+        cache: &cache,
+        options,
+        progress: &progress,
+    };
+    let mut pulled = Vec::new();
+    for (model, client, bytes, parsed) in &plans {
+        // The config first: it says whether this is a cloud model with no weights.
+        let config = fetcher.fetch(client, model, &parsed.config).await?;
+        let config_bytes = std::fs::read(&config.path).map_err(|source| PullError::Io {
+            path: config.path.clone(),
+            source,
+        })?;
+        manifest::check_config(model, &config_bytes)?;
+        let missing: u64 = parsed
+            .layers
+            .iter()
+            .filter(|l| cache.lookup(&l.digest, l.size).ok().flatten().is_none())
+            .map(|l| l.size)
+            .sum();
+        progress.add_total(missing);
+        let mut layers = Vec::new();
+        for layer in &parsed.layers {
+            layers.push(fetcher.fetch(client, model, layer).await?);
+        }
+        pulled.push(PulledModel {
+            reference: model.clone(),
+            manifest: bytes.clone(),
+            manifest_digest: format!(
+                "sha256:{}",
+                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
+            ),
+            config,
+            layers,
+        });
+    }
+    progress.finish();
+    Ok(pulled)
+}
+
+const MANIFEST_LIMIT: usize = 4 << 20;
+
+/// GETs the manifest with Ollama's exact `Accept` header and keeps the bytes
+/// as served; transient failures are retried.
+pub async fn fetch_manifest(
+    client: &RegistryClient,
+    model: &ModelRef,
+    options: &PullOptions,
+) -> Result<Vec<u8>, PullError> {
+    let mut failures = 0;
+    loop {
+        match fetch_manifest_once(client, model).await {
+            Err(e) if e.is_transient() && failures < options.max_retries.min(3) => {
+                failures += 1;
+                tokio::time::sleep(options.retry_base_delay.saturating_mul(1 << failures)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn fetch_manifest_once(
+    client: &RegistryClient,
+    model: &ModelRef,
+) -> Result<Vec<u8>, PullError> {
+    let url = client.manifest_url(&model.repository(), &model.tag)?;
+    let (mut response, final_url) = client
+        .get(url, &model.repository(), Some(MANIFEST_ACCEPT), None)
+        .await?;
+    let what = format!("GET {}", redact(&final_url));
+    match response.status() {
+        StatusCode::OK => {}
+        StatusCode::NOT_FOUND => {
+            return Err(PullError::NotFound {
+                model: model.short(),
+                registry: client.display_host(),
+                hint: model.tags_page(),
+            });
+        }
+        status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
+            return Err(PullError::Unauthorized {
+                registry: client.display_host(),
+                detail: format!(
+                    "HTTP {status} for {}; check KILN_REGISTRY_USERNAME/KILN_REGISTRY_PASSWORD",
+                    model.short()
+                ),
+            });
+        }
+        status => {
+            let body = response.text().await.unwrap_or_default();
+            return Err(PullError::Http {
+                what,
+                status: status.as_u16(),
+                body: body
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .chars()
+                    .take(200)
+                    .collect(),
+            });
+        }
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| PullError::Network {
+        what: what.clone(),
+        detail: describe(&e),
+    })? {
+        if bytes.len() + chunk.len() > MANIFEST_LIMIT {
+            return Err(PullError::InvalidManifest {
+                model: model.short(),
+                reason: format!("it is larger than {MANIFEST_LIMIT} bytes"),
+            });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_for_loopback_and_named_insecure_hosts() {
+        let insecure = vec!["mirror.internal:5000".to_string()];
+        for host in [
+            "127.0.0.1:5000",
+            "127.1.2.3",
+            "localhost",
+            "localhost:8080",
+            "mirror.internal:5000",
+        ] {
+            assert!(is_plain_http(host, &insecure), "{host}");
+        }
+        for host in [
+            "registry.ollama.ai",
+            "mirror.internal:5001",
+            "128.0.0.1",
+            "localhost.evil.com",
+            "10.0.0.1:5000",
+        ] {
+            assert!(!is_plain_http(host, &insecure), "{host}");
+        }
+    }
+
+    #[test]
+    fn not_found_names_the_model_registry_and_tags_page() {
+        let model = ModelRef::parse("gemma3:5b").unwrap();
+        let err = PullError::NotFound {
+            model: model.short(),
+            registry: model.host.clone(),
+            hint: model.tags_page(),
+        };
+        assert_eq!(
+            err.to_string(),
+            r#"model "gemma3:5b" not found in registry.ollama.ai; see https://ollama.com/library/gemma3/tags"#
+        );
+    }
+}
