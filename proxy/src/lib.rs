@@ -1,2 +1,23 @@
 //! kiln-proxy: the sidecar that fronts a local Ollama on Cloud Run.
+//!
+//! Library first, so tests and benchmarks run it in process: build a
+//! [`Config`], pick the filter stage, and call [`start`] (or [`run`], which
+//! also waits for SIGTERM and drains).
+
+pub mod admission;
+pub mod body;
+pub mod config;
 pub mod filter;
+pub mod headers;
+pub mod logging;
+pub mod metrics;
+pub mod pipeline;
+pub mod readiness;
+pub mod request_view;
+pub mod routes;
+pub mod server;
+pub mod supervisor;
+pub mod upstream;
+
+pub use config::Config;
+pub use server::{RunningProxy, run, start};

@@ -1,10 +1,117 @@
-use clap::Parser;
+//! `kiln-proxy`: turns flags, `KILN_*` variables and the config file into a
+//! [`Config`] and runs the proxy. Subcommands are extra tools; without one,
+//! the proxy runs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use kiln_proxy::Config;
+use kiln_proxy::filter::{NoFilters, RequestFilter};
 
 /// Ollama-fronting sidecar: auth, admission control, readiness and wasm request filters.
 #[derive(Parser)]
 #[command(name = "kiln-proxy", version, about, long_about = None)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
 
-fn main() {
-    let _cli = Cli::parse();
+#[derive(Subcommand)]
+enum Command {
+    /// Load the configuration (file, KILN_* variables, flags), check it, and print it.
+    CheckConfig,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// TOML config file (DESIGN.md §3).
+    #[arg(long, env = "KILN_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 0.0.0.0:$PORT, else 0.0.0.0:8080].
+    #[arg(long, global = true)]
+    listen: Option<String>,
+    /// Ollama's URL [default: http://127.0.0.1:11434].
+    #[arg(long, global = true)]
+    upstream: Option<String>,
+    /// Start and supervise `ollama serve` (single-container mode).
+    #[arg(long, global = true)]
+    spawn_ollama: bool,
+    /// Model to load and pin before reporting ready (repeatable).
+    #[arg(long, global = true)]
+    preload: Vec<String>,
+    /// The program started by --spawn-ollama [default: ollama].
+    #[arg(long, global = true)]
+    ollama_command: Option<PathBuf>,
+}
+
+fn load_config(args: &RunArgs) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    config.apply_env(|k| std::env::var(k).ok())?;
+    if let Some(l) = &args.listen {
+        config.listen = Some(l.clone());
+    }
+    if let Some(u) = &args.upstream {
+        config.upstream = u.clone();
+    }
+    if args.spawn_ollama {
+        config.ollama.spawn = true;
+    }
+    if !args.preload.is_empty() {
+        config.ollama.preload = args.preload.clone();
+    }
+    if let Some(c) = &args.ollama_command {
+        config.ollama.command = c.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// The filter stage: none without `[[plugins]]`.
+fn filter_stage(config: &Config) -> anyhow::Result<Arc<dyn RequestFilter>> {
+    if config.plugins.is_empty() {
+        return Ok(Arc::new(NoFilters));
+    }
+    anyhow::bail!(
+        "[[plugins]] are configured but this kiln-proxy build has no plugin host; remove them"
+    )
+}
+
+async fn real_main(cli: Cli) -> anyhow::Result<()> {
+    let config = load_config(&cli.run).context("invalid configuration")?;
+    match cli.command {
+        Some(Command::CheckConfig) => {
+            let listen = config.listen_addr(std::env::var("PORT").ok().as_deref())?;
+            println!(
+                "configuration OK: listen {listen}, upstream {}",
+                config.upstream
+            );
+            println!("{config:#?}");
+            Ok(())
+        }
+        None => {
+            let filter = filter_stage(&config)?;
+            kiln_proxy::run(config, filter).await
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    kiln_proxy::logging::init();
+    match real_main(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("kiln-proxy failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

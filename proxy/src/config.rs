@@ -1,0 +1,352 @@
+//! The proxy's configuration (DESIGN.md §3): a TOML file, then `KILN_*`
+//! environment variables, then command-line flags, each overriding the last.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::filter::PluginSpec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}={value:?} is not valid: {reason}")]
+    Value {
+        key: String,
+        value: String,
+        reason: String,
+    },
+}
+
+fn bad(key: &str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Value {
+        key: key.into(),
+        value: value.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Everything the proxy needs to run.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where to listen. Unset: `0.0.0.0:$PORT`, else `0.0.0.0:8080` (see [`Config::listen_addr`]).
+    pub listen: Option<String>,
+    /// Ollama's base URL (plain HTTP; it runs beside the proxy).
+    pub upstream: String,
+    /// `Origin` values passed on to Ollama; every other `Origin` is dropped,
+    /// because Ollama answers 403 to origins it does not know.
+    pub allowed_origins: Vec<String>,
+    pub ollama: OllamaConfig,
+    pub limits: Limits,
+    pub plugins: Vec<PluginSpec>,
+}
+
+/// Single-container mode: the proxy runs and supervises `ollama serve`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OllamaConfig {
+    pub spawn: bool,
+    /// Models loaded with `keep_alive: -1` before readiness turns green
+    /// (also in sidecar mode, where Ollama runs in another container).
+    pub preload: Vec<String>,
+    /// The program started in spawn mode, and its arguments.
+    pub command: PathBuf,
+    pub args: Vec<String>,
+    /// How long Ollama may take to answer and load the preloaded models.
+    pub startup_timeout_s: u64,
+    /// Restarts of a dying `ollama serve` before the proxy gives up and exits.
+    pub max_restarts: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Requests at Ollama at once; set it to OLLAMA_NUM_PARALLEL.
+    pub max_in_flight: usize,
+    /// Requests waiting for a slot; beyond that the answer is 429.
+    pub max_queue: usize,
+    pub max_body_bytes: usize,
+    /// Whole-request deadline, streaming included.
+    pub request_timeout_s: u64,
+    /// A client must send its request head within this; it also closes idle keep-alive connections.
+    pub header_timeout_s: u64,
+    /// Longest silence tolerated while reading a request body or between streamed chunks.
+    pub idle_timeout_s: u64,
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    pub shutdown_grace_s: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: None,
+            upstream: "http://127.0.0.1:11434".into(),
+            allowed_origins: Vec::new(),
+            ollama: OllamaConfig::default(),
+            limits: Limits::default(),
+            plugins: Vec::new(),
+        }
+    }
+}
+
+impl Default for OllamaConfig {
+    fn default() -> Self {
+        OllamaConfig {
+            spawn: false,
+            preload: Vec::new(),
+            command: "ollama".into(),
+            args: vec!["serve".into()],
+            startup_timeout_s: 600,
+            max_restarts: 3,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_in_flight: 4,
+            max_queue: 4,
+            max_body_bytes: 10 * 1024 * 1024,
+            request_timeout_s: 600,
+            header_timeout_s: 10,
+            idle_timeout_s: 120,
+            // Cloud Run sends SIGKILL 10 s after SIGTERM.
+            shutdown_grace_s: 8,
+        }
+    }
+}
+
+fn list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, ConfigError> {
+    v.trim()
+        .parse()
+        .map_err(|_| bad(key, v, "expected a whole number"))
+}
+
+fn boolean(key: &str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err(bad(key, v, "expected true or false")),
+    }
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Applies `KILN_*` overrides; `var` looks a variable up (the process
+    /// environment in production, a map in tests). Lists are comma-separated.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let get = |k: &str| var(k).map(|v| (k.to_string(), v));
+        if let Some((_, v)) = get("KILN_LISTEN") {
+            self.listen = Some(v);
+        }
+        if let Some((_, v)) = get("KILN_UPSTREAM") {
+            self.upstream = v;
+        }
+        if let Some((_, v)) = get("KILN_ALLOWED_ORIGINS") {
+            self.allowed_origins = list(&v);
+        }
+        if let Some((k, v)) = get("KILN_OLLAMA_SPAWN") {
+            self.ollama.spawn = boolean(&k, &v)?;
+        }
+        if let Some((_, v)) = get("KILN_OLLAMA_PRELOAD") {
+            self.ollama.preload = list(&v);
+        }
+        if let Some((_, v)) = get("KILN_OLLAMA_COMMAND") {
+            self.ollama.command = v.into();
+        }
+        if let Some((k, v)) = get("KILN_OLLAMA_STARTUP_TIMEOUT_S") {
+            self.ollama.startup_timeout_s = num(&k, &v)?;
+        }
+        if let Some((k, v)) = get("KILN_OLLAMA_MAX_RESTARTS") {
+            self.ollama.max_restarts = num(&k, &v)?;
+        }
+        let l = &mut self.limits;
+        for (key, field) in [
+            ("KILN_LIMITS_MAX_IN_FLIGHT", &mut l.max_in_flight),
+            ("KILN_LIMITS_MAX_QUEUE", &mut l.max_queue),
+            ("KILN_LIMITS_MAX_BODY_BYTES", &mut l.max_body_bytes),
+        ] {
+            if let Some((k, v)) = get(key) {
+                *field = num(&k, &v)?;
+            }
+        }
+        for (key, field) in [
+            ("KILN_LIMITS_REQUEST_TIMEOUT_S", &mut l.request_timeout_s),
+            ("KILN_LIMITS_HEADER_TIMEOUT_S", &mut l.header_timeout_s),
+            ("KILN_LIMITS_IDLE_TIMEOUT_S", &mut l.idle_timeout_s),
+            ("KILN_LIMITS_SHUTDOWN_GRACE_S", &mut l.shutdown_grace_s),
+        ] {
+            if let Some((k, v)) = get(key) {
+                *field = num(&k, &v)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The address to listen on: `listen`, else `0.0.0.0:$PORT` (Cloud Run), else `0.0.0.0:8080`.
+    pub fn listen_addr(&self, port_env: Option<&str>) -> Result<SocketAddr, ConfigError> {
+        let (key, text) = match (&self.listen, port_env) {
+            (Some(l), _) => ("listen", l.clone()),
+            (None, Some(p)) => ("PORT", format!("0.0.0.0:{}", p.trim())),
+            (None, None) => ("listen", "0.0.0.0:8080".to_string()),
+        };
+        text.parse()
+            .map_err(|_| bad(key, &text, "expected IP:PORT, e.g. 0.0.0.0:8080"))
+    }
+
+    /// Checks values that would only fail later, at the first request.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let up = &self.upstream;
+        let uri: http::Uri = up
+            .parse()
+            .map_err(|_| bad("upstream", up, "expected a URL like http://127.0.0.1:11434"))?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            return Err(bad(
+                "upstream",
+                up,
+                "expected http://HOST:PORT (Ollama runs beside the proxy over plain HTTP)",
+            ));
+        }
+        if self.limits.max_in_flight == 0 {
+            let v = self.limits.max_in_flight.to_string();
+            return Err(bad("limits.max_in_flight", &v, "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    pub fn upstream_uri(&self) -> Result<http::Uri, ConfigError> {
+        self.validate()?;
+        self.upstream
+            .trim_end_matches('/')
+            .parse()
+            .map_err(|_| bad("upstream", &self.upstream, "not a URL"))
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.request_timeout_s)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.idle_timeout_s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn design_example_parses() {
+        let text = r#"
+listen = "0.0.0.0:8080"
+upstream = "http://127.0.0.1:11434"
+[ollama]
+spawn = true
+preload = ["gemma3:4b"]
+[limits]
+max_in_flight = 4
+max_queue = 4
+max_body_bytes = 10485760
+request_timeout_s = 600
+[[plugins]]
+name = "api-key"
+path = "/plugins/api_key.wasm"
+on_error = "deny"
+routes = ["generate", "chat", "openai"]
+[plugins.config]
+keys = ["k1"]
+"#;
+        let c: Config = toml::from_str(text).unwrap();
+        assert!(c.ollama.spawn);
+        assert_eq!(c.ollama.preload, ["gemma3:4b"]);
+        assert_eq!(c.plugins.len(), 1);
+        assert_eq!(c.plugins[0].config["keys"][0], "k1");
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<Config>("[limits]\nmax_inflight = 3\n").unwrap_err();
+        assert!(err.to_string().contains("max_inflight"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file_values() {
+        let mut c = Config::default();
+        let env = |k: &str| match k {
+            "KILN_LIMITS_MAX_QUEUE" => Some("9".to_string()),
+            "KILN_OLLAMA_PRELOAD" => Some("gemma3:4b, gemma3:1b".to_string()),
+            "KILN_OLLAMA_SPAWN" => Some("true".to_string()),
+            _ => None,
+        };
+        c.apply_env(env).unwrap();
+        assert_eq!(c.limits.max_queue, 9);
+        assert_eq!(c.ollama.preload, ["gemma3:4b", "gemma3:1b"]);
+        assert!(c.ollama.spawn);
+        let err = c
+            .apply_env(|k| (k == "KILN_LIMITS_MAX_IN_FLIGHT").then(|| "four".into()))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("KILN_LIMITS_MAX_IN_FLIGHT"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn listen_defaults_follow_cloud_run_port() {
+        let c = Config::default();
+        assert_eq!(c.listen_addr(None).unwrap().to_string(), "0.0.0.0:8080");
+        assert_eq!(
+            c.listen_addr(Some("9000")).unwrap().to_string(),
+            "0.0.0.0:9000"
+        );
+        let c = Config {
+            listen: Some("127.0.0.1:1".into()),
+            ..Config::default()
+        };
+        assert_eq!(
+            c.listen_addr(Some("9000")).unwrap().to_string(),
+            "127.0.0.1:1"
+        );
+    }
+
+    #[test]
+    fn upstream_must_be_plain_http() {
+        for bad in ["https://x:1", "127.0.0.1:11434", "not a url"] {
+            let c = Config {
+                upstream: bad.into(),
+                ..Config::default()
+            };
+            assert!(c.validate().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,561 @@
+//! The life of one request, as named stages (after Pingora's phases):
+//!
+//! 1. `route`     — known Ollama/OpenAI route and method, else 404/405;
+//! 2. `read`      — inference bodies read whole under `max_body_bytes` (413);
+//! 3. `view`      — the typed [`InferenceView`] parsed once (400 on bad JSON);
+//! 4. `filter`    — the [`RequestFilter`] stage (plugins) may rewrite or reject;
+//! 5. `admit`     — admission control (429 when the queue is full);
+//! 6. `forward`   — to Ollama with Host/Origin/hop-by-hop rules, 502/504 on failure;
+//! 7. `respond`   — the answer streamed back frame by frame; the end is logged
+//!    and counted when the body finishes, breaks off, or the client leaves.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::admission::Admission;
+use crate::body::{self, Framing, OnEnd, Outcome, Passthrough, ReadError, RespBody};
+use crate::config::Config;
+use crate::filter::{FilterRequest, RequestFilter, RouteKind, Verdict};
+use crate::headers;
+use crate::metrics::{Gauges, Metrics};
+use crate::readiness::Readiness;
+use crate::request_view::{self, InferenceView};
+use crate::routes::{self, ApiStyle, Route};
+use crate::upstream::Upstream;
+
+/// What every request handler shares.
+pub struct AppState {
+    pub config: Config,
+    pub upstream: Upstream,
+    pub filter: Arc<dyn RequestFilter>,
+    pub admission: Admission,
+    pub metrics: Metrics,
+    pub readiness: Readiness,
+}
+
+/// What the access log and metrics need to know about a request.
+struct Ctx {
+    start: Instant,
+    deadline: Instant,
+    style: ApiStyle,
+    request_id: HeaderValue,
+    trace: Option<String>,
+    method: Method,
+    path_and_query: String,
+    route: &'static str,
+    user_agent: String,
+    remote: SocketAddr,
+    request_size: u64,
+    model: Option<String>,
+}
+
+/// A proxy's answer with nothing from Ollama in it.
+type Early = Box<Response<RespBody>>;
+
+pub async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<RespBody> {
+    if let Some(resp) = local_endpoint(&state, &req) {
+        return resp;
+    }
+    let start = Instant::now();
+    let mut ctx = Ctx {
+        start,
+        deadline: start + state.config.request_timeout(),
+        style: ApiStyle::of_path(req.uri().path()),
+        request_id: headers::request_id(req.headers()),
+        trace: headers::trace_id(req.headers()),
+        method: req.method().clone(),
+        path_and_query: req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string(),
+        route: "unknown",
+        user_agent: header_str(req.headers(), header::USER_AGENT).to_string(),
+        remote,
+        request_size: 0,
+        model: None,
+    };
+    match run(&state, &mut ctx, req).await {
+        Ok(resp) => resp,
+        Err(early) => *early,
+    }
+}
+
+async fn run(
+    state: &Arc<AppState>,
+    ctx: &mut Ctx,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, Early> {
+    // Stage: route.
+    let path = req.uri().path().to_string();
+    let Some(route) = routes::classify(&path) else {
+        let msg = format!(
+            "{path} is not an Ollama or OpenAI-compatible route; kiln-proxy does not forward it"
+        );
+        return Err(reject(state, ctx, 404, &msg, "unknown_route", &[]));
+    };
+    ctx.route = route.label;
+    if !route.methods.contains(req.method()) {
+        let allow = routes::allow_header(&route);
+        let msg = format!(
+            "method {} is not allowed on {path}; use {allow}",
+            req.method()
+        );
+        return Err(reject(
+            state,
+            ctx,
+            405,
+            &msg,
+            "wrong_method",
+            &[("allow".into(), allow)],
+        ));
+    }
+    let limit = state.config.limits.max_body_bytes;
+    let declared = header_str(req.headers(), header::CONTENT_LENGTH)
+        .parse::<u64>()
+        .ok();
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(state, ctx));
+    }
+    ctx.request_size = declared.unwrap_or(0);
+    let (parts, body) = req.into_parts();
+    if route.inference {
+        inference(state, ctx, route, parts, body).await
+    } else {
+        other(state, ctx, route, parts, body).await
+    }
+}
+
+async fn inference(
+    state: &Arc<AppState>,
+    ctx: &mut Ctx,
+    route: Route,
+    parts: http::request::Parts,
+    body: Incoming,
+) -> Result<Response<RespBody>, Early> {
+    // Stage: read.
+    let limit = state.config.limits.max_body_bytes;
+    let body = match body::read_limited(body, limit, state.config.idle_timeout()).await {
+        Ok(b) => b,
+        Err(ReadError::TooLarge(_)) => return Err(too_large(state, ctx)),
+        Err(e @ ReadError::Idle(_)) => {
+            return Err(reject(state, ctx, 408, &e.to_string(), "slow_body", &[]));
+        }
+        Err(e) => return Err(reject(state, ctx, 400, &e.to_string(), "bad_body", &[])),
+    };
+    ctx.request_size = body.len() as u64;
+    // Stage: view.
+    let view = parse_view(state, ctx, route.kind, &body)?;
+    // Stage: filter.
+    let (headers, body) = filter(
+        state,
+        ctx,
+        route.kind,
+        &parts,
+        body,
+        Some(view.model.clone()),
+    )
+    .await?;
+    let body = match body {
+        Some(b) => b,
+        None => Bytes::new(),
+    };
+    // Stage: admit.
+    let (permit, waited) = match state.admission.admit().await {
+        Ok(p) => p,
+        Err(_) => {
+            let a = &state.admission;
+            let msg = format!(
+                "server busy: {} requests running and {} waiting (limits.max_in_flight, limits.max_queue); retry shortly",
+                a.in_flight(),
+                a.queued()
+            );
+            return Err(reject(
+                state,
+                ctx,
+                429,
+                &msg,
+                "queue_full",
+                &[("retry-after".into(), "1".into())],
+            ));
+        }
+    };
+    state.metrics.queue_wait(waited);
+    // Stage: forward. The body length may have changed in the filter stage.
+    let mut headers = headers;
+    headers.remove(header::CONTENT_LENGTH);
+    forward(
+        state,
+        ctx,
+        parts,
+        headers,
+        body::full(body),
+        Some(Box::new(permit)),
+    )
+    .await
+}
+
+fn parse_view(
+    state: &Arc<AppState>,
+    ctx: &mut Ctx,
+    kind: RouteKind,
+    body: &[u8],
+) -> Result<InferenceView, Early> {
+    match request_view::parse(kind, body) {
+        Ok(v) => {
+            ctx.model = Some(v.model.clone());
+            Ok(v)
+        }
+        Err(e) => Err(reject(state, ctx, 400, &e.to_string(), "bad_request", &[])),
+    }
+}
+
+/// Requests that run no model (tags, ps, show, version, pull…): filtered on
+/// their head only (their body streams through untouched), never queued.
+async fn other(
+    state: &Arc<AppState>,
+    ctx: &mut Ctx,
+    route: Route,
+    parts: http::request::Parts,
+    body: Incoming,
+) -> Result<Response<RespBody>, Early> {
+    let (headers, _) = filter(state, ctx, route.kind, &parts, Bytes::new(), None).await?;
+    let limit = state.config.limits.max_body_bytes;
+    let body = http_body_util::Limited::new(body, limit).boxed_unsync();
+    forward(state, ctx, parts, headers, body, None).await
+}
+
+/// Stage: filter. Returns the headers to forward and, for inference routes,
+/// the body to forward (as rewritten by the filters).
+async fn filter(
+    state: &Arc<AppState>,
+    ctx: &mut Ctx,
+    kind: RouteKind,
+    parts: &http::request::Parts,
+    body: Bytes,
+    model: Option<String>,
+) -> Result<(HeaderMap, Option<Bytes>), Early> {
+    let original = body.clone();
+    let request = FilterRequest {
+        route: kind,
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: body.to_vec(),
+        model,
+    };
+    let forwarded = match state.filter.apply(request).await {
+        Verdict::Forward(r) => r,
+        Verdict::Reject {
+            status,
+            message,
+            headers,
+        } => {
+            let status = if (400..=599).contains(&status) {
+                status
+            } else {
+                500
+            };
+            return Err(reject(state, ctx, status, &message, "filter", &headers));
+        }
+    };
+    let mut out = HeaderMap::with_capacity(forwarded.headers.len());
+    for (name, value) in &forwarded.headers {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            (Ok(n), Ok(v)) => {
+                out.append(n, v);
+            }
+            _ => tracing::warn!(header = %name, "filter stage returned an invalid header; dropped"),
+        }
+    }
+    if kind == RouteKind::Other {
+        return Ok((out, None));
+    }
+    let body = if forwarded.body == original {
+        original
+    } else {
+        // A filter rewrote the body: the typed view must describe what Ollama will see.
+        let body = Bytes::from(forwarded.body);
+        parse_view(state, ctx, kind, &body)?;
+        body
+    };
+    Ok((out, Some(body)))
+}
+
+/// Stage: forward, then respond.
+async fn forward(
+    state: &Arc<AppState>,
+    ctx: &mut Ctx,
+    parts: http::request::Parts,
+    mut headers: HeaderMap,
+    body: body::ReqBody,
+    guard: Option<Box<dyn Send>>,
+) -> Result<Response<RespBody>, Early> {
+    let up = &state.upstream;
+    headers::for_upstream(
+        &mut headers,
+        up.authority(),
+        &state.config.allowed_origins,
+        &ctx.request_id,
+    );
+    let uri = up.uri(&ctx.path_and_query).map_err(|e| {
+        reject(
+            state,
+            ctx,
+            400,
+            &format!("bad request target: {e}"),
+            "bad_request",
+            &[],
+        )
+    })?;
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    let resp = match tokio::time::timeout_at(ctx.deadline, up.send(req)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            state.metrics.upstream_error();
+            return Err(reject(
+                state,
+                ctx,
+                502,
+                &e.to_string(),
+                "upstream_unreachable",
+                &[],
+            ));
+        }
+        Err(_) => {
+            state.metrics.upstream_error();
+            let msg = format!(
+                "Ollama did not answer within limits.request_timeout_s = {} s",
+                state.config.limits.request_timeout_s
+            );
+            return Err(reject(state, ctx, 504, &msg, "upstream_timeout", &[]));
+        }
+    };
+    state.metrics.first_byte(ctx.route, ctx.start.elapsed());
+    let (mut rparts, rbody) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut rparts.headers);
+    rparts
+        .headers
+        .insert(headers::REQUEST_ID, ctx.request_id.clone());
+    let framing = Framing::of_content_type(
+        rparts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let end = Access {
+        state: state.clone(),
+        ctx: take_ctx(ctx),
+        status: rparts.status.as_u16(),
+    };
+    let idle = state.config.idle_timeout();
+    let body = Passthrough::new(
+        rbody,
+        framing,
+        end.ctx.style,
+        end.ctx.deadline,
+        idle,
+        guard,
+        end,
+    );
+    Ok(Response::from_parts(rparts, body.boxed_unsync()))
+}
+
+fn take_ctx(ctx: &mut Ctx) -> Ctx {
+    Ctx {
+        start: ctx.start,
+        deadline: ctx.deadline,
+        style: ctx.style,
+        request_id: ctx.request_id.clone(),
+        trace: ctx.trace.take(),
+        method: ctx.method.clone(),
+        path_and_query: std::mem::take(&mut ctx.path_and_query),
+        route: ctx.route,
+        user_agent: std::mem::take(&mut ctx.user_agent),
+        remote: ctx.remote,
+        request_size: ctx.request_size,
+        model: ctx.model.take(),
+    }
+}
+
+/// Counts and logs a forwarded request when its body ends.
+struct Access {
+    state: Arc<AppState>,
+    ctx: Ctx,
+    status: u16,
+}
+
+impl OnEnd for Access {
+    fn on_end(&mut self, outcome: Outcome, bytes: u64, tokens: Option<(u64, u64)>) {
+        let m = &self.state.metrics;
+        m.request(self.ctx.route, self.status, self.ctx.start.elapsed());
+        if let Some((p, c)) = tokens {
+            m.tokens(p, c);
+        }
+        match outcome {
+            Outcome::ClientGone => m.client_disconnect(),
+            Outcome::UpstreamBroke | Outcome::TimedOut => m.upstream_error(),
+            Outcome::Completed => {}
+        }
+        access_log(&self.ctx, self.status, bytes, outcome, tokens);
+    }
+}
+
+fn access_log(ctx: &Ctx, status: u16, bytes: u64, outcome: Outcome, tokens: Option<(u64, u64)>) {
+    let http_request = serde_json::json!({
+        "requestMethod": ctx.method.as_str(),
+        "requestUrl": ctx.path_and_query,
+        "status": status,
+        "requestSize": ctx.request_size.to_string(),
+        "responseSize": bytes.to_string(),
+        "userAgent": ctx.user_agent,
+        "remoteIp": ctx.remote.ip().to_string(),
+        "latency": format!("{:.6}s", ctx.start.elapsed().as_secs_f64()),
+        "protocol": "HTTP/1.1",
+    });
+    let (prompt, completion) = tokens.unwrap_or((0, 0));
+    let request_id = ctx.request_id.to_str().unwrap_or("");
+    macro_rules! log {
+        ($level:ident) => {
+            tracing::$level!(
+                target: "kiln_proxy::access",
+                http_request = %http_request,
+                trace = ctx.trace.as_deref().unwrap_or(""),
+                request_id,
+                route = ctx.route,
+                model = ctx.model.as_deref().unwrap_or(""),
+                outcome = outcome.as_str(),
+                prompt_tokens = prompt,
+                completion_tokens = completion,
+                "{} {} {}", ctx.method, ctx.path_and_query, status
+            )
+        };
+    }
+    if status >= 500 || matches!(outcome, Outcome::UpstreamBroke | Outcome::TimedOut) {
+        log!(warn);
+    } else {
+        log!(info);
+    }
+}
+
+/// An answer the proxy gives itself, in the client's error format.
+fn reject(
+    state: &AppState,
+    ctx: &Ctx,
+    status: u16,
+    message: &str,
+    reason: &'static str,
+    extra: &[(String, String)],
+) -> Early {
+    state.metrics.rejection(reason);
+    state
+        .metrics
+        .request(ctx.route, status, ctx.start.elapsed());
+    let body = routes::error_body(ctx.style, status, message);
+    access_log(ctx, status, body.len() as u64, Outcome::Completed, None);
+    let mut resp = Response::new(body::full(body));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    h.insert(headers::REQUEST_ID, ctx.request_id.clone());
+    for (n, v) in extra {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(n.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            h.insert(n, v);
+        }
+    }
+    Box::new(resp)
+}
+
+fn too_large(state: &AppState, ctx: &Ctx) -> Early {
+    let limit = state.config.limits.max_body_bytes;
+    let msg = format!("request body is larger than limits.max_body_bytes = {limit} bytes");
+    reject(state, ctx, 413, &msg, "body_too_large", &[])
+}
+
+fn header_str(h: &HeaderMap, name: HeaderName) -> &str {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// `/healthz/live`, `/healthz/ready` and `/metrics`: answered by the proxy,
+/// never forwarded, never access-logged (probes would drown the log).
+fn local_endpoint(state: &AppState, req: &Request<Incoming>) -> Option<Response<RespBody>> {
+    let path = req.uri().path();
+    if !path.starts_with("/healthz/") && path != "/metrics" {
+        return None;
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return None;
+    }
+    let (status, content_type, body) = match path {
+        "/healthz/live" => {
+            let alive = state.readiness.is_alive();
+            let status = if alive { 200 } else { 503 };
+            (
+                status,
+                "application/json",
+                serde_json::json!({"alive": alive}).to_string(),
+            )
+        }
+        "/healthz/ready" => {
+            let (ready, detail) = state.readiness.status();
+            let status = if ready { 200 } else { 503 };
+            (
+                status,
+                "application/json",
+                serde_json::json!({"ready": ready, "detail": detail}).to_string(),
+            )
+        }
+        "/metrics" => {
+            let a = &state.admission;
+            let gauges = Gauges {
+                in_flight: a.in_flight(),
+                queued: a.queued(),
+                max_in_flight: a.max_in_flight(),
+                ready: state.readiness.status().0,
+            };
+            (
+                200,
+                "text/plain; version=0.0.4",
+                state.metrics.render(&gauges),
+            )
+        }
+        _ => return None,
+    };
+    let mut resp = Response::new(body::full(body));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    Some(resp)
+}

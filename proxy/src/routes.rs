@@ -1,0 +1,151 @@
+//! Which upstream routes exist, which methods they take, which are
+//! inference (admitted, filtered, typed), and in which format their clients
+//! expect errors.
+
+use http::Method;
+
+use crate::filter::RouteKind;
+
+/// The error format a client of a route understands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiStyle {
+    /// `{"error":"…"}` on `/api/*` and everything that is not `/v1/*`.
+    Ollama,
+    /// `{"error":{"message":…,"type":…,"param":null,"code":…}}` on `/v1/*`.
+    OpenAi,
+}
+
+impl ApiStyle {
+    pub fn of_path(path: &str) -> ApiStyle {
+        if path.starts_with("/v1/") {
+            ApiStyle::OpenAi
+        } else {
+            ApiStyle::Ollama
+        }
+    }
+}
+
+/// A known route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub kind: RouteKind,
+    /// A stable, low-cardinality label for metrics and logs.
+    pub label: &'static str,
+    /// Inference routes run a model: their bodies are parsed, filtered and admitted.
+    pub inference: bool,
+    pub methods: &'static [Method],
+}
+
+const GET: &[Method] = &[Method::GET, Method::HEAD];
+const POST: &[Method] = &[Method::POST];
+
+fn route(
+    label: &'static str,
+    kind: RouteKind,
+    inference: bool,
+    methods: &'static [Method],
+) -> Route {
+    Route {
+        kind,
+        label,
+        inference,
+        methods,
+    }
+}
+
+/// Looks up the route of a path (no query). `None` for paths Ollama does not
+/// serve: the proxy answers those itself with 404, so nothing unknown reaches Ollama.
+pub fn classify(path: &str) -> Option<Route> {
+    use RouteKind::*;
+    let r = match path {
+        "/" => route("root", Other, false, GET),
+        "/api/version" => route("version", Other, false, GET),
+        "/api/generate" => route("generate", OllamaGenerate, true, POST),
+        "/api/chat" => route("chat", OllamaChat, true, POST),
+        "/api/embed" => route("embed", OllamaEmbed, true, POST),
+        "/api/embeddings" => route("embeddings", OllamaEmbed, true, POST),
+        "/api/tags" => route("tags", Other, false, GET),
+        "/api/ps" => route("ps", Other, false, GET),
+        "/api/show" => route("show", Other, false, POST),
+        "/api/status" => route("status", Other, false, GET),
+        "/api/pull" => route("pull", Other, false, POST),
+        "/api/push" => route("push", Other, false, POST),
+        "/api/create" => route("create", Other, false, POST),
+        "/api/copy" => route("copy", Other, false, POST),
+        "/api/delete" => route("delete", Other, false, &[Method::DELETE]),
+        p if p.starts_with("/api/blobs/") => {
+            route("blobs", Other, false, &[Method::POST, Method::HEAD])
+        }
+        "/v1/chat/completions" => route("openai_chat", OpenaiChat, true, POST),
+        "/v1/completions" => route("openai_completions", OpenaiCompletions, true, POST),
+        "/v1/embeddings" => route("openai_embeddings", OpenaiEmbeddings, true, POST),
+        // Newer OpenAI- and Anthropic-style chat routes: inference all the same.
+        "/v1/responses" => route("openai_responses", OpenaiChat, true, POST),
+        "/v1/messages" => route("anthropic_messages", OpenaiChat, true, POST),
+        "/v1/models" => route("openai_models", Other, false, GET),
+        p if p.starts_with("/v1/models/") => route("openai_models", Other, false, GET),
+        _ => return None,
+    };
+    Some(r)
+}
+
+/// The `Allow` header value of a route.
+pub fn allow_header(route: &Route) -> String {
+    route
+        .methods
+        .iter()
+        .map(Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// An error body in the client's format.
+pub fn error_body(style: ApiStyle, status: u16, message: &str) -> Vec<u8> {
+    let v = match style {
+        ApiStyle::Ollama => serde_json::json!({ "error": message }),
+        ApiStyle::OpenAi => {
+            // The `type` values Ollama's OpenAI layer uses, plus OpenAI's own for 429.
+            let (kind, code) = match status {
+                400 | 405 | 413 => ("invalid_request_error", serde_json::Value::Null),
+                401 | 403 => ("authentication_error", serde_json::Value::Null),
+                404 => ("not_found_error", serde_json::Value::Null),
+                429 => ("rate_limit_error", serde_json::json!("rate_limit_exceeded")),
+                _ => ("api_error", serde_json::Value::Null),
+            };
+            serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
+        }
+    };
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_classify_by_path() {
+        let g = classify("/api/generate").unwrap();
+        assert!(g.inference && g.kind == RouteKind::OllamaGenerate && g.methods == POST);
+        assert_eq!(
+            classify("/v1/chat/completions").unwrap().kind,
+            RouteKind::OpenaiChat
+        );
+        assert!(!classify("/api/tags").unwrap().inference);
+        assert_eq!(classify("/api/blobs/sha256:abc").unwrap().label, "blobs");
+        assert!(classify("/admin").is_none());
+        assert!(classify("/api/generate/x").is_none());
+    }
+
+    #[test]
+    fn errors_follow_the_client_format() {
+        let o: serde_json::Value =
+            serde_json::from_slice(&error_body(ApiStyle::Ollama, 429, "busy")).unwrap();
+        assert_eq!(o, serde_json::json!({"error": "busy"}));
+        let v: serde_json::Value =
+            serde_json::from_slice(&error_body(ApiStyle::OpenAi, 429, "busy")).unwrap();
+        assert_eq!(v["error"]["message"], "busy");
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        assert_eq!(ApiStyle::of_path("/v1/models"), ApiStyle::OpenAi);
+        assert_eq!(ApiStyle::of_path("/api/chat"), ApiStyle::Ollama);
+    }
+}
