@@ -12,6 +12,7 @@ pub mod headers;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
+pub mod plugins;
 pub mod readiness;
 pub mod request_view;
 pub mod routes;

@@ -1,0 +1,118 @@
+//! Per-plugin route selection: the `routes = [...]` key of `[[plugins]]`.
+
+use crate::filter::RouteKind;
+
+/// Every name `routes` accepts, and the route kinds it selects.
+const NAMES: &[(&str, &[RouteKind])] = &[
+    ("generate", &[RouteKind::OllamaGenerate]),
+    ("chat", &[RouteKind::OllamaChat]),
+    ("embed", &[RouteKind::OllamaEmbed]),
+    (
+        "openai",
+        &[
+            RouteKind::OpenaiChat,
+            RouteKind::OpenaiCompletions,
+            RouteKind::OpenaiEmbeddings,
+        ],
+    ),
+    ("openai-chat", &[RouteKind::OpenaiChat]),
+    ("openai-completions", &[RouteKind::OpenaiCompletions]),
+    ("openai-embeddings", &[RouteKind::OpenaiEmbeddings]),
+    ("other", &[RouteKind::Other]),
+];
+
+/// The inference routes: what a plugin sees when its config names no routes.
+const INFERENCE: &[RouteKind] = &[
+    RouteKind::OllamaGenerate,
+    RouteKind::OllamaChat,
+    RouteKind::OllamaEmbed,
+    RouteKind::OpenaiChat,
+    RouteKind::OpenaiCompletions,
+    RouteKind::OpenaiEmbeddings,
+];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteSet(Vec<RouteKind>);
+
+impl RouteSet {
+    /// Parses the `routes` key; `None` selects every inference route.
+    pub fn parse(names: Option<&[String]>) -> Result<RouteSet, String> {
+        let Some(names) = names else {
+            return Ok(RouteSet(INFERENCE.to_vec()));
+        };
+        let mut kinds = Vec::new();
+        for name in names {
+            let selected = match name.as_str() {
+                "all" | "inference" => INFERENCE,
+                other => NAMES
+                    .iter()
+                    .find(|(n, _)| *n == other)
+                    .map(|(_, kinds)| *kinds)
+                    .ok_or_else(|| {
+                        format!(
+                            "unknown route `{other}` in `routes`; use any of: inference, {}",
+                            Self::names()
+                        )
+                    })?,
+            };
+            for kind in selected {
+                if !kinds.contains(kind) {
+                    kinds.push(*kind);
+                }
+            }
+        }
+        if kinds.is_empty() {
+            return Err("`routes` is empty, so the plugin would never run; remove the key to select every inference route".into());
+        }
+        Ok(RouteSet(kinds))
+    }
+
+    fn names() -> String {
+        NAMES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+    }
+
+    pub fn contains(&self, kind: RouteKind) -> bool {
+        self.0.contains(&kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(names: &[&str]) -> Result<RouteSet, String> {
+        RouteSet::parse(Some(
+            &names.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        ))
+    }
+
+    #[test]
+    fn route_names_select_route_kinds() {
+        let default = RouteSet::parse(None).unwrap();
+        assert!(
+            default.contains(RouteKind::OllamaChat)
+                && default.contains(RouteKind::OpenaiEmbeddings)
+        );
+        assert!(
+            !default.contains(RouteKind::Other),
+            "plugins see inference routes only by default"
+        );
+
+        let s = parse(&["chat", "openai"]).unwrap();
+        assert!(s.contains(RouteKind::OllamaChat) && s.contains(RouteKind::OpenaiCompletions));
+        assert!(!s.contains(RouteKind::OllamaGenerate));
+
+        assert!(parse(&["other"]).unwrap().contains(RouteKind::Other));
+        assert_eq!(parse(&["inference"]).unwrap(), default);
+    }
+
+    #[test]
+    fn bad_route_names_are_refused_with_the_valid_ones() {
+        let err = parse(&["chats"]).unwrap_err();
+        assert!(
+            err.contains("`chats`") && err.contains("openai-chat"),
+            "{err}"
+        );
+        assert!(parse(&[]).is_err());
+    }
+}

@@ -1,0 +1,240 @@
+//! The wasmtime engine shared by every plugin, and the per-call store: limits,
+//! the epoch ticker that enforces deadlines, and the host imports.
+
+use super::counters::{CounterStore, PluginCounters};
+use super::{PluginError, PluginOptions};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+};
+
+wasmtime::component::bindgen!({
+    path: "../plugins/wit",
+    world: "filter",
+});
+
+pub use kiln::filter::host::LogLevel;
+pub use kiln::filter::types as wit;
+
+/// How often the epoch advances. A call's deadline is rounded up to whole
+/// ticks, so a 50 ms deadline is enforced within 5 ms.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Log lines from plugins longer than this are cut, so a plugin cannot flood
+/// the proxy's log with one call.
+const MAX_LOG_LINE: usize = 4096;
+
+/// One engine for all plugins and all reloads: `InstancePre`s are tied to
+/// the engine that compiled them, and the epoch ticker drives this engine.
+pub struct Runtime {
+    pub engine: Engine,
+    pub linker: Linker<CallState>,
+    pub options: PluginOptions,
+    pub counters: CounterStore,
+    deadline_ticks: u64,
+    _ticker: EpochTicker,
+}
+
+impl Runtime {
+    pub fn new(options: &PluginOptions) -> Result<Arc<Runtime>, PluginError> {
+        let engine = Engine::new(&engine_config(options))
+            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        Filter::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
+            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        let tick_ms = EPOCH_TICK.as_millis().max(1) as u64;
+        let deadline_ticks = (options.deadline.as_millis() as u64)
+            .div_ceil(tick_ms)
+            .max(1);
+        Ok(Arc::new(Runtime {
+            _ticker: EpochTicker::start(engine.clone()),
+            engine,
+            linker,
+            options: options.clone(),
+            counters: CounterStore::default(),
+            deadline_ticks,
+        }))
+    }
+
+    /// A fresh store for one call of plugin `name`: limits set, deadline armed.
+    pub fn store(&self, plugin: Arc<PluginContext>) -> Store<CallState> {
+        let mut store = Store::new(
+            &self.engine,
+            CallState {
+                plugin,
+                memory_cap: self.options.memory_cap,
+                memory_exceeded: false,
+            },
+        );
+        store.limiter(|s| s as &mut dyn ResourceLimiter);
+        // The deadline counts from here, so instantiation is included.
+        store.set_epoch_deadline(self.deadline_ticks);
+        store
+    }
+}
+
+fn engine_config(options: &PluginOptions) -> Config {
+    let mut pool = PoolingAllocationConfig::new();
+    let n = options.max_concurrent_calls.max(1);
+    // A component made from a Rust core module instantiates the main module
+    // plus wit-component's shim and fixup modules: up to 4 core instances,
+    // 2 tables and 1 memory per call.
+    pool.total_component_instances(n)
+        .total_core_instances(4 * n)
+        .total_memories(n)
+        .total_tables(2 * n)
+        .max_memory_size(options.memory_cap);
+
+    let mut config = Config::new();
+    config
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        // Reserve only the cap per memory slot (not 4 GiB): a few hundred
+        // slots then fit in any address space, at the cost of explicit bounds
+        // checks, which plugin-sized work does not notice.
+        .memory_reservation(options.memory_cap as u64)
+        .memory_reservation_for_growth(0);
+    config
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] on its own thread, for
+/// as long as the runtime lives. Without it, deadlines never fire.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> EpochTicker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let spawned = std::thread::Builder::new()
+            .name("kiln-plugin-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            });
+        if let Err(e) = spawned {
+            // Without the ticker a looping plugin would hang its request, so
+            // make it loud; every call would still run, just without deadline.
+            tracing::error!(error = %e, "could not start the plugin deadline thread; plugin deadlines are not enforced");
+        }
+        EpochTicker { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What the host imports need to know about the plugin being called.
+pub struct PluginContext {
+    pub name: String,
+    pub config_json: String,
+    pub counters: Arc<PluginCounters>,
+}
+
+/// The data of one store (one call of one plugin).
+pub struct CallState {
+    pub plugin: Arc<PluginContext>,
+    memory_cap: usize,
+    /// Set when the plugin tried to grow past the cap, to explain the trap.
+    pub memory_exceeded: bool,
+}
+
+impl ResourceLimiter for CallState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_cap {
+            self.memory_exceeded = true;
+            // Trap rather than let memory.grow return -1: the guest's
+            // allocator would abort anyway, and a trap says why.
+            return Err(wasmtime::format_err!(
+                "plugin memory would grow to {desired} bytes, over the cap of {} bytes",
+                self.memory_cap
+            ));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+impl kiln::filter::types::Host for CallState {}
+
+impl kiln::filter::host::Host for CallState {
+    fn log(&mut self, level: LogLevel, mut message: String) {
+        if message.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str(" …(cut)");
+        }
+        let plugin = self.plugin.name.as_str();
+        match level {
+            LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+            LogLevel::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+
+    fn monotonic_now(&mut self) -> u64 {
+        monotonic_origin().elapsed().as_nanos() as u64
+    }
+
+    fn wall_now(&mut self) -> u64 {
+        wall_now_ms()
+    }
+
+    fn counter_add(
+        &mut self,
+        key: String,
+        window_ms: u64,
+        delta: u64,
+    ) -> kiln::filter::host::WindowCount {
+        let (total, resets_in_ms) = self
+            .plugin
+            .counters
+            .add(&key, window_ms, delta, wall_now_ms());
+        kiln::filter::host::WindowCount {
+            total,
+            resets_in_ms,
+        }
+    }
+
+    fn config(&mut self) -> String {
+        self.plugin.config_json.clone()
+    }
+}
+
+fn monotonic_origin() -> Instant {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+pub fn wall_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,178 @@
+//! The plugin stage the proxy runs: the current chain behind an `ArcSwap`,
+//! reloaded on SIGHUP or when a plugin file changes.
+//!
+//! A request takes the chain that is current when it arrives and finishes on
+//! it, even if a reload swaps in a new one meanwhile. A reload that fails
+//! (missing file, bad pin, config refused) keeps the old chain and logs why.
+
+use super::chain::Chain;
+use super::loader;
+use super::runtime::Runtime;
+use super::{PluginError, PluginSpec};
+use crate::filter::{FilterRequest, RequestFilter, Verdict, VerdictFuture};
+use arc_swap::ArcSwap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+pub struct PluginStage {
+    runtime: Arc<Runtime>,
+    specs: Mutex<Vec<PluginSpec>>,
+    current: ArcSwap<Chain>,
+}
+
+/// Builds a chain from specs: all or nothing.
+fn build(runtime: &Arc<Runtime>, specs: &[PluginSpec]) -> Result<Chain, PluginError> {
+    let mut plugins = Vec::with_capacity(specs.len());
+    for spec in specs {
+        if plugins
+            .iter()
+            .any(|p: &loader::LoadedPlugin| p.name == spec.name)
+        {
+            return Err(PluginError::DuplicateName(spec.name.clone()));
+        }
+        let plugin = loader::load(runtime, spec)?;
+        tracing::info!(
+            plugin = %plugin.name,
+            path = %spec.path.display(),
+            sha256 = %plugin.info.sha256,
+            cached = plugin.info.from_cache,
+            "plugin loaded"
+        );
+        plugins.push(plugin);
+    }
+    Ok(Chain {
+        runtime: runtime.clone(),
+        plugins,
+    })
+}
+
+impl PluginStage {
+    pub fn new(runtime: Arc<Runtime>, specs: &[PluginSpec]) -> Result<PluginStage, PluginError> {
+        let chain = build(&runtime, specs)?;
+        Ok(PluginStage {
+            runtime,
+            specs: Mutex::new(specs.to_vec()),
+            current: ArcSwap::from_pointee(chain),
+        })
+    }
+
+    /// The chain new requests use.
+    pub fn chain(&self) -> Arc<Chain> {
+        self.current.load_full()
+    }
+
+    /// Reloads every plugin from disk with the current specs.
+    pub fn reload(&self) -> Result<(), PluginError> {
+        let specs = self.specs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        self.reload_with(specs)
+    }
+
+    /// Replaces the specs (e.g. after the proxy re-read its config) and
+    /// reloads. On failure nothing changes: neither the specs nor the chain.
+    pub fn reload_with(&self, specs: Vec<PluginSpec>) -> Result<(), PluginError> {
+        match build(&self.runtime, &specs) {
+            Ok(chain) => {
+                tracing::info!(plugins = chain.len(), "plugin chain reloaded");
+                self.current.store(Arc::new(chain));
+                *self.specs.lock().unwrap_or_else(|p| p.into_inner()) = specs;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "plugin reload failed; the previous plugin chain stays in service");
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the reloader on the current tokio runtime: on SIGHUP, and when
+    /// a plugin file's size or modification time changes (checked every
+    /// `options.watch_interval`). Compiling happens on a blocking thread.
+    pub fn spawn_reloader(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let stage = Arc::downgrade(self);
+        let interval = self.runtime.options.watch_interval;
+        tokio::spawn(async move {
+            #[cfg(unix)]
+            let mut hup = match tokio::signal::unix::signal(
+                tokio::signal::unix::SignalKind::hangup(),
+            ) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP; plugins reload on file change only");
+                    None
+                }
+            };
+            let mut last = match stage.upgrade() {
+                Some(s) => s.fingerprint(),
+                None => return,
+            };
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                #[cfg(unix)]
+                let signalled = tokio::select! {
+                    _ = tick.tick() => false,
+                    Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+                };
+                #[cfg(not(unix))]
+                let signalled = {
+                    tick.tick().await;
+                    false
+                };
+                // Stop when the proxy dropped the stage.
+                let Some(s) = stage.upgrade() else { return };
+                let now = s.fingerprint();
+                if !signalled && now == last {
+                    continue;
+                }
+                if signalled {
+                    tracing::info!("SIGHUP: reloading plugins");
+                } else {
+                    tracing::info!("a plugin file changed: reloading plugins");
+                }
+                last = now;
+                // A failed reload is logged by reload() and keeps the old chain.
+                let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+            }
+        })
+    }
+
+    /// (path, size, mtime) of every plugin file, to notice changes.
+    fn fingerprint(&self) -> Vec<(PathBuf, Option<(u64, SystemTime)>)> {
+        let specs = self.specs.lock().unwrap_or_else(|p| p.into_inner());
+        specs
+            .iter()
+            .map(|s| {
+                let meta = std::fs::metadata(&s.path)
+                    .ok()
+                    .and_then(|m| Some((m.len(), m.modified().ok()?)));
+                (s.path.clone(), meta)
+            })
+            .collect()
+    }
+}
+
+impl RequestFilter for PluginStage {
+    fn apply(&self, request: FilterRequest) -> VerdictFuture<'_> {
+        let chain = self.chain();
+        Box::pin(async move {
+            if chain.is_empty() {
+                return Verdict::Forward(request);
+            }
+            // Plugin calls are CPU work bounded by their deadline; run them
+            // off the async workers so a slow plugin cannot stall other
+            // connections.
+            match tokio::task::spawn_blocking(move || chain.run(request)).await {
+                Ok(verdict) => verdict,
+                Err(e) => {
+                    tracing::error!(error = %e, "the plugin chain's thread failed; request refused");
+                    Verdict::Reject {
+                        status: 500,
+                        message: "request refused because the policy plugins failed; the proxy log has the details".into(),
+                        headers: Vec::new(),
+                    }
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,400 @@
+//! The plugin host, driven with small hand-written plugins (tests/support/fixtures.rs).
+
+mod support;
+
+use kiln_proxy::filter::{FilterRequest, OnError, PluginSpec, RequestFilter, RouteKind, Verdict};
+use kiln_proxy::plugins::{PluginError, PluginOptions, PluginStage, load_chain};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::fixtures::{self, Behaviour};
+
+fn options(dir: &Path) -> PluginOptions {
+    PluginOptions {
+        cache_dir: dir.join("cache"),
+        max_concurrent_calls: 16,
+        ..PluginOptions::default()
+    }
+}
+
+fn spec(name: &str, path: &Path) -> PluginSpec {
+    PluginSpec {
+        name: name.into(),
+        path: path.into(),
+        sha256: None,
+        on_error: OnError::Deny,
+        routes: None,
+        config: serde_json::Value::Null,
+    }
+}
+
+fn chat(body: &str) -> FilterRequest {
+    FilterRequest {
+        route: RouteKind::OllamaChat,
+        method: "POST".into(),
+        path: "/api/chat".into(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: body.as_bytes().to_vec(),
+        model: None,
+    }
+}
+
+fn stage(dir: &Path, specs: &[PluginSpec]) -> Arc<PluginStage> {
+    load_chain(specs, &options(dir)).expect("plugins load")
+}
+
+fn run(stage: &PluginStage, request: FilterRequest) -> Verdict {
+    stage.chain().run(request)
+}
+
+fn rejection(v: &Verdict) -> (u16, &str) {
+    match v {
+        Verdict::Reject {
+            status, message, ..
+        } => (*status, message.as_str()),
+        Verdict::Forward(r) => panic!(
+            "expected a rejection, got a forward of {:?}",
+            String::from_utf8_lossy(&r.body)
+        ),
+    }
+}
+
+fn forwarded(v: Verdict) -> FilterRequest {
+    match v {
+        Verdict::Forward(r) => r,
+        Verdict::Reject {
+            status, message, ..
+        } => panic!("expected a forward, got {status} {message}"),
+    }
+}
+
+#[test]
+fn plugin_allows_modifies_and_rejects() {
+    let dir = tempfile::tempdir().unwrap();
+    let allow = fixtures::write(dir.path(), "allow", &Behaviour::Allow);
+    let header = fixtures::write(dir.path(), "header", &Behaviour::SetHeader("x-tag", "on"));
+    let reject = fixtures::write(dir.path(), "reject", &Behaviour::Reject(401, "no key"));
+
+    let r = forwarded(run(
+        &stage(dir.path(), &[spec("allow", &allow)]),
+        chat("{}"),
+    ));
+    assert_eq!(r.body, b"{}");
+
+    let r = forwarded(run(
+        &stage(dir.path(), &[spec("header", &header)]),
+        chat("{}"),
+    ));
+    assert!(
+        r.headers.contains(&("x-tag".into(), "on".into())),
+        "{:?}",
+        r.headers
+    );
+    assert!(
+        r.headers
+            .contains(&("content-type".into(), "application/json".into()))
+    );
+
+    let v = run(&stage(dir.path(), &[spec("reject", &reject)]), chat("{}"));
+    assert_eq!(rejection(&v), (401, "no key"));
+}
+
+#[test]
+fn plugins_run_in_config_order_and_a_rejection_stops_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = fixtures::write(dir.path(), "a", &Behaviour::AppendToBody(b'a'));
+    let b = fixtures::write(dir.path(), "b", &Behaviour::AppendToBody(b'b'));
+    let no = fixtures::write(dir.path(), "no", &Behaviour::Reject(403, "stop"));
+
+    let r = forwarded(run(
+        &stage(dir.path(), &[spec("a", &a), spec("b", &b)]),
+        chat("x"),
+    ));
+    assert_eq!(r.body, b"xab");
+    let r = forwarded(run(
+        &stage(dir.path(), &[spec("b", &b), spec("a", &a)]),
+        chat("x"),
+    ));
+    assert_eq!(r.body, b"xba");
+
+    let v = run(
+        &stage(dir.path(), &[spec("a", &a), spec("no", &no), spec("b", &b)]),
+        chat("x"),
+    );
+    assert_eq!(rejection(&v), (403, "stop"));
+}
+
+#[test]
+fn plugin_runs_only_on_its_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let no = fixtures::write(dir.path(), "no", &Behaviour::Reject(403, "chat is closed"));
+    let mut only_chat = spec("no", &no);
+    only_chat.routes = Some(vec!["chat".into()]);
+    let stage = stage(dir.path(), &[only_chat]);
+
+    assert_eq!(rejection(&run(&stage, chat("{}"))).0, 403);
+    let mut generate = chat("{}");
+    generate.route = RouteKind::OllamaGenerate;
+    forwarded(run(&stage, generate));
+    let mut other = chat("{}");
+    other.route = RouteKind::Other;
+    forwarded(run(&stage, other));
+}
+
+#[test]
+fn plugin_sees_its_config_and_can_refuse_it_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = fixtures::write(dir.path(), "echo", &Behaviour::RejectWithConfig);
+    let mut s = spec("echo", &echo);
+    s.config = serde_json::json!({"keys": ["k1"]});
+    let v = run(&stage(dir.path(), &[s]), chat("{}"));
+    assert_eq!(rejection(&v), (403, r#"{"keys":["k1"]}"#));
+
+    let picky = fixtures::write_bytes(
+        dir.path(),
+        "picky",
+        &fixtures::core_module(&Behaviour::Allow, Some("keys must not be empty")),
+    );
+    let err = load_chain(&[spec("picky", &picky)], &options(dir.path()))
+        .err()
+        .expect("config refused");
+    assert!(matches!(err, PluginError::Config { .. }), "{err}");
+    assert!(err.to_string().contains("keys must not be empty"), "{err}");
+}
+
+#[test]
+fn plugin_trap_fails_closed_and_the_next_request_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let trap = fixtures::write(dir.path(), "trap", &Behaviour::Trap);
+    let stage = stage(dir.path(), &[spec("trap", &trap)]);
+    let verdict = run(&stage, chat("{}"));
+    let (status, message) = rejection(&verdict);
+    assert_eq!(status, 500);
+    assert!(
+        message.contains("`trap`"),
+        "the client learns which plugin failed: {message}"
+    );
+    // Fresh store per call: the trap poisoned nothing.
+    assert_eq!(rejection(&run(&stage, chat("{}"))).0, 500);
+}
+
+#[test]
+fn plugin_failure_is_skipped_when_on_error_is_allow() {
+    let dir = tempfile::tempdir().unwrap();
+    let trap = fixtures::write(dir.path(), "trap", &Behaviour::Trap);
+    let tag = fixtures::write(dir.path(), "tag", &Behaviour::AppendToBody(b'!'));
+    let mut lenient = spec("trap", &trap);
+    lenient.on_error = OnError::Allow;
+    let r = forwarded(run(
+        &stage(dir.path(), &[lenient, spec("tag", &tag)]),
+        chat("x"),
+    ));
+    assert_eq!(
+        r.body, b"x!",
+        "the chain continues after a fail-open plugin"
+    );
+}
+
+#[test]
+fn plugin_infinite_loop_is_cut_at_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let spin = fixtures::write(dir.path(), "spin", &Behaviour::Spin);
+    let allow = fixtures::write(dir.path(), "allow", &Behaviour::Allow);
+    let stage = stage(dir.path(), &[spec("spin", &spin)]);
+    let started = Instant::now();
+    let (status, _) = rejection(&run(&stage, chat("{}")));
+    let took = started.elapsed();
+    assert_eq!(status, 500);
+    assert!(
+        took >= Duration::from_millis(45),
+        "cut before the 50 ms deadline: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(500),
+        "not cut near the 50 ms deadline: {took:?}"
+    );
+
+    // The engine and its pool are fine afterwards.
+    let ok = self::stage(dir.path(), &[spec("allow", &allow)]);
+    forwarded(run(&ok, chat("{}")));
+}
+
+#[test]
+fn plugin_memory_bomb_is_stopped_at_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let bomb = fixtures::write(dir.path(), "bomb", &Behaviour::MemoryBomb);
+    let allow = fixtures::write(dir.path(), "allow", &Behaviour::Allow);
+    let opts = PluginOptions {
+        memory_cap: 8 << 20,
+        ..options(dir.path())
+    };
+    let stage = load_chain(&[spec("bomb", &bomb), spec("allow", &allow)], &opts).unwrap();
+    let started = Instant::now();
+    assert_eq!(rejection(&run(&stage, chat("{}"))).0, 500);
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    let mut lenient = spec("bomb", &bomb);
+    lenient.on_error = OnError::Allow;
+    let stage = load_chain(&[lenient, spec("allow", &allow)], &opts).unwrap();
+    for _ in 0..20 {
+        forwarded(run(&stage, chat("{}")));
+    }
+}
+
+#[test]
+fn bad_sha256_pin_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let allow = fixtures::write(dir.path(), "allow", &Behaviour::Allow);
+    let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        std::fs::read(&allow).unwrap(),
+    ));
+
+    let mut pinned = spec("allow", &allow);
+    pinned.sha256 = Some(format!("sha256:{actual}"));
+    assert!(load_chain(&[pinned.clone()], &options(dir.path())).is_ok());
+
+    pinned.sha256 = Some("0".repeat(64));
+    let err = load_chain(&[pinned], &options(dir.path()))
+        .err()
+        .expect("pin mismatch refused");
+    assert!(matches!(err, PluginError::PinMismatch { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&actual),
+        "the error shows the actual digest: {err}"
+    );
+}
+
+#[test]
+fn files_that_are_not_plugins_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = fixtures::write_bytes(dir.path(), "text", b"hello");
+    let err = load_chain(&[spec("text", &text)], &options(dir.path()))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("not a WebAssembly file"), "{err}");
+
+    let bare = fixtures::write_bytes(dir.path(), "bare", &wat::parse_str("(module)").unwrap());
+    let err = load_chain(&[spec("bare", &bare)], &options(dir.path()))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("kiln-plugin SDK") || err.contains("filter"),
+        "{err}"
+    );
+
+    let missing = dir.path().join("missing.wasm");
+    let err = load_chain(&[spec("missing", &missing)], &options(dir.path()))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("cannot read") && err.contains("missing.wasm"),
+        "{err}"
+    );
+}
+
+#[test]
+fn compiled_plugins_are_cached_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let allow = fixtures::write(dir.path(), "allow", &Behaviour::Allow);
+    let first = stage(dir.path(), &[spec("allow", &allow)]);
+    assert!(!first.chain().plugins().next().unwrap().info.from_cache);
+    let second = stage(dir.path(), &[spec("allow", &allow)]);
+    assert!(second.chain().plugins().next().unwrap().info.from_cache);
+    forwarded(run(&second, chat("{}")));
+}
+
+#[test]
+fn hot_reload_keeps_in_flight_requests_on_the_old_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.wasm");
+    std::fs::write(
+        &path,
+        fixtures::core_module(&Behaviour::SlowReject(300, "old"), None),
+    )
+    .unwrap();
+    let opts = PluginOptions {
+        deadline: Duration::from_secs(5),
+        ..options(dir.path())
+    };
+    let stage = load_chain(&[spec("p", &path)], &opts).unwrap();
+
+    let in_flight = {
+        let stage = stage.clone();
+        std::thread::spawn(move || run(&stage, chat("{}")))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    std::fs::write(
+        &path,
+        fixtures::core_module(&Behaviour::Reject(403, "new"), None),
+    )
+    .unwrap();
+    stage.reload().expect("the new plugin loads");
+
+    assert_eq!(
+        rejection(&run(&stage, chat("{}"))),
+        (403, "new"),
+        "new requests use the new chain"
+    );
+    let old = in_flight.join().unwrap();
+    assert_eq!(
+        rejection(&old),
+        (403, "old"),
+        "the in-flight request finished on the old chain"
+    );
+}
+
+#[test]
+fn broken_reload_keeps_the_old_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = fixtures::write(dir.path(), "p", &Behaviour::Reject(403, "v1"));
+    let stage = stage(dir.path(), &[spec("p", &path)]);
+    std::fs::write(&path, b"\0asm garbage").unwrap();
+    let err = stage.reload().expect_err("a broken plugin is refused");
+    assert!(err.to_string().contains("p.wasm"), "{err}");
+    assert_eq!(rejection(&run(&stage, chat("{}"))), (403, "v1"));
+}
+
+#[tokio::test]
+async fn changed_plugin_file_is_reloaded_by_the_watcher() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = fixtures::write(dir.path(), "p", &Behaviour::Reject(403, "v1"));
+    let opts = PluginOptions {
+        watch_interval: Duration::from_millis(50),
+        ..options(dir.path())
+    };
+    let stage = load_chain(&[spec("p", &path)], &opts).unwrap();
+    let watcher = stage.spawn_reloader();
+    assert_eq!(rejection(&stage.apply(chat("{}")).await), (403, "v1"));
+
+    // A different length guarantees the change is seen even if the mtime
+    // resolution is coarse.
+    std::fs::write(
+        &path,
+        fixtures::core_module(&Behaviour::Reject(403, "version two"), None),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = stage.apply(chat("{}")).await;
+        if rejection(&v).1 == "version two" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the watcher did not reload the changed plugin within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    watcher.abort();
+}
+
+#[tokio::test]
+async fn stage_apply_forwards_when_no_plugin_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let stage = stage(dir.path(), &[]);
+    let r = forwarded(stage.apply(chat("{}")).await);
+    assert_eq!(r.body, b"{}");
+}

@@ -1,0 +1,204 @@
+//! Hand-written plugins for host tests: core modules in WAT that follow the
+//! canonical ABI of `kiln:filter@0.1.0` by hand, with the world embedded the
+//! way wit-bindgen does, so the host componentizes them at load like any
+//! SDK-built plugin.
+//!
+//! Memory map: 0..256 scratch, 256 the returned decision, 512 header edits,
+//! 1024.. constant strings, 4096.. the bump heap of `cabi_realloc`.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+/// What `on-request` does.
+pub enum Behaviour<'a> {
+    Allow,
+    Reject(u16, &'a str),
+    /// Rewrites the body to the old body plus this byte.
+    AppendToBody(u8),
+    SetHeader(&'a str, &'a str),
+    /// Rejects with 403 and the plugin's config JSON as the message.
+    RejectWithConfig,
+    Trap,
+    Spin,
+    /// Grows memory 1 MiB at a time, forever.
+    MemoryBomb,
+    /// Busy-waits this many milliseconds on the host's monotonic clock, then
+    /// rejects with 403 and the message.
+    SlowReject(u64, &'a str),
+}
+
+const DECISION: u32 = 256;
+const EDITS: u32 = 512;
+const DATA: u32 = 1024;
+
+/// Returns (code, data segments) for `on-request`.
+fn on_request_body(b: &Behaviour) -> (String, Vec<(u32, Vec<u8>)>) {
+    let reject = |status: u16, msg_ptr: &str, msg_len: &str| {
+        format!(
+            "(i32.store8 (i32.const {DECISION}) (i32.const 2))
+             (i32.store16 (i32.const {d4}) (i32.const {status}))
+             (i32.store (i32.const {d8}) {msg_ptr})
+             (i32.store (i32.const {d12}) {msg_len})
+             (i32.store (i32.const {d16}) (i32.const 0))
+             (i32.store (i32.const {d20}) (i32.const 0))
+             (i32.const {DECISION})",
+            d4 = DECISION + 4,
+            d8 = DECISION + 8,
+            d12 = DECISION + 12,
+            d16 = DECISION + 16,
+            d20 = DECISION + 20,
+        )
+    };
+    match b {
+        Behaviour::Allow => (format!("(i32.store8 (i32.const {DECISION}) (i32.const 0)) (i32.const {DECISION})"), vec![]),
+        Behaviour::Reject(status, msg) => (
+            reject(*status, &format!("(i32.const {DATA})"), &format!("(i32.const {})", msg.len())),
+            vec![(DATA, msg.as_bytes().to_vec())],
+        ),
+        Behaviour::AppendToBody(byte) => (
+            format!(
+                "(local.set $out (call $realloc (i32.const 0) (i32.const 0) (i32.const 1) (i32.add (local.get 8) (i32.const 1))))
+                 (memory.copy (local.get $out) (local.get 7) (local.get 8))
+                 (i32.store8 (i32.add (local.get $out) (local.get 8)) (i32.const {byte}))
+                 (i32.store8 (i32.const {DECISION}) (i32.const 1))
+                 (i32.store8 (i32.const {d4}) (i32.const 1))
+                 (i32.store (i32.const {d8}) (local.get $out))
+                 (i32.store (i32.const {d12}) (i32.add (local.get 8) (i32.const 1)))
+                 (i32.store (i32.const {d16}) (i32.const 0))
+                 (i32.store (i32.const {d20}) (i32.const 0))
+                 (i32.const {DECISION})",
+                d4 = DECISION + 4,
+                d8 = DECISION + 8,
+                d12 = DECISION + 12,
+                d16 = DECISION + 16,
+                d20 = DECISION + 20,
+            ),
+            vec![],
+        ),
+        Behaviour::SetHeader(name, value) => {
+            let value_at = DATA + name.len() as u32;
+            (
+                format!(
+                    "(i32.store8 (i32.const {EDITS}) (i32.const 0))
+                     (i32.store (i32.const {e4}) (i32.const {DATA}))
+                     (i32.store (i32.const {e8}) (i32.const {nl}))
+                     (i32.store (i32.const {e12}) (i32.const {value_at}))
+                     (i32.store (i32.const {e16}) (i32.const {vl}))
+                     (i32.store8 (i32.const {DECISION}) (i32.const 1))
+                     (i32.store8 (i32.const {d4}) (i32.const 0))
+                     (i32.store (i32.const {d16}) (i32.const {EDITS}))
+                     (i32.store (i32.const {d20}) (i32.const 1))
+                     (i32.const {DECISION})",
+                    e4 = EDITS + 4,
+                    e8 = EDITS + 8,
+                    e12 = EDITS + 12,
+                    e16 = EDITS + 16,
+                    nl = name.len(),
+                    vl = value.len(),
+                    d4 = DECISION + 4,
+                    d16 = DECISION + 16,
+                    d20 = DECISION + 20,
+                ),
+                vec![(DATA, [name.as_bytes(), value.as_bytes()].concat())],
+            )
+        }
+        Behaviour::RejectWithConfig => (
+            format!(
+                "(call $config (i32.const 0)) {}",
+                reject(403, "(i32.load (i32.const 0))", "(i32.load (i32.const 4))")
+            ),
+            vec![],
+        ),
+        Behaviour::Trap => ("(unreachable)".into(), vec![]),
+        Behaviour::Spin => ("(loop $l (br $l)) (unreachable)".into(), vec![]),
+        Behaviour::MemoryBomb => ("(loop $l (drop (memory.grow (i32.const 16))) (br $l)) (unreachable)".into(), vec![]),
+        Behaviour::SlowReject(ms, msg) => (
+            format!(
+                "(local.set $start (call $now))
+                 (loop $l (br_if $l (i64.lt_u (i64.sub (call $now) (local.get $start)) (i64.const {ns}))))
+                 {}",
+                reject(403, &format!("(i32.const {DATA})"), &format!("(i32.const {})", msg.len())),
+                ns = ms * 1_000_000,
+            ),
+            vec![(DATA, msg.as_bytes().to_vec())],
+        ),
+    }
+}
+
+/// The WAT of a plugin; `config_error` makes `validate-config` refuse.
+pub fn wat(behaviour: &Behaviour, config_error: Option<&str>) -> String {
+    let (code, mut data) = on_request_body(behaviour);
+    let validate = match config_error {
+        None => "(i32.store8 (i32.const 16) (i32.const 0)) (i32.const 16)".to_owned(),
+        Some(msg) => {
+            data.push((2048, msg.as_bytes().to_vec()));
+            format!(
+                "(i32.store8 (i32.const 16) (i32.const 1)) (i32.store (i32.const 20) (i32.const 2048)) (i32.store (i32.const 24) (i32.const {})) (i32.const 16)",
+                msg.len()
+            )
+        }
+    };
+    let data: String = data
+        .iter()
+        .map(|(at, bytes)| {
+            let escaped: String = bytes.iter().map(|b| format!("\\{b:02x}")).collect();
+            format!("(data (i32.const {at}) \"{escaped}\")\n")
+        })
+        .collect();
+    format!(
+        r#"(module
+  (import "kiln:filter/host@0.1.0" "monotonic-now" (func $now (result i64)))
+  (import "kiln:filter/host@0.1.0" "config" (func $config (param i32)))
+  (memory (export "memory") 2)
+  (global $heap (mut i32) (i32.const 4096))
+  (func $realloc (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+    (local $p i32)
+    (local.set $p (i32.and (i32.add (global.get $heap) (i32.sub (local.get 2) (i32.const 1)))
+                           (i32.sub (i32.const 0) (local.get 2))))
+    (global.set $heap (i32.add (local.get $p) (local.get 3)))
+    (block $fits
+      (br_if $fits (i32.le_u (global.get $heap) (i32.mul (memory.size) (i32.const 65536))))
+      (br_if $fits (i32.ne (i32.const -1)
+        (memory.grow (i32.add (i32.const 1) (i32.shr_u (global.get $heap) (i32.const 16)))))))
+    (local.get $p))
+  (func (export "validate-config") (result i32) {validate})
+  (func (export "on-request") (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
+    (local $out i32) (local $start i64)
+    {code})
+  {data})"#
+    )
+}
+
+/// The plugin as a core module with its world embedded.
+pub fn core_module(behaviour: &Behaviour, config_error: Option<&str>) -> Vec<u8> {
+    let mut module = wat::parse_str(wat(behaviour, config_error)).expect("fixture WAT parses");
+    let mut resolve = wit_parser::Resolve::default();
+    let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/wit/filter.wit");
+    let pkg = resolve
+        .push_file(&wit)
+        .expect("plugins/wit/filter.wit parses");
+    let world = resolve
+        .select_world(&[pkg], Some("filter"))
+        .expect("world `filter` exists");
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+        false,
+    )
+    .expect("metadata embeds");
+    module
+}
+
+/// Writes the plugin to `dir/name.wasm` and returns the path.
+pub fn write(dir: &Path, name: &str, behaviour: &Behaviour) -> PathBuf {
+    write_bytes(dir, name, &core_module(behaviour, None))
+}
+
+pub fn write_bytes(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::write(&path, bytes).expect("fixture written");
+    path
+}
