@@ -25,6 +25,9 @@ struct Cli {
 enum Command {
     /// Load the configuration (file, KILN_* variables, flags), check it, and print it.
     CheckConfig,
+    /// Tools for plugin authors: check or run a wasm plugin without a proxy.
+    #[command(subcommand)]
+    Plugin(kiln_proxy::plugins::tool::PluginCommand),
 }
 
 #[derive(Args)]
@@ -79,9 +82,10 @@ fn filter_stage(config: &Config) -> anyhow::Result<Arc<dyn RequestFilter>> {
     if config.plugins.is_empty() {
         return Ok(Arc::new(NoFilters));
     }
-    anyhow::bail!(
-        "[[plugins]] are configured but this kiln-proxy build has no plugin host; remove them"
-    )
+    let stage = kiln_proxy::plugins::load_chain(&config.plugins, &Default::default())
+        .context("cannot load the [[plugins]]")?;
+    stage.spawn_reloader();
+    Ok(stage)
 }
 
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
@@ -94,6 +98,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 config.upstream
             );
             println!("{config:#?}");
+            Ok(())
+        }
+        Some(Command::Plugin(tool)) => {
+            print!("{}", tool.execute()?);
             Ok(())
         }
         None => {

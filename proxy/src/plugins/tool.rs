@@ -6,8 +6,52 @@ use super::{PluginOptions, PluginSpec, PluginStage, Runtime};
 use crate::filter::{FilterRequest, RouteKind};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// `kiln-proxy plugin …`: tools for plugin authors.
+#[derive(clap::Subcommand, Debug)]
+pub enum PluginCommand {
+    /// Load a plugin as the proxy would (pin-free), check its config, and
+    /// print its interface version, imports and exports.
+    Check {
+        /// The plugin: a component, or a core module built with the kiln-plugin SDK.
+        file: PathBuf,
+        /// The plugin's config as JSON (what `[plugins.config]` would hold).
+        /// (`--config` is taken: it names the proxy's own config file.)
+        #[arg(id = "plugin_config", long = "plugin-config", value_name = "JSON")]
+        config: Option<String>,
+    },
+    /// Run a plugin once on a request and print its decision as JSON.
+    Run {
+        file: PathBuf,
+        /// The plugin's config as JSON.
+        #[arg(id = "plugin_config", long = "plugin-config", value_name = "JSON")]
+        config: Option<String>,
+        /// A JSON file: {"path": "/api/chat", "headers": {...}, "body": {...}}.
+        #[arg(long, value_name = "FILE")]
+        request: PathBuf,
+    },
+}
+
+impl PluginCommand {
+    /// Runs the command and returns what to print.
+    pub fn execute(&self) -> Result<String> {
+        let parse = |c: &Option<String>| -> Result<Option<Value>> {
+            c.as_deref()
+                .map(|text| serde_json::from_str(text).context("--plugin-config is not valid JSON"))
+                .transpose()
+        };
+        match self {
+            PluginCommand::Check { file, config } => check(file, parse(config)?),
+            PluginCommand::Run {
+                file,
+                config,
+                request,
+            } => run(file, parse(config)?, request),
+        }
+    }
+}
 
 fn spec_for(path: &Path, config: Value) -> PluginSpec {
     PluginSpec {
@@ -142,7 +186,7 @@ pub fn run(path: &Path, config: Option<Value>, request_file: &Path) -> Result<St
             })
         }
     };
-    Ok(serde_json::to_string_pretty(&out)?)
+    Ok(serde_json::to_string_pretty(&out)? + "\n")
 }
 
 #[cfg(test)]
