@@ -242,3 +242,35 @@ fn cli_writes_output_file() {
         2
     );
 }
+
+/// The example files in deploy/ are exactly what the documented command renders.
+#[test]
+fn deploy_examples_match_the_renderer() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for (file, mode) in [
+        ("service.yaml", "single"),
+        ("service-sidecar.yaml", "sidecar"),
+    ] {
+        let out = kiln(&[
+            "deploy",
+            "render",
+            "--image",
+            "us-central1-docker.pkg.dev/PROJECT/kiln/ollama-gemma:4b",
+            "--preload",
+            "gemma3:4b",
+            "--max-instances",
+            "3",
+            "--mode",
+            mode,
+        ]);
+        assert!(out.status.success());
+        let committed = std::fs::read_to_string(root.join("deploy").join(file)).unwrap();
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            committed,
+            "deploy/{file} is stale; regenerate it with: kiln deploy render --image \
+             us-central1-docker.pkg.dev/PROJECT/kiln/ollama-gemma:4b --preload gemma3:4b --max-instances 3 \
+             --mode {mode} -o deploy/{file}"
+        );
+    }
+}
