@@ -12,6 +12,8 @@ use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, Prog
 
 /// Blobs at least this large get their own bar; smaller ones only move the total.
 const OWN_BAR_FROM: u64 = 16 << 20;
+/// Blobs at least this large get start and end lines in plain mode.
+const PLAIN_LINES_FROM: u64 = 1 << 20;
 /// How often plain mode reports a large blob's progress.
 const PLAIN_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -98,7 +100,8 @@ impl Progress {
             }
             _ => None,
         };
-        if self.inner.mode == ProgressMode::Plain && size >= OWN_BAR_FROM {
+        let plain = self.inner.mode == ProgressMode::Plain && size >= PLAIN_LINES_FROM;
+        if plain {
             let resumed = if already > 0 {
                 format!(", resuming at {}", HumanBytes(already))
             } else {
@@ -116,7 +119,7 @@ impl Progress {
                 last_report: Mutex::new(Instant::now()),
                 bar,
                 total: self.inner.total.clone(),
-                plain: self.inner.mode == ProgressMode::Plain && size >= OWN_BAR_FROM,
+                plain,
             }),
         }
     }

@@ -13,24 +13,27 @@ use crate::models_dir::write_models_dir;
 use crate::progress::ProgressMode;
 use crate::reference::ModelRef;
 
-/// Download Ollama models (manifest + blobs, digest-verified) without Ollama.
-///
-/// Models are named as in Ollama: `gemma3:4b` is
-/// `registry.ollama.ai/library/gemma3:4b`; `user/model:tag` and
-/// `HOST[:PORT]/NAMESPACE/MODEL:TAG` work too; the tag defaults to `latest`.
-/// Blobs land in a shared, content-addressed cache; interrupted pulls resume
-/// where they stopped when run again.
-///
-/// Examples:
-///
-///   kiln pull gemma3:4b --models-dir ./models     # then: OLLAMA_MODELS=./models ollama serve
-///
-///   kiln pull gemma3:4b --source-registry http://127.0.0.1:5000 --models-dir ./models
-///
-/// Registries that ask for credentials get KILN_REGISTRY_USERNAME and
-/// KILN_REGISTRY_PASSWORD (never sent to the CDN a registry redirects to).
+const ABOUT: &str = "\
+Models are named as in Ollama: gemma3:4b is registry.ollama.ai/library/gemma3:4b;
+user/model:tag and HOST[:PORT]/NAMESPACE/MODEL:TAG work too; the tag defaults to latest.
+
+Blobs are downloaded in parallel ranged parts, verified against their sha256
+digests, and kept in a shared content-addressed cache. An interrupted pull
+resumes where it stopped when run again. Registries that ask for credentials
+get KILN_REGISTRY_USERNAME and KILN_REGISTRY_PASSWORD; credentials are never
+sent to the CDN a registry redirects to.
+
+Examples:
+  kiln pull gemma3:4b --models-dir ./models
+      then: OLLAMA_MODELS=./models ollama serve
+  kiln pull gemma3:4b --source-registry http://127.0.0.1:5000 --models-dir ./models
+      a mirror; the tree still says registry.ollama.ai/library/gemma3/4b
+  kiln pull gemma3:4b --from-ollama-dir ~/.ollama/models
+      reuse what a local Ollama already downloaded";
+
+/// `kiln pull` flags.
 #[derive(clap::Args, Debug)]
-#[command(verbatim_doc_comment)]
+#[command(after_long_help = ABOUT)]
 pub struct PullArgs {
     /// Models to pull, e.g. gemma3:4b.
     #[arg(required = true, value_name = "MODEL", value_parser = parse_model)]

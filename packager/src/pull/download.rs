@@ -172,21 +172,25 @@ pub(crate) async fn download(
 
 /// Fetches the pending parts and hashes the file; returns `sha256:<hex>`.
 async fn run(job: &BlobJob<'_>, shared: &Arc<Shared>) -> Result<String, PullError> {
-    let hasher = tokio::spawn(hash_prefix(Arc::clone(shared)));
-    let saver = tokio::spawn(save_periodically(
+    // Both helpers stop with this future, also when a caller drops it mid-way.
+    let mut hasher = AbortOnDrop(tokio::spawn(hash_prefix(Arc::clone(shared))));
+    let _saver = AbortOnDrop(tokio::spawn(save_periodically(
         Arc::clone(shared),
         job.cache.state_path(job.digest)?,
-    ));
-    let fetched = fetch_parts(job, shared).await;
-    saver.abort();
-    if let Err(e) = fetched {
-        hasher.abort();
-        return Err(e);
-    }
-    hasher.await.map_err(|e| PullError::Io {
+    )));
+    fetch_parts(job, shared).await?;
+    (&mut hasher.0).await.map_err(|e| PullError::Io {
         path: job.cache.root().to_path_buf(),
         source: io::Error::other(e),
     })?
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn fetch_parts(job: &BlobJob<'_>, shared: &Arc<Shared>) -> Result<(), PullError> {
@@ -321,7 +325,11 @@ async fn fetch_part(
             return Err(PullError::Exhausted {
                 digest: ctx.digest.clone(),
                 attempts: failures,
-                last: error.to_string(),
+                // The inner cause only: this error carries its own advice.
+                last: match &error {
+                    PullError::Network { what, detail } => format!("{what}: {detail}"),
+                    other => other.to_string(),
+                },
             });
         }
         // A CDN URL may have expired; go through the registry again.

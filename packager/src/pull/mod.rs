@@ -127,7 +127,7 @@ pub enum PullError {
     },
     #[error("unexpected answer from {registry}: {detail}")]
     Protocol { registry: String, detail: String },
-    #[error("{what}: {detail}")]
+    #[error("{what}: {detail}; check the network and the registry address, then run again")]
     Network { what: String, detail: String },
     #[error("{what}: HTTP {status}{}", if body.is_empty() { String::new() } else { format!(" ({body})") })]
     Http {
