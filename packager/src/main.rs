@@ -15,6 +15,9 @@ struct Cli {
 enum Command {
     /// Download Ollama models into the cache and, with --models-dir, an OLLAMA_MODELS tree.
     Pull(kiln::pull::cli::PullArgs),
+    // Pack and inspect take their help text from their Args structs.
+    Pack(kiln::pack::cli::PackArgs),
+    Inspect(kiln::inspect::InspectArgs),
     /// Cloud Run deployment files for a kiln image.
     #[command(subcommand)]
     Deploy(deploy::DeployCommand),
@@ -24,6 +27,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<()> = match cli.command {
         Command::Pull(args) => runtime().and_then(|rt| rt.block_on(kiln::pull::cli::run(&args))),
+        Command::Pack(args) => runtime().and_then(|rt| rt.block_on(kiln::pack::cli::run(&args))),
+        Command::Inspect(args) => runtime().and_then(|rt| rt.block_on(kiln::inspect::run(&args))),
         Command::Deploy(deploy::DeployCommand::Render(args)) => {
             // A rule violation is a usage error: the flags asked for something Cloud Run refuses.
             if let Err(e) = deploy::run_render(&args) {

@@ -38,7 +38,11 @@ pub struct ConfigEdit {
 
 /// Applies `edit` to the base config bytes and returns the new config bytes.
 pub fn edit_config(base: &[u8], edit: &ConfigEdit) -> Result<Vec<u8>, ImageError> {
-    let json_err = |source| ImageError::Json { what: "the base image config".into(), kind: "config", source };
+    let json_err = |source| ImageError::Json {
+        what: "the base image config".into(),
+        kind: "config",
+        source,
+    };
     let mut root: Map<String, Value> = serde_json::from_slice(base).map_err(json_err)?;
 
     let config = object_entry(&mut root, "config");
@@ -108,7 +112,9 @@ pub fn diff_ids(config: &[u8]) -> Result<Vec<String>, ImageError> {
 }
 
 fn object_entry<'a>(map: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<String, Value> {
-    let slot = map.entry(key.to_string()).or_insert_with(|| Value::Object(Map::new()));
+    let slot = map
+        .entry(key.to_string())
+        .or_insert_with(|| Value::Object(Map::new()));
     if !slot.is_object() {
         // `null` (Docker writes "Labels": null) becomes an empty object.
         *slot = Value::Object(Map::new());
@@ -121,7 +127,10 @@ fn object_entry<'a>(map: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<S
 
 fn string_list(value: Option<&Value>) -> Vec<String> {
     match value {
-        Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -145,29 +154,60 @@ mod tests {
     #[test]
     fn edit_keeps_base_and_adds_kiln_settings() {
         let edit = ConfigEdit {
-            env: vec![("OLLAMA_HOST".into(), "127.0.0.1:11434".into()), ("OLLAMA_MODELS".into(), "/models".into())],
+            env: vec![
+                ("OLLAMA_HOST".into(), "127.0.0.1:11434".into()),
+                ("OLLAMA_MODELS".into(), "/models".into()),
+            ],
             entrypoint: Some(vec!["/usr/local/bin/kiln-proxy".into()]),
             cmd: Some(vec![]),
             exposed_ports: vec!["8080/tcp".into()],
             labels: BTreeMap::from([("dev.kiln.models".into(), "[]".into())]),
-            layers: vec![AddedLayer { diff_id: "sha256:bb".into(), created_by: "weights".into() }],
+            layers: vec![AddedLayer {
+                diff_id: "sha256:bb".into(),
+                created_by: "weights".into(),
+            }],
             created: "1970-01-01T00:00:00Z".into(),
         };
         let out: Value = serde_json::from_slice(&edit_config(&base(), &edit).unwrap()).unwrap();
-        assert_eq!(out["config"]["Env"], json!(["PATH=/bin", "OLLAMA_HOST=127.0.0.1:11434", "OLLAMA_MODELS=/models"]));
-        assert_eq!(out["config"]["Entrypoint"], json!(["/usr/local/bin/kiln-proxy"]));
-        assert!(out["config"].get("Cmd").is_none(), "base Cmd must not become proxy arguments");
-        assert_eq!(out["config"]["ExposedPorts"], json!({"11434/tcp": {}, "8080/tcp": {}}));
+        assert_eq!(
+            out["config"]["Env"],
+            json!([
+                "PATH=/bin",
+                "OLLAMA_HOST=127.0.0.1:11434",
+                "OLLAMA_MODELS=/models"
+            ])
+        );
+        assert_eq!(
+            out["config"]["Entrypoint"],
+            json!(["/usr/local/bin/kiln-proxy"])
+        );
+        assert!(
+            out["config"].get("Cmd").is_none(),
+            "base Cmd must not become proxy arguments"
+        );
+        assert_eq!(
+            out["config"]["ExposedPorts"],
+            json!({"11434/tcp": {}, "8080/tcp": {}})
+        );
         assert_eq!(out["config"]["Labels"]["dev.kiln.models"], json!("[]"));
         assert_eq!(out["rootfs"]["diff_ids"], json!(["sha256:aa", "sha256:bb"]));
         assert_eq!(out["history"].as_array().unwrap().len(), 2);
         assert_eq!(out["unknown_field"], json!(7));
-        assert_eq!(diff_ids(&serde_json::to_vec(&out).unwrap()).unwrap(), vec!["sha256:aa", "sha256:bb"]);
+        assert_eq!(
+            diff_ids(&serde_json::to_vec(&out).unwrap()).unwrap(),
+            vec!["sha256:aa", "sha256:bb"]
+        );
     }
 
     #[test]
     fn edit_is_deterministic() {
-        let edit = ConfigEdit { created: "1970-01-01T00:00:00Z".into(), ..Default::default() };
-        assert_eq!(edit_config(&base(), &edit).unwrap(), edit_config(&base(), &edit).unwrap());
+        let edit = ConfigEdit {
+            created: "1970-01-01T00:00:00Z".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            edit_config(&base(), &edit).unwrap(),
+            edit_config(&base(), &edit).unwrap()
+        );
     }
 }

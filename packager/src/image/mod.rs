@@ -17,7 +17,8 @@ pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 pub const OCI_LAYER_NONDIST_TAR: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar";
-pub const OCI_LAYER_NONDIST_GZIP: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+pub const OCI_LAYER_NONDIST_GZIP: &str =
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
@@ -42,12 +43,20 @@ pub const MODELS_PATH_LABEL: &str = "dev.kiln.models-path";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("unsupported layer media type {0}; kiln can carry gzip, zstd and uncompressed tar layers")]
+    #[error(
+        "unsupported layer media type {0}; kiln can carry gzip, zstd and uncompressed tar layers"
+    )]
     UnsupportedLayer(String),
-    #[error("unsupported manifest media type {0:?}; expected an OCI or Docker v2 image manifest or index")]
+    #[error(
+        "unsupported manifest media type {0:?}; expected an OCI or Docker v2 image manifest or index"
+    )]
     UnsupportedManifest(String),
     #[error("{what} is not valid JSON for an image {kind}: {source}")]
-    Json { what: String, kind: &'static str, source: serde_json::Error },
+    Json {
+        what: String,
+        kind: &'static str,
+        source: serde_json::Error,
+    },
     #[error("invalid platform {0:?}; use OS/ARCH[/VARIANT], e.g. linux/amd64")]
     Platform(String),
     #[error("invalid digest {0:?}; expected sha256: followed by 64 lowercase hex digits")]
@@ -142,23 +151,34 @@ impl AnyManifest {
             media_type: Option<String>,
             manifests: Option<serde_json::Value>,
         }
-        let json_err = |kind, source| ImageError::Json { what: what.to_string(), kind, source };
+        let json_err = |kind, source| ImageError::Json {
+            what: what.to_string(),
+            kind,
+            source,
+        };
         let probe: Probe = serde_json::from_slice(bytes).map_err(|e| json_err("manifest", e))?;
         let content_type = content_type.split(';').next().unwrap_or("").trim();
         let media_type = match content_type {
-            OCI_INDEX | DOCKER_MANIFEST_LIST | OCI_MANIFEST | DOCKER_MANIFEST => content_type.to_string(),
+            OCI_INDEX | DOCKER_MANIFEST_LIST | OCI_MANIFEST | DOCKER_MANIFEST => {
+                content_type.to_string()
+            }
             _ => probe.media_type.clone().unwrap_or_else(|| {
                 // An OCI manifest may omit mediaType; its shape tells.
-                if probe.manifests.is_some() { OCI_INDEX } else { OCI_MANIFEST }.to_string()
+                if probe.manifests.is_some() {
+                    OCI_INDEX
+                } else {
+                    OCI_MANIFEST
+                }
+                .to_string()
             }),
         };
         match media_type.as_str() {
-            OCI_INDEX | DOCKER_MANIFEST_LIST => {
-                Ok(AnyManifest::Index(serde_json::from_slice(bytes).map_err(|e| json_err("index", e))?))
-            }
-            OCI_MANIFEST | DOCKER_MANIFEST => {
-                Ok(AnyManifest::Image(serde_json::from_slice(bytes).map_err(|e| json_err("manifest", e))?))
-            }
+            OCI_INDEX | DOCKER_MANIFEST_LIST => Ok(AnyManifest::Index(
+                serde_json::from_slice(bytes).map_err(|e| json_err("index", e))?,
+            )),
+            OCI_MANIFEST | DOCKER_MANIFEST => Ok(AnyManifest::Image(
+                serde_json::from_slice(bytes).map_err(|e| json_err("manifest", e))?,
+            )),
             other => Err(ImageError::UnsupportedManifest(other.to_string())),
         }
     }
@@ -175,16 +195,23 @@ pub struct Platform {
 
 impl Platform {
     pub fn linux_amd64() -> Platform {
-        Platform { architecture: "amd64".into(), os: "linux".into(), variant: None }
+        Platform {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            variant: None,
+        }
     }
 
     pub fn parse(s: &str) -> Result<Platform, ImageError> {
         let parts: Vec<&str> = s.split('/').collect();
-        let valid = |p: &&str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let valid =
+            |p: &&str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         match parts.as_slice() {
-            [os, arch] if valid(os) && valid(arch) => {
-                Ok(Platform { os: os.to_string(), architecture: arch.to_string(), variant: None })
-            }
+            [os, arch] if valid(os) && valid(arch) => Ok(Platform {
+                os: os.to_string(),
+                architecture: arch.to_string(),
+                variant: None,
+            }),
             [os, arch, variant] if valid(os) && valid(arch) && valid(variant) => Ok(Platform {
                 os: os.to_string(),
                 architecture: arch.to_string(),
@@ -231,7 +258,12 @@ pub fn to_oci_layer_type(media_type: &str) -> Result<&'static str, ImageError> {
 /// to use in URLs and file names.
 pub fn validate_digest(digest: &str) -> Result<(), ImageError> {
     match digest.strip_prefix("sha256:") {
-        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => {
+        Some(hex)
+            if hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+        {
             Ok(())
         }
         _ => Err(ImageError::Digest(digest.to_string())),
@@ -250,9 +282,25 @@ mod tests {
 
     #[test]
     fn platform_parse_table() {
-        assert_eq!(Platform::parse("linux/amd64").unwrap(), Platform::linux_amd64());
-        assert_eq!(Platform::parse("linux/arm64/v8").unwrap().variant.as_deref(), Some("v8"));
-        for bad in ["", "linux", "linux/", "/amd64", "linux/amd64/v8/x", "linux/am d64"] {
+        assert_eq!(
+            Platform::parse("linux/amd64").unwrap(),
+            Platform::linux_amd64()
+        );
+        assert_eq!(
+            Platform::parse("linux/arm64/v8")
+                .unwrap()
+                .variant
+                .as_deref(),
+            Some("v8")
+        );
+        for bad in [
+            "",
+            "linux",
+            "linux/",
+            "/amd64",
+            "linux/amd64/v8/x",
+            "linux/am d64",
+        ] {
             assert!(Platform::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }
@@ -267,22 +315,37 @@ mod tests {
 
     #[test]
     fn docker_layer_types_convert_to_oci() {
-        assert_eq!(to_oci_layer_type(DOCKER_LAYER_GZIP).unwrap(), OCI_LAYER_GZIP);
+        assert_eq!(
+            to_oci_layer_type(DOCKER_LAYER_GZIP).unwrap(),
+            OCI_LAYER_GZIP
+        );
         assert_eq!(to_oci_layer_type(DOCKER_LAYER_TAR).unwrap(), OCI_LAYER_TAR);
         assert_eq!(to_oci_layer_type(OCI_LAYER_ZSTD).unwrap(), OCI_LAYER_ZSTD);
-        assert_eq!(to_oci_layer_type(DOCKER_FOREIGN_GZIP).unwrap(), OCI_LAYER_NONDIST_GZIP);
+        assert_eq!(
+            to_oci_layer_type(DOCKER_FOREIGN_GZIP).unwrap(),
+            OCI_LAYER_NONDIST_GZIP
+        );
         assert!(to_oci_layer_type("application/vnd.in-toto+json").is_err());
     }
 
     #[test]
     fn manifest_kind_follows_content_type_then_media_type() {
         let index = br#"{"schemaVersion":2,"manifests":[]}"#;
-        assert!(matches!(AnyManifest::parse("application/json", index, "t").unwrap(), AnyManifest::Index(_)));
+        assert!(matches!(
+            AnyManifest::parse("application/json", index, "t").unwrap(),
+            AnyManifest::Index(_)
+        ));
         let image = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json",
             "config":{"mediaType":"a","digest":"sha256:00","size":1},"layers":[]}"#;
-        assert!(matches!(AnyManifest::parse("text/plain", image, "t").unwrap(), AnyManifest::Image(_)));
+        assert!(matches!(
+            AnyManifest::parse("text/plain", image, "t").unwrap(),
+            AnyManifest::Image(_)
+        ));
         let schema1 = br#"{"schemaVersion":1,"mediaType":"application/vnd.docker.distribution.manifest.v1+prettyjws"}"#;
-        assert!(matches!(AnyManifest::parse("", schema1, "t"), Err(ImageError::UnsupportedManifest(_))));
+        assert!(matches!(
+            AnyManifest::parse("", schema1, "t"),
+            Err(ImageError::UnsupportedManifest(_))
+        ));
     }
 
     #[test]

@@ -9,7 +9,9 @@ pub const DOCKER_HUB: &str = "docker.io";
 const DOCKER_HUB_API: &str = "registry-1.docker.io";
 
 #[derive(Debug, thiserror::Error)]
-#[error("invalid image reference {input:?}: {reason}; expected [HOST[:PORT]/]NAME[:TAG][@sha256:DIGEST]")]
+#[error(
+    "invalid image reference {input:?}: {reason}; expected [HOST[:PORT]/]NAME[:TAG][@sha256:DIGEST]"
+)]
 pub struct ReferenceError {
     input: String,
     reason: &'static str,
@@ -27,7 +29,10 @@ pub struct ImageRef {
 
 impl ImageRef {
     pub fn parse(input: &str) -> Result<ImageRef, ReferenceError> {
-        let err = |reason| ReferenceError { input: input.to_string(), reason };
+        let err = |reason| ReferenceError {
+            input: input.to_string(),
+            reason,
+        };
         if input.is_empty() || input.len() > 4096 {
             return Err(err("empty or too long"));
         }
@@ -36,7 +41,8 @@ impl ImageRef {
         }
         let (rest, digest) = match input.split_once('@') {
             Some((rest, digest)) => {
-                super::validate_digest(digest).map_err(|_| err("the digest must be sha256:<64 hex digits>"))?;
+                super::validate_digest(digest)
+                    .map_err(|_| err("the digest must be sha256:<64 hex digits>"))?;
                 (rest, Some(digest.to_string()))
             }
             None => (input, None),
@@ -51,7 +57,9 @@ impl ImageRef {
         if let Some(tag) = tag {
             let ok = !tag.is_empty()
                 && tag.len() <= 128
-                && tag.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+                && tag
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
                 && !tag.starts_with(['.', '-']);
             if !ok {
                 return Err(err("a tag is 1-128 letters, digits, '_', '.' or '-'"));
@@ -74,12 +82,15 @@ impl ImageRef {
         };
         let component_ok = |c: &str| {
             !c.is_empty()
-                && c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch))
+                && c.chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch))
                 && c.starts_with(|ch: char| ch.is_ascii_alphanumeric())
                 && c.ends_with(|ch: char| ch.is_ascii_alphanumeric())
         };
         if !repository.split('/').all(component_ok) {
-            return Err(err("repository path components are lowercase letters, digits and . _ -"));
+            return Err(err(
+                "repository path components are lowercase letters, digits and . _ -",
+            ));
         }
         let host_ok = registry
             .chars()
@@ -87,22 +98,37 @@ impl ImageRef {
         if !host_ok {
             return Err(err("bad registry host"));
         }
-        Ok(ImageRef { registry, repository, tag: tag.map(str::to_string), digest })
+        Ok(ImageRef {
+            registry,
+            repository,
+            tag: tag.map(str::to_string),
+            digest,
+        })
     }
 
     /// The tag or digest to ask the registry for (`latest` when neither is given).
     pub fn reference(&self) -> &str {
-        self.digest.as_deref().or(self.tag.as_deref()).unwrap_or("latest")
+        self.digest
+            .as_deref()
+            .or(self.tag.as_deref())
+            .unwrap_or("latest")
     }
 
     /// The host serving the registry API (Docker Hub's API is not on docker.io).
     pub fn api_host(&self) -> &str {
-        if self.registry == DOCKER_HUB { DOCKER_HUB_API } else { &self.registry }
+        if self.registry == DOCKER_HUB {
+            DOCKER_HUB_API
+        } else {
+            &self.registry
+        }
     }
 
     /// The same image with a digest instead of a tag, for printing `REF@sha256:…`.
     pub fn with_digest(&self, digest: &str) -> ImageRef {
-        ImageRef { digest: Some(digest.to_string()), ..self.clone() }
+        ImageRef {
+            digest: Some(digest.to_string()),
+            ..self.clone()
+        }
     }
 
     /// Name without tag or digest: `127.0.0.1:5000/kiln/gemma`.
@@ -138,7 +164,8 @@ pub fn is_plain_http(host: &str, insecure: &[String]) -> bool {
     if bare == "localhost" {
         return true;
     }
-    bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    bare.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -149,22 +176,58 @@ mod tests {
     fn accepted_references() {
         let table = [
             ("ollama/ollama", "docker.io", "ollama/ollama", None, None),
-            ("ollama/ollama:latest", "docker.io", "ollama/ollama", Some("latest"), None),
+            (
+                "ollama/ollama:latest",
+                "docker.io",
+                "ollama/ollama",
+                Some("latest"),
+                None,
+            ),
             ("ubuntu", "docker.io", "library/ubuntu", None, None),
-            ("index.docker.io/library/ubuntu:24.04", "docker.io", "library/ubuntu", Some("24.04"), None),
-            ("127.0.0.1:5000/kiln/gemma:4b", "127.0.0.1:5000", "kiln/gemma", Some("4b"), None),
+            (
+                "index.docker.io/library/ubuntu:24.04",
+                "docker.io",
+                "library/ubuntu",
+                Some("24.04"),
+                None,
+            ),
+            (
+                "127.0.0.1:5000/kiln/gemma:4b",
+                "127.0.0.1:5000",
+                "kiln/gemma",
+                Some("4b"),
+                None,
+            ),
             ("localhost/x", "localhost", "x", None, None),
-            ("europe-west1-docker.pkg.dev/p/r/ollama-gemma:4b", "europe-west1-docker.pkg.dev", "p/r/ollama-gemma", Some("4b"), None),
+            (
+                "europe-west1-docker.pkg.dev/p/r/ollama-gemma:4b",
+                "europe-west1-docker.pkg.dev",
+                "p/r/ollama-gemma",
+                Some("4b"),
+                None,
+            ),
         ];
         for (input, registry, repo, tag, digest) in table {
             let r = ImageRef::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
-            assert_eq!((r.registry.as_str(), r.repository.as_str(), r.tag.as_deref(), r.digest.as_deref()), (registry, repo, tag, digest), "{input}");
+            assert_eq!(
+                (
+                    r.registry.as_str(),
+                    r.repository.as_str(),
+                    r.tag.as_deref(),
+                    r.digest.as_deref()
+                ),
+                (registry, repo, tag, digest),
+                "{input}"
+            );
         }
         let d = format!("sha256:{}", "a".repeat(64));
         let r = ImageRef::parse(&format!("127.0.0.1:5000/x/y:t@{d}")).unwrap();
         assert_eq!(r.reference(), d);
         assert_eq!(r.tag.as_deref(), Some("t"));
-        assert_eq!(ImageRef::parse("ollama/ollama").unwrap().api_host(), "registry-1.docker.io");
+        assert_eq!(
+            ImageRef::parse("ollama/ollama").unwrap().api_host(),
+            "registry-1.docker.io"
+        );
     }
 
     #[test]
@@ -180,7 +243,10 @@ mod tests {
             "host.example/../etc",
             "x/y:-tag",
         ] {
-            assert!(ImageRef::parse(input).is_err(), "{input:?} should be rejected");
+            assert!(
+                ImageRef::parse(input).is_err(),
+                "{input:?} should be rejected"
+            );
         }
     }
 
@@ -197,7 +263,10 @@ mod tests {
         assert!(is_plain_http("localhost:5000", &[]));
         assert!(is_plain_http("[::1]:5000", &[]));
         assert!(!is_plain_http("registry.example:5000", &[]));
-        assert!(is_plain_http("registry.example:5000", &["registry.example:5000".into()]));
+        assert!(is_plain_http(
+            "registry.example:5000",
+            &["registry.example:5000".into()]
+        ));
         assert!(!is_plain_http("docker.io", &[]));
     }
 }

@@ -15,7 +15,13 @@ pub enum FileIdentity {
     /// (the blob cache names files by their digest).
     Content(String),
     /// Path, size, mtime and inode: what `make` and cargo trust too.
-    Stat { path: String, size: u64, mtime_ns: i128, dev: u64, ino: u64 },
+    Stat {
+        path: String,
+        size: u64,
+        mtime_ns: i128,
+        dev: u64,
+        ino: u64,
+    },
 }
 
 impl FileIdentity {
@@ -34,7 +40,13 @@ impl fmt::Display for FileIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FileIdentity::Content(d) => write!(f, "content {d}"),
-            FileIdentity::Stat { path, size, mtime_ns, dev, ino } => {
+            FileIdentity::Stat {
+                path,
+                size,
+                mtime_ns,
+                dev,
+                ino,
+            } => {
                 write!(f, "stat {path:?} {size} {mtime_ns} {dev} {ino}")
             }
         }
@@ -50,7 +62,9 @@ pub struct LayerCache {
 impl LayerCache {
     /// `root` is kiln's cache directory; entries live under `root/layers/`.
     pub fn new(root: Option<PathBuf>) -> LayerCache {
-        LayerCache { dir: root.map(|r| r.join("layers")) }
+        LayerCache {
+            dir: root.map(|r| r.join("layers")),
+        }
     }
 
     pub fn get(&self, key: &str) -> Option<(String, u64)> {
@@ -71,7 +85,10 @@ impl LayerCache {
             Ok(())
         };
         if let Err(e) = write() {
-            tracing::warn!("could not write the layer digest cache in {}: {e}", dir.display());
+            tracing::warn!(
+                "could not write the layer digest cache in {}: {e}",
+                dir.display()
+            );
         }
     }
 }

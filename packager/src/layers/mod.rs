@@ -32,7 +32,11 @@ pub enum LayerError {
 #[derive(Clone, Debug)]
 pub enum Source {
     /// A file on disk, read when the layer is read; `len` is its size when planned.
-    File { path: PathBuf, len: u64, identity: FileIdentity },
+    File {
+        path: PathBuf,
+        len: u64,
+        identity: FileIdentity,
+    },
     /// Small in-memory content (manifests, configs).
     Bytes(Arc<[u8]>),
 }
@@ -52,15 +56,26 @@ impl Source {
     /// A file, identified by its metadata (path, size, mtime, inode) for the digest cache.
     pub fn file(path: impl Into<PathBuf>) -> Result<Source, LayerError> {
         let path = path.into();
-        let meta = std::fs::metadata(&path).map_err(|source| LayerError::Read { path: path.clone(), source })?;
+        let meta = std::fs::metadata(&path).map_err(|source| LayerError::Read {
+            path: path.clone(),
+            source,
+        })?;
         let identity = FileIdentity::from_metadata(&path, &meta);
-        Ok(Source::File { path, len: meta.len(), identity })
+        Ok(Source::File {
+            path,
+            len: meta.len(),
+            identity,
+        })
     }
 
     /// A file whose content is known by digest (a verified blob in the cache):
     /// the digest cache can then skip even the `stat`-based identity.
     pub fn blob(path: impl Into<PathBuf>, len: u64, digest: &str) -> Source {
-        Source::File { path: path.into(), len, identity: FileIdentity::Content(digest.to_string()) }
+        Source::File {
+            path: path.into(),
+            len,
+            identity: FileIdentity::Content(digest.to_string()),
+        }
     }
 }
 
@@ -80,7 +95,10 @@ pub struct LayerSpec {
 
 impl LayerSpec {
     pub fn new(description: impl Into<String>) -> LayerSpec {
-        LayerSpec { description: description.into(), nodes: BTreeMap::new() }
+        LayerSpec {
+            description: description.into(),
+            nodes: BTreeMap::new(),
+        }
     }
 
     /// Adds a file (and its parent directories, mode 0755).
@@ -99,7 +117,10 @@ impl LayerSpec {
 
     /// Number of files (not directories) in the layer.
     pub fn file_count(&self) -> usize {
-        self.nodes.values().filter(|n| matches!(n, Node::File { .. })).count()
+        self.nodes
+            .values()
+            .filter(|n| matches!(n, Node::File { .. }))
+            .count()
     }
 
     /// The exact tar size, computed from the plan without reading any file.
@@ -129,8 +150,12 @@ impl LayerSpec {
             h.update(format!("\0{path}\0{mode:o}\0").as_bytes());
             match source {
                 None => h.update(b"dir"),
-                Some(Source::Bytes(b)) => h.update(format!("bytes {}", hex::encode(Sha256::digest(b))).as_bytes()),
-                Some(Source::File { len, identity, .. }) => h.update(format!("file {len} {identity}").as_bytes()),
+                Some(Source::Bytes(b)) => {
+                    h.update(format!("bytes {}", hex::encode(Sha256::digest(b))).as_bytes())
+                }
+                Some(Source::File { len, identity, .. }) => {
+                    h.update(format!("file {len} {identity}").as_bytes())
+                }
             }
         }
         hex::encode(h.finalize())
@@ -160,7 +185,10 @@ impl Layer {
         let reader = spec.open()?;
         let digest = tokio::task::spawn_blocking(move || hash_reader(reader))
             .await
-            .map_err(|e| LayerError::Read { path: "layer".into(), source: io::Error::other(e) })??;
+            .map_err(|e| LayerError::Read {
+                path: "layer".into(),
+                source: io::Error::other(e),
+            })??;
         cache.put(&key, &digest, size);
         Ok(Layer { spec, digest, size })
     }
@@ -168,6 +196,12 @@ impl Layer {
     pub fn open(&self) -> Result<LayerReader, LayerError> {
         self.spec.open()
     }
+}
+
+/// The header block(s) of one regular file entry, in kiln's fixed format
+/// (for writers of other tars, such as the docker-archive sink).
+pub fn file_header(path: &str, mode: u32, size: u64) -> Result<Vec<u8>, LayerError> {
+    tar_stream::header_bytes(path, mode, Some(size))
 }
 
 fn hash_reader(mut reader: LayerReader) -> Result<String, LayerError> {
@@ -189,8 +223,14 @@ fn normalise(path: &str) -> Result<String, LayerError> {
     let rel = path.trim_start_matches('/');
     let ok = !rel.is_empty()
         && !rel.contains('\0')
-        && rel.split('/').all(|p| !p.is_empty() && p != "." && p != "..");
-    if ok { Ok(rel.to_string()) } else { Err(LayerError::Path(path.to_string())) }
+        && rel
+            .split('/')
+            .all(|p| !p.is_empty() && p != "." && p != "..");
+    if ok {
+        Ok(rel.to_string())
+    } else {
+        Err(LayerError::Path(path.to_string()))
+    }
 }
 
 #[cfg(test)]
@@ -211,8 +251,14 @@ mod tests {
     #[test]
     fn tar_is_sorted_complete_and_readable() {
         let mut spec = LayerSpec::new("t");
-        spec.file("/models/manifests/registry.ollama.ai/library/gemma3/4b", 0o644, bytes(b"{}")).unwrap();
-        spec.file("/models/blobs/sha256-ab", 0o644, bytes(&[7u8; 1000])).unwrap();
+        spec.file(
+            "/models/manifests/registry.ollama.ai/library/gemma3/4b",
+            0o644,
+            bytes(b"{}"),
+        )
+        .unwrap();
+        spec.file("/models/blobs/sha256-ab", 0o644, bytes(&[7u8; 1000]))
+            .unwrap();
         let tar_bytes = read_all(&spec);
         assert_eq!(tar_bytes.len() as u64, spec.tar_size().unwrap());
         let mut archive = tar::Archive::new(tar_bytes.as_slice());
@@ -222,7 +268,13 @@ mod tests {
             .map(|e| {
                 let e = e.unwrap();
                 let h = e.header();
-                (e.path().unwrap().display().to_string(), h.mode().unwrap(), h.uid().unwrap(), h.mtime().unwrap(), h.size().unwrap())
+                (
+                    e.path().unwrap().display().to_string(),
+                    h.mode().unwrap(),
+                    h.uid().unwrap(),
+                    h.mtime().unwrap(),
+                    h.size().unwrap(),
+                )
             })
             .collect();
         let paths: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
@@ -252,18 +304,26 @@ mod tests {
         let tar_bytes = read_all(&spec);
         assert_eq!(tar_bytes.len() as u64, spec.tar_size().unwrap());
         let mut archive = tar::Archive::new(tar_bytes.as_slice());
-        let names: Vec<String> =
-            archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
+        let names: Vec<String> = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
         assert!(names.contains(&long[1..].to_string()), "{names:?}");
     }
 
     #[test]
     fn sizes_beyond_8_gib_use_base256_headers() {
         let nine_gib = 9u64 << 30;
-        let header = tar_stream::header_bytes("models/blobs/sha256-big", 0o644, Some(nine_gib)).unwrap();
+        let header =
+            tar_stream::header_bytes("models/blobs/sha256-big", 0o644, Some(nine_gib)).unwrap();
         let parsed = tar::Header::from_byte_slice(&header[header.len() - 512..]);
         assert_eq!(parsed.size().unwrap(), nine_gib);
-        assert_eq!(parsed.as_bytes()[124] & 0x80, 0x80, "size field must be GNU base-256");
+        assert_eq!(
+            parsed.as_bytes()[124] & 0x80,
+            0x80,
+            "size field must be GNU base-256"
+        );
     }
 
     #[test]
@@ -282,13 +342,21 @@ mod tests {
         let cache = LayerCache::new(Some(dir.path().join("cache")));
         let spec = || {
             let mut s = LayerSpec::new("w");
-            s.file("/models/blobs/sha256-w", 0o644, Source::file(&file).unwrap()).unwrap();
+            s.file(
+                "/models/blobs/sha256-w",
+                0o644,
+                Source::file(&file).unwrap(),
+            )
+            .unwrap();
             s
         };
         let first = Layer::build(spec(), &cache).await.unwrap();
         let mut expected = Sha256::new();
         expected.update(read_all(&spec()));
-        assert_eq!(first.digest, format!("sha256:{}", hex::encode(expected.finalize())));
+        assert_eq!(
+            first.digest,
+            format!("sha256:{}", hex::encode(expected.finalize()))
+        );
         // Same identity → served from the cache, even if bytes changed underneath
         // without changing size/mtime/inode (proves nothing was re-hashed).
         let key = spec().cache_key();
@@ -306,9 +374,17 @@ mod tests {
         let file = dir.path().join("w");
         std::fs::write(&file, vec![1u8; 4096]).unwrap();
         let mut spec = LayerSpec::new("w");
-        spec.file("/w", 0o644, Source::file(&file).unwrap()).unwrap();
+        spec.file("/w", 0o644, Source::file(&file).unwrap())
+            .unwrap();
         std::fs::write(&file, vec![1u8; 100]).unwrap();
-        let err = spec.open().unwrap().read_to_end(&mut Vec::new()).unwrap_err();
-        assert!(err.to_string().contains("changed while kiln was reading"), "{err}");
+        let err = spec
+            .open()
+            .unwrap()
+            .read_to_end(&mut Vec::new())
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("changed while kiln was reading"),
+            "{err}"
+        );
     }
 }

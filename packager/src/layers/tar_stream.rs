@@ -30,7 +30,11 @@ impl Segment {
 /// GNU header(s) for one entry: a `././@LongLink` entry precedes it when the
 /// path does not fit in 100 bytes, and sizes of 8 GiB and more are written in
 /// GNU base-256 (the `tar` crate does both; the data itself is not written).
-pub(super) fn header_bytes(path: &str, mode: u32, size: Option<u64>) -> Result<Vec<u8>, LayerError> {
+pub(super) fn header_bytes(
+    path: &str,
+    mode: u32,
+    size: Option<u64>,
+) -> Result<Vec<u8>, LayerError> {
     let mut header = tar::Header::new_gnu();
     header.set_mode(mode);
     header.set_uid(0);
@@ -53,7 +57,9 @@ pub(super) fn header_bytes(path: &str, mode: u32, size: Option<u64>) -> Result<V
     builder
         .append_data(&mut header, &name, io::empty())
         .map_err(|_| LayerError::Path(path.to_string()))?;
-    let mut bytes = builder.into_inner().map_err(|_| LayerError::Path(path.to_string()))?;
+    let mut bytes = builder
+        .into_inner()
+        .map_err(|_| LayerError::Path(path.to_string()))?;
     // `into_inner` also writes the two zero blocks that end an archive.
     bytes.truncate(bytes.len().saturating_sub(1024));
     Ok(bytes)
@@ -67,7 +73,10 @@ pub(super) fn plan(spec: &LayerSpec) -> Result<Vec<Segment>, LayerError> {
         match source {
             None => {}
             Some(Source::Bytes(b)) => segments.push(Segment::Bytes(b.clone())),
-            Some(Source::File { path, len, .. }) => segments.push(Segment::File { path: path.clone(), len: *len }),
+            Some(Source::File { path, len, .. }) => segments.push(Segment::File {
+                path: path.clone(),
+                len: *len,
+            }),
         }
         let pad = size.unwrap_or(0).next_multiple_of(512) - size.unwrap_or(0);
         if pad > 0 {
@@ -87,13 +96,21 @@ pub struct LayerReader {
 
 enum Current {
     Bytes(Arc<[u8]>, usize),
-    File { file: File, path: PathBuf, remaining: u64, expected: u64 },
+    File {
+        file: File,
+        path: PathBuf,
+        remaining: u64,
+        expected: u64,
+    },
     Zeros(u64),
 }
 
 impl LayerReader {
     pub(super) fn new(segments: Vec<Segment>) -> LayerReader {
-        LayerReader { segments: segments.into_iter(), current: None }
+        LayerReader {
+            segments: segments.into_iter(),
+            current: None,
+        }
     }
 
     /// Like `Read::read`, with an error that names the file at fault.
@@ -109,8 +126,16 @@ impl LayerReader {
                     Some(Segment::Bytes(b)) => self.current.insert(Current::Bytes(b, 0)),
                     Some(Segment::Zeros(n)) => self.current.insert(Current::Zeros(n)),
                     Some(Segment::File { path, len }) => {
-                        let file = File::open(&path).map_err(|source| LayerError::Read { path: path.clone(), source })?;
-                        self.current.insert(Current::File { file, path, remaining: len, expected: len })
+                        let file = File::open(&path).map_err(|source| LayerError::Read {
+                            path: path.clone(),
+                            source,
+                        })?;
+                        self.current.insert(Current::File {
+                            file,
+                            path,
+                            remaining: len,
+                            expected: len,
+                        })
                     }
                 },
             };
@@ -127,22 +152,41 @@ impl LayerReader {
                     *remaining -= n as u64;
                     n
                 }
-                Current::File { file, path, remaining, expected } => {
+                Current::File {
+                    file,
+                    path,
+                    remaining,
+                    expected,
+                } => {
                     let want = (*remaining).min(buf.len() as u64) as usize;
                     let n = if want == 0 {
                         0
                     } else {
-                        file.read(&mut buf[..want]).map_err(|source| LayerError::Read { path: path.clone(), source })?
+                        file.read(&mut buf[..want])
+                            .map_err(|source| LayerError::Read {
+                                path: path.clone(),
+                                source,
+                            })?
                     };
                     if n == 0 && *remaining > 0 {
-                        return Err(LayerError::Changed { path: path.clone(), expected: *expected });
+                        return Err(LayerError::Changed {
+                            path: path.clone(),
+                            expected: *expected,
+                        });
                     }
                     *remaining -= n as u64;
                     if *remaining == 0 {
                         // A file that grew is as wrong as one that shrank.
                         let mut probe = [0u8; 1];
-                        if file.read(&mut probe).map_err(|source| LayerError::Read { path: path.clone(), source })? > 0 {
-                            return Err(LayerError::Changed { path: path.clone(), expected: *expected });
+                        if file.read(&mut probe).map_err(|source| LayerError::Read {
+                            path: path.clone(),
+                            source,
+                        })? > 0
+                        {
+                            return Err(LayerError::Changed {
+                                path: path.clone(),
+                                expected: *expected,
+                            });
                         }
                     }
                     n

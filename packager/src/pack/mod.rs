@@ -1,0 +1,329 @@
+//! `kiln pack`: pull models → read the base → build layers → new config and
+//! OCI manifest → one sink (registry, OCI layout, docker archive).
+
+pub mod cli;
+pub mod layers;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::auth::{AuthOptions, credential_for};
+use crate::base::{self, BaseImage};
+use crate::image::config::{AddedLayer, ConfigEdit, edit_config};
+use crate::image::{self, Descriptor, ImageRef, Manifest, Platform};
+use crate::layers::{Layer, LayerCache};
+use crate::pull::{PullOptions, PulledModel, pull_models};
+use crate::reference::ModelRef;
+use crate::registry::RegistryClient;
+use crate::sinks::{self, Blob, BlobSource, BuiltImage, PushOptions, PushReport};
+
+pub use layers::ProxyFiles;
+
+/// Where Ollama listens inside the image behind the proxy (loopback only: the
+/// proxy is the only way in), and without the proxy (Cloud Run's port).
+const OLLAMA_BEHIND_PROXY: &str = "127.0.0.1:11434";
+const OLLAMA_DIRECT: &str = "0.0.0.0:8080";
+const PORT: &str = "8080/tcp";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error(transparent)]
+    Pull(#[from] crate::pull::PullError),
+    #[error(transparent)]
+    Base(#[from] base::BaseError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error(transparent)]
+    Layer(#[from] crate::layers::LayerError),
+    #[error(transparent)]
+    Image(#[from] image::ImageError),
+    #[error(transparent)]
+    Push(#[from] sinks::registry::PushError),
+    #[error(transparent)]
+    Output(#[from] sinks::OutputError),
+}
+
+/// Where the image goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    Push(ImageRef),
+    /// An OCI layout directory and the tag recorded in its `index.json`.
+    Oci {
+        dir: PathBuf,
+        tag: String,
+    },
+    /// A `docker load`-able tar and the name:tag it carries (default from the first model).
+    DockerArchive {
+        path: PathBuf,
+        repo_tag: Option<String>,
+    },
+}
+
+/// Everything `kiln pack` needs, as plain data.
+#[derive(Clone, Debug)]
+pub struct PackOptions {
+    pub models: Vec<ModelRef>,
+    pub pull: PullOptions,
+    pub base: ImageRef,
+    pub platform: Platform,
+    pub proxy: Option<ProxyFiles>,
+    pub output: Output,
+    /// `OLLAMA_MODELS` inside the image.
+    pub models_path: String,
+    pub insecure_registries: Vec<String>,
+    pub auth: AuthOptions,
+    pub push: PushOptions,
+    /// Status lines on stderr.
+    pub progress: bool,
+}
+
+/// What was built.
+#[derive(Clone, Debug)]
+pub struct PackOutcome {
+    pub manifest_digest: String,
+    /// `REF@sha256:…` after a push.
+    pub pushed: Option<String>,
+    pub push_report: Option<PushReport>,
+    /// Digests of the layers kiln added, in order.
+    pub added_layers: Vec<String>,
+}
+
+pub async fn pack(opts: &PackOptions) -> Result<PackOutcome, PackError> {
+    let say = |msg: String| {
+        if opts.progress {
+            eprintln!("{msg}");
+        }
+    };
+    // The base first: a typo in --base or --platform fails in a second, not
+    // after gigabytes of weights.
+    say(format!(
+        "reading base image {} ({})",
+        opts.base, opts.platform
+    ));
+    let base_client = Arc::new(client_for(&opts.base, opts, false).await?);
+    let base = base::resolve(&opts.base, &opts.platform, base_client).await?;
+    // Likewise the push target's credentials (a 401 here beats one after the build).
+    let target_client = match &opts.output {
+        Output::Push(target) => Some(Arc::new(client_for(target, opts, true).await?)),
+        _ => None,
+    };
+
+    let models = pull_models(&opts.pull, &opts.models).await?;
+
+    let cache = LayerCache::new(Some(opts.pull.cache_dir.clone()));
+    let mut specs = layers::model_layers(&models, &opts.models_path)?;
+    if let Some(proxy) = &opts.proxy {
+        specs.push(layers::proxy_layer(proxy)?);
+    }
+    let mut added = Vec::with_capacity(specs.len());
+    for spec in specs {
+        say(format!(
+            "layer: {} ({} files)",
+            spec.description,
+            spec.file_count()
+        ));
+        added.push(Arc::new(Layer::build(spec, &cache).await?));
+    }
+
+    let image = assemble(&base, &models, &added, opts)?;
+    let added_layers = added.iter().map(|l| l.digest.clone()).collect();
+    let mut outcome = PackOutcome {
+        manifest_digest: image.manifest_digest.clone(),
+        pushed: None,
+        push_report: None,
+        added_layers,
+    };
+    match &opts.output {
+        Output::Push(target) => {
+            say(format!("pushing {target}"));
+            let client = match target_client {
+                Some(client) => client,
+                None => Arc::new(client_for(target, opts, true).await?),
+            };
+            let report = sinks::registry::push(&image, target, &client, &opts.push).await?;
+            outcome.pushed = Some(target.with_digest(&report.digest).to_string());
+            outcome.push_report = Some(report);
+        }
+        Output::Oci { dir, tag } => {
+            say(format!("writing OCI layout {}", dir.display()));
+            sinks::oci_layout::write(&image, dir, tag).await?;
+        }
+        Output::DockerArchive { path, repo_tag } => {
+            say(format!("writing docker archive {}", path.display()));
+            let default_tag = default_repo_tag(&opts.models);
+            sinks::docker_archive::write(&image, path, repo_tag.as_deref().unwrap_or(&default_tag))
+                .await?;
+        }
+    }
+    Ok(outcome)
+}
+
+async fn client_for(
+    reference: &ImageRef,
+    opts: &PackOptions,
+    target: bool,
+) -> Result<RegistryClient, PackError> {
+    let credential = credential_for(&reference.registry, &opts.auth, target).await?;
+    let plain = image::reference::is_plain_http(&reference.registry, &opts.insecure_registries);
+    Ok(RegistryClient::new(
+        reference.api_host(),
+        plain,
+        credential,
+    )?)
+}
+
+/// The new config and manifest over the base's layers and kiln's.
+fn assemble(
+    base: &BaseImage,
+    models: &[PulledModel],
+    added: &[Arc<Layer>],
+    opts: &PackOptions,
+) -> Result<BuiltImage, PackError> {
+    let base_config: serde_json::Value = serde_json::from_slice(&base.config).unwrap_or_default();
+    // Fixed, input-derived time: the same inputs give the same digest.
+    let created = base_config
+        .get("created")
+        .and_then(|c| c.as_str())
+        .unwrap_or("1970-01-01T00:00:00Z")
+        .to_string();
+
+    let mut env = vec![
+        ("OLLAMA_MODELS".to_string(), opts.models_path.clone()),
+        ("OLLAMA_KEEP_ALIVE".into(), "-1".into()),
+        ("OLLAMA_NOPRUNE".into(), "1".into()),
+        ("OLLAMA_NO_CLOUD".into(), "1".into()),
+    ];
+    let (entrypoint, cmd) = match &opts.proxy {
+        Some(proxy) => {
+            env.push(("OLLAMA_HOST".into(), OLLAMA_BEHIND_PROXY.into()));
+            let mut entry = vec![layers::PROXY_BIN.to_string(), "--spawn-ollama".into()];
+            // The base's entrypoint is the Ollama binary (`/bin/ollama`): tell
+            // the proxy where it is rather than rely on PATH.
+            if let Some(ollama) = base_config
+                .pointer("/config/Entrypoint/0")
+                .and_then(|v| v.as_str())
+            {
+                entry.extend(["--ollama-command".to_string(), ollama.to_string()]);
+            }
+            if proxy.config.is_some() {
+                env.push(("KILN_CONFIG".into(), layers::PROXY_CONFIG.into()));
+            } else {
+                for m in models {
+                    entry.extend(["--preload".to_string(), m.reference.short()]);
+                }
+            }
+            (Some(entry), Some(Vec::new()))
+        }
+        None => {
+            env.push(("OLLAMA_HOST".into(), OLLAMA_DIRECT.into()));
+            (None, None)
+        }
+    };
+    let model_list: Vec<serde_json::Value> = models
+        .iter()
+        .map(|m| serde_json::json!({"name": m.reference.to_string(), "digest": m.manifest_digest}))
+        .collect();
+    let labels = BTreeMap::from([
+        (
+            image::MODELS_LABEL.to_string(),
+            serde_json::Value::Array(model_list).to_string(),
+        ),
+        (
+            image::MODELS_PATH_LABEL.to_string(),
+            opts.models_path.clone(),
+        ),
+        (
+            "org.opencontainers.image.base.name".to_string(),
+            opts.base.to_string(),
+        ),
+        (
+            "org.opencontainers.image.base.digest".to_string(),
+            base.manifest_digest.clone(),
+        ),
+    ]);
+    let edit = ConfigEdit {
+        env,
+        entrypoint,
+        cmd,
+        exposed_ports: vec![PORT.to_string()],
+        labels,
+        layers: added
+            .iter()
+            .map(|l| AddedLayer {
+                diff_id: l.digest.clone(),
+                created_by: format!("kiln pack: {}", l.spec.description),
+            })
+            .collect(),
+        created,
+    };
+    let config_bytes = Bytes::from(edit_config(&base.config, &edit)?);
+    let config_desc = Descriptor::new(
+        image::OCI_CONFIG,
+        &image::sha256_digest(&config_bytes),
+        config_bytes.len() as u64,
+    );
+
+    let mut layers: Vec<Blob> = base
+        .layers
+        .iter()
+        .map(|d| Blob {
+            descriptor: d.clone(),
+            source: BlobSource::Remote {
+                client: base.client.clone(),
+                registry: base.reference.registry.clone(),
+                repo: base.reference.repository.clone(),
+            },
+        })
+        .collect();
+    for layer in added {
+        let mut descriptor = Descriptor::new(image::OCI_LAYER_TAR, &layer.digest, layer.size);
+        descriptor.annotations = Some(BTreeMap::from([(
+            image::LAYER_CONTENT_ANNOTATION.to_string(),
+            layer.spec.description.clone(),
+        )]));
+        layers.push(Blob {
+            descriptor,
+            source: BlobSource::Local(layer.clone()),
+        });
+    }
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(image::OCI_MANIFEST.to_string()),
+        config: config_desc.clone(),
+        layers: layers.iter().map(|b| b.descriptor.clone()).collect(),
+        annotations: Some(BTreeMap::from([
+            (
+                "org.opencontainers.image.base.name".to_string(),
+                opts.base.to_string(),
+            ),
+            (
+                "org.opencontainers.image.base.digest".to_string(),
+                base.manifest_digest.clone(),
+            ),
+        ])),
+    };
+    let manifest_bytes = Bytes::from(manifest.to_bytes());
+    Ok(BuiltImage {
+        manifest_digest: image::sha256_digest(&manifest_bytes),
+        manifest: manifest_bytes,
+        manifest_media_type: image::OCI_MANIFEST.to_string(),
+        layers,
+        config: Blob {
+            descriptor: config_desc,
+            source: BlobSource::Bytes(config_bytes),
+        },
+    })
+}
+
+/// `kiln/gemma3:4b` for a docker archive without an explicit name.
+fn default_repo_tag(models: &[ModelRef]) -> String {
+    match models.first() {
+        Some(m) => format!("kiln/{}:{}", m.model, m.tag),
+        None => "kiln/image:latest".into(),
+    }
+}

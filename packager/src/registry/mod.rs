@@ -1,0 +1,471 @@
+//! A small OCI distribution client: the registry calls `kiln pack` and
+//! `kiln inspect` make, written over reqwest.
+//!
+//! Why not oci-client: its token fetch swallows authentication errors (a bad
+//! password surfaces later as a bare 401 with no hint), `mount_blob` treats the
+//! spec's 202 "mount not possible, upload started" as an error, it has no way
+//! to restart an upload from a re-openable source, and the shape kiln needs
+//! (HEAD, mount, monolithic streamed PUT, exact manifest bytes) is a handful of
+//! requests. Owning them gives one clear line per failure.
+
+mod auth;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use reqwest::{RequestBuilder, Response, StatusCode, header};
+
+use crate::auth::Credential;
+use crate::image::{AnyManifest, MANIFEST_ACCEPT, sha256_digest};
+
+pub use auth::Action;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(
+        "cannot reach registry {host}: {detail}; check the name and your network (a plain-HTTP registry needs --insecure-registry {host})"
+    )]
+    Unreachable { host: String, detail: String },
+    #[error(
+        "registry {host} rejected the credentials for {repo} (401); log in with `docker login {host}` or pass --username and --password-stdin"
+    )]
+    Unauthorized { host: String, repo: String },
+    #[error(
+        "registry {host} denied {action} access to {repo} (403); check that the account may {action} this repository"
+    )]
+    Denied {
+        host: String,
+        repo: String,
+        action: &'static str,
+    },
+    #[error("{what} not found on {host}; check the name and tag")]
+    NotFound { host: String, what: String },
+    #[error("{what} on {host} failed: HTTP {status}{detail}")]
+    Status {
+        host: String,
+        what: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("registry {host} sent {what}; it does not follow the OCI distribution protocol")]
+    Protocol { host: String, what: String },
+    #[error("registry {host}: {source}")]
+    Image {
+        host: String,
+        source: crate::image::ImageError,
+    },
+    #[error("reading {what} for upload to {host}: {detail}")]
+    Source {
+        host: String,
+        what: String,
+        detail: String,
+    },
+}
+
+impl RegistryError {
+    /// Worth retrying: the network or the registry hiccupped (5xx, 408, 429).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RegistryError::Unreachable { .. } => true,
+            RegistryError::Status { status, .. } => {
+                *status >= 500 || *status == 408 || *status == 429
+            }
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, RegistryError>;
+
+/// A manifest as served: exact bytes, media type and digest.
+#[derive(Clone, Debug)]
+pub struct RawManifest {
+    pub bytes: Bytes,
+    pub media_type: String,
+    pub digest: String,
+}
+
+impl RawManifest {
+    pub fn parse(&self, what: &str) -> std::result::Result<AnyManifest, crate::image::ImageError> {
+        AnyManifest::parse(&self.media_type, &self.bytes, what)
+    }
+}
+
+/// What a mount request achieved.
+pub enum Mount {
+    Mounted,
+    /// The registry could not mount and opened a normal upload session instead.
+    Upload(String),
+}
+
+/// One registry, one credential, a cache of tokens.
+pub struct RegistryClient {
+    http: reqwest::Client,
+    host: String,
+    base: String,
+    credential: Credential,
+    tokens: Mutex<auth::TokenCache>,
+}
+
+impl RegistryClient {
+    /// `host` is the API host (`registry-1.docker.io`, `127.0.0.1:5000`).
+    pub fn new(host: &str, plain_http: bool, credential: Credential) -> Result<RegistryClient> {
+        // reqwest is built without a default crypto provider so that the
+        // workspace uses ring only; installing twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(15))
+            // No overall timeout (multi-GB bodies); a stalled read still fails.
+            .read_timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| RegistryError::Unreachable {
+                host: host.into(),
+                detail: e.to_string(),
+            })?;
+        let scheme = if plain_http { "http" } else { "https" };
+        Ok(RegistryClient {
+            http,
+            host: host.to_string(),
+            base: format!("{scheme}://{host}"),
+            credential,
+            tokens: Mutex::new(auth::TokenCache::default()),
+        })
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// GET a manifest (image or index) by tag or digest, keeping the exact bytes.
+    pub async fn get_manifest(&self, repo: &str, reference: &str) -> Result<RawManifest> {
+        let url = format!("{}/v2/{repo}/manifests/{reference}", self.base);
+        let what = format!("manifest {repo}:{reference}");
+        let resp = self
+            .send(repo, Action::Pull, &what, || {
+                Ok(self.http.get(&url).header(header::ACCEPT, MANIFEST_ACCEPT))
+            })
+            .await?;
+        let media_type = content_type(&resp);
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+        let digest = sha256_digest(&bytes);
+        if reference.starts_with("sha256:") && reference != digest {
+            return Err(RegistryError::Protocol {
+                host: self.host.clone(),
+                what: format!("{what} whose bytes hash to {digest}"),
+            });
+        }
+        Ok(RawManifest {
+            bytes,
+            media_type,
+            digest,
+        })
+    }
+
+    /// HEAD a blob: does the repository already have it?
+    pub async fn blob_exists(&self, repo: &str, digest: &str) -> Result<bool> {
+        let url = format!("{}/v2/{repo}/blobs/{digest}", self.base);
+        match self
+            .send(repo, Action::Push, &format!("blob {digest}"), || {
+                Ok(self.http.head(&url))
+            })
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(RegistryError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// GET a blob as a byte stream (redirects followed; reqwest drops the
+    /// `Authorization` header when a redirect leaves the registry's host).
+    pub async fn get_blob(
+        &self,
+        repo: &str,
+        digest: &str,
+    ) -> Result<(
+        Option<u64>,
+        impl Stream<Item = reqwest::Result<Bytes>> + use<>,
+    )> {
+        let url = format!("{}/v2/{repo}/blobs/{digest}", self.base);
+        let resp = self
+            .send(
+                repo,
+                Action::Pull,
+                &format!("blob {digest} of {repo}"),
+                || Ok(self.http.get(&url)),
+            )
+            .await?;
+        Ok((resp.content_length(), resp.bytes_stream()))
+    }
+
+    /// Small blobs (configs): fetched whole and verified.
+    pub async fn get_blob_bytes(&self, repo: &str, digest: &str) -> Result<Bytes> {
+        let url = format!("{}/v2/{repo}/blobs/{digest}", self.base);
+        let resp = self
+            .send(
+                repo,
+                Action::Pull,
+                &format!("blob {digest} of {repo}"),
+                || Ok(self.http.get(&url)),
+            )
+            .await?;
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+        if sha256_digest(&bytes) != digest {
+            return Err(RegistryError::Protocol {
+                host: self.host.clone(),
+                what: format!("blob {digest} with other content"),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// POST `?mount=&from=`: links a blob another repository of the same
+    /// registry already has, with no bytes sent.
+    pub async fn mount_blob(&self, repo: &str, digest: &str, from: &str) -> Result<Mount> {
+        let url = format!(
+            "{}/v2/{repo}/blobs/uploads/?mount={digest}&from={from}",
+            self.base
+        );
+        let resp = self
+            .send(
+                repo,
+                Action::PushFrom(from.to_string()),
+                &format!("mounting {digest} from {from}"),
+                || Ok(self.http.post(&url).header(header::CONTENT_LENGTH, 0)),
+            )
+            .await?;
+        match resp.status() {
+            StatusCode::CREATED => Ok(Mount::Mounted),
+            _ => Ok(Mount::Upload(self.location(&resp)?)),
+        }
+    }
+
+    /// POST: opens an upload session and returns its URL.
+    pub async fn start_upload(&self, repo: &str) -> Result<String> {
+        let url = format!("{}/v2/{repo}/blobs/uploads/", self.base);
+        let resp = self
+            .send(
+                repo,
+                Action::Push,
+                &format!("starting an upload to {repo}"),
+                || Ok(self.http.post(&url).header(header::CONTENT_LENGTH, 0)),
+            )
+            .await?;
+        self.location(&resp)
+    }
+
+    /// The monolithic upload: one PUT carrying the whole blob, with its length
+    /// and digest known up front. Artifact Registry rejects chunked uploads
+    /// (several PATCHes), so kiln never sends a PATCH or a `Content-Range`.
+    pub async fn put_upload(
+        &self,
+        repo: &str,
+        location: &str,
+        digest: &str,
+        size: u64,
+        body: reqwest::Body,
+    ) -> Result<()> {
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let url = format!("{location}{sep}digest={digest}");
+        // The body is consumed by the first attempt; `send` may only retry
+        // after an auth challenge, which the POST before this already settled.
+        let body = Mutex::new(Some(body));
+        self.send(
+            repo,
+            Action::Push,
+            &format!("uploading {digest} ({size} bytes) to {repo}"),
+            || {
+                let body = body.lock().ok().and_then(|mut b| b.take()).ok_or_else(|| {
+                    RegistryError::Status {
+                        host: self.host.clone(),
+                        what: format!("uploading {digest}"),
+                        status: 401,
+                        detail: ": the registry asked for credentials again during the upload"
+                            .into(),
+                    }
+                })?;
+                Ok(self
+                    .http
+                    .put(&url)
+                    .header(header::CONTENT_TYPE, "application/octet-stream")
+                    .header(header::CONTENT_LENGTH, size)
+                    .body(body))
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// PUT a manifest's exact bytes under a tag or digest; returns its digest.
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> Result<String> {
+        let url = format!("{}/v2/{repo}/manifests/{reference}", self.base);
+        let digest = sha256_digest(&bytes);
+        self.send(
+            repo,
+            Action::Push,
+            &format!("pushing manifest {repo}:{reference}"),
+            || {
+                Ok(self
+                    .http
+                    .put(&url)
+                    .header(header::CONTENT_TYPE, media_type)
+                    .body(bytes.clone()))
+            },
+        )
+        .await?;
+        Ok(digest)
+    }
+
+    /// Sends a request built by `make`, answering one authentication
+    /// challenge (Basic, or the Bearer token flow) and retrying once.
+    async fn send(
+        &self,
+        repo: &str,
+        action: Action,
+        what: &str,
+        make: impl Fn() -> Result<RequestBuilder>,
+    ) -> Result<Response> {
+        let mut challenged = false;
+        loop {
+            let mut req = make()?;
+            if let Some(value) = self.authorization(repo, &action) {
+                req = req.header(header::AUTHORIZATION, value);
+            }
+            let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+            let status = resp.status();
+            if status == StatusCode::UNAUTHORIZED && !challenged {
+                challenged = true;
+                let challenge = resp
+                    .headers()
+                    .get(header::WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                if self
+                    .answer_challenge(repo, &action, challenge.as_deref())
+                    .await?
+                {
+                    continue;
+                }
+            }
+            return self.check(resp, repo, &action, what).await;
+        }
+    }
+
+    async fn check(
+        &self,
+        resp: Response,
+        repo: &str,
+        action: &Action,
+        what: &str,
+    ) -> Result<Response> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let host = self.host.clone();
+        Err(match status {
+            StatusCode::UNAUTHORIZED => RegistryError::Unauthorized {
+                host,
+                repo: repo.to_string(),
+            },
+            StatusCode::FORBIDDEN => RegistryError::Denied {
+                host,
+                repo: repo.to_string(),
+                action: action.verb(),
+            },
+            StatusCode::NOT_FOUND => RegistryError::NotFound {
+                host,
+                what: what.to_string(),
+            },
+            _ => {
+                let body = resp.text().await.unwrap_or_default();
+                RegistryError::Status {
+                    host,
+                    what: what.to_string(),
+                    status: status.as_u16(),
+                    detail: error_detail(&body),
+                }
+            }
+        })
+    }
+
+    fn location(&self, resp: &Response) -> Result<String> {
+        let location = resp
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| RegistryError::Protocol {
+                host: self.host.clone(),
+                what: "an upload session without a Location".into(),
+            })?;
+        // The spec allows relative and absolute locations; use either verbatim.
+        Ok(
+            if location.starts_with("http://") || location.starts_with("https://") {
+                location.to_string()
+            } else {
+                format!("{}{location}", self.base)
+            },
+        )
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> RegistryError {
+        // The chain carries the useful part (connection refused, DNS, TLS).
+        let mut detail = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            detail = format!("{detail}: {s}");
+            source = s.source();
+        }
+        RegistryError::Unreachable {
+            host: self.host.clone(),
+            detail,
+        }
+    }
+}
+
+fn content_type(resp: &Response) -> String {
+    resp.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The registry's own error message (`{"errors":[{"code","message"}]}`), short.
+fn error_detail(body: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct Errors {
+        errors: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        code: Option<String>,
+        message: Option<String>,
+    }
+    if let Ok(parsed) = serde_json::from_str::<Errors>(body)
+        && let Some(first) = parsed.errors.first()
+    {
+        return format!(
+            ": {} {}",
+            first.code.as_deref().unwrap_or(""),
+            first.message.as_deref().unwrap_or("")
+        )
+        .trim_end()
+        .to_string();
+    }
+    let line = body.lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", line.chars().take(200).collect::<String>())
+    }
+}

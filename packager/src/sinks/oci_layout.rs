@@ -1,0 +1,97 @@
+//! `--output oci:DIR`: an OCI image layout (`oci-layout`, `index.json`,
+//! `blobs/sha256/…`). It is built in a temporary directory beside DIR and
+//! renamed into place at the end, so a failure never leaves a partial layout.
+//! Blobs an earlier layout at DIR already holds are hard-linked, not re-read.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::{BuiltImage, OutputError, copy_verified};
+
+/// Writes `image` as an OCI layout at `dir`, tagged `tag` in `index.json`.
+pub async fn write(image: &BuiltImage, dir: &Path, tag: &str) -> Result<(), OutputError> {
+    let io = |e: std::io::Error| OutputError::io(dir, &e);
+    if dir.exists() && !is_replaceable(dir) {
+        return Err(OutputError::other(
+            dir,
+            "exists and is not an OCI layout kiln can replace; remove it or choose another --output",
+        ));
+    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(io)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".kiln-oci-")
+        .tempdir_in(&parent)
+        .map_err(io)?;
+    let blobs = tmp.path().join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).map_err(io)?;
+
+    for blob in image.blobs() {
+        let hex = blob.descriptor.hex();
+        let dest = blobs.join(hex);
+        if dest.exists() {
+            continue; // The same blob twice (e.g. two empty layers).
+        }
+        let previous = dir.join("blobs/sha256").join(hex);
+        if std::fs::metadata(&previous).is_ok_and(|m| m.len() == blob.descriptor.size)
+            && std::fs::hard_link(&previous, &dest).is_ok()
+        {
+            continue;
+        }
+        let mut file = tokio::fs::File::create(&dest).await.map_err(io)?;
+        copy_verified(blob, &mut file, dir).await?;
+        file.sync_all().await.map_err(io)?;
+    }
+    std::fs::write(
+        blobs.join(image.manifest_digest.trim_start_matches("sha256:")),
+        &image.manifest,
+    )
+    .map_err(io)?;
+    std::fs::write(
+        tmp.path().join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .map_err(io)?;
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": crate::image::OCI_INDEX,
+        "manifests": [{
+            "mediaType": image.manifest_media_type,
+            "digest": image.manifest_digest,
+            "size": image.manifest.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }],
+    });
+    std::fs::write(tmp.path().join("index.json"), index.to_string()).map_err(io)?;
+
+    // Swap in: old layout aside, new one in, old one removed.
+    let old = if dir.exists() {
+        let aside = parent.join(format!(".kiln-old-{}", std::process::id()));
+        std::fs::rename(dir, &aside).map_err(io)?;
+        Some(aside)
+    } else {
+        None
+    };
+    if let Err(e) = std::fs::rename(tmp.path(), dir) {
+        if let Some(old) = &old {
+            let _ = std::fs::rename(old, dir);
+        }
+        return Err(io(e));
+    }
+    let _ = tmp.keep();
+    if let Some(old) = old {
+        let _ = std::fs::remove_dir_all(old);
+    }
+    Ok(())
+}
+
+/// An existing DIR is replaced only if it is empty or an OCI layout: kiln
+/// must never delete a directory of someone's files because of a typo.
+fn is_replaceable(dir: &Path) -> bool {
+    dir.join("oci-layout").is_file()
+        || std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
+}

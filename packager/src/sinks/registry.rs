@@ -1,0 +1,225 @@
+//! Pushing to a registry the way real registries need it:
+//! - HEAD first: a blob the repository has is never sent again;
+//! - mount within one registry (no bytes move), stream across registries;
+//! - monolithic uploads only: POST, then one PUT with the whole body.
+//!   Artifact Registry rejects chunked uploads, so no PATCH, no Content-Range;
+//! - a few uploads at a time, each retried from its source on transient errors;
+//! - the manifest last, so a failed push never leaves a tag pointing at
+//!   blobs that are not there.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use super::{Blob, BlobSource, BuiltImage, StreamError};
+use crate::image::ImageRef;
+use crate::registry::{Mount, RegistryClient, RegistryError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("pushing {target}: {source}")]
+    Registry {
+        target: String,
+        source: RegistryError,
+    },
+    #[error("pushing {target}: {detail}")]
+    Source { target: String, detail: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct PushOptions {
+    /// Uploads in flight at once. Registries lose upload sessions under heavy
+    /// parallelism; crane uses 4, KitOps 5.
+    pub parallel: usize,
+    /// Attempts per blob for transient failures (network, 5xx, 429).
+    pub attempts: u32,
+    /// Print one line per blob to stderr.
+    pub progress: bool,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        PushOptions {
+            parallel: 3,
+            attempts: 3,
+            progress: true,
+        }
+    }
+}
+
+/// What happened to each blob, for the summary line and for tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PushReport {
+    pub digest: String,
+    pub uploaded: usize,
+    pub uploaded_bytes: u64,
+    pub mounted: usize,
+    pub present: usize,
+}
+
+enum Outcome {
+    Present,
+    Mounted,
+    Uploaded(u64),
+}
+
+/// Pushes every blob the target lacks, then the manifest; returns the manifest digest.
+pub async fn push(
+    image: &BuiltImage,
+    target: &ImageRef,
+    client: &Arc<RegistryClient>,
+    opts: &PushOptions,
+) -> Result<PushReport, PushError> {
+    let name = target.to_string();
+    let outcomes = futures_util::stream::iter(image.blobs())
+        .map(|blob| push_with_retries(blob, target, client, opts))
+        .buffer_unordered(opts.parallel.max(1))
+        .collect::<Vec<_>>()
+        .await;
+    let mut report = PushReport::default();
+    for outcome in outcomes {
+        match outcome.map_err(|e| e.into_push(&name))? {
+            Outcome::Present => report.present += 1,
+            Outcome::Mounted => report.mounted += 1,
+            Outcome::Uploaded(n) => {
+                report.uploaded += 1;
+                report.uploaded_bytes += n;
+            }
+        }
+    }
+    let reference = target
+        .digest
+        .clone()
+        .or_else(|| target.tag.clone())
+        .unwrap_or_else(|| "latest".into());
+    report.digest = client
+        .put_manifest(
+            &target.repository,
+            &reference,
+            &image.manifest_media_type,
+            image.manifest.clone(),
+        )
+        .await
+        .map_err(|source| PushError::Registry {
+            target: name,
+            source,
+        })?;
+    Ok(report)
+}
+
+async fn push_with_retries(
+    blob: &Blob,
+    target: &ImageRef,
+    client: &RegistryClient,
+    opts: &PushOptions,
+) -> Result<Outcome, StreamError> {
+    let mut attempt = 1;
+    loop {
+        match push_blob(blob, target, client).await {
+            Ok(outcome) => {
+                if opts.progress {
+                    let what = match outcome {
+                        Outcome::Present => "already there",
+                        Outcome::Mounted => "mounted",
+                        Outcome::Uploaded(_) => "uploaded",
+                    };
+                    eprintln!(
+                        "  {} {} ({}): {what}",
+                        short(&blob.descriptor.digest),
+                        kind(blob),
+                        human(blob.descriptor.size)
+                    );
+                }
+                return Ok(outcome);
+            }
+            Err(StreamError::Registry(e)) if e.is_transient() && attempt < opts.attempts => {
+                if opts.progress {
+                    eprintln!(
+                        "  {}: {e}; retrying ({attempt}/{})",
+                        short(&blob.descriptor.digest),
+                        opts.attempts - 1
+                    );
+                }
+                tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn push_blob(
+    blob: &Blob,
+    target: &ImageRef,
+    client: &RegistryClient,
+) -> Result<Outcome, StreamError> {
+    let repo = &target.repository;
+    let digest = &blob.descriptor.digest;
+    if client.blob_exists(repo, digest).await? {
+        return Ok(Outcome::Present);
+    }
+    let location = match &blob.source {
+        BlobSource::Remote {
+            registry,
+            repo: from,
+            ..
+        } if *registry == target.registry && from != repo => {
+            match client.mount_blob(repo, digest, from).await? {
+                Mount::Mounted => return Ok(Outcome::Mounted),
+                Mount::Upload(location) => location,
+            }
+        }
+        _ => client.start_upload(repo).await?,
+    };
+    let stream = blob.stream().await?;
+    let body = reqwest::Body::wrap_stream(stream);
+    client
+        .put_upload(repo, &location, digest, blob.descriptor.size, body)
+        .await?;
+    Ok(Outcome::Uploaded(blob.descriptor.size))
+}
+
+impl StreamError {
+    fn into_push(self, target: &str) -> PushError {
+        match self {
+            StreamError::Registry(source) => PushError::Registry {
+                target: target.to_string(),
+                source,
+            },
+            StreamError::Io(detail) => PushError::Source {
+                target: target.to_string(),
+                detail,
+            },
+        }
+    }
+}
+
+fn kind(blob: &Blob) -> &'static str {
+    match blob.source {
+        BlobSource::Remote { .. } => "base layer",
+        BlobSource::Local(_) => "layer",
+        BlobSource::Bytes(_) => "config",
+    }
+}
+
+/// `sha256:0123456789ab`.
+pub(crate) fn short(digest: &str) -> &str {
+    &digest[..digest.len().min(19)]
+}
+
+/// Sizes for people: 3.3 GB, 489 B.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
