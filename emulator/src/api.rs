@@ -253,6 +253,14 @@ struct Generation {
 
 impl Generation {
     async fn admit(st: &Inner) -> Generation {
+        if let Ok(permit) = st.slots.clone().try_acquire_owned() {
+            st.stats.enter_in_flight();
+            return Generation {
+                stats: st.stats.clone(),
+                permit: Some(permit),
+                done: false,
+            };
+        }
         st.stats.enter_waiting();
         let mut g = Generation {
             stats: st.stats.clone(),
@@ -310,6 +318,11 @@ impl Run {
         if self.finished {
             return None;
         }
+        // Sleeping first also lets the server flush the previous chunk, so a
+        // client sees every token sent before an emulated crash.
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
         if self.fail_after == Some(self.i) {
             self.finished = true;
             self.generation.finish(Counter::Aborted);
@@ -325,9 +338,6 @@ impl Run {
             return Some(Ok(self
                 .shape
                 .stream_error("model runner has unexpectedly stopped")));
-        }
-        if !self.delay.is_zero() {
-            tokio::time::sleep(self.delay).await;
         }
         if self.i < self.n {
             self.i += 1;

@@ -1,0 +1,135 @@
+//! Shared setup for the proxy's integration tests: an Ollama emulator with a
+//! real OLLAMA_MODELS directory, a kiln-proxy in front of it on loopback
+//! ports, and a client. Everything stops when the `Stack` is dropped.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_proxy::filter::{NoFilters, RequestFilter};
+use kiln_proxy::{Config, RunningProxy};
+use ollama_emulator::Emulator;
+
+pub struct Stack {
+    pub emulator: Emulator,
+    pub proxy: Option<RunningProxy>,
+    pub models: tempfile::TempDir,
+    pub client: reqwest::Client,
+}
+
+/// A models directory with gemma3:4b and gemma3:1b in Ollama's layout.
+pub fn models_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    ollama_emulator::models::write_fake_model(dir.path(), "gemma3:4b", 256).expect("write model");
+    ollama_emulator::models::write_fake_model(dir.path(), "gemma3:1b", 128).expect("write model");
+    dir
+}
+
+pub fn proxy_config(upstream: &str) -> Config {
+    let mut c = Config {
+        listen: Some("127.0.0.1:0".into()),
+        upstream: upstream.into(),
+        ..Config::default()
+    };
+    c.limits.shutdown_grace_s = 2;
+    c
+}
+
+impl Stack {
+    /// Emulator defaults: 1 ms per token, 4 slots; the proxy as configured by `tune`.
+    pub async fn new(tune: impl FnOnce(&mut ollama_emulator::Config, &mut Config)) -> Stack {
+        Stack::with_filter(tune, Arc::new(NoFilters)).await
+    }
+
+    pub async fn with_filter(
+        tune: impl FnOnce(&mut ollama_emulator::Config, &mut Config),
+        filter: Arc<dyn RequestFilter>,
+    ) -> Stack {
+        let models = models_dir();
+        let mut ec = ollama_emulator::Config {
+            models_dir: Some(models.path().to_path_buf()),
+            num_parallel: 4,
+            token_delay: Duration::from_millis(1),
+            ..Default::default()
+        };
+        let mut pc = proxy_config("http://127.0.0.1:1");
+        tune(&mut ec, &mut pc);
+        let emulator = Emulator::start(ec).await.expect("start emulator");
+        pc.upstream = emulator.url();
+        let proxy = kiln_proxy::start(pc, filter).await.expect("start proxy");
+        // Readiness checks talk to the emulator too; let them finish so tests
+        // can count the requests that are theirs.
+        let ready = eventually(Duration::from_secs(5), || {
+            proxy.state().readiness.status().0
+        })
+        .await;
+        assert!(
+            ready,
+            "proxy not ready: {:?}",
+            proxy.state().readiness.status()
+        );
+        Stack {
+            emulator,
+            proxy: Some(proxy),
+            models,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub fn proxy(&self) -> &RunningProxy {
+        self.proxy.as_ref().expect("proxy running")
+    }
+
+    /// `http://127.0.0.1:PORT/path` on the proxy.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.proxy().url())
+    }
+
+    pub fn direct(&self, path: &str) -> String {
+        format!("{}{path}", self.emulator.url())
+    }
+
+    pub fn stats(&self) -> ollama_emulator::StatsSnapshot {
+        self.emulator.stats().snapshot()
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(p) = self.proxy.take() {
+            p.shutdown().await.expect("proxy shutdown");
+        }
+    }
+}
+
+/// Polls `cond` every 10 ms for up to `within`.
+pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
+}
+
+/// Reads a streamed body chunk by chunk, with the time each arrived.
+pub async fn chunks(mut resp: reqwest::Response) -> Vec<(Duration, bytes::Bytes)> {
+    let start = std::time::Instant::now();
+    let mut out = Vec::new();
+    while let Some(c) = resp.chunk().await.expect("read chunk") {
+        out.push((start.elapsed(), c));
+    }
+    out
+}
+
+/// The lines of an NDJSON body, parsed.
+pub fn ndjson(body: &[u8]) -> Vec<serde_json::Value> {
+    body.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            serde_json::from_slice(l)
+                .unwrap_or_else(|e| panic!("bad NDJSON line {:?}: {e}", String::from_utf8_lossy(l)))
+        })
+        .collect()
+}
