@@ -1,0 +1,128 @@
+//! The official clients work unchanged through the proxy: PyPI `ollama`
+//! (generate, chat, streaming and not), PyPI `openai` (chat completions,
+//! streaming and not), and the tutorial's `curl`.
+
+mod harness;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use harness::Stack;
+
+/// Runs a Python script with `HOST` set to the proxy's URL; returns stdout.
+async fn python(stack: &Stack, script: &str) -> String {
+    let child = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .env("HOST", stack.proxy().url())
+        .env("OPENAI_API_KEY", "unused-by-ollama")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 not found; run scripts/setup");
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("python client timed out")
+        .expect("python client failed to run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python client failed (missing packages? run scripts/setup):\n{stderr}"
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn python_ollama_client_works_through_the_proxy() {
+    let stack = Stack::new(|_, _| {}).await;
+    let out = python(
+        &stack,
+        r#"
+import os, ollama
+c = ollama.Client(host=os.environ["HOST"])
+r = c.generate(model="gemma3:4b", prompt="Why is the sky blue?")
+assert r.done and r.response.startswith("The sky is blue"), r
+parts = [p.response for p in c.generate(model="gemma3:4b", prompt="Why?", stream=True)]
+assert len(parts) == 9 and "".join(parts).startswith("The sky"), parts
+r = c.chat(model="gemma3:4b", messages=[{"role": "user", "content": "hi"}])
+assert r.message.role == "assistant" and r.message.content.startswith("The sky"), r
+chunks = list(c.chat(model="gemma3:4b", messages=[{"role": "user", "content": "hi"}], stream=True))
+assert chunks[-1].done and chunks[-1].eval_count == 8, chunks[-1]
+names = sorted(m.model for m in c.list().models)
+assert names == ["gemma3:1b", "gemma3:4b"], names
+try:
+    c.generate(model="gemma3:27b", prompt="x")
+    raise SystemExit("expected an error for a missing model")
+except ollama.ResponseError as e:
+    assert e.status_code == 404 and "not found" in e.error, (e.status_code, e.error)
+print("ok")
+"#,
+    )
+    .await;
+    assert_eq!(out.trim(), "ok");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn python_openai_client_works_through_the_proxy() {
+    let stack = Stack::new(|_, p| {
+        p.limits.max_in_flight = 1;
+        p.limits.max_queue = 0;
+    })
+    .await;
+    let out = python(
+        &stack,
+        r#"
+import os, openai
+c = openai.OpenAI(base_url=os.environ["HOST"] + "/v1", max_retries=0)
+r = c.chat.completions.create(model="gemma3:4b", messages=[{"role": "user", "content": "hi"}])
+assert r.choices[0].message.content.startswith("The sky is blue"), r
+text = ""
+for chunk in c.chat.completions.create(model="gemma3:4b", messages=[{"role": "user", "content": "hi"}], stream=True):
+    if chunk.choices and chunk.choices[0].delta.content:
+        text += chunk.choices[0].delta.content
+assert text.startswith("The sky is blue"), text
+try:
+    c.chat.completions.create(model="nope:1b", messages=[{"role": "user", "content": "hi"}])
+    raise SystemExit("expected NotFoundError")
+except openai.NotFoundError as e:
+    assert "not found" in e.message, e.message
+print("ok")
+"#,
+    )
+    .await;
+    assert_eq!(out.trim(), "ok");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn tutorial_curl_streams_token_lines() {
+    let stack = Stack::new(|e, _| e.token_delay = Duration::from_millis(20)).await;
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--no-buffer", "--max-time", "20"])
+        .arg(stack.url("/api/generate"))
+        .args([
+            "-d",
+            r#"{"model":"gemma3:4b","prompt":"Why is the sky blue?"}"#,
+        ])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("curl not found; install curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = harness::ndjson(&out.stdout);
+    assert_eq!(lines.len(), 9, "8 token lines and the final chunk");
+    assert!(
+        lines[..8]
+            .iter()
+            .all(|l| l["done"] == false && l["response"].is_string())
+    );
+    assert_eq!(lines[8]["done"], true);
+    assert_eq!(lines[8]["done_reason"], "stop");
+    stack.shutdown().await;
+}
