@@ -12,10 +12,10 @@ use crate::registry::{RegistryClient, RegistryError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BaseError {
-    #[error("base image {reference}: {source}")]
+    #[error("base image {reference}: {error}")]
     Registry {
         reference: String,
-        source: RegistryError,
+        error: RegistryError,
     },
     #[error(
         "base image {reference} has no {wanted} image (it has: {available}); pick another --platform or --base"
@@ -55,9 +55,9 @@ pub async fn resolve(
     client: Arc<RegistryClient>,
 ) -> Result<BaseImage, BaseError> {
     let name = reference.to_string();
-    let reg = |source| BaseError::Registry {
+    let reg = |error| BaseError::Registry {
         reference: name.clone(),
-        source,
+        error,
     };
     let invalid = |detail: String| BaseError::Invalid {
         reference: name.clone(),

@@ -20,8 +20,8 @@ pub use tar_stream::LayerReader;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
+    #[error("cannot read {path}: {error}")]
+    Read { path: PathBuf, error: io::Error },
     #[error("{path} changed while kiln was reading it (expected {expected} bytes); run kiln again")]
     Changed { path: PathBuf, expected: u64 },
     #[error("invalid path {0:?} inside a layer")]
@@ -56,9 +56,9 @@ impl Source {
     /// A file, identified by its metadata (path, size, mtime, inode) for the digest cache.
     pub fn file(path: impl Into<PathBuf>) -> Result<Source, LayerError> {
         let path = path.into();
-        let meta = std::fs::metadata(&path).map_err(|source| LayerError::Read {
+        let meta = std::fs::metadata(&path).map_err(|error| LayerError::Read {
             path: path.clone(),
-            source,
+            error,
         })?;
         let identity = FileIdentity::from_metadata(&path, &meta);
         Ok(Source::File {
@@ -187,7 +187,7 @@ impl Layer {
             .await
             .map_err(|e| LayerError::Read {
                 path: "layer".into(),
-                source: io::Error::other(e),
+                error: io::Error::other(e),
             })??;
         cache.put(&key, &digest, size);
         Ok(Layer { spec, digest, size })

@@ -126,9 +126,9 @@ impl LayerReader {
                     Some(Segment::Bytes(b)) => self.current.insert(Current::Bytes(b, 0)),
                     Some(Segment::Zeros(n)) => self.current.insert(Current::Zeros(n)),
                     Some(Segment::File { path, len }) => {
-                        let file = File::open(&path).map_err(|source| LayerError::Read {
+                        let file = File::open(&path).map_err(|error| LayerError::Read {
                             path: path.clone(),
-                            source,
+                            error,
                         })?;
                         self.current.insert(Current::File {
                             file,
@@ -163,9 +163,9 @@ impl LayerReader {
                         0
                     } else {
                         file.read(&mut buf[..want])
-                            .map_err(|source| LayerError::Read {
+                            .map_err(|error| LayerError::Read {
                                 path: path.clone(),
-                                source,
+                                error,
                             })?
                     };
                     if n == 0 && *remaining > 0 {
@@ -178,9 +178,9 @@ impl LayerReader {
                     if *remaining == 0 {
                         // A file that grew is as wrong as one that shrank.
                         let mut probe = [0u8; 1];
-                        if file.read(&mut probe).map_err(|source| LayerError::Read {
+                        if file.read(&mut probe).map_err(|error| LayerError::Read {
                             path: path.clone(),
-                            source,
+                            error,
                         })? > 0
                         {
                             return Err(LayerError::Changed {
@@ -209,7 +209,7 @@ impl LayerReader {
 impl Read for LayerReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.read_layer(buf).map_err(|e| match e {
-            LayerError::Read { source, .. } => source,
+            LayerError::Read { error, .. } => error,
             other => io::Error::other(other.to_string()),
         })
     }

@@ -105,7 +105,11 @@ pub async fn pack(opts: &PackOptions) -> Result<PackOutcome, PackError> {
         "reading base image {} ({})",
         opts.base, opts.platform
     ));
-    let base_client = Arc::new(client_for(&opts.base, opts, false).await?);
+    // --username/--password-stdin belong to the push target, and so to a base
+    // image on that same registry.
+    let base_is_on_target =
+        matches!(&opts.output, Output::Push(t) if t.registry == opts.base.registry);
+    let base_client = Arc::new(client_for(&opts.base, opts, base_is_on_target).await?);
     let base = base::resolve(&opts.base, &opts.platform, base_client).await?;
     // Likewise the push target's credentials (a 401 here beats one after the build).
     let target_client = match &opts.output {

@@ -83,9 +83,10 @@ impl RegistryClient {
         let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
         if scheme.eq_ignore_ascii_case("basic") {
             let mut cache = self.tokens.lock().map_err(|_| self.poisoned())?;
-            let retry = matches!(self.credential, Credential::Basic { .. }) && !cache.basic;
             cache.basic = true;
-            return Ok(retry);
+            // Parallel requests may all be challenged at once: each retries
+            // (once, `send` sees to that) with the credentials now attached.
+            return Ok(matches!(self.credential, Credential::Basic { .. }));
         }
         if !scheme.eq_ignore_ascii_case("bearer")
             || matches!(self.credential, Credential::Bearer(_))

@@ -51,10 +51,10 @@ pub enum RegistryError {
     },
     #[error("registry {host} sent {what}; it does not follow the OCI distribution protocol")]
     Protocol { host: String, what: String },
-    #[error("registry {host}: {source}")]
+    #[error("registry {host}: {error}")]
     Image {
         host: String,
-        source: crate::image::ImageError,
+        error: crate::image::ImageError,
     },
     #[error("reading {what} for upload to {host}: {detail}")]
     Source {

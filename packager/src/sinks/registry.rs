@@ -18,10 +18,10 @@ use crate::registry::{Mount, RegistryClient, RegistryError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
-    #[error("pushing {target}: {source}")]
+    #[error("pushing {target}: {error}")]
     Registry {
         target: String,
-        source: RegistryError,
+        error: RegistryError,
     },
     #[error("pushing {target}: {detail}")]
     Source { target: String, detail: String },
@@ -101,9 +101,9 @@ pub async fn push(
             image.manifest.clone(),
         )
         .await
-        .map_err(|source| PushError::Registry {
+        .map_err(|error| PushError::Registry {
             target: name,
-            source,
+            error,
         })?;
     Ok(report)
 }
@@ -183,9 +183,9 @@ async fn push_blob(
 impl StreamError {
     fn into_push(self, target: &str) -> PushError {
         match self {
-            StreamError::Registry(source) => PushError::Registry {
+            StreamError::Registry(error) => PushError::Registry {
                 target: target.to_string(),
-                source,
+                error,
             },
             StreamError::Io(detail) => PushError::Source {
                 target: target.to_string(),
