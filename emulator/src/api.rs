@@ -83,6 +83,13 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/models", get(openai_models))
         .route("/emulator/stats", get(stats))
+        .route(
+            "/emulator/crash",
+            post(|State(st): State<AppState>| async move {
+                st.inner.stats.request_crash();
+                StatusCode::ACCEPTED
+            }),
+        )
         // gin answers unknown paths and wrong methods in plain text.
         .fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found") })
         .method_not_allowed_fallback(|| async {
@@ -106,7 +113,7 @@ async fn host_check(State(st): State<AppState>, req: Request, next: Next) -> Res
             return StatusCode::FORBIDDEN.into_response();
         }
     }
-    if req.uri().path() != "/emulator/stats" {
+    if !req.uri().path().starts_with("/emulator/") {
         st.inner.stats.bump(Counter::Requests);
         let headers = req
             .headers()

@@ -159,6 +159,70 @@ pub fn parse_ollama_host(value: &str) -> anyhow::Result<SocketAddr> {
     })
 }
 
+fn env_num(name: &str) -> anyhow::Result<Option<u64>> {
+    match std::env::var(name) {
+        Ok(v) => Ok(Some(v.trim().parse().map_err(|_| {
+            anyhow::anyhow!("{name}={v:?} is not a whole number")
+        })?)),
+        Err(_) => Ok(None),
+    }
+}
+
+fn log(msg: &str) {
+    // The shape of Ollama's slog lines, so log forwarding sees realistic input.
+    eprintln!(
+        "time={} level=INFO source=emulator msg={msg:?}",
+        format::now()
+    );
+}
+
+/// `ollama serve` look-alike: configured from OLLAMA_HOST, OLLAMA_MODELS
+/// (default `$HOME/.ollama/models`), OLLAMA_NUM_PARALLEL, and
+/// EMULATOR_TOKEN_DELAY_MS / EMULATOR_LOAD_DELAY_MS / EMULATOR_TOKENS; serves
+/// until SIGTERM or Ctrl-C. `POST /emulator/crash` exits the process at once
+/// with status 3, as a crashing Ollama would.
+pub async fn serve_from_env() -> anyhow::Result<()> {
+    let host = std::env::var("OLLAMA_HOST").unwrap_or_default();
+    let mut config = Config {
+        listen: parse_ollama_host(&host)?,
+        ..Default::default()
+    };
+    config.models_dir = match std::env::var_os("OLLAMA_MODELS") {
+        Some(dir) => Some(dir.into()),
+        None => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".ollama/models")),
+    };
+    if let Some(n) = env_num("OLLAMA_NUM_PARALLEL")? {
+        config.num_parallel = n.max(1) as usize;
+    }
+    if let Some(ms) = env_num("EMULATOR_TOKEN_DELAY_MS")? {
+        config.token_delay = Duration::from_millis(ms);
+    }
+    if let Some(ms) = env_num("EMULATOR_LOAD_DELAY_MS")? {
+        config.load_delay = Duration::from_millis(ms);
+    }
+    if let Some(n) = env_num("EMULATOR_TOKENS")? {
+        config.default_tokens = n as usize;
+    }
+    let emulator = Emulator::start(config).await?;
+    log(&format!(
+        "Listening on {} (version {VERSION})",
+        emulator.addr()
+    ));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| anyhow::anyhow!("cannot install the SIGTERM handler: {e}"))?;
+    let crash = emulator.stats().clone();
+    tokio::select! {
+        _ = term.recv() => log("received SIGTERM, shutting down"),
+        _ = tokio::signal::ctrl_c() => log("interrupted, shutting down"),
+        _ = crash.crash_requested() => {
+            eprintln!("time={} level=ERROR source=emulator msg=\"emulated crash\"", format::now());
+            std::process::exit(3);
+        }
+    }
+    emulator.shutdown().await;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_ollama_host;

@@ -16,6 +16,7 @@ pub struct Stats {
     aborted: AtomicU64,
     host_rejections: AtomicU64,
     last_headers: Mutex<Vec<(String, String)>>,
+    crash: tokio::sync::Notify,
 }
 
 /// A copy of the counters at one moment.
@@ -60,6 +61,15 @@ pub(crate) enum Counter {
 }
 
 impl Stats {
+    /// Resolves once `POST /emulator/crash` was called.
+    pub async fn crash_requested(&self) {
+        self.crash.notified().await
+    }
+
+    pub(crate) fn request_crash(&self) {
+        self.crash.notify_one();
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         let get = |a: &AtomicU64| a.load(Ordering::SeqCst);
         StatsSnapshot {
