@@ -113,7 +113,20 @@ pub async fn pack(opts: &PackOptions) -> Result<PackOutcome, PackError> {
     let base = base::resolve(&opts.base, &opts.platform, base_client).await?;
     // Likewise the push target's credentials (a 401 here beats one after the build).
     let target_client = match &opts.output {
-        Output::Push(target) => Some(Arc::new(client_for(target, opts, true).await?)),
+        Output::Push(target) => {
+            let client = client_for(target, opts, true).await?;
+            // One HEAD with push scope: proves the registry answers and takes
+            // these credentials before any weights are pulled or hashed.
+            let probe = image::sha256_digest(b"");
+            client
+                .blob_exists(&target.repository, &probe)
+                .await
+                .map_err(|error| sinks::registry::PushError::Registry {
+                    target: target.to_string(),
+                    error,
+                })?;
+            Some(Arc::new(client))
+        }
         _ => None,
     };
 
