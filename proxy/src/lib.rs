@@ -8,6 +8,7 @@ pub mod admission;
 pub mod body;
 pub mod config;
 pub mod filter;
+pub mod framing;
 pub mod headers;
 pub mod logging;
 pub mod metrics;
