@@ -24,10 +24,12 @@ pub use auth::Action;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error(
-        "cannot reach registry {host}: {detail}; check the name and your network (a plain-HTTP registry needs --insecure-registry {host})"
-    )]
-    Unreachable { host: String, detail: String },
+    #[error("cannot reach registry {host}: {detail}; {hint}")]
+    Unreachable {
+        host: String,
+        detail: String,
+        hint: String,
+    },
     #[error(
         "registry {host} rejected the credentials for {repo} (401); log in with `docker login {host}` or pass --username and --password-stdin"
     )]
@@ -40,8 +42,12 @@ pub enum RegistryError {
         repo: String,
         action: &'static str,
     },
-    #[error("{what} not found on {host}; check the name and tag")]
-    NotFound { host: String, what: String },
+    #[error("{what} not found on {host}; {hint}")]
+    NotFound {
+        host: String,
+        what: String,
+        hint: &'static str,
+    },
     #[error("{what} on {host} failed: HTTP {status}{detail}")]
     Status {
         host: String,
@@ -124,6 +130,7 @@ impl RegistryClient {
             .map_err(|e| RegistryError::Unreachable {
                 host: host.into(),
                 detail: e.to_string(),
+                hint: "check the system's TLS setup".into(),
             })?;
         let scheme = if plain_http { "http" } else { "https" };
         Ok(RegistryClient {
@@ -385,6 +392,11 @@ impl RegistryClient {
             StatusCode::NOT_FOUND => RegistryError::NotFound {
                 host,
                 what: what.to_string(),
+                hint: if what.starts_with("manifest") {
+                    "check the name and tag"
+                } else {
+                    "the registry lists it but cannot serve it; push that image again or use another"
+                },
             },
             _ => {
                 let body = resp.text().await.unwrap_or_default();
@@ -418,16 +430,26 @@ impl RegistryClient {
     }
 
     fn unreachable(&self, e: reqwest::Error) -> RegistryError {
-        // The chain carries the useful part (connection refused, DNS, TLS).
+        // The innermost cause is the useful part (connection refused, DNS, TLS);
+        // reqwest's outer layers only repeat the URL.
         let mut detail = e.to_string();
         let mut source = std::error::Error::source(&e);
         while let Some(s) = source {
-            detail = format!("{detail}: {s}");
+            detail = s.to_string();
             source = s.source();
         }
+        let hint = if self.base.starts_with("https://") {
+            format!(
+                "check the name and your network (a plain-HTTP registry needs --insecure-registry {})",
+                self.host
+            )
+        } else {
+            "check the name and that the registry is running".to_string()
+        };
         RegistryError::Unreachable {
             host: self.host.clone(),
             detail,
+            hint,
         }
     }
 }

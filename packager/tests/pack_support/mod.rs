@@ -58,11 +58,12 @@ impl World {
             "gemma3:4b".into(),
             "--source-registry".into(),
             self.registry.url(),
-            "--base".into(),
-            base,
             "--progress".into(),
             "quiet".into(),
         ];
+        if !extra.contains(&"--base") {
+            args.extend(["--base".to_string(), base]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let creds = self.registry.auth().credentials();
         if creds.is_some() && extra.contains(&"--push") {
@@ -155,6 +156,7 @@ pub fn failure(out: &Output) -> String {
     );
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "one error line expected: {stderr}");
+    eprintln!("kiln said: {}", errors[0]);
     errors[0].to_string()
 }
 
