@@ -16,7 +16,7 @@ enum Command {
     /// Download Ollama models into the cache and, with --models-dir, an OLLAMA_MODELS tree.
     Pull(kiln::pull::cli::PullArgs),
     // Pack and inspect take their help text from their Args structs.
-    Pack(kiln::pack::cli::PackArgs),
+    Pack(Box<kiln::pack::cli::PackArgs>),
     Inspect(kiln::inspect::InspectArgs),
     /// Cloud Run deployment files for a kiln image.
     #[command(subcommand)]
