@@ -15,6 +15,7 @@
 //!   { name = "alice", key = "sk-alice-…" },
 //!   { name = "ci", sha256 = "9f86d081884c7d65…" },   # sha256 hex of the key
 //!   "sk-plain-…",                                    # caller name "key-3"
+//!   "sha256:2c26b46b68ffc68f…",                      # hashed, caller name "key-4"
 //! ]
 //! ```
 //! Prefer `sha256` entries: the config then holds no usable secret.
@@ -56,10 +57,18 @@ fn known_keys(config: &Config) -> Result<Vec<Known>, String> {
         .iter()
         .enumerate()
         .map(|(i, entry)| match entry {
-            KeyEntry::Plain(key) => Ok(Known {
-                name: format!("key-{}", i + 1),
-                digest: digest(key),
-            }),
+            KeyEntry::Plain(key) => {
+                let name = format!("key-{}", i + 1);
+                match key.strip_prefix("sha256:") {
+                    Some(hex) => decode_hex(hex.trim())
+                        .map(|digest| Known { name, digest })
+                        .ok_or_else(|| format!("keys[{i}]: after `sha256:` come 64 hex digits")),
+                    None => Ok(Known {
+                        name,
+                        digest: digest(key),
+                    }),
+                }
+            }
             KeyEntry::Named { name, key } => Ok(Known {
                 name: name.clone(),
                 digest: digest(key),
@@ -164,8 +173,9 @@ mod tests {
 
     fn config() -> Config {
         let hashed = hex(&digest("sk-ci"));
+        let plain_hashed = hex(&digest("sk-hashed"));
         parse_config::<ApiKey>(&format!(
-            r#"{{"keys":[{{"name":"alice","key":"sk-alice"}},{{"name":"ci","sha256":"{hashed}"}},"sk-plain"]}}"#
+            r#"{{"keys":[{{"name":"alice","key":"sk-alice"}},{{"name":"ci","sha256":"{hashed}"}},"sk-plain","sha256:{plain_hashed}"]}}"#
         ))
         .unwrap()
     }
@@ -220,6 +230,8 @@ mod tests {
         assert_eq!(caller(&d).as_deref(), Some("ci"));
         let d = ApiKey::on_request(&c, &chat().with_header("x-api-key", "sk-plain"));
         assert_eq!(caller(&d).as_deref(), Some("key-3"));
+        let d = ApiKey::on_request(&c, &chat().with_header("x-api-key", "sk-hashed"));
+        assert_eq!(caller(&d).as_deref(), Some("key-4"));
     }
 
     #[test]
@@ -249,5 +261,6 @@ mod tests {
         assert!(parse_config::<ApiKey>(r#"{"keys":[]}"#).is_err());
         assert!(parse_config::<ApiKey>(r#"{"keys":[{"name":"x","sha256":"abc"}]}"#).is_err());
         assert!(parse_config::<ApiKey>(r#"{}"#).is_err());
+        assert!(parse_config::<ApiKey>(r#"{"keys":["sha256:xyz"]}"#).is_err());
     }
 }
