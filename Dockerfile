@@ -27,6 +27,7 @@ RUN mkdir -p /out/plugins \
 
 # --- the runtime image -------------------------------------------------------
 FROM ${OLLAMA_BASE}
+ARG MODEL=gemma3:4b
 COPY --from=models /models /models
 COPY --from=build /src/target/release/kiln-proxy /usr/local/bin/kiln-proxy
 COPY --from=plugins /out/plugins /plugins
@@ -38,7 +39,9 @@ ENV OLLAMA_MODELS=/models \
     OLLAMA_KEEP_ALIVE=-1 \
     OLLAMA_NOPRUNE=1 \
     OLLAMA_NO_CLOUD=1 \
-    KILN_CONFIG=/etc/kiln/proxy.toml
+    KILN_CONFIG=/etc/kiln/proxy.toml \
+    KILN_OLLAMA_PRELOAD=${MODEL}
 EXPOSE 8080
-ENTRYPOINT ["/usr/local/bin/kiln-proxy"]
+# kiln-proxy supervises `ollama serve` (the base image's /bin/ollama) in this container.
+ENTRYPOINT ["/usr/local/bin/kiln-proxy", "--spawn-ollama", "--ollama-command", "/bin/ollama"]
 CMD []

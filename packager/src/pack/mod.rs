@@ -229,11 +229,12 @@ fn assemble(
             }
             if proxy.config.is_some() {
                 env.push(("KILN_CONFIG".into(), layers::PROXY_CONFIG.into()));
-            } else {
-                for m in models {
-                    entry.extend(["--preload".to_string(), m.reference.short()]);
-                }
             }
+            // The image preloads what it bakes. An environment variable rather
+            // than flags, so a deploy (`kiln deploy render --preload`) can
+            // override it; it also overrides the config file's list.
+            let preload: Vec<String> = models.iter().map(|m| m.reference.short()).collect();
+            env.push(("KILN_OLLAMA_PRELOAD".into(), preload.join(",")));
             (Some(entry), Some(Vec::new()))
         }
         None => {
