@@ -77,6 +77,12 @@ pub type VerdictFuture<'a> = Pin<Box<dyn Future<Output = Verdict> + Send + 'a>>;
 /// A stage that decides what happens to a request before it is forwarded.
 pub trait RequestFilter: Send + Sync {
     fn apply(&self, request: FilterRequest) -> VerdictFuture<'_>;
+
+    /// The response stage that goes with these filters (response plugins),
+    /// if any. `None` keeps every response on the plain passthrough path.
+    fn responses(&self) -> Option<&dyn crate::response::ResponseStage> {
+        None
+    }
 }
 
 /// The stage when no plugins are configured: every request goes through as is.

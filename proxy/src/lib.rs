@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod plugins;
 pub mod readiness;
 pub mod request_view;
+pub mod response;
 pub mod routes;
 pub mod server;
 pub mod supervisor;

@@ -192,6 +192,22 @@ async fn inference(
         }
     };
     state.metrics.queue_wait(waited);
+    // Stage: response plan. Only with response plugins for this route: they
+    // get hooks, and a streamed OpenAI request is asked for its usage.
+    let (body, response) = crate::response::prepare(
+        state.filter.responses(),
+        crate::response::ResponseContext {
+            request_id: ctx.request_id.to_str().unwrap_or("").to_owned(),
+            route: route.kind,
+            path: parts.uri.path().to_owned(),
+            model: ctx.model.clone(),
+            stream: false,
+            status: 0,
+            headers: Vec::new(),
+        },
+        &headers,
+        body,
+    );
     // Stage: forward. The body length may have changed in the filter stage.
     let mut headers = headers;
     headers.remove(header::CONTENT_LENGTH);
@@ -202,6 +218,7 @@ async fn inference(
         headers,
         body::full(body),
         Some(Box::new(permit)),
+        response,
     )
     .await
 }
@@ -233,7 +250,7 @@ async fn other(
     let (headers, _) = filter(state, ctx, route.kind, &parts, Bytes::new(), None).await?;
     let limit = state.config.limits.max_body_bytes;
     let body = http_body_util::Limited::new(body, limit).boxed_unsync();
-    forward(state, ctx, parts, headers, body, None).await
+    forward(state, ctx, parts, headers, body, None, None).await
 }
 
 /// Stage: filter. Returns the headers to forward and, for inference routes,
@@ -313,6 +330,7 @@ async fn forward(
     mut headers: HeaderMap,
     body: body::ReqBody,
     guard: Option<Box<dyn Send>>,
+    response: Option<crate::response::Armed>,
 ) -> Result<Response<RespBody>, Early> {
     let up = &state.upstream;
     headers::for_upstream(
@@ -363,6 +381,18 @@ async fn forward(
     rparts
         .headers
         .insert(headers::REQUEST_ID, ctx.request_id.clone());
+    if let Some(armed) = response {
+        // Stage: response filter (response plugins).
+        let limits = crate::response::whole::Limits {
+            style: ctx.style,
+            max_body: state.config.limits.max_body_bytes,
+            deadline: ctx.deadline,
+            idle_after: state.config.idle_timeout(),
+        };
+        let (state, ctx) = (state.clone(), take_ctx(ctx));
+        let end = move |status| Access { state, ctx, status };
+        return Ok(armed.respond(rparts, rbody, limits, guard, end).await);
+    }
     let framing = Framing::of_content_type(
         rparts
             .headers

@@ -1,0 +1,504 @@
+//! One chunk of an Ollama or OpenAI-compatible answer, as the response hooks
+//! see it: its generated text in one normalized form whatever the API, its
+//! token usage, whether generation ends with it — and rewriting that text
+//! back into the API's own JSON.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::{Value, json};
+
+use crate::framing::sse_data;
+
+/// The JSON shape of a route's answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// `/api/generate`: text in `response`.
+    OllamaGenerate,
+    /// `/api/chat`: text in `message.content`.
+    OllamaChat,
+    /// `/v1/chat/completions`: `choices[0].delta.content` streamed,
+    /// `choices[0].message.content` whole.
+    OpenaiChat,
+    /// `/v1/completions`: `choices[0].text`.
+    OpenaiCompletions,
+    /// Anything else (`/v1/responses`, `/v1/messages`…): chunks are passed to
+    /// the hooks raw, without text or usage.
+    Other,
+}
+
+impl Shape {
+    pub fn of_path(path: &str) -> Shape {
+        match path.trim_end_matches('/') {
+            "/api/generate" => Shape::OllamaGenerate,
+            "/api/chat" => Shape::OllamaChat,
+            "/v1/chat/completions" => Shape::OpenaiChat,
+            "/v1/completions" => Shape::OpenaiCompletions,
+            _ => Shape::Other,
+        }
+    }
+}
+
+/// How the chunk was cut from the body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// One NDJSON line, `\n` included.
+    Line,
+    /// One SSE event, its blank line included.
+    Event,
+    /// The whole body of an answer that does not stream.
+    Whole,
+}
+
+/// Token counts as Ollama reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+pub struct Chunk {
+    raw: Bytes,
+    kind: Kind,
+    shape: Shape,
+    /// The JSON of the chunk (an SSE event's data); `None` when it is not
+    /// JSON (`[DONE]`, comments) or the shape is unknown.
+    value: Option<Value>,
+    changed: bool,
+    /// A text chunk to send before this one, when a hook put text on a chunk
+    /// that has no place for it.
+    before: Option<Vec<u8>>,
+}
+
+impl Chunk {
+    pub fn new(raw: Bytes, kind: Kind, shape: Shape) -> Chunk {
+        let value = if shape == Shape::Other {
+            None
+        } else {
+            let data = match kind {
+                Kind::Event => sse_data(&raw),
+                Kind::Line | Kind::Whole => Some(std::borrow::Cow::Borrowed(&raw[..])),
+            };
+            data.and_then(|d| serde_json::from_slice::<Value>(&d).ok())
+                .filter(Value::is_object)
+        };
+        Chunk {
+            raw,
+            kind,
+            shape,
+            value,
+            changed: false,
+            before: None,
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Where this chunk's generated text lives, as a JSON pointer.
+    fn text_pointer(&self) -> Option<&'static str> {
+        Some(match (self.shape, self.kind) {
+            (Shape::OllamaGenerate, _) => "/response",
+            (Shape::OllamaChat, _) => "/message/content",
+            (Shape::OpenaiChat, Kind::Whole) => "/choices/0/message/content",
+            (Shape::OpenaiChat, _) => "/choices/0/delta/content",
+            (Shape::OpenaiCompletions, _) => "/choices/0/text",
+            (Shape::Other, _) => return None,
+        })
+    }
+
+    /// The generated text of this chunk, if it carries any.
+    pub fn text(&self) -> Option<&str> {
+        self.value.as_ref()?.pointer(self.text_pointer()?)?.as_str()
+    }
+
+    /// True when generation ends with this chunk (see the WIT `chunk.done`).
+    pub fn done(&self) -> bool {
+        if self.kind == Kind::Whole {
+            return true;
+        }
+        let Some(v) = &self.value else { return false };
+        match self.shape {
+            Shape::OllamaGenerate | Shape::OllamaChat => v.get("done") == Some(&Value::Bool(true)),
+            Shape::OpenaiChat | Shape::OpenaiCompletions => v
+                .pointer("/choices/0/finish_reason")
+                .is_some_and(Value::is_string),
+            Shape::Other => false,
+        }
+    }
+
+    /// The token counts in this chunk: Ollama's final chunk
+    /// (`prompt_eval_count` is omitted by Ollama when it is 0), or OpenAI's `usage`.
+    pub fn usage(&self) -> Option<Usage> {
+        let v = self.value.as_ref()?;
+        let n = |p: &str| v.pointer(p).and_then(Value::as_u64);
+        match self.shape {
+            Shape::OllamaGenerate | Shape::OllamaChat => Some(Usage {
+                completion_tokens: n("/eval_count")?,
+                prompt_tokens: n("/prompt_eval_count").unwrap_or(0),
+            }),
+            Shape::OpenaiChat | Shape::OpenaiCompletions => Some(Usage {
+                prompt_tokens: n("/usage/prompt_tokens")?,
+                completion_tokens: n("/usage/completion_tokens")?,
+            }),
+            Shape::Other => None,
+        }
+    }
+
+    /// True for the extra chunk OpenAI streams carry with
+    /// `stream_options.include_usage`: no choices, only usage.
+    pub fn is_usage_only(&self) -> bool {
+        self.kind == Kind::Event
+            && self.value.as_ref().is_some_and(|v| {
+                v.get("choices")
+                    .and_then(Value::as_array)
+                    .is_some_and(Vec::is_empty)
+                    && v.get("usage").is_some_and(Value::is_object)
+            })
+    }
+
+    /// The chunk's bytes as they are now (rewritten or not), without any
+    /// chunk inserted before it.
+    pub fn raw(&self) -> Bytes {
+        if !self.changed {
+            return self.raw.clone();
+        }
+        let Some(v) = &self.value else {
+            return self.raw.clone();
+        };
+        // Serializing a Value cannot fail; keys come out sorted (serde_json
+        // has no order-preserving map here), which JSON readers ignore.
+        let json = serde_json::to_vec(v).unwrap_or_default();
+        let mut out = Vec::with_capacity(json.len() + 8);
+        match self.kind {
+            Kind::Line => {
+                out.extend_from_slice(&json);
+                out.push(b'\n');
+            }
+            Kind::Event => frame_event(&mut out, &json),
+            Kind::Whole => {
+                out.extend_from_slice(&json);
+                if self.raw.ends_with(b"\n") {
+                    out.push(b'\n');
+                }
+            }
+        }
+        Bytes::from(out)
+    }
+
+    /// Replaces the generated text. A chunk with no place for text (a usage
+    /// chunk, `[DONE]`, an error line) gets a text chunk of its API sent
+    /// just before it instead. Unknown shapes cannot carry text: `false`.
+    pub fn set_text(&mut self, text: String) -> bool {
+        if self.text() == Some(text.as_str()) {
+            return true;
+        }
+        let Some(pointer) = self.text_pointer() else {
+            return false;
+        };
+        if let Some(slot) = self.value.as_mut().and_then(|v| text_slot(v, pointer)) {
+            *slot = Value::String(text);
+            self.changed = true;
+            return true;
+        }
+        let synthetic = self.synthetic(&text);
+        let before = self.before.get_or_insert_with(Vec::new);
+        before.extend_from_slice(&synthetic);
+        true
+    }
+
+    /// A chunk of this API carrying `text`, to insert before this chunk.
+    fn synthetic(&self, text: &str) -> Vec<u8> {
+        let model = self
+            .value
+            .as_ref()
+            .and_then(|v| v.get("model"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let id = self
+            .value
+            .as_ref()
+            .and_then(|v| v.get("id"))
+            .cloned()
+            .unwrap_or_else(|| json!("chatcmpl-kiln"));
+        let v = match self.shape {
+            Shape::OllamaGenerate => json!({"model": model, "response": text, "done": false}),
+            Shape::OllamaChat => json!({
+                "model": model,
+                "message": {"role": "assistant", "content": text},
+                "done": false,
+            }),
+            Shape::OpenaiChat => json!({
+                "id": id, "object": "chat.completion.chunk", "created": unix_now(), "model": model,
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": null}],
+            }),
+            Shape::OpenaiCompletions => json!({
+                "id": id, "object": "text_completion", "created": unix_now(), "model": model,
+                "choices": [{"index": 0, "text": text, "finish_reason": null}],
+            }),
+            Shape::Other => return Vec::new(),
+        };
+        let json = serde_json::to_vec(&v).unwrap_or_default();
+        let mut out = Vec::with_capacity(json.len() + 8);
+        match self.kind {
+            Kind::Event => frame_event(&mut out, &json),
+            Kind::Line | Kind::Whole => {
+                out.extend_from_slice(&json);
+                out.push(b'\n');
+            }
+        }
+        out
+    }
+
+    /// Appends what goes to the client for this chunk to `out`.
+    pub fn write_to(&self, out: &mut BytesMut) {
+        if let Some(before) = &self.before {
+            out.put_slice(before);
+        }
+        out.put_slice(&self.raw());
+    }
+
+    /// Appends only the chunk inserted before this one (if any): for a chunk
+    /// the client must not see, such as a usage chunk it did not ask for.
+    pub fn write_inserted_to(&self, out: &mut BytesMut) {
+        if let Some(before) = &self.before {
+            out.put_slice(before);
+        }
+    }
+
+    /// The JSON body of this (whole) chunk as it is now, for a rebuilt
+    /// non-streaming answer.
+    pub fn into_whole_body(self) -> Bytes {
+        self.raw()
+    }
+}
+
+fn frame_event(out: &mut Vec<u8>, json: &[u8]) {
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(json);
+    out.extend_from_slice(b"\n\n");
+}
+
+/// The string at `pointer`, created when its parent object exists (Ollama's
+/// `done` chunk may lack `response`; a finish chunk may lack `delta.content`).
+fn text_slot<'a>(v: &'a mut Value, pointer: &str) -> Option<&'a mut Value> {
+    let (parent, leaf) = pointer.rsplit_once('/')?;
+    let is_ollama_chunk = v.get("done").is_some() || v.get("model").is_some();
+    let parent_value = if parent.is_empty() {
+        // Ollama /api/generate: only a response object (not an error line) gets text.
+        if !is_ollama_chunk && v.get("response").is_none() {
+            return None;
+        }
+        v
+    } else if parent == "/message" {
+        if v.get("message").is_none() {
+            if !is_ollama_chunk {
+                return None;
+            }
+            v.as_object_mut()?
+                .insert("message".into(), json!({"role": "assistant"}));
+        }
+        v.pointer_mut(parent)?
+    } else if let Some(choice_field) = parent.strip_prefix("/choices/0/") {
+        let choice = v.pointer_mut("/choices/0")?.as_object_mut()?;
+        choice
+            .entry(choice_field.to_string())
+            .or_insert_with(|| json!({}))
+    } else {
+        v.pointer_mut(parent)?
+    };
+    let obj = parent_value.as_object_mut()?;
+    Some(obj.entry(leaf.to_string()).or_insert(Value::Null))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(s: &str) -> Chunk {
+        Chunk::new(
+            Bytes::from(format!("{s}\n")),
+            Kind::Line,
+            Shape::OllamaGenerate,
+        )
+    }
+
+    fn event(shape: Shape, s: &str) -> Chunk {
+        Chunk::new(Bytes::from(format!("data: {s}\n\n")), Kind::Event, shape)
+    }
+
+    fn json_of(b: &[u8]) -> Value {
+        let s = std::str::from_utf8(b).unwrap();
+        let s = s.trim().strip_prefix("data: ").unwrap_or(s.trim());
+        serde_json::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn text_is_normalized_across_apis() {
+        assert_eq!(
+            line(r#"{"response":"The ","done":false}"#).text(),
+            Some("The ")
+        );
+        let chat = Chunk::new(
+            Bytes::from_static(
+                b"{\"message\":{\"role\":\"assistant\",\"content\":\"sky\"},\"done\":false}\n",
+            ),
+            Kind::Line,
+            Shape::OllamaChat,
+        );
+        assert_eq!(chat.text(), Some("sky"));
+        let oc = event(
+            Shape::OpenaiChat,
+            r#"{"choices":[{"index":0,"delta":{"content":"is"},"finish_reason":null}]}"#,
+        );
+        assert_eq!(oc.text(), Some("is"));
+        assert!(!oc.done());
+        let whole = Chunk::new(
+            Bytes::from_static(br#"{"choices":[{"message":{"content":"all"}}],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#),
+            Kind::Whole,
+            Shape::OpenaiChat,
+        );
+        assert_eq!(whole.text(), Some("all"));
+        assert!(whole.done());
+        assert_eq!(
+            whole.usage(),
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 4
+            })
+        );
+        let cmpl = event(
+            Shape::OpenaiCompletions,
+            r#"{"choices":[{"text":"x","finish_reason":"stop"}]}"#,
+        );
+        assert_eq!(cmpl.text(), Some("x"));
+        assert!(cmpl.done());
+        assert_eq!(event(Shape::OpenaiChat, "[DONE]").text(), None);
+        assert_eq!(line(r#"{"error":"boom"}"#).text(), None);
+        let other = event(Shape::Other, r#"{"type":"content_block_delta"}"#);
+        assert_eq!((other.text(), other.usage()), (None, None));
+    }
+
+    #[test]
+    fn usage_comes_from_the_final_chunk_of_either_api() {
+        let done = line(r#"{"response":"","done":true,"prompt_eval_count":12,"eval_count":34}"#);
+        assert!(done.done());
+        assert_eq!(
+            done.usage(),
+            Some(Usage {
+                prompt_tokens: 12,
+                completion_tokens: 34
+            })
+        );
+        // Ollama omits prompt_eval_count when the prompt was cached (0).
+        assert_eq!(
+            line(r#"{"done":true,"eval_count":5}"#).usage(),
+            Some(Usage {
+                prompt_tokens: 0,
+                completion_tokens: 5
+            })
+        );
+        assert_eq!(line(r#"{"response":"a","done":false}"#).usage(), None);
+        let u = event(
+            Shape::OpenaiChat,
+            r#"{"id":"c","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
+        );
+        assert!(u.is_usage_only());
+        assert_eq!(u.usage().map(|u| u.completion_tokens), Some(2));
+        assert!(!event(Shape::OpenaiChat, r#"{"choices":[{"delta":{}}]}"#).is_usage_only());
+    }
+
+    #[test]
+    fn untouched_chunks_keep_their_bytes() {
+        let raw = "data: {\"b\":1,\"a\":{\"choices\":[]}}\r\n\r\n";
+        let c = Chunk::new(Bytes::from(raw), Kind::Event, Shape::OpenaiChat);
+        assert_eq!(c.raw(), raw.as_bytes());
+        let mut out = BytesMut::new();
+        c.write_to(&mut out);
+        assert_eq!(&out[..], raw.as_bytes());
+        // Setting the same text is not a change either.
+        let mut l = line(r#"{"response":"same","done":false}"#);
+        assert!(l.set_text("same".into()));
+        assert_eq!(
+            l.raw(),
+            "{\"response\":\"same\",\"done\":false}\n".as_bytes()
+        );
+    }
+
+    #[test]
+    fn rewritten_text_lands_in_the_apis_own_field() {
+        let mut g = line(r#"{"model":"m","response":"secret","done":false}"#);
+        assert!(g.set_text("[REDACTED]".into()));
+        let raw = g.raw();
+        assert!(raw.ends_with(b"}\n") && raw.iter().filter(|b| **b == b'\n').count() == 1);
+        assert_eq!(json_of(&raw)["response"], "[REDACTED]");
+        assert_eq!(json_of(&raw)["model"], "m");
+
+        let mut e = event(
+            Shape::OpenaiChat,
+            r#"{"id":"x","choices":[{"index":0,"delta":{"role":"assistant","content":"secret"},"finish_reason":null}]}"#,
+        );
+        e.set_text("".into());
+        let raw = e.raw();
+        assert!(raw.starts_with(b"data: ") && raw.ends_with(b"\n\n"));
+        assert_eq!(json_of(&raw)["choices"][0]["delta"]["content"], "");
+        assert_eq!(json_of(&raw)["choices"][0]["delta"]["role"], "assistant");
+
+        // A finish chunk without delta.content gets one.
+        let mut f = event(
+            Shape::OpenaiChat,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+        );
+        f.set_text("held".into());
+        assert_eq!(json_of(&f.raw())["choices"][0]["delta"]["content"], "held");
+
+        // Ollama's done chunk of /api/chat without a message gets one.
+        let mut d = Chunk::new(
+            Bytes::from_static(b"{\"model\":\"m\",\"done\":true,\"eval_count\":1}\n"),
+            Kind::Line,
+            Shape::OllamaChat,
+        );
+        d.set_text("tail".into());
+        assert_eq!(json_of(&d.raw())["message"]["content"], "tail");
+
+        let mut w = Chunk::new(
+            Bytes::from_static(b"{\"response\":\"a secret\",\"done\":true}"),
+            Kind::Whole,
+            Shape::OllamaGenerate,
+        );
+        w.set_text("a [REDACTED]".into());
+        let body = w.into_whole_body();
+        assert!(!body.ends_with(b"\n"));
+        assert_eq!(json_of(&body)["response"], "a [REDACTED]");
+    }
+
+    #[test]
+    fn text_on_a_chunk_without_a_place_for_it_goes_before_it() {
+        let mut done = event(Shape::OpenaiChat, "[DONE]");
+        assert!(done.set_text("late".into()));
+        let mut out = BytesMut::new();
+        done.write_to(&mut out);
+        let s = std::str::from_utf8(&out).unwrap();
+        let (first, rest) = s.split_once("\n\n").unwrap();
+        assert_eq!(rest, "data: [DONE]\n\n");
+        let v = json_of(first.as_bytes());
+        assert_eq!(v["choices"][0]["delta"]["content"], "late");
+        assert_eq!(v["object"], "chat.completion.chunk");
+
+        let mut err = line(r#"{"error":"boom"}"#);
+        err.set_text("late".into());
+        let mut out = BytesMut::new();
+        err.write_to(&mut out);
+        let lines: Vec<&str> = std::str::from_utf8(&out).unwrap().lines().collect();
+        assert_eq!(json_of(lines[0].as_bytes())["response"], "late");
+        assert_eq!(lines[1], r#"{"error":"boom"}"#);
+
+        assert!(!event(Shape::Other, "{}").set_text("x".into()));
+    }
+}

@@ -1,0 +1,307 @@
+//! A streamed answer through the response hooks: Ollama's body is cut into
+//! whole chunks (NDJSON lines or SSE events), each chunk goes through the
+//! hooks and out again, and however the stream ends the client gets a
+//! well-formed end in its own format — an error chunk when the status has
+//! long been sent — while the hooks and the access log learn how it ended.
+//!
+//! Hooks run inline, on the task polling the body: a chunk call costs
+//! microseconds, less than a hop to the blocking pool would, and each call
+//! is bounded by the plugin deadline.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+use super::chunk::{Chunk, Kind, Shape, Usage};
+use super::{ResponseContext, ResponseHooks, ResponseOutcome};
+use crate::body::{BoxError, OnEnd, Outcome};
+use crate::framing::{Format, Framer};
+use crate::routes::{ApiStyle, error_body};
+
+/// How the streamed body is set up.
+pub struct StreamSetup {
+    pub format: Format,
+    pub shape: Shape,
+    pub style: ApiStyle,
+    /// Longest chunk accepted (`limits.max_body_bytes`).
+    pub max_chunk: usize,
+    pub deadline: Instant,
+    pub idle_after: Duration,
+    pub hide_usage_chunk: bool,
+}
+
+pub struct FilteredStream<E: OnEnd> {
+    inner: Incoming,
+    framer: Framer,
+    kind: Kind,
+    shape: Shape,
+    style: ApiStyle,
+    hide_usage_chunk: bool,
+    hooks: Box<dyn ResponseHooks>,
+    ctx: ResponseContext,
+    deadline: Pin<Box<Sleep>>,
+    idle: Pin<Box<Sleep>>,
+    idle_after: Duration,
+    usage: Option<Usage>,
+    bytes: u64,
+    /// The last two bytes sent, to start an error chunk on a fresh line.
+    last_two: [u8; 2],
+    done: bool,
+    on_end: Option<E>,
+    /// Held until the body ends or is dropped: the admission slot.
+    _guard: Option<Box<dyn Send>>,
+}
+
+impl<E: OnEnd> FilteredStream<E> {
+    pub fn new(
+        inner: Incoming,
+        setup: StreamSetup,
+        hooks: Box<dyn ResponseHooks>,
+        ctx: ResponseContext,
+        guard: Option<Box<dyn Send>>,
+        on_end: E,
+    ) -> Self {
+        FilteredStream {
+            inner,
+            framer: Framer::new(setup.format, setup.max_chunk),
+            kind: match setup.format {
+                Format::Ndjson => Kind::Line,
+                Format::Sse => Kind::Event,
+            },
+            shape: setup.shape,
+            style: setup.style,
+            hide_usage_chunk: setup.hide_usage_chunk,
+            hooks,
+            ctx,
+            deadline: Box::pin(tokio::time::sleep_until(setup.deadline)),
+            idle: Box::pin(tokio::time::sleep(setup.idle_after)),
+            idle_after: setup.idle_after,
+            usage: None,
+            bytes: 0,
+            last_two: [b'\n', b'\n'],
+            done: false,
+            on_end: Some(on_end),
+            _guard: guard,
+        }
+    }
+
+    /// One whole chunk through the hooks, its output appended to `out`.
+    fn process(&mut self, frame: Bytes, out: &mut BytesMut) -> Result<(), String> {
+        let mut chunk = Chunk::new(frame, self.kind, self.shape);
+        if let Some(u) = chunk.usage() {
+            self.usage = Some(u);
+        }
+        let hidden = self.hide_usage_chunk && chunk.is_usage_only();
+        self.hooks
+            .on_chunk(&self.ctx, &mut chunk)
+            .map_err(|stop| stop.message)?;
+        if hidden {
+            chunk.write_inserted_to(out);
+        } else {
+            chunk.write_to(out);
+        }
+        Ok(())
+    }
+
+    /// Cuts every whole chunk out of what has arrived; `Err` ends the stream.
+    fn drain(&mut self, out: &mut BytesMut) -> Result<(), (ResponseOutcome, String)> {
+        loop {
+            match self.framer.next_frame() {
+                Ok(Some(frame)) => self
+                    .process(frame, out)
+                    .map_err(|m| (ResponseOutcome::EndedByPlugin, m))?,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err((ResponseOutcome::UpstreamFailed, e.to_string())),
+            }
+        }
+    }
+
+    /// Upstream finished: the last, unterminated chunk (if any), then the end.
+    fn finish(&mut self, mut out: BytesMut) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Err((outcome, message)) = self.drain(&mut out) {
+            return self.close_with_error(outcome, message, out);
+        }
+        match self.framer.finish() {
+            Ok(Some(rest)) => {
+                if let Err(m) = self.process(rest, &mut out) {
+                    return self.close_with_error(ResponseOutcome::EndedByPlugin, m, out);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return self.close_with_error(ResponseOutcome::UpstreamFailed, e.to_string(), out);
+            }
+        }
+        self.close(ResponseOutcome::Completed, out)
+    }
+
+    /// Ends the stream: hooks and access log told, slot freed, `out` sent last.
+    fn close(
+        &mut self,
+        outcome: ResponseOutcome,
+        out: BytesMut,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.done = true;
+        self.end(outcome, out.len() as u64);
+        if out.is_empty() {
+            return Poll::Ready(None);
+        }
+        Poll::Ready(Some(Ok(Frame::data(self.sent(out.freeze())))))
+    }
+
+    fn end(&mut self, outcome: ResponseOutcome, extra: u64) {
+        if let Some(mut e) = self.on_end.take() {
+            self.hooks.on_complete(&self.ctx, outcome, self.usage);
+            let tokens = self.usage.map(|u| (u.prompt_tokens, u.completion_tokens));
+            e.on_end(body_outcome(outcome), self.bytes + extra, tokens);
+        }
+        // Free the admission slot now, not when hyper drops the body.
+        self._guard = None;
+    }
+
+    /// Ends the stream with one more chunk saying why, in the client's format.
+    fn close_with_error(
+        &mut self,
+        outcome: ResponseOutcome,
+        message: String,
+        mut out: BytesMut,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match outcome {
+            ResponseOutcome::EndedByPlugin => {
+                tracing::warn!(request_id = %self.ctx.request_id, reason = %message, "a response plugin ended the stream")
+            }
+            _ => {
+                tracing::warn!(request_id = %self.ctx.request_id, reason = %message, "stream ended early")
+            }
+        }
+        let last_two = match out.len() {
+            0 => self.last_two,
+            1 => [self.last_two[1], out[0]],
+            n => [out[n - 2], out[n - 1]],
+        };
+        match self.kind {
+            Kind::Line | Kind::Whole => {
+                if last_two[1] != b'\n' {
+                    out.extend_from_slice(b"\n");
+                }
+                out.extend_from_slice(&error_body(ApiStyle::Ollama, 500, &message));
+                out.extend_from_slice(b"\n");
+            }
+            Kind::Event => {
+                if last_two != [b'\n', b'\n'] {
+                    out.extend_from_slice(b"\n\n");
+                }
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(&error_body(self.style, 500, &message));
+                out.extend_from_slice(b"\n\n");
+            }
+        }
+        self.close(outcome, out)
+    }
+
+    fn sent(&mut self, data: Bytes) -> Bytes {
+        self.bytes += data.len() as u64;
+        match data.len() {
+            0 => {}
+            1 => self.last_two = [self.last_two[1], data[0]],
+            n => self.last_two = [data[n - 2], data[n - 1]],
+        }
+        data
+    }
+}
+
+fn body_outcome(o: ResponseOutcome) -> Outcome {
+    match o {
+        ResponseOutcome::Completed | ResponseOutcome::EndedByPlugin => Outcome::Completed,
+        ResponseOutcome::ClientGone => Outcome::ClientGone,
+        ResponseOutcome::UpstreamFailed => Outcome::UpstreamBroke,
+        ResponseOutcome::TimedOut => Outcome::TimedOut,
+    }
+}
+
+impl<E: OnEnd + Unpin> Body for FilteredStream<E> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue; // trailers: nothing to filter
+                    };
+                    this.idle.as_mut().reset(Instant::now() + this.idle_after);
+                    this.framer.push(&data);
+                    let mut out = BytesMut::new();
+                    if let Err((outcome, message)) = this.drain(&mut out) {
+                        return this.close_with_error(outcome, message, out);
+                    }
+                    if this.inner.is_end_stream() {
+                        return this.finish(out);
+                    }
+                    if !out.is_empty() {
+                        let data = this.sent(out.freeze());
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    // Only part of a chunk so far: read on.
+                }
+                Poll::Ready(None) => return this.finish(BytesMut::new()),
+                Poll::Ready(Some(Err(e))) => {
+                    return this.close_with_error(
+                        ResponseOutcome::UpstreamFailed,
+                        format!("Ollama's response broke off mid-stream: {e}"),
+                        BytesMut::new(),
+                    );
+                }
+                Poll::Pending => {
+                    if this.deadline.as_mut().poll(cx).is_ready() {
+                        return this.close_with_error(
+                            ResponseOutcome::TimedOut,
+                            "request timed out (limits.request_timeout_s)".into(),
+                            BytesMut::new(),
+                        );
+                    }
+                    if this.idle.as_mut().poll(cx).is_ready() {
+                        let msg = format!(
+                            "Ollama sent nothing for {:?} (limits.idle_timeout_s)",
+                            this.idle_after
+                        );
+                        return this.close_with_error(
+                            ResponseOutcome::TimedOut,
+                            msg,
+                            BytesMut::new(),
+                        );
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+impl<E: OnEnd> Drop for FilteredStream<E> {
+    fn drop(&mut self) {
+        // Dropped before its end: hyper gave up on the client. Dropping
+        // `inner` closes the upstream connection, so Ollama stops generating.
+        self.end(ResponseOutcome::ClientGone, 0);
+    }
+}
