@@ -5,6 +5,7 @@ use serde_json::{Value, json};
 
 use super::rules::{self, RuleError};
 use super::{DeployOptions, Mode};
+use crate::pack::layers::PROXY_BIN;
 
 /// Port kiln-proxy listens on: Cloud Run's default `$PORT`.
 const PROXY_PORT: u16 = 8080;
@@ -96,7 +97,7 @@ fn sidecar_proxy(o: &DeployOptions) -> Value {
     json!({
         "name": "proxy",
         "image": o.proxy_image.as_deref().unwrap_or(&o.image),
-        "command": ["kiln-proxy"],
+        "command": [PROXY_BIN],
         "ports": [{"name": "http1", "containerPort": PROXY_PORT}],
         "env": env_list(&proxy_env(o)),
         "resources": {"limits": {"cpu": "1", "memory": "1Gi"}},
@@ -247,7 +248,7 @@ fn gcloud_command(o: &DeployOptions) -> String {
         Mode::Sidecar => args.extend([
             "--container proxy".into(),
             format!("--image {}", o.proxy_image.as_deref().unwrap_or(&o.image)),
-            "--command kiln-proxy".into(),
+            format!("--command {PROXY_BIN}"),
             format!("--port {PROXY_PORT}"),
             "--cpu 1 --memory 1Gi".into(),
             env_flag(&proxy_env(o)),
