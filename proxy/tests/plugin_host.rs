@@ -398,3 +398,36 @@ async fn stage_apply_forwards_when_no_plugin_matches() {
     let r = forwarded(stage.apply(chat("{}")).await);
     assert_eq!(r.body, b"{}");
 }
+
+#[test]
+fn plugin_run_tool_explains_each_kind_of_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let request = dir.path().join("req.json");
+    std::fs::write(
+        &request,
+        r#"{"path":"/api/chat","body":{"model":"m","messages":[]}}"#,
+    )
+    .unwrap();
+    let cases = [
+        (Behaviour::Trap, "trapped"),
+        (Behaviour::Spin, "deadline"),
+        (Behaviour::MemoryBomb, "memory"),
+    ];
+    for (behaviour, expected) in cases {
+        let path = fixtures::write(dir.path(), "p", &behaviour);
+        let out = kiln_proxy::plugins::tool::run(&path, None, &request).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["decision"], "failure", "{out}");
+        let reason = v["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains(expected),
+            "expected {expected:?} in {reason:?}"
+        );
+    }
+
+    let path = fixtures::write(dir.path(), "p", &Behaviour::SetHeader("x-a", "b"));
+    let out = kiln_proxy::plugins::tool::run(&path, None, &request).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["decision"], "modify");
+    assert_eq!(v["request"]["headers"][0], serde_json::json!(["x-a", "b"]));
+}
