@@ -52,7 +52,7 @@ impl Chain {
     pub fn run(&self, request: FilterRequest) -> Verdict {
         let mut req = to_wit(request);
         for plugin in &self.plugins {
-            if !plugin.routes.contains(route_kind(req.route)) {
+            if plugin.pre.is_none() || !plugin.routes.contains(route_kind(req.route)) {
                 continue;
             }
             match self.call(plugin, &mut req) {
@@ -96,9 +96,12 @@ impl Chain {
             plugin: plugin.name.clone(),
             reason,
         };
+        // A response-only plugin has no request hook: nothing to decide.
+        let Some(pre) = &plugin.pre else {
+            return Ok(Outcome::Allow);
+        };
         let mut store = self.runtime.store(plugin.context.clone());
-        let decision = plugin
-            .pre
+        let decision = pre
             .instantiate(&mut store)
             .and_then(|filter| filter.call_on_request(&mut store, req))
             .map_err(|e| fail(describe_failure(&e, &store)))?;
@@ -215,7 +218,7 @@ fn route_kind(r: wit::RouteKind) -> RouteKind {
     }
 }
 
-fn wit_route(r: RouteKind) -> wit::RouteKind {
+pub(super) fn wit_route(r: RouteKind) -> wit::RouteKind {
     match r {
         RouteKind::OllamaGenerate => wit::RouteKind::OllamaGenerate,
         RouteKind::OllamaChat => wit::RouteKind::OllamaChat,

@@ -4,6 +4,7 @@
 //! config.
 
 use super::cache::{ArtifactCache, Origin};
+use super::response_world::ResponseFilterPre;
 use super::routes::RouteSet;
 use super::runtime::{FilterPre, PluginContext, Runtime};
 use super::{PluginError, PluginSpec};
@@ -14,12 +15,19 @@ use std::sync::Arc;
 /// The WIT package a plugin must be built against.
 pub const INTERFACE: &str = "kiln:filter@0.1.0";
 
+/// The export name of the response hooks (`response-filter` and
+/// `filter-with-response` worlds).
+pub const RESPONSE_INTERFACE: &str = "kiln:filter/response@0.1.0";
+
 /// A plugin ready to serve: one `FilterPre` per plugin, shared by every call.
 pub struct LoadedPlugin {
     pub name: String,
     pub on_error: OnError,
     pub routes: RouteSet,
-    pub pre: FilterPre<super::runtime::CallState>,
+    /// The request hook; `None` for a response-only plugin.
+    pub pre: Option<FilterPre<super::runtime::CallState>>,
+    /// The response hooks; `None` for a request-only plugin.
+    pub response: Option<ResponseFilterPre<super::runtime::CallState>>,
     pub context: Arc<PluginContext>,
     pub info: PluginInfo,
 }
@@ -45,6 +53,36 @@ fn wasm_kind(bytes: &[u8]) -> Option<bool> {
         [0, b'a', b's', b'm', _, 0, 1, 0] => Some(true),
         _ => None,
     }
+}
+
+/// True when a core module carries a WIT world in a `component-type`
+/// custom section, as wit-bindgen (and so the SDK) embeds it.
+fn has_world(module: &[u8]) -> bool {
+    wasmparser::Parser::new(0).parse_all(module).any(|payload| {
+        matches!(payload, Ok(wasmparser::Payload::CustomSection(c)) if c.name().starts_with("component-type"))
+    })
+}
+
+/// The WIT this proxy was built with: the `filter` world is embedded into
+/// core modules that carry none.
+const WIT: &str = include_str!("../../../plugins/wit/filter.wit");
+
+fn embed_filter_world(module: &[u8]) -> Result<Vec<u8>, String> {
+    let mut resolve = wit_parser::Resolve::default();
+    let world = resolve
+        .push_str("filter.wit", WIT)
+        .and_then(|pkg| resolve.select_world(&[pkg], Some("filter")))
+        .map_err(|e| format!("the proxy's own WIT does not parse: {e:#}"))?;
+    let mut out = module.to_vec();
+    wit_component::embed_component_metadata(
+        &mut out,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+        false,
+    )
+    .map_err(|e| format!("could not attach the kiln:filter world to this core module: {e:#}"))?;
+    Ok(out)
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -89,13 +127,21 @@ pub fn load(runtime: &Runtime, spec: &PluginSpec) -> Result<LoadedPlugin, Plugin
     let (component_bytes, componentized) = match wasm_kind(&bytes) {
         Some(true) => (bytes.clone(), false),
         Some(false) => {
+            // A module without an embedded world (plain C, Zig, hand-written)
+            // is taken to implement `filter` by its canonical-ABI export names.
+            let module = if has_world(&bytes) {
+                bytes.clone()
+            } else {
+                embed_filter_world(&bytes).map_err(&fail)?
+            };
             let encoded = wit_component::ComponentEncoder::default()
-                .module(&bytes)
+                .module(&module)
                 .and_then(|e| e.validate(true).encode())
                 .map_err(|e| {
                     fail(format!(
                         "it is a core wasm module that could not be made into a component ({e:#}); \
-                         build it with the kiln-plugin SDK (or wit-bindgen against plugins/wit) so it carries its interface"
+                         build it with the kiln-plugin SDK (or wit-bindgen against plugins/wit), or export \
+                         the `filter` world's functions under their canonical-ABI names"
                     ))
                 })?;
             (encoded, true)
@@ -128,12 +174,34 @@ pub fn load(runtime: &Runtime, spec: &PluginSpec) -> Result<LoadedPlugin, Plugin
             imports.join(", ")
         ))
     })?;
-    let pre = FilterPre::new(instance_pre).map_err(|e| {
-        fail(format!(
-            "it does not export the `filter` world of {INTERFACE}: {e:#}; it exports [{}]",
+    // A plugin exports the request hook, the response hooks, or both.
+    let has_request = exports.iter().any(|e| e == "on-request");
+    let has_response = exports.iter().any(|e| e == RESPONSE_INTERFACE);
+    if !has_request && !has_response {
+        return Err(fail(format!(
+            "it exports neither `on-request` (the `filter` world of {INTERFACE}) nor \
+             `{RESPONSE_INTERFACE}` (the `response-filter` world); it exports [{}]",
             exports.join(", ")
-        ))
-    })?;
+        )));
+    }
+    let pre = match has_request {
+        true => Some(FilterPre::new(instance_pre.clone()).map_err(|e| {
+            fail(format!(
+                "it does not export the `filter` world of {INTERFACE}: {e:#}; it exports [{}]",
+                exports.join(", ")
+            ))
+        })?),
+        false => None,
+    };
+    let response = match has_response {
+        true => Some(ResponseFilterPre::new(instance_pre).map_err(|e| {
+            fail(format!(
+                "it does not export the `response-filter` world of {INTERFACE}: {e:#}; it exports [{}]",
+                exports.join(", ")
+            ))
+        })?),
+        false => None,
+    };
 
     let config_json = if spec.config.is_null() {
         "{}".to_owned()
@@ -148,15 +216,21 @@ pub fn load(runtime: &Runtime, spec: &PluginSpec) -> Result<LoadedPlugin, Plugin
 
     // Config errors belong at start, not on the first request.
     let mut store = runtime.store(context.clone());
-    let verdict = pre
-        .instantiate(&mut store)
-        .and_then(|filter| filter.call_validate_config(&mut store))
-        .map_err(|e| {
-            fail(format!(
-                "it failed while checking its config: {}",
-                super::chain::describe_failure(&e, &store)
-            ))
-        })?;
+    let verdict = match (&pre, &response) {
+        (Some(pre), _) => pre
+            .instantiate(&mut store)
+            .and_then(|filter| filter.call_validate_config(&mut store)),
+        (None, Some(response)) => response
+            .instantiate(&mut store)
+            .and_then(|filter| filter.call_validate_config(&mut store)),
+        (None, None) => return Err(fail("it exports no hook".into())),
+    }
+    .map_err(|e| {
+        fail(format!(
+            "it failed while checking its config: {}",
+            super::chain::describe_failure(&e, &store)
+        ))
+    })?;
     if let Err(message) = verdict {
         return Err(PluginError::Config {
             name: spec.name.clone(),
@@ -169,6 +243,7 @@ pub fn load(runtime: &Runtime, spec: &PluginSpec) -> Result<LoadedPlugin, Plugin
         on_error: spec.on_error,
         routes,
         pre,
+        response,
         context,
         info: PluginInfo {
             sha256,

@@ -16,6 +16,8 @@ mod cache;
 mod chain;
 mod counters;
 mod loader;
+mod response;
+mod response_world;
 mod routes;
 mod runtime;
 mod stage;
@@ -23,7 +25,7 @@ pub mod tool;
 
 pub use crate::filter::PluginSpec;
 pub use chain::{Chain, Outcome};
-pub use loader::{INTERFACE, LoadedPlugin, PluginInfo};
+pub use loader::{INTERFACE, LoadedPlugin, PluginInfo, RESPONSE_INTERFACE};
 pub use runtime::Runtime;
 pub use stage::PluginStage;
 

@@ -74,6 +74,12 @@ impl Runtime {
         store.set_epoch_deadline(self.deadline_ticks);
         store
     }
+
+    /// Gives a store that serves several calls (one response's instance,
+    /// called per chunk) the full deadline again before the next call.
+    pub fn rearm(&self, store: &mut Store<CallState>) {
+        store.set_epoch_deadline(self.deadline_ticks);
+    }
 }
 
 fn engine_config(options: &PluginOptions) -> Config {

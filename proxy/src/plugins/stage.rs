@@ -153,10 +153,14 @@ impl PluginStage {
 }
 
 impl RequestFilter for PluginStage {
+    fn responses(&self) -> Option<&dyn crate::response::ResponseStage> {
+        Some(self)
+    }
+
     fn apply(&self, request: FilterRequest) -> VerdictFuture<'_> {
         let chain = self.chain();
         Box::pin(async move {
-            if chain.is_empty() {
+            if chain.plugins().all(|p| p.pre.is_none()) {
                 return Verdict::Forward(request);
             }
             // Plugin calls are CPU work bounded by their deadline; run them

@@ -1,0 +1,250 @@
+//! The response plugins of one answer: the plugins of the current chain that
+//! export the response hooks and select the request's route, each with its
+//! own instance for the whole answer (created at its first call), called in
+//! config order for every chunk and once at completion.
+//!
+//! Same limits as the request hook: every call is bounded by the deadline
+//! (re-armed per call), the instance by the memory cap. A failed call
+//! poisons only that instance; then `on_error` decides: `deny` ends the
+//! answer with an error, `allow` leaves the plugin out for the rest of it.
+
+use std::sync::Arc;
+
+use wasmtime::Store;
+
+use super::chain::{Chain, describe_failure, wit_route};
+use super::loader::LoadedPlugin;
+use super::response_world::{ResponseFilter, wit};
+use super::runtime::{CallState, wit as types};
+use super::stage::PluginStage;
+use crate::filter::OnError;
+use crate::response::{
+    Chunk, ResponseContext, ResponseHooks, ResponseOutcome, ResponseStage, Stop, Usage,
+};
+
+/// One plugin's instance for one answer.
+enum Slot {
+    /// Not called yet: instantiated at its first call.
+    Fresh,
+    Live {
+        store: Box<Store<CallState>>,
+        instance: ResponseFilter,
+        /// The plugin answered `pass-rest`: only the completion hook remains.
+        pass_rest: bool,
+    },
+    /// Failed with `on_error = "allow"` (or already ended): left out.
+    Off,
+}
+
+pub struct ResponseRun {
+    chain: Arc<Chain>,
+    /// Indexes into `chain.plugins`, in config order, with their slots.
+    slots: Vec<(usize, Slot)>,
+}
+
+impl ResponseStage for PluginStage {
+    fn begin(&self, ctx: &ResponseContext) -> Option<Box<dyn ResponseHooks>> {
+        let chain = self.chain();
+        let slots: Vec<(usize, Slot)> = chain
+            .plugins
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.response.is_some() && p.routes.contains(ctx.route))
+            .map(|(i, _)| (i, Slot::Fresh))
+            .collect();
+        if slots.is_empty() {
+            return None;
+        }
+        Some(Box::new(ResponseRun { chain, slots }))
+    }
+}
+
+fn wit_context(ctx: &ResponseContext) -> wit::ResponseContext {
+    wit::ResponseContext {
+        request_id: ctx.request_id.clone(),
+        route: wit_route(ctx.route),
+        path: ctx.path.clone(),
+        model: ctx.model.clone(),
+        stream: ctx.stream,
+        status: ctx.status,
+    }
+}
+
+fn wit_outcome(o: ResponseOutcome) -> wit::ResponseOutcome {
+    match o {
+        ResponseOutcome::Completed => wit::ResponseOutcome::Completed,
+        ResponseOutcome::EndedByPlugin => wit::ResponseOutcome::EndedByPlugin,
+        ResponseOutcome::ClientGone => wit::ResponseOutcome::ClientGone,
+        ResponseOutcome::UpstreamFailed => wit::ResponseOutcome::UpstreamFailed,
+        ResponseOutcome::TimedOut => wit::ResponseOutcome::TimedOut,
+    }
+}
+
+impl ResponseRun {
+    /// The live instance of slot `k`, instantiated on first use.
+    fn live(chain: &Chain, plugin: &LoadedPlugin, slot: &mut Slot) -> Result<(), String> {
+        if !matches!(slot, Slot::Fresh) {
+            return Ok(());
+        }
+        let Some(pre) = &plugin.response else {
+            *slot = Slot::Off;
+            return Ok(());
+        };
+        let mut store = chain.runtime.store(plugin.context.clone());
+        match pre.instantiate(&mut store) {
+            Ok(instance) => {
+                *slot = Slot::Live {
+                    store: Box::new(store),
+                    instance,
+                    pass_rest: false,
+                };
+                Ok(())
+            }
+            Err(e) => {
+                *slot = Slot::Off;
+                Err(describe_failure(&e, &store))
+            }
+        }
+    }
+
+    /// A failed call: the log says why; `on_error` says what the answer gets.
+    fn failed(plugin: &LoadedPlugin, slot: &mut Slot, reason: &str) -> Result<(), Stop> {
+        // The store may be poisoned by a trap: drop it with the slot.
+        *slot = Slot::Off;
+        match plugin.on_error {
+            OnError::Allow => {
+                tracing::warn!(plugin = %plugin.name, reason, "response plugin failed; the answer continues without it (on_error = \"allow\")");
+                Ok(())
+            }
+            OnError::Deny => {
+                tracing::error!(plugin = %plugin.name, reason, "response plugin failed; the answer is stopped (on_error = \"deny\")");
+                Err(Stop {
+                    status: 500,
+                    message: format!(
+                        "the answer was stopped because the policy plugin `{}` failed; the proxy log has the details",
+                        plugin.name
+                    ),
+                    headers: Vec::new(),
+                })
+            }
+        }
+    }
+}
+
+impl ResponseHooks for ResponseRun {
+    fn on_chunk(&mut self, ctx: &ResponseContext, chunk: &mut Chunk) -> Result<(), Stop> {
+        let chain = self.chain.clone();
+        let mut wctx = None;
+        for (index, slot) in &mut self.slots {
+            if matches!(
+                slot,
+                Slot::Off
+                    | Slot::Live {
+                        pass_rest: true,
+                        ..
+                    }
+            ) {
+                continue;
+            }
+            let plugin = &chain.plugins[*index];
+            if let Err(reason) = Self::live(&chain, plugin, slot) {
+                Self::failed(plugin, slot, &reason)?;
+                continue;
+            }
+            let Slot::Live {
+                store,
+                instance,
+                pass_rest,
+            } = slot
+            else {
+                continue;
+            };
+            chain.runtime.rearm(store);
+            let wctx = wctx.get_or_insert_with(|| wit_context(ctx));
+            // Each plugin sees the chunk as rewritten by the ones before it.
+            let wchunk = wit::Chunk {
+                text: chunk.text().map(str::to_owned),
+                raw: chunk.raw().to_vec(),
+                done: chunk.done(),
+            };
+            let action =
+                instance
+                    .kiln_filter_response()
+                    .call_on_response_chunk(&mut **store, wctx, &wchunk);
+            match action {
+                Ok(wit::ChunkAction::Pass) => {}
+                Ok(wit::ChunkAction::PassRest) => *pass_rest = true,
+                Ok(wit::ChunkAction::RewriteText(text)) => {
+                    if !chunk.set_text(text) {
+                        tracing::debug!(plugin = %plugin.name, path = %ctx.path, "response plugin rewrote text on a route whose chunks carry none; ignored");
+                    }
+                }
+                Ok(wit::ChunkAction::End(r)) => {
+                    return Err(Stop {
+                        status: r.status,
+                        message: r.message,
+                        headers: r
+                            .headers
+                            .into_iter()
+                            .map(|h: types::Header| (h.name.to_ascii_lowercase(), h.value))
+                            .collect(),
+                    });
+                }
+                Err(e) => {
+                    let reason = describe_failure(&e, store);
+                    Self::failed(plugin, slot, &reason)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_complete(
+        &mut self,
+        ctx: &ResponseContext,
+        outcome: ResponseOutcome,
+        usage: Option<Usage>,
+    ) {
+        let chain = self.chain.clone();
+        let wctx = wit_context(ctx);
+        let completion = wit::Completion {
+            outcome: wit_outcome(outcome),
+            usage: usage.map(|u| wit::Usage {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+            }),
+            headers: ctx
+                .headers
+                .iter()
+                .map(|(name, value)| types::Header {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+        };
+        for (index, slot) in &mut self.slots {
+            let plugin = &chain.plugins[*index];
+            if let Err(reason) = Self::live(&chain, plugin, slot) {
+                tracing::warn!(plugin = %plugin.name, reason, "response plugin could not be called at completion");
+                continue;
+            }
+            if let Slot::Live {
+                store, instance, ..
+            } = slot
+            {
+                chain.runtime.rearm(store);
+                let result = instance.kiln_filter_response().call_on_response_complete(
+                    &mut **store,
+                    &wctx,
+                    &completion,
+                );
+                if let Err(e) = result {
+                    let reason = describe_failure(&e, store);
+                    tracing::warn!(plugin = %plugin.name, reason, "response plugin failed at completion");
+                }
+            }
+            // Instances are dropped with the answer; nothing is called twice.
+            *slot = Slot::Off;
+        }
+    }
+}
