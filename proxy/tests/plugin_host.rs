@@ -431,3 +431,14 @@ fn plugin_run_tool_explains_each_kind_of_failure() {
     assert_eq!(v["decision"], "modify");
     assert_eq!(v["request"]["headers"][0], serde_json::json!(["x-a", "b"]));
 }
+
+#[test]
+fn core_module_without_a_world_is_taken_as_the_filter_world() {
+    // What a C or Zig plugin without wit-bindgen looks like: canonical-ABI
+    // exports, no component-type section.
+    let dir = tempfile::tempdir().unwrap();
+    let bare = wat::parse_str(fixtures::wat(&Behaviour::Reject(418, "bare"), None)).unwrap();
+    let path = fixtures::write_bytes(dir.path(), "bare", &bare);
+    let v = run(&stage(dir.path(), &[spec("bare", &path)]), chat("{}"));
+    assert_eq!(rejection(&v), (418, "bare"));
+}
