@@ -275,3 +275,46 @@ async fn rate_limit_answers_429_after_the_budget() {
     assert_eq!(log.lock().unwrap().len(), 3);
     proxy.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn c_plugin_blocks_model_management_routes() {
+    // plugins/examples/c/read_only_models.c: plain clang, no SDK.
+    let mut spec = plugin("read-only-models", Value::Null);
+    spec.routes = Some(vec!["other".into()]);
+    let (proxy, log) = proxy(vec![spec]).await;
+
+    let r = post(&proxy, "/api/pull", None, json!({"model": "llama3:70b"})).await;
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("/api/pull")),
+        "{body}"
+    );
+
+    let r = reqwest::Client::new()
+        .delete(format!("{}/api/delete", proxy.url()))
+        .json(&json!({"model": "gemma3:4b"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    let r = reqwest::Client::new()
+        .get(format!("{}/api/tags", proxy.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "reads pass");
+    let r = post(&proxy, "/api/show", None, json!({"model": "gemma3:4b"})).await;
+    assert_eq!(r.status(), 200, "POSTs that change nothing pass");
+
+    let paths: Vec<String> = log.lock().unwrap().iter().map(|s| s.path.clone()).collect();
+    assert_eq!(
+        paths,
+        vec!["/api/show".to_owned()],
+        "the upstream never saw the pull"
+    );
+    proxy.shutdown().await.unwrap();
+}
