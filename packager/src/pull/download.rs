@@ -1,104 +1,32 @@
 //! One blob from the registry into the cache: parallel `Range` parts written
 //! at their offsets into a sparse partial file, SHA-256 computed while the
 //! download runs, resume from a state file, retries with backoff on errors and
-//! stalls, and an atomic rename once the digest matches.
-//!
-//! Hashing while streaming: SHA-256 is sequential, but parts arrive in
-//! parallel. Workers take parts *in order* from a queue (a sliding window, not
-//! Ollama's 16 fixed slices), so the written bytes form a contiguous prefix
-//! plus a window of ~`parallel` parts in flight. A hasher task follows that
-//! prefix, re-reading the just-written bytes from the page cache, so hashing
-//! overlaps the download and only the last window is hashed after it ends.
+//! stalls, and an atomic rename once the digest matches. The partial file's
+//! bookkeeping and the hasher are in [`super::partial`].
 
-use std::fs::{self, File};
+use std::fs;
 use std::io;
-use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt as _;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE};
 use reqwest::{Response, StatusCode, Url};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use super::client::{RegistryClient, redact};
+use super::partial::{
+    Shared, hash_prefix, open_partial, part_size_for, save_periodically, save_state,
+};
 use super::{PullError, PullOptions, describe};
 use crate::cache::Cache;
 use crate::progress::BlobProgress;
 
 /// Bytes gathered from the network before one positioned write.
 const WRITE_BUFFER: usize = 1 << 20;
-/// Bytes hashed per blocking hasher step.
-const HASH_STEP: u64 = 64 << 20;
-/// How often the resume state is saved while downloading.
-const STATE_INTERVAL: Duration = Duration::from_millis(500);
-
-/// Part size for a blob: about four parts per connection so the in-order
-/// window stays small, within [8 MiB, 256 MiB].
-pub fn part_size_for(size: u64, parallel: usize, requested: Option<u64>) -> u64 {
-    if let Some(requested) = requested {
-        return requested.max(1);
-    }
-    (size / (parallel.max(1) as u64 * 4)).clamp(8 << 20, 256 << 20)
-}
-
-/// Persisted next to the partial file: which bytes of each part are on disk.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-struct State {
-    size: u64,
-    part_size: u64,
-    /// Bytes written from the start of each part.
-    done: Vec<u64>,
-}
-
-struct Shared {
-    file: File,
-    size: u64,
-    part_size: u64,
-    done: Vec<AtomicU64>,
-    /// Parts still to fetch, in offset order; workers take them from `next`.
-    pending: Vec<usize>,
-    next: AtomicUsize,
-    /// Wakes the hasher when new bytes are written.
-    written: Notify,
-    progress: BlobProgress,
-}
-
-impl Shared {
-    fn part_range(&self, part: usize) -> (u64, u64) {
-        let start = part as u64 * self.part_size;
-        (start, (start + self.part_size).min(self.size))
-    }
-
-    /// End of the contiguous written prefix.
-    fn frontier(&self) -> u64 {
-        for (part, done) in self.done.iter().enumerate() {
-            let (start, end) = self.part_range(part);
-            let done = done.load(Ordering::Acquire);
-            if start + done < end {
-                return start + done;
-            }
-        }
-        self.size
-    }
-
-    fn state(&self) -> State {
-        State {
-            size: self.size,
-            part_size: self.part_size,
-            done: self
-                .done
-                .iter()
-                .map(|d| d.load(Ordering::Acquire))
-                .collect(),
-        }
-    }
-}
-
 /// Where a part's bytes come from: the registry URL, or the CDN URL it redirected to.
 #[derive(Clone)]
 struct Source {
@@ -552,120 +480,6 @@ fn write_buffer(
     Ok(n)
 }
 
-/// Hashes the contiguous written prefix as it grows; returns `sha256:<hex>`.
-async fn hash_prefix(shared: Arc<Shared>) -> Result<String, PullError> {
-    let mut hasher = Sha256::new();
-    let mut hashed = 0u64;
-    while hashed < shared.size {
-        let frontier = shared.frontier();
-        if frontier == hashed {
-            shared.written.notified().await;
-            continue;
-        }
-        let upto = frontier.min(hashed + HASH_STEP);
-        let task_shared = Arc::clone(&shared);
-        let (returned, result) = tokio::task::spawn_blocking(move || {
-            let result = hash_range(&task_shared.file, &mut hasher, hashed, upto);
-            (hasher, result)
-        })
-        .await
-        .map_err(|e| PullError::Io {
-            path: PathBuf::from("partial blob"),
-            source: io::Error::other(e),
-        })?;
-        hasher = returned;
-        result.map_err(|source| PullError::Io {
-            path: PathBuf::from("partial blob"),
-            source,
-        })?;
-        hashed = upto;
-    }
-    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
-}
-
-fn hash_range(file: &File, hasher: &mut Sha256, from: u64, to: u64) -> io::Result<()> {
-    let mut buffer = vec![0u8; (1 << 20).min((to - from) as usize)];
-    let mut at = from;
-    while at < to {
-        let n = buffer.len().min((to - at) as usize);
-        file.read_exact_at(&mut buffer[..n], at)?;
-        hasher.update(&buffer[..n]);
-        at += n as u64;
-    }
-    Ok(())
-}
-
-async fn save_periodically(shared: Arc<Shared>, path: PathBuf) {
-    let mut interval = tokio::time::interval(STATE_INTERVAL);
-    loop {
-        interval.tick().await;
-        if let Err(e) = save_state(&path, &shared.state()) {
-            tracing::warn!("saving download state {}: {e}", path.display());
-        }
-    }
-}
-
-/// Writes the state by rename, so a kill mid-write leaves the old state.
-fn save_state(path: &Path, state: &State) -> io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    fs::write(&tmp, serde_json::to_vec(state)?)?;
-    fs::rename(&tmp, path)
-}
-
-/// Opens the partial file, resuming when its state matches this blob and
-/// part size; otherwise starts over with an empty sparse file.
-fn open_partial(
-    partial: &Path,
-    state_path: &Path,
-    size: u64,
-    part_size: u64,
-    parts: usize,
-) -> Result<(File, State), PullError> {
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| PullError::Io { path, source }
-    };
-    if let Some(parent) = partial.parent() {
-        fs::create_dir_all(parent).map_err(io_err(parent))?;
-    }
-    let saved: Option<State> = fs::read(state_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let file_len = fs::metadata(partial).map(|m| m.len()).ok();
-    let resumable = saved.filter(|s| {
-        s.size == size
-            && s.part_size == part_size
-            && s.done.len() == parts
-            && file_len == Some(size)
-            && s.done
-                .iter()
-                .enumerate()
-                .all(|(p, &d)| p as u64 * part_size + d <= ((p as u64 + 1) * part_size).min(size))
-    });
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(partial)
-        .map_err(io_err(partial))?;
-    match resumable {
-        Some(state) => Ok((file, state)),
-        None => {
-            file.set_len(0).map_err(io_err(partial))?;
-            file.set_len(size).map_err(io_err(partial))?;
-            let state = State {
-                size,
-                part_size,
-                done: vec![0; parts],
-            };
-            save_state(state_path, &state).map_err(io_err(state_path))?;
-            Ok((file, state))
-        }
-    }
-}
-
 fn first_line(body: &str) -> String {
     body.lines()
         .next()
@@ -673,17 +487,4 @@ fn first_line(body: &str) -> String {
         .chars()
         .take(200)
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn part_size_keeps_about_four_parts_per_connection_within_bounds() {
-        assert_eq!(part_size_for(1 << 30, 16, None), 16 << 20);
-        assert_eq!(part_size_for(1 << 20, 16, None), 8 << 20);
-        assert_eq!(part_size_for(100 << 30, 16, None), 256 << 20);
-        assert_eq!(part_size_for(1 << 30, 16, Some(1 << 20)), 1 << 20);
-    }
 }

@@ -10,6 +10,7 @@ pub mod client;
 mod download;
 mod local;
 pub mod manifest;
+mod partial;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -1,0 +1,281 @@
+//! The partial file of one download and what is known about it: which bytes
+//! of each part are written (persisted next to it for resume), the
+//! contiguous prefix they form, and the hasher that follows that prefix.
+//!
+//! Hashing while streaming: SHA-256 is sequential, but parts arrive in
+//! parallel. Workers take parts *in order* from a queue (a sliding window, not
+//! Ollama's 16 fixed slices), so the written bytes form a contiguous prefix
+//! plus a window of ~`parallel` parts in flight. The hasher follows that
+//! prefix, re-reading the just-written bytes from the page cache, so hashing
+//! overlaps the download and only the last window is hashed after it ends.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::Notify;
+
+use super::PullError;
+use crate::progress::BlobProgress;
+
+/// Bytes hashed per blocking hasher step.
+const HASH_STEP: u64 = 64 << 20;
+/// How often the resume state is saved while downloading.
+const STATE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Part size for a blob: about four parts per connection so the in-order
+/// window stays small, within [8 MiB, 256 MiB].
+pub fn part_size_for(size: u64, parallel: usize, requested: Option<u64>) -> u64 {
+    if let Some(requested) = requested {
+        return requested.max(1);
+    }
+    (size / (parallel.max(1) as u64 * 4)).clamp(8 << 20, 256 << 20)
+}
+
+/// Persisted next to the partial file: which bytes of each part are on disk.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(super) struct State {
+    pub(super) size: u64,
+    pub(super) part_size: u64,
+    /// Bytes written from the start of each part.
+    pub(super) done: Vec<u64>,
+}
+
+pub(super) struct Shared {
+    pub(super) file: File,
+    pub(super) size: u64,
+    pub(super) part_size: u64,
+    pub(super) done: Vec<AtomicU64>,
+    /// Parts still to fetch, in offset order; workers take them from `next`.
+    pub(super) pending: Vec<usize>,
+    pub(super) next: AtomicUsize,
+    /// Wakes the hasher when new bytes are written.
+    pub(super) written: Notify,
+    pub(super) progress: BlobProgress,
+}
+
+impl Shared {
+    pub(super) fn part_range(&self, part: usize) -> (u64, u64) {
+        let start = part as u64 * self.part_size;
+        (start, (start + self.part_size).min(self.size))
+    }
+
+    /// End of the contiguous written prefix.
+    pub(super) fn frontier(&self) -> u64 {
+        for (part, done) in self.done.iter().enumerate() {
+            let (start, end) = self.part_range(part);
+            let done = done.load(Ordering::Acquire);
+            if start + done < end {
+                return start + done;
+            }
+        }
+        self.size
+    }
+
+    pub(super) fn state(&self) -> State {
+        State {
+            size: self.size,
+            part_size: self.part_size,
+            done: self
+                .done
+                .iter()
+                .map(|d| d.load(Ordering::Acquire))
+                .collect(),
+        }
+    }
+}
+
+/// Hashes the contiguous written prefix as it grows; returns `sha256:<hex>`.
+pub(super) async fn hash_prefix(shared: Arc<Shared>) -> Result<String, PullError> {
+    let mut hasher = Sha256::new();
+    let mut hashed = 0u64;
+    while hashed < shared.size {
+        let frontier = shared.frontier();
+        if frontier == hashed {
+            shared.written.notified().await;
+            continue;
+        }
+        let upto = frontier.min(hashed + HASH_STEP);
+        let task_shared = Arc::clone(&shared);
+        let (returned, result) = tokio::task::spawn_blocking(move || {
+            let result = hash_range(&task_shared.file, &mut hasher, hashed, upto);
+            (hasher, result)
+        })
+        .await
+        .map_err(|e| PullError::Io {
+            path: PathBuf::from("partial blob"),
+            source: io::Error::other(e),
+        })?;
+        hasher = returned;
+        result.map_err(|source| PullError::Io {
+            path: PathBuf::from("partial blob"),
+            source,
+        })?;
+        hashed = upto;
+    }
+    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+}
+
+fn hash_range(file: &File, hasher: &mut Sha256, from: u64, to: u64) -> io::Result<()> {
+    let mut buffer = vec![0u8; (1 << 20).min((to - from) as usize)];
+    let mut at = from;
+    while at < to {
+        let n = buffer.len().min((to - at) as usize);
+        file.read_exact_at(&mut buffer[..n], at)?;
+        hasher.update(&buffer[..n]);
+        at += n as u64;
+    }
+    Ok(())
+}
+
+pub(super) async fn save_periodically(shared: Arc<Shared>, path: PathBuf) {
+    let mut interval = tokio::time::interval(STATE_INTERVAL);
+    loop {
+        interval.tick().await;
+        if let Err(e) = save_state(&path, &shared.state()) {
+            tracing::warn!("saving download state {}: {e}", path.display());
+        }
+    }
+}
+
+/// Writes the state by rename, so a kill mid-write leaves the old state.
+pub(super) fn save_state(path: &Path, state: &State) -> io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    fs::write(&tmp, serde_json::to_vec(state)?)?;
+    fs::rename(&tmp, path)
+}
+
+/// Opens the partial file, resuming when its state matches this blob and
+/// part size; otherwise starts over with an empty sparse file.
+pub(super) fn open_partial(
+    partial: &Path,
+    state_path: &Path,
+    size: u64,
+    part_size: u64,
+    parts: usize,
+) -> Result<(File, State), PullError> {
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PullError::Io { path, source }
+    };
+    if let Some(parent) = partial.parent() {
+        fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    let saved: Option<State> = fs::read(state_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let file_len = fs::metadata(partial).map(|m| m.len()).ok();
+    let resumable = saved.filter(|s| {
+        s.size == size
+            && s.part_size == part_size
+            && s.done.len() == parts
+            && file_len == Some(size)
+            && s.done
+                .iter()
+                .enumerate()
+                .all(|(p, &d)| p as u64 * part_size + d <= ((p as u64 + 1) * part_size).min(size))
+    });
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(partial)
+        .map_err(io_err(partial))?;
+    match resumable {
+        Some(state) => Ok((file, state)),
+        None => {
+            file.set_len(0).map_err(io_err(partial))?;
+            file.set_len(size).map_err(io_err(partial))?;
+            let state = State {
+                size,
+                part_size,
+                done: vec![0; parts],
+            };
+            save_state(state_path, &state).map_err(io_err(state_path))?;
+            Ok((file, state))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_size_keeps_about_four_parts_per_connection_within_bounds() {
+        assert_eq!(part_size_for(1 << 30, 16, None), 16 << 20);
+        assert_eq!(part_size_for(1 << 20, 16, None), 8 << 20);
+        assert_eq!(part_size_for(100 << 30, 16, None), 256 << 20);
+        assert_eq!(part_size_for(1 << 30, 16, Some(1 << 20)), 1 << 20);
+    }
+
+    fn shared(size: u64, part_size: u64, done: &[u64]) -> Shared {
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::create(dir.path().join("f")).unwrap();
+        Shared {
+            file,
+            size,
+            part_size,
+            done: done.iter().map(|&d| AtomicU64::new(d)).collect(),
+            pending: Vec::new(),
+            next: AtomicUsize::new(0),
+            written: Notify::new(),
+            progress: crate::progress::Progress::new(crate::progress::ProgressMode::Quiet)
+                .blob("b", size, 0),
+        }
+    }
+
+    #[test]
+    fn frontier_is_the_end_of_the_contiguous_written_prefix() {
+        assert_eq!(shared(25, 10, &[10, 3, 5]).frontier(), 13);
+        assert_eq!(shared(25, 10, &[4, 10, 5]).frontier(), 4);
+        assert_eq!(shared(25, 10, &[10, 10, 5]).frontier(), 25);
+        assert_eq!(shared(25, 10, &[10, 10, 4]).frontier(), 24);
+    }
+
+    #[test]
+    fn saved_state_is_resumed_only_when_it_describes_this_download() {
+        let dir = tempfile::tempdir().unwrap();
+        let (partial, state) = (dir.path().join("p"), dir.path().join("p.json"));
+        let (_, fresh) = open_partial(&partial, &state, 25, 10, 3).unwrap();
+        assert_eq!(fresh.done, vec![0, 0, 0]);
+        assert_eq!(
+            fs::metadata(&partial).unwrap().len(),
+            25,
+            "sparse file of the full size"
+        );
+        save_state(
+            &state,
+            &State {
+                size: 25,
+                part_size: 10,
+                done: vec![10, 2, 0],
+            },
+        )
+        .unwrap();
+        let (_, resumed) = open_partial(&partial, &state, 25, 10, 3).unwrap();
+        assert_eq!(resumed.done, vec![10, 2, 0]);
+        // Another part size (e.g. --part-size changed) or a state claiming more than a part: start over.
+        let (_, other) = open_partial(&partial, &state, 25, 5, 5).unwrap();
+        assert_eq!(other.done, vec![0; 5]);
+        save_state(
+            &state,
+            &State {
+                size: 25,
+                part_size: 10,
+                done: vec![11, 0, 0],
+            },
+        )
+        .unwrap();
+        let (_, bogus) = open_partial(&partial, &state, 25, 10, 3).unwrap();
+        assert_eq!(bogus.done, vec![0, 0, 0]);
+    }
+}
