@@ -313,6 +313,7 @@ struct Run {
     delay: Duration,
     fail_after: Option<usize>,
     error_after: Option<usize>,
+    stall_after: Option<usize>,
     started: Instant,
     load: Duration,
     prompt_tokens: usize,
@@ -338,6 +339,10 @@ impl Run {
             return Some(Err(std::io::Error::other(
                 "emulated crash (x-emulator-fail-after)",
             )));
+        }
+        if self.stall_after == Some(self.i) {
+            // An idle stream: open, headers sent, nothing more until the client leaves.
+            std::future::pending::<()>().await;
         }
         if self.error_after == Some(self.i) {
             self.finished = true;
@@ -448,6 +453,7 @@ async fn generate(
             .unwrap_or(st.config.token_delay),
         fail_after: header_ms("x-emulator-fail-after"),
         error_after: header_ms("x-emulator-error-after"),
+        stall_after: header_ms("x-emulator-stall-after"),
         started,
         load,
         prompt_tokens: body.len() / 4 + 1,

@@ -11,7 +11,8 @@
 //! unchanged: `x-emulator-delay-ms`, `x-emulator-fail-after` (abort the
 //! connection after N tokens, as a crashing server would) and
 //! `x-emulator-error-after` (send Ollama's mid-stream error line after N
-//! tokens). What happened is visible in [`Stats`], in process or as JSON at
+//! tokens) and `x-emulator-stall-after` (go silent after N tokens, keeping
+//! the stream open). What happened is visible in [`Stats`], in process or as JSON at
 //! `GET /emulator/stats`.
 
 mod api;

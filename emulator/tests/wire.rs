@@ -1,0 +1,152 @@
+//! The emulator behaves like Ollama on the wire where kiln depends on it.
+
+use std::time::Duration;
+
+use ollama_emulator::{Config, Emulator};
+use serde_json::{Value, json};
+
+async fn start(tune: impl FnOnce(&mut Config)) -> (Emulator, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    ollama_emulator::models::write_fake_model(dir.path(), "gemma3:4b", 64).unwrap();
+    let mut c = Config {
+        models_dir: Some(dir.path().into()),
+        token_delay: Duration::from_millis(20),
+        ..Default::default()
+    };
+    tune(&mut c);
+    (Emulator::start(c).await.unwrap(), dir)
+}
+
+#[tokio::test]
+async fn requests_beyond_the_parallel_slots_wait_without_bound() {
+    let (emu, _dir) = start(|c| c.num_parallel = 1).await;
+    let client = reqwest::Client::new();
+    let reqs: Vec<_> = (0..4)
+        .map(|_| {
+            let r = client
+                .post(format!("{}/api/generate", emu.url()))
+                .json(&json!({"model": "gemma3:4b", "prompt": "x", "stream": false, "options": {"num_predict": 2}}))
+                .send();
+            tokio::spawn(async move { r.await.unwrap().status() })
+        })
+        .collect();
+    for r in reqs {
+        assert_eq!(r.await.unwrap(), 200, "nobody is refused");
+    }
+    let s = emu.stats().snapshot();
+    assert_eq!((s.max_in_flight, s.max_waiting, s.completed), (1, 3, 4));
+}
+
+#[tokio::test]
+async fn a_dropped_stream_counts_as_cancelled_and_frees_the_slot() {
+    let (emu, _dir) = start(|_| {}).await;
+    let client = reqwest::Client::new();
+    let mut r = client
+        .post(format!("{}/api/chat", emu.url()))
+        .json(&json!({"model": "gemma3:4b", "messages": [{"role": "user", "content": "x"}], "options": {"num_predict": 500}}))
+        .send()
+        .await
+        .unwrap();
+    r.chunk().await.unwrap().unwrap();
+    drop(r);
+    let end = tokio::time::Instant::now() + Duration::from_secs(2);
+    while emu.stats().snapshot().cancelled == 0 && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let s = emu.stats().snapshot();
+    assert_eq!((s.cancelled, s.in_flight), (1, 0), "{s:?}");
+}
+
+#[tokio::test]
+async fn errors_look_like_gin_and_ollama() {
+    let (emu, _dir) = start(|_| {}).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .get(format!("{}/nope", emu.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.text().await.unwrap(), "404 page not found");
+    let r = client
+        .get(format!("{}/api/chat", emu.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let r = client
+        .post(format!("{}/api/generate", emu.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"error": "missing request body"})
+    );
+    let r = client
+        .post(format!("{}/v1/embeddings", emu.url()))
+        .json(&json!({"model": "other:1b", "input": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["type"],
+        "not_found_error"
+    );
+}
+
+#[tokio::test]
+async fn preload_pins_and_keep_alive_zero_unloads() {
+    let (emu, _dir) = start(|_| {}).await;
+    let client = reqwest::Client::new();
+    let post = |body: Value| {
+        client
+            .post(format!("{}/api/generate", emu.url()))
+            .json(&body)
+            .send()
+    };
+    let v: Value = post(json!({"model": "gemma3:4b", "keep_alive": -1}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["done_reason"], "load");
+    let ps: Value = client
+        .get(format!("{}/api/ps", emu.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ps["models"][0]["name"], "gemma3:4b");
+    let v: Value = post(json!({"model": "gemma3:4b", "keep_alive": 0}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["done_reason"], "unload");
+    let ps: Value = client
+        .get(format!("{}/api/ps", emu.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ps["models"], json!([]));
+    let e: Value = client
+        .post(format!("{}/api/embed", emu.url()))
+        .json(&json!({"model": "gemma3:4b", "input": ["a", "b"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(e["embeddings"].as_array().unwrap().len(), 2);
+}
