@@ -83,6 +83,9 @@ pub trait RequestFilter: Send + Sync {
     fn responses(&self) -> Option<&dyn crate::response::ResponseStage> {
         None
     }
+
+    /// Appends the stage's own metrics (Prometheus text format) to `/metrics`.
+    fn render_metrics(&self, _out: &mut String) {}
 }
 
 /// The stage when no plugins are configured: every request goes through as is.

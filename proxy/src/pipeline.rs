@@ -575,11 +575,9 @@ fn local_endpoint(state: &AppState, req: &Request<Incoming>) -> Option<Response<
                 max_in_flight: a.max_in_flight(),
                 ready: state.readiness.status().0,
             };
-            (
-                200,
-                "text/plain; version=0.0.4",
-                state.metrics.render(&gauges),
-            )
+            let mut text = state.metrics.render(&gauges);
+            state.filter.render_metrics(&mut text);
+            (200, "text/plain; version=0.0.4", text)
         }
         _ => return None,
     };

@@ -273,6 +273,20 @@ async fn rate_limit_answers_429_after_the_budget() {
         "bob has his own bucket"
     );
     assert_eq!(log.lock().unwrap().len(), 3);
+
+    let metrics = reqwest::get(format!("{}/metrics", proxy.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"kiln_plugin_calls_total{plugin="rate-limit",outcome="allow"} 3"#,
+        r#"kiln_plugin_calls_total{plugin="rate-limit",outcome="reject"} 1"#,
+        r#"kiln_plugin_calls_total{plugin="api-key",outcome="modify"} 4"#,
+    ] {
+        assert!(metrics.contains(line), "/metrics lacks {line}:\n{metrics}");
+    }
     proxy.shutdown().await.unwrap();
 }
 

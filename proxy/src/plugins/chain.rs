@@ -4,8 +4,10 @@
 
 use super::loader::LoadedPlugin;
 use super::runtime::{CallState, Runtime, wit};
+use super::stats::CallOutcome;
 use crate::filter::{FilterRequest, OnError, RouteKind, Verdict};
 use std::sync::Arc;
+use std::time::Instant;
 use wasmtime::{Store, Trap};
 
 /// An ordered list of loaded plugins. Immutable: a reload builds a new one.
@@ -91,7 +93,24 @@ impl Chain {
     }
 
     /// One call of one plugin; applies a modification to `req` in place.
+    /// Counted in the plugin's metrics.
     pub fn call(&self, plugin: &LoadedPlugin, req: &mut wit::Request) -> Result<Outcome, Failure> {
+        if plugin.pre.is_none() {
+            return Ok(Outcome::Allow);
+        }
+        let started = Instant::now();
+        let result = self.decide(plugin, req);
+        let outcome = match &result {
+            Ok(Outcome::Allow) => CallOutcome::Allow,
+            Ok(Outcome::Modify) => CallOutcome::Modify,
+            Ok(Outcome::Reject { .. }) => CallOutcome::Reject,
+            Err(_) => CallOutcome::Failure,
+        };
+        plugin.stats.record(outcome, started.elapsed());
+        result
+    }
+
+    fn decide(&self, plugin: &LoadedPlugin, req: &mut wit::Request) -> Result<Outcome, Failure> {
         let fail = |reason: String| Failure {
             plugin: plugin.name.clone(),
             reason,

@@ -30,6 +30,7 @@ pub struct LoadedPlugin {
     pub response: Option<ResponseFilterPre<super::runtime::CallState>>,
     pub context: Arc<PluginContext>,
     pub info: PluginInfo,
+    pub(super) stats: Arc<super::stats::PluginStats>,
 }
 
 /// Facts about a loaded plugin, for `plugin check` and the startup log.
@@ -245,6 +246,7 @@ pub fn load(runtime: &Runtime, spec: &PluginSpec) -> Result<LoadedPlugin, Plugin
         pre,
         response,
         context,
+        stats: runtime.stats.for_plugin(&spec.name),
         info: PluginInfo {
             sha256,
             file_bytes: bytes.len(),

@@ -21,6 +21,7 @@ mod response_world;
 mod routes;
 mod runtime;
 mod stage;
+mod stats;
 pub mod tool;
 
 pub use crate::filter::PluginSpec;

@@ -2,6 +2,7 @@
 //! the epoch ticker that enforces deadlines, and the host imports.
 
 use super::counters::{CounterStore, PluginCounters};
+use super::stats::StatsStore;
 use super::{PluginError, PluginOptions};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +35,7 @@ pub struct Runtime {
     pub linker: Linker<CallState>,
     pub options: PluginOptions,
     pub counters: CounterStore,
+    pub stats: StatsStore,
     deadline_ticks: u64,
     _ticker: EpochTicker,
 }
@@ -55,6 +57,7 @@ impl Runtime {
             linker,
             options: options.clone(),
             counters: CounterStore::default(),
+            stats: StatsStore::default(),
             deadline_ticks,
         }))
     }

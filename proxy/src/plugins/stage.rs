@@ -57,6 +57,11 @@ impl PluginStage {
         })
     }
 
+    /// Appends per-plugin call metrics (Prometheus text format).
+    pub fn render_metrics(&self, out: &mut String) {
+        self.runtime.stats.render(out)
+    }
+
     /// The chain new requests use.
     pub fn chain(&self) -> Arc<Chain> {
         self.current.load_full()
@@ -153,6 +158,10 @@ impl PluginStage {
 }
 
 impl RequestFilter for PluginStage {
+    fn render_metrics(&self, out: &mut String) {
+        PluginStage::render_metrics(self, out)
+    }
+
     fn responses(&self) -> Option<&dyn crate::response::ResponseStage> {
         Some(self)
     }

@@ -1,0 +1,157 @@
+//! Per-plugin call counts and time, rendered as Prometheus metrics.
+//!
+//! Kept per plugin name in the runtime (like the counters), so the figures
+//! survive hot reloads.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How a call ended, as a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallOutcome {
+    Allow,
+    Modify,
+    Reject,
+    /// Trap, deadline, memory cap or an invalid decision.
+    Failure,
+}
+
+impl CallOutcome {
+    const ALL: [CallOutcome; 4] = [
+        CallOutcome::Allow,
+        CallOutcome::Modify,
+        CallOutcome::Reject,
+        CallOutcome::Failure,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            CallOutcome::Allow => "allow",
+            CallOutcome::Modify => "modify",
+            CallOutcome::Reject => "reject",
+            CallOutcome::Failure => "failure",
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct PluginStats {
+    calls: [AtomicU64; 4],
+    nanos: AtomicU64,
+}
+
+impl PluginStats {
+    pub fn record(&self, outcome: CallOutcome, took: Duration) {
+        self.calls[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        self.nanos.fetch_add(
+            took.as_nanos().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn calls(&self, outcome: CallOutcome) -> u64 {
+        self.calls[outcome as usize].load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Default)]
+pub struct StatsStore {
+    by_plugin: Mutex<BTreeMap<String, Arc<PluginStats>>>,
+}
+
+impl StatsStore {
+    pub fn for_plugin(&self, name: &str) -> Arc<PluginStats> {
+        let mut map = self.by_plugin.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(name.to_owned()).or_default().clone()
+    }
+
+    /// Appends the metrics in Prometheus' text format. Plugin names come from
+    /// the operator's config; quotes and backslashes are escaped anyway.
+    pub fn render(&self, out: &mut String) {
+        let map = self.by_plugin.lock().unwrap_or_else(|p| p.into_inner());
+        if map.is_empty() {
+            return;
+        }
+        let label = |name: &str| {
+            name.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n")
+        };
+        let _ = writeln!(
+            out,
+            "# HELP kiln_plugin_calls_total Plugin calls, by plugin and outcome."
+        );
+        let _ = writeln!(out, "# TYPE kiln_plugin_calls_total counter");
+        for (name, stats) in map.iter() {
+            for outcome in CallOutcome::ALL {
+                let _ = writeln!(
+                    out,
+                    "kiln_plugin_calls_total{{plugin=\"{}\",outcome=\"{}\"}} {}",
+                    label(name),
+                    outcome.label(),
+                    stats.calls(outcome)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP kiln_plugin_call_seconds_total Time spent in plugin calls, instantiation included."
+        );
+        let _ = writeln!(out, "# TYPE kiln_plugin_call_seconds_total counter");
+        for (name, stats) in map.iter() {
+            let secs = stats.nanos.load(Ordering::Relaxed) as f64 / 1e9;
+            let _ = writeln!(
+                out,
+                "kiln_plugin_call_seconds_total{{plugin=\"{}\"}} {secs}",
+                label(name)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counts_per_plugin_and_outcome() {
+        let store = StatsStore::default();
+        store
+            .for_plugin("api-key")
+            .record(CallOutcome::Reject, Duration::from_micros(30));
+        store
+            .for_plugin("api-key")
+            .record(CallOutcome::Modify, Duration::from_micros(20));
+        store
+            .for_plugin("we\"ird")
+            .record(CallOutcome::Failure, Duration::from_millis(50));
+        let mut out = String::new();
+        store.render(&mut out);
+        assert!(
+            out.contains("kiln_plugin_calls_total{plugin=\"api-key\",outcome=\"reject\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("kiln_plugin_calls_total{plugin=\"api-key\",outcome=\"allow\"} 0"),
+            "{out}"
+        );
+        assert!(
+            out.contains("kiln_plugin_call_seconds_total{plugin=\"api-key\"} 0.00005"),
+            "{out}"
+        );
+        assert!(
+            out.contains("plugin=\"we\\\"ird\",outcome=\"failure\"} 1"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn renders_nothing_without_plugins() {
+        let mut out = String::new();
+        StatsStore::default().render(&mut out);
+        assert!(out.is_empty());
+    }
+}
