@@ -34,6 +34,9 @@ pub mod body;
 pub mod decision;
 pub mod host;
 pub mod request;
+pub mod response;
+#[doc(hidden)]
+pub mod response_bindings;
 
 pub use body::{Body, BodyError, Message};
 pub use decision::{Decision, HeaderEdit, Modification, Rejection};
