@@ -8,8 +8,10 @@
 # Reported: median throughput of
 #   curl            curl -o FILE (no digest check: the baseline to beat)
 #   curl+sha256sum  curl | tee FILE | sha256sum (a single stream with the check)
-#   kiln            kiln pull (default 16 parallel parts, sha256 verified, atomic rename)
-#   kiln -p1        kiln pull --parallel 1
+#   kiln            kiln pull with its defaults (1 connection for a loopback registry,
+#                   sha256 verified while streaming, atomic rename into the cache)
+#   kiln -p4        kiln pull --parallel 4
+#   kiln -p16       kiln pull --parallel 16 (the default for remote registries)
 # and kiln / curl. Not part of the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -66,12 +68,13 @@ for round in $(seq "$ROUNDS"); do
     run curl curl_plain
     run kiln kiln_pull
     run curl+sha256sum curl_sha
-    run kiln-p1 kiln_pull --parallel 1
+    run kiln-p4 kiln_pull --parallel 4
+    run kiln-p16 kiln_pull --parallel 16
 done
 
 median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" $1; }
 printf '\n%-16s %10s %10s   %s\n' "client" "median s" "MB/s" "all runs (s)"
-for name in curl curl+sha256sum kiln kiln-p1; do
+for name in curl curl+sha256sum kiln kiln-p4 kiln-p16; do
     m=$(median "${times[$name]}")
     printf '%-16s %10.2f %10s   %s\n' "$name" "$m" "$(mbps "$m")" "${times[$name]}"
 done

@@ -110,6 +110,7 @@ async fn pull_writes_an_exact_ollama_models_tree_and_models_share_blobs() {
     let models_dir = work.path().join("models");
     let mut options = options(&work.path().join("cache"), &registry.url());
     options.part_size = Some(MIB);
+    options.parallel = Some(4);
 
     let pulled = pull_models(&options, &[gemma()]).await.expect("pull 4b");
     assert_eq!(
@@ -167,6 +168,7 @@ async fn blobs_follow_the_cdn_redirect_and_credentials_stay_with_the_registry() 
             password: password.into(),
         });
         options.part_size = Some(MIB);
+        options.parallel = Some(4);
 
         let pulled = pull_models(&options, &[gemma()])
             .await
@@ -231,7 +233,7 @@ async fn cut_connections_are_retried_and_an_interrupted_pull_fetches_only_missin
     let cache = work.path().join("cache");
     let mut options = options(&cache, &front.url());
     options.part_size = Some(MIB);
-    options.parallel = 2;
+    options.parallel = Some(2);
 
     // Within one run: cut connections are retried from where they stopped.
     front.cut_connections(3, 300_000);
@@ -394,6 +396,7 @@ async fn concurrent_pulls_of_the_same_model_share_one_download() {
     let work = tempfile::tempdir().expect("tempdir");
     let mut options = options(work.path(), &registry.url());
     options.part_size = Some(MIB);
+    options.parallel = Some(4);
     let models = [gemma()];
     let (a, b) = tokio::join!(
         pull_models(&options, &models),

@@ -59,9 +59,9 @@ pub struct PullArgs {
     #[arg(long, value_name = "HOST[:PORT]")]
     pub insecure_registry: Vec<String>,
 
-    /// Concurrent connections per large blob.
-    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub parallel: u16,
+    /// Concurrent connections per large blob [default: 16, or 1 for a loopback registry].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: Option<u16>,
 
     /// Bytes per ranged request [default: about 4 parts per connection, 8 MiB to 256 MiB].
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(65536..))]
@@ -106,7 +106,7 @@ impl PullArgs {
         options.source_registry = self.source_registry.clone();
         options.insecure_registries = self.insecure_registry.clone();
         options.credentials = credentials_from_env();
-        options.parallel = usize::from(self.parallel);
+        options.parallel = self.parallel.map(usize::from);
         options.part_size = self.part_size;
         options.max_retries = self.retries;
         options.stall_timeout = Duration::from_secs(self.stall_timeout.max(1));

@@ -42,6 +42,12 @@ pub(crate) struct BlobJob<'a> {
     pub size: u64,
 }
 
+impl BlobJob<'_> {
+    fn connections(&self) -> usize {
+        self.options.connections_for(self.client.base())
+    }
+}
+
 /// Downloads (or resumes) the blob into the cache; returns the verified path.
 /// The caller holds the blob's lock.
 pub(crate) async fn download(
@@ -50,7 +56,7 @@ pub(crate) async fn download(
 ) -> Result<PathBuf, PullError> {
     let partial = job.cache.partial_path(job.digest)?;
     let state_path = job.cache.state_path(job.digest)?;
-    let part_size = part_size_for(job.size, job.options.parallel, job.options.part_size);
+    let part_size = part_size_for(job.size, job.connections(), job.options.part_size);
     let parts = job.size.div_ceil(part_size).max(1) as usize;
 
     let (file, state) = open_partial(&partial, &state_path, job.size, part_size, parts)?;
@@ -140,7 +146,7 @@ async fn fetch_parts(job: &BlobJob<'_>, shared: &Arc<Shared>) -> Result<(), Pull
     .await?;
     let source = Source { url: source };
     let mut workers = JoinSet::new();
-    let connections = job.options.parallel.max(1).min(shared.pending.len());
+    let connections = job.connections().min(shared.pending.len());
     let retry = RetryPolicy::from(job.options);
     let mut initial = Some((first, response));
     for _ in 0..connections {

@@ -35,8 +35,10 @@ pub struct PullOptions {
     /// Hosts (`host[:port]`) reached over plain HTTP besides loopback ones.
     pub insecure_registries: Vec<String>,
     pub credentials: Option<Credentials>,
-    /// Concurrent connections per large blob (Ollama uses 16).
-    pub parallel: usize,
+    /// Concurrent connections per large blob. `None`: 16 (as Ollama), but 1
+    /// for a loopback registry, where extra connections add CPU work and no
+    /// throughput (see docs/BENCHMARKS.md, "Pull").
+    pub parallel: Option<usize>,
     /// Bytes per ranged part; `None` picks by blob size.
     pub part_size: Option<u64>,
     /// Failed attempts in a row (without progress) before a part gives up.
@@ -59,7 +61,7 @@ impl PullOptions {
             source_registry: None,
             insecure_registries: Vec::new(),
             credentials: None,
-            parallel: 16,
+            parallel: None,
             part_size: None,
             max_retries: 6,
             retry_base_delay: Duration::from_secs(1),
@@ -68,6 +70,16 @@ impl PullOptions {
             progress: ProgressMode::Auto,
             from_ollama_dir: None,
         }
+    }
+}
+
+impl PullOptions {
+    /// Connections per large blob for the registry at `base`.
+    pub fn connections_for(&self, base: &Url) -> usize {
+        let loopback = base.host_str().is_some_and(is_loopback);
+        self.parallel
+            .unwrap_or(if loopback { 1 } else { 16 })
+            .max(1)
     }
 }
 
@@ -195,9 +207,6 @@ pub(crate) fn describe(error: &reqwest::Error) -> String {
 /// Whether a registry host is reached over plain HTTP: loopback always,
 /// others only when named by `--insecure-registry`.
 pub fn is_plain_http(host: &str, insecure: &[String]) -> bool {
-    if insecure.iter().any(|h| h.eq_ignore_ascii_case(host)) {
-        return true;
-    }
     let name = if let Some(rest) = host.strip_prefix('[') {
         rest.split(']').next().unwrap_or(rest)
     } else {
@@ -209,12 +218,20 @@ pub fn is_plain_http(host: &str, insecure: &[String]) -> bool {
             }
         })
     };
-    if name.eq_ignore_ascii_case("localhost") || name.to_ascii_lowercase().ends_with(".localhost") {
-        return true;
-    }
-    name.parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip.is_loopback())
-        || insecure.iter().any(|h| h.eq_ignore_ascii_case(name))
+    is_loopback(name)
+        || insecure
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(host) || h.eq_ignore_ascii_case(name))
+}
+
+/// `localhost`, `*.localhost`, 127.0.0.0/8 or ::1 (a host name without port).
+pub fn is_loopback(name: &str) -> bool {
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost")
+        || name.to_ascii_lowercase().ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The registry base URL a model is fetched from.
@@ -416,6 +433,20 @@ mod tests {
         ] {
             assert!(!is_plain_http(host, &insecure), "{host}");
         }
+    }
+
+    #[test]
+    fn many_connections_for_remote_registries_one_for_loopback_unless_asked() {
+        let mut options = PullOptions::new("/tmp/unused");
+        let url = |s: &str| Url::parse(s).unwrap();
+        assert_eq!(
+            options.connections_for(&url("https://registry.ollama.ai")),
+            16
+        );
+        assert_eq!(options.connections_for(&url("http://127.0.0.1:5000")), 1);
+        assert_eq!(options.connections_for(&url("http://[::1]:5000")), 1);
+        options.parallel = Some(8);
+        assert_eq!(options.connections_for(&url("http://127.0.0.1:5000")), 8);
     }
 
     #[test]
