@@ -1,0 +1,478 @@
+//! Response plugins end to end: kiln-proxy with the example plugins
+//! `output-guard` and `token-budget` (built by scripts/build-plugins) and a
+//! hand-written trapping plugin, in front of the Ollama emulator.
+//!
+//! The emulator's text is deterministic, one word per chunk: "The ", "sky ",
+//! "is ", "blue ", "because ", "air ", … so the pattern "sky is" is always
+//! split across two streamed chunks.
+
+mod harness;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use harness::{Stack, ndjson};
+use kiln_proxy::filter::{OnError, PluginSpec};
+use kiln_proxy::plugins::{PluginOptions, load_chain};
+use serde_json::{Value, json};
+
+fn example(name: &str, config: Value) -> PluginSpec {
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../target/plugins/{}.wasm", name.replace('-', "_")));
+    assert!(
+        file.exists(),
+        "{} is missing: run scripts/build-plugins first",
+        file.display()
+    );
+    spec(name, file, config)
+}
+
+fn spec(name: &str, path: PathBuf, config: Value) -> PluginSpec {
+    PluginSpec {
+        name: name.into(),
+        path,
+        sha256: None,
+        on_error: OnError::Deny,
+        routes: None,
+        config,
+    }
+}
+
+async fn stack(specs: Vec<PluginSpec>) -> Stack {
+    // Shared by the tests of this file: each plugin compiles once.
+    let options = PluginOptions {
+        cache_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugin-cache-tests"),
+        ..PluginOptions::default()
+    };
+    let stage = load_chain(&specs, &options).expect("plugins load");
+    Stack::with_filter(|_, _| {}, stage).await
+}
+
+fn guard() -> PluginSpec {
+    example("output-guard", json!({"patterns": ["sky is"]}))
+}
+
+/// The `data:` payloads of an SSE body.
+fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn openai_text(events: &[String]) -> String {
+    events
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v.pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_pattern_split_across_ndjson_chunks_is_redacted() {
+    let stack = stack(vec![guard()]).await;
+    let body = stack
+        .client
+        .post(stack.url("/api/generate"))
+        .json(&json!({"model": "gemma3:4b", "prompt": "why?", "options": {"num_predict": 6}}))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let lines = ndjson(&body);
+    let text: String = lines
+        .iter()
+        .filter_map(|l| l["response"].as_str())
+        .collect();
+    assert_eq!(text, "The [REDACTED] blue because air ");
+    let last = lines.last().unwrap();
+    assert_eq!(last["done"], true);
+    assert_eq!(last["eval_count"], 6, "the final chunk keeps its metrics");
+    assert!(lines.iter().all(|l| l.get("error").is_none()), "{lines:?}");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_pattern_split_across_sse_events_is_redacted_and_usage_stays_hidden() {
+    let stack = stack(vec![guard()]).await;
+    let resp = stack
+        .client
+        .post(stack.url("/v1/chat/completions"))
+        .json(
+            &json!({"model": "gemma3:4b", "stream": true, "max_tokens": 6,
+                      "messages": [{"role": "user", "content": "why?"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let body = resp.text().await.unwrap();
+    let events = sse_data(&body);
+    assert_eq!(openai_text(&events), "The [REDACTED] blue because air ");
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    // The proxy asked Ollama for usage (for the plugins); this client did not.
+    assert!(
+        !body.contains("\"usage\""),
+        "the usage chunk must stay hidden: {body}"
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn answers_that_do_not_stream_are_redacted_whole() {
+    let stack = stack(vec![guard()]).await;
+    let v: Value = stack
+        .client
+        .post(stack.url("/api/chat"))
+        .json(
+            &json!({"model": "gemma3:4b", "stream": false, "options": {"num_predict": 4},
+                      "messages": [{"role": "user", "content": "why?"}]}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["message"]["content"], "The [REDACTED] blue ");
+    assert_eq!(v["eval_count"], 4);
+
+    let resp = stack
+        .client
+        .post(stack.url("/v1/chat/completions"))
+        .json(&json!({"model": "gemma3:4b", "max_tokens": 4,
+                      "messages": [{"role": "user", "content": "why?"}]}))
+        .send()
+        .await
+        .unwrap();
+    let len: usize = resp.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = resp.bytes().await.unwrap();
+    assert_eq!(len, body.len(), "content-length matches the rewritten body");
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        "The [REDACTED] blue "
+    );
+    stack.shutdown().await;
+}
+
+/// The number in "used N of B tokens" of a token-budget refusal.
+async fn refused_after(stack: &Stack, path: &str, caller: &str, body: Value) -> u64 {
+    let resp = stack
+        .client
+        .post(stack.url(path))
+        .header("x-kiln-caller", caller)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429, "{caller}: the budget is spent");
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=3600).contains(&retry), "retry-after {retry}");
+    let v: Value = resp.json().await.unwrap();
+    let msg = v["error"]
+        .as_str()
+        .or_else(|| v["error"]["message"].as_str())
+        .unwrap_or_else(|| panic!("error body in the client's format: {v}"))
+        .to_owned();
+    let used = msg
+        .split("used ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok());
+    used.unwrap_or_else(|| panic!("no count in {msg:?}"))
+}
+
+async fn send(stack: &Stack, path: &str, caller: &str, body: &Value) -> String {
+    let resp = stack
+        .client
+        .post(stack.url(path))
+        .header("x-kiln-caller", caller)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{caller}: the first request has budget");
+    resp.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn token_budgets_count_ollama_and_openai_usage() {
+    // A budget of 1 token: the first request of each caller runs, then its
+    // usage is counted, and the refusal says how much was counted.
+    let stack = stack(vec![example("token-budget", json!({"budget": 1}))]).await;
+    let chat = |stream: bool| {
+        json!({"model": "gemma3:4b", "stream": stream, "options": {"num_predict": 3},
+               "messages": [{"role": "user", "content": "why is the sky blue?"}]})
+    };
+
+    // Ollama, not streamed: the usage is in the body.
+    let v: Value =
+        serde_json::from_str(&send(&stack, "/api/chat", "ollama-whole", &chat(false)).await)
+            .unwrap();
+    let want = v["prompt_eval_count"].as_u64().unwrap() + v["eval_count"].as_u64().unwrap();
+    assert_eq!(
+        refused_after(&stack, "/api/chat", "ollama-whole", chat(false)).await,
+        want
+    );
+
+    // Ollama, streamed: the usage is in the final chunk.
+    let body = send(&stack, "/api/chat", "ollama-stream", &chat(true)).await;
+    let last = ndjson(body.as_bytes()).pop().unwrap();
+    let want = last["prompt_eval_count"].as_u64().unwrap() + last["eval_count"].as_u64().unwrap();
+    assert_eq!(
+        refused_after(&stack, "/api/chat", "ollama-stream", chat(true)).await,
+        want
+    );
+
+    let openai = |stream: bool, usage: bool| {
+        let mut b = json!({"model": "gemma3:4b", "stream": stream, "max_tokens": 3,
+                           "messages": [{"role": "user", "content": "why is the sky blue?"}]});
+        if usage {
+            b["stream_options"] = json!({"include_usage": true});
+        }
+        b
+    };
+    // OpenAI, not streamed.
+    let v: Value = serde_json::from_str(
+        &send(
+            &stack,
+            "/v1/chat/completions",
+            "openai-whole",
+            &openai(false, false),
+        )
+        .await,
+    )
+    .unwrap();
+    let want = v["usage"]["total_tokens"].as_u64().unwrap();
+    assert_eq!(
+        refused_after(
+            &stack,
+            "/v1/chat/completions",
+            "openai-whole",
+            openai(false, false)
+        )
+        .await,
+        want
+    );
+    // OpenAI, streamed, the client asked for usage: it sees the same count.
+    let body = send(
+        &stack,
+        "/v1/chat/completions",
+        "openai-stream",
+        &openai(true, true),
+    )
+    .await;
+    let usage: Value = sse_data(&body)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find_map(|v| v.get("usage").cloned())
+        .expect("the client asked for usage and gets it");
+    let want = usage["total_tokens"].as_u64().unwrap();
+    assert_eq!(
+        refused_after(
+            &stack,
+            "/v1/chat/completions",
+            "openai-stream",
+            openai(true, true)
+        )
+        .await,
+        want
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn streamed_openai_usage_is_counted_even_when_the_client_did_not_ask() {
+    let stack = stack(vec![example(
+        "token-budget",
+        json!({"budget": 1, "count": "completion"}),
+    )])
+    .await;
+    let body = json!({"model": "gemma3:4b", "stream": true, "max_tokens": 5,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let answer = send(&stack, "/v1/chat/completions", "quiet", &body).await;
+    assert!(!answer.contains("\"usage\""), "hidden: {answer}");
+    assert_eq!(openai_text(&sse_data(&answer)), "The sky is blue because ");
+    assert_eq!(
+        refused_after(&stack, "/v1/chat/completions", "quiet", body).await,
+        5,
+        "the 5 generated tokens were counted from the hidden usage chunk"
+    );
+    stack.shutdown().await;
+}
+
+/// A response-only plugin (world `response-filter`) in WAT: passes the first
+/// `pass` chunks, then traps (`unreachable`) on the next one.
+fn trapping_plugin(dir: &Path, pass: u32) -> PathBuf {
+    let params16 = "i32 ".repeat(16);
+    let wat = format!(
+        r#"(module
+  (memory (export "memory") 1)
+  (global $calls (mut i32) (i32.const 0))
+  (global $heap (mut i32) (i32.const 1024))
+  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (i32.add (local.get 3) (i32.const 8))))
+    (local.get $p))
+  (func (export "validate-config") (result i32)
+    (i32.store8 (i32.const 16) (i32.const 0)) (i32.const 16))
+  (func (export "kiln:filter/response@0.1.0#on-response-chunk") (param {params16}) (result i32)
+    (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+    (if (i32.gt_u (global.get $calls) (i32.const {pass})) (then unreachable))
+    (i32.store8 (i32.const 32) (i32.const 0))
+    (i32.const 32))
+  (func (export "kiln:filter/response@0.1.0#on-response-complete")
+    (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i64 i64 i32 i32)))"#
+    );
+    let mut module = wat::parse_str(wat).expect("fixture WAT parses");
+    let mut resolve = wit_parser::Resolve::default();
+    let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/wit/filter.wit");
+    let pkg = resolve.push_file(&wit).expect("filter.wit parses");
+    let world = resolve
+        .select_world(&[pkg], Some("response-filter"))
+        .expect("world `response-filter` exists");
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+        false,
+    )
+    .expect("metadata embeds");
+    let path = dir.join("trap.wasm");
+    std::fs::write(&path, module).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_trapping_response_plugin_ends_the_stream_with_an_error_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let trap = spec("trap", trapping_plugin(dir.path(), 2), Value::Null);
+    let stack = stack(vec![trap]).await;
+
+    let resp = stack
+        .client
+        .post(stack.url("/api/generate"))
+        .json(&json!({"model": "gemma3:4b", "prompt": "why?", "options": {"num_predict": 6}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "the status went out with the first chunk"
+    );
+    let body = tokio::time::timeout(Duration::from_secs(5), resp.bytes())
+        .await
+        .expect("the stream ends, it does not hang")
+        .expect("the stream ends cleanly, not cut");
+    let lines = ndjson(&body);
+    assert_eq!(lines.len(), 3, "two chunks, then the error line: {lines:?}");
+    assert_eq!(lines[0]["response"], "The ");
+    assert_eq!(lines[1]["response"], "sky ");
+    let err = lines[2]["error"].as_str().expect("an Ollama error line");
+    assert!(err.contains("plugin `trap` failed"), "{err}");
+
+    // OpenAI clients get an SSE error event, and no [DONE].
+    let body = stack
+        .client
+        .post(stack.url("/v1/chat/completions"))
+        .json(
+            &json!({"model": "gemma3:4b", "stream": true, "max_tokens": 6,
+                      "messages": [{"role": "user", "content": "why?"}]}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events = sse_data(&body);
+    assert_eq!(events.len(), 3, "{body}");
+    let err: Value = serde_json::from_str(&events[2]).unwrap();
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("plugin `trap` failed")),
+        "{err}"
+    );
+    assert!(!body.contains("[DONE]"));
+
+    // Only that answer was poisoned: the proxy serves the next request.
+    let resp = stack
+        .client
+        .get(stack.url("/api/tags"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failing_response_plugin_with_on_error_allow_is_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut trap = spec("trap", trapping_plugin(dir.path(), 1), Value::Null);
+    trap.on_error = OnError::Allow;
+    let stack = stack(vec![trap, guard()]).await;
+    let body = stack
+        .client
+        .post(stack.url("/api/generate"))
+        .json(&json!({"model": "gemma3:4b", "prompt": "why?", "options": {"num_predict": 5}}))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let lines = ndjson(&body);
+    let text: String = lines
+        .iter()
+        .filter_map(|l| l["response"].as_str())
+        .collect();
+    assert_eq!(
+        text, "The [REDACTED] blue because ",
+        "the answer goes on, through the other plugin"
+    );
+    assert_eq!(lines.last().unwrap()["done"], true);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_response_plugins_answers_pass_through_untouched() {
+    // A request-only plugin chain: the response stage stays out of the way.
+    let stack = stack(vec![example("hello", Value::Null)]).await;
+    let body = stack
+        .client
+        .post(stack.url("/v1/chat/completions"))
+        .json(
+            &json!({"model": "gemma3:4b", "stream": true, "max_tokens": 3,
+                      "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(openai_text(&sse_data(&body)), "The sky is ");
+    assert!(!body.contains("usage"));
+    stack.shutdown().await;
+}
