@@ -229,6 +229,7 @@ impl PackArgs {
             auth,
             push: PushOptions {
                 parallel: usize::from(self.parallel),
+                progress: !matches!(self.progress, ProgressMode::Quiet),
                 ..PushOptions::default()
             },
             progress: !matches!(self.progress, ProgressMode::Quiet),
