@@ -113,8 +113,9 @@ fn chain_stage(c: &mut Criterion) {
     }
     group.finish();
 
-    // The same 6-plugin stage as the proxy calls it: async, through the
-    // blocking-thread hop.
+    // The same 6-plugin stage as the proxy calls it: from a task on a
+    // multi-thread runtime, through `RequestFilter::apply`. The baseline is
+    // the cost of spawning and awaiting an empty task there.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -123,11 +124,17 @@ fn chain_stage(c: &mut Criterion) {
     let stage = load_chain(&all, &options()).expect("plugins load");
     c.bench_function("plugin_stage_async/6", |b| {
         b.iter(|| {
-            rt.block_on(kiln_proxy::filter::RequestFilter::apply(
-                stage.as_ref(),
-                request.clone(),
-            ))
+            let (stage, request) = (stage.clone(), request.clone());
+            rt.block_on(async move {
+                tokio::spawn(async move {
+                    kiln_proxy::filter::RequestFilter::apply(stage.as_ref(), request).await
+                })
+                .await
+            })
         })
+    });
+    c.bench_function("plugin_stage_async/task-baseline", |b| {
+        b.iter(|| rt.block_on(async { tokio::spawn(async { black_box(1) }).await }))
     });
 }
 
@@ -165,6 +172,28 @@ fn percentiles() {
     }
 }
 
+/// Loading the 6-plugin chain: compiling from scratch vs from the on-disk cache.
+fn load_times() {
+    let cold_dir = std::env::temp_dir().join(format!("kiln-bench-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cold_dir);
+    let opts = PluginOptions {
+        cache_dir: cold_dir.clone(),
+        ..PluginOptions::default()
+    };
+    let t = Instant::now();
+    drop(load_chain(&example_chain(), &opts).expect("plugins load"));
+    let cold = t.elapsed();
+    let t = Instant::now();
+    drop(load_chain(&example_chain(), &opts).expect("plugins load"));
+    let warm = t.elapsed();
+    let _ = std::fs::remove_dir_all(&cold_dir);
+    println!(
+        "\nloading the 6 example plugins: {:.0} ms compiling, {:.1} ms from the artifact cache",
+        cold.as_secs_f64() * 1e3,
+        warm.as_secs_f64() * 1e3
+    );
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     chain_stage(&mut c);
@@ -173,5 +202,6 @@ fn main() {
     // `--test` run (cargo test --benches) skips it to stay fast.
     if !std::env::args().any(|a| a == "--test" || a == "--list") {
         percentiles();
+        load_times();
     }
 }

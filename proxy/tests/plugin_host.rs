@@ -442,3 +442,36 @@ fn core_module_without_a_world_is_taken_as_the_filter_world() {
     let v = run(&stage(dir.path(), &[spec("bare", &path)]), chat("{}"));
     assert_eq!(rejection(&v), (418, "bare"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_apply_runs_plugins_in_place_on_a_multi_thread_runtime() {
+    // The proxy's runtime: plugins run via block_in_place, and a slow plugin
+    // must not stall other tasks on the runtime meanwhile.
+    let dir = tempfile::tempdir().unwrap();
+    let slow = fixtures::write(dir.path(), "slow", &Behaviour::SlowReject(200, "slow"));
+    let opts = PluginOptions {
+        deadline: Duration::from_secs(2),
+        ..options(dir.path())
+    };
+    let stage = load_chain(&[spec("slow", &slow)], &opts).unwrap();
+    let ticks = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let ticker = {
+        let ticks = ticks.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    };
+    let verdicts = futures_util::future::join_all((0..2).map(|_| stage.apply(chat("{}")))).await;
+    for v in &verdicts {
+        assert_eq!(rejection(v), (403, "slow"));
+    }
+    let seen = ticks.load(std::sync::atomic::Ordering::Relaxed);
+    ticker.abort();
+    assert!(
+        seen >= 10,
+        "other tasks kept running while plugins ran: {seen} ticks of 10 ms"
+    );
+}
