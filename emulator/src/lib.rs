@@ -216,6 +216,8 @@ pub async fn serve_from_env() -> anyhow::Result<()> {
         _ = term.recv() => log("received SIGTERM, shutting down"),
         _ = tokio::signal::ctrl_c() => log("interrupted, shutting down"),
         _ = crash.crash_requested() => {
+            // Long enough for the 202 to leave, short enough to be abrupt.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             eprintln!("time={} level=ERROR source=emulator msg=\"emulated crash\"", format::now());
             std::process::exit(3);
         }

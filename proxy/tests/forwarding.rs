@@ -470,7 +470,7 @@ async fn request_timeout_ends_a_stream_that_runs_too_long() {
         "{lines:?}"
     );
     assert!(
-        started.elapsed() < Duration::from_millis(1800),
+        started.elapsed() < Duration::from_secs(3),
         "{:?}",
         started.elapsed()
     );

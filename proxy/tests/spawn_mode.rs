@@ -140,12 +140,11 @@ async fn a_dying_ollama_is_restarted() {
     let client = reqwest::Client::new();
     assert!(wait_ready(&client, &proxy).await);
 
-    let crash = client
+    // The process may die before its answer is out; what matters is that it dies.
+    let _ = client
         .post(format!("{upstream}/emulator/crash"))
         .send()
-        .await
-        .unwrap();
-    assert_eq!(crash.status(), 202);
+        .await;
     let state = proxy.state().clone();
     assert!(
         eventually(Duration::from_secs(5), || !state.readiness.status().0).await,
