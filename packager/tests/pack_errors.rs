@@ -225,3 +225,18 @@ fn usage_errors_exit_2() {
         );
     }
 }
+
+#[test]
+fn output_never_replaces_a_directory_that_is_not_a_layout() {
+    let world = World::start(Auth::Anonymous);
+    let dir = tempfile::tempdir().expect("dir");
+    let out = dir.path().join("out");
+    fs::create_dir(&out).expect("mkdir");
+    fs::write(out.join("precious.txt"), b"keep me").expect("write");
+    let line = failure(&world.pack(&["--output", &oci_out(dir.path())]));
+    assert!(line.contains("is not an OCI layout"), "{line}");
+    assert_eq!(
+        fs::read(out.join("precious.txt")).expect("still there"),
+        b"keep me"
+    );
+}

@@ -21,6 +21,8 @@ use tokio::net::TcpListener;
 struct Flaky {
     log: Vec<String>,
     puts_by_digest: HashMap<String, usize>,
+    /// Answer everything with 403, as a registry does for a read-only account.
+    deny: bool,
 }
 
 async fn serve(listener: TcpListener, state: Arc<Mutex<Flaky>>) {
@@ -59,6 +61,7 @@ async fn serve(listener: TcpListener, state: Arc<Mutex<Flaky>>) {
             let mut s = state.lock().expect("state");
             s.log.push(format!("{method} {uri}"));
             match method.as_str() {
+                _ if s.deny => ("403 Forbidden", String::new()),
                 "HEAD" => ("404 Not Found", String::new()),
                 "POST" => {
                     next_upload += 1;
@@ -98,7 +101,45 @@ async fn failed_uploads_restart_from_the_source_as_one_put() {
     tokio::spawn(serve(listener, state.clone()));
 
     let dir = tempfile::tempdir().expect("dir");
-    let weights = dir.path().join("weights");
+    let (built, layer) = image_with_one_layer(dir.path()).await;
+    let client = Arc::new(RegistryClient::new(&host, true, Credential::Anonymous).expect("client"));
+    let target = ImageRef::parse(&format!("{host}/kiln/retry:1")).expect("ref");
+    let opts = PushOptions {
+        parallel: 1,
+        attempts: 3,
+        progress: false,
+    };
+    let report = push(&built, &target, &client, &opts)
+        .await
+        .expect("push succeeds on retry");
+    assert_eq!(report.uploaded, 2);
+    assert_eq!(report.digest, built.manifest_digest);
+
+    let state = state.lock().expect("state");
+    let log = &state.log;
+    // Per blob: HEAD, POST, failing PUT, then HEAD, POST, PUT again.
+    assert_eq!(
+        log.iter().filter(|l| l.starts_with("POST")).count(),
+        4,
+        "{log:?}"
+    );
+    assert_eq!(
+        log.iter().filter(|l| l.starts_with("PUT /upload/")).count(),
+        4,
+        "{log:?}"
+    );
+    assert!(!log.iter().any(|l| l.starts_with("PATCH")), "{log:?}");
+    assert_eq!(state.puts_by_digest.get(&layer.digest), Some(&2));
+    assert!(
+        log.last()
+            .is_some_and(|l| l == "PUT /v2/kiln/retry/manifests/1"),
+        "manifest last: {log:?}"
+    );
+}
+
+/// A one-layer image (3 MiB of weights in a kiln tar layer) ready to push.
+async fn image_with_one_layer(dir: &std::path::Path) -> (BuiltImage, Arc<Layer>) {
+    let weights = dir.join("weights");
     std::fs::write(&weights, vec![42u8; 3 << 20]).expect("weights");
     let mut spec = LayerSpec::new("weights");
     spec.file(
@@ -142,37 +183,39 @@ async fn failed_uploads_restart_from_the_source_as_one_put() {
             source: BlobSource::Bytes(config),
         },
     };
+    (built, layer)
+}
+
+#[tokio::test]
+async fn denied_push_is_one_403_line() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let host = listener.local_addr().expect("addr").to_string();
+    let state = Arc::new(Mutex::new(Flaky {
+        deny: true,
+        ..Flaky::default()
+    }));
+    tokio::spawn(serve(listener, state.clone()));
+    let dir = tempfile::tempdir().expect("dir");
+    let (built, _) = image_with_one_layer(dir.path()).await;
     let client = Arc::new(RegistryClient::new(&host, true, Credential::Anonymous).expect("client"));
-    let target = ImageRef::parse(&format!("{host}/kiln/retry:1")).expect("ref");
+    let target = ImageRef::parse(&format!("{host}/kiln/denied:1")).expect("ref");
     let opts = PushOptions {
-        parallel: 1,
+        parallel: 2,
         attempts: 3,
         progress: false,
     };
-    let report = push(&built, &target, &client, &opts)
+    let err = push(&built, &target, &client, &opts)
         .await
-        .expect("push succeeds on retry");
-    assert_eq!(report.uploaded, 2);
-    assert_eq!(report.digest, built.manifest_digest);
-
-    let state = state.lock().expect("state");
-    let log = &state.log;
-    // Per blob: HEAD, POST, failing PUT, then HEAD, POST, PUT again.
-    assert_eq!(
-        log.iter().filter(|l| l.starts_with("POST")).count(),
-        4,
-        "{log:?}"
-    );
-    assert_eq!(
-        log.iter().filter(|l| l.starts_with("PUT /upload/")).count(),
-        4,
-        "{log:?}"
-    );
-    assert!(!log.iter().any(|l| l.starts_with("PATCH")), "{log:?}");
-    assert_eq!(state.puts_by_digest.get(&layer.digest), Some(&2));
+        .expect_err("403 must fail")
+        .to_string();
     assert!(
-        log.last()
-            .is_some_and(|l| l == "PUT /v2/kiln/retry/manifests/1"),
-        "manifest last: {log:?}"
+        err.contains("denied push access to kiln/denied (403)"),
+        "{err}"
     );
+    let log = &state.lock().expect("state").log;
+    assert!(
+        !log.iter().any(|l| l.contains("/manifests/")),
+        "no manifest after a failed push: {log:?}"
+    );
+    assert!(log.len() <= 2, "403 is not retried: {log:?}");
 }

@@ -85,6 +85,11 @@ impl RegistryError {
 
 pub type Result<T> = std::result::Result<T, RegistryError>;
 
+/// Registries refuse manifests over 4 MiB; a bigger answer is not a manifest.
+const MANIFEST_LIMIT: usize = 4 << 20;
+/// Image configs are kilobytes; this bounds memory against a hostile registry.
+const CONFIG_LIMIT: usize = 16 << 20;
+
 /// A manifest as served: exact bytes, media type and digest.
 #[derive(Clone, Debug)]
 pub struct RawManifest {
@@ -156,7 +161,7 @@ impl RegistryClient {
             })
             .await?;
         let media_type = content_type(&resp);
-        let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+        let bytes = self.read_limited(resp, MANIFEST_LIMIT, &what).await?;
         let digest = sha256_digest(&bytes);
         if reference.starts_with("sha256:") && reference != digest {
             return Err(RegistryError::Protocol {
@@ -219,7 +224,7 @@ impl RegistryClient {
                 || Ok(self.http.get(&url)),
             )
             .await?;
-        let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+        let bytes = self.read_limited(resp, CONFIG_LIMIT, digest).await?;
         if sha256_digest(&bytes) != digest {
             return Err(RegistryError::Protocol {
                 host: self.host.clone(),
@@ -427,6 +432,21 @@ impl RegistryClient {
                 format!("{}{location}", self.base)
             },
         )
+    }
+
+    /// Reads a small body whole, refusing more than `limit` bytes.
+    async fn read_limited(&self, mut resp: Response, limit: usize, what: &str) -> Result<Bytes> {
+        let mut out = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.unreachable(e))? {
+            if out.len() + chunk.len() > limit {
+                return Err(RegistryError::Protocol {
+                    host: self.host.clone(),
+                    what: format!("more than {limit} bytes for {what}"),
+                });
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(out))
     }
 
     fn unreachable(&self, e: reqwest::Error) -> RegistryError {
