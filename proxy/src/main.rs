@@ -82,7 +82,8 @@ fn filter_stage(config: &Config) -> anyhow::Result<Arc<dyn RequestFilter>> {
     if config.plugins.is_empty() {
         return Ok(Arc::new(NoFilters));
     }
-    let stage = kiln_proxy::plugins::load_chain(&config.plugins, &Default::default())
+    let options = kiln_proxy::plugins::PluginOptions::from_env(|k| std::env::var(k).ok())?;
+    let stage = kiln_proxy::plugins::load_chain(&config.plugins, &options)
         .context("cannot load the [[plugins]]")?;
     stage.spawn_reloader();
     Ok(stage)

@@ -62,8 +62,43 @@ impl Default for PluginOptions {
     }
 }
 
+impl PluginOptions {
+    /// The defaults, overridden by `KILN_PLUGIN_DEADLINE_MS`,
+    /// `KILN_PLUGIN_MEMORY_MB`, `KILN_PLUGIN_MAX_CONCURRENT_CALLS` and
+    /// `KILN_PLUGIN_CACHE_DIR` when set (through `env`, for testability).
+    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<PluginOptions, PluginError> {
+        let mut o = PluginOptions::default();
+        let number = |key: &str, min: u64, max: u64| -> Result<Option<u64>, PluginError> {
+            let Some(text) = env(key) else {
+                return Ok(None);
+            };
+            match text.trim().parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+                _ => Err(PluginError::Setting(format!(
+                    "{key}={text:?}: expected a whole number from {min} to {max}"
+                ))),
+            }
+        };
+        if let Some(ms) = number("KILN_PLUGIN_DEADLINE_MS", 1, 60_000)? {
+            o.deadline = Duration::from_millis(ms);
+        }
+        if let Some(mb) = number("KILN_PLUGIN_MEMORY_MB", 1, 4096)? {
+            o.memory_cap = (mb as usize) << 20;
+        }
+        if let Some(n) = number("KILN_PLUGIN_MAX_CONCURRENT_CALLS", 1, 10_000)? {
+            o.max_concurrent_calls = n as u32;
+        }
+        if let Some(dir) = env("KILN_PLUGIN_CACHE_DIR").filter(|d| !d.is_empty()) {
+            o.cache_dir = PathBuf::from(dir);
+        }
+        Ok(o)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
+    #[error("invalid plugin setting {0}")]
+    Setting(String),
     #[error("could not set up the wasm engine: {0}")]
     Engine(String),
     #[error("plugin `{name}`: cannot read {}: {source}; check the `path` of this [[plugins]] entry", path.display())]
@@ -107,4 +142,43 @@ pub fn load_chain(
 ) -> Result<Arc<PluginStage>, PluginError> {
     let runtime = Runtime::new(options)?;
     Ok(Arc::new(PluginStage::new(runtime, specs)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_come_from_the_environment() {
+        let env = |k: &str| match k {
+            "KILN_PLUGIN_DEADLINE_MS" => Some("200".to_owned()),
+            "KILN_PLUGIN_MEMORY_MB" => Some("16".to_owned()),
+            "KILN_PLUGIN_CACHE_DIR" => Some("/var/cache/kiln".to_owned()),
+            _ => None,
+        };
+        let o = PluginOptions::from_env(env).unwrap();
+        assert_eq!(o.deadline, Duration::from_millis(200));
+        assert_eq!(o.memory_cap, 16 << 20);
+        assert_eq!(o.cache_dir, PathBuf::from("/var/cache/kiln"));
+        assert_eq!(
+            o.max_concurrent_calls,
+            PluginOptions::default().max_concurrent_calls
+        );
+    }
+
+    #[test]
+    fn bad_settings_name_the_variable() {
+        let err = PluginOptions::from_env(|k| {
+            (k == "KILN_PLUGIN_DEADLINE_MS").then(|| "50ms".to_owned())
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("KILN_PLUGIN_DEADLINE_MS=\"50ms\""),
+            "{err}"
+        );
+        assert!(
+            PluginOptions::from_env(|k| (k == "KILN_PLUGIN_MEMORY_MB").then(|| "0".to_owned()))
+                .is_err()
+        );
+    }
 }
