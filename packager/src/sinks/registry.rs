@@ -8,6 +8,7 @@
 //!   blobs that are not there.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -116,7 +117,7 @@ async fn push_with_retries(
 ) -> Result<Outcome, StreamError> {
     let mut attempt = 1;
     loop {
-        match push_blob(blob, target, client).await {
+        match push_blob(blob, target, client, opts.progress).await {
             Ok(outcome) => {
                 if opts.progress {
                     let what = match outcome {
@@ -153,6 +154,7 @@ async fn push_blob(
     blob: &Blob,
     target: &ImageRef,
     client: &RegistryClient,
+    progress: bool,
 ) -> Result<Outcome, StreamError> {
     let repo = &target.repository;
     let digest = &blob.descriptor.digest;
@@ -173,12 +175,49 @@ async fn push_blob(
         _ => client.start_upload(repo).await?,
     };
     let stream = blob.stream().await?;
-    let body = reqwest::Body::wrap_stream(stream);
-    client
-        .put_upload(repo, &location, digest, blob.descriptor.size, body)
-        .await?;
-    Ok(Outcome::Uploaded(blob.descriptor.size))
+    let size = blob.descriptor.size;
+    // Big uploads report progress now and then: a multi-GB PUT is otherwise
+    // minutes of silence that look like a hang.
+    let sent = Arc::new(AtomicU64::new(0));
+    let counted = {
+        let sent = sent.clone();
+        stream.inspect(move |chunk| {
+            if let Ok(chunk) = chunk {
+                sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+        })
+    };
+    let ticker = (progress && size >= PROGRESS_MIN_BYTES).then(|| {
+        let (sent, name) = (sent.clone(), short(digest).to_string());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(PROGRESS_EVERY);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let done = sent.load(Ordering::Relaxed);
+                eprintln!("  {name} uploading: {} of {}", human(done), human(size));
+            }
+        })
+    });
+    let result = client
+        .put_upload(
+            repo,
+            &location,
+            digest,
+            size,
+            reqwest::Body::wrap_stream(counted),
+        )
+        .await;
+    if let Some(ticker) = ticker {
+        ticker.abort();
+    }
+    result?;
+    Ok(Outcome::Uploaded(size))
 }
+
+/// Uploads at least this big print progress every [`PROGRESS_EVERY`].
+const PROGRESS_MIN_BYTES: u64 = 256 << 20;
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 impl StreamError {
     fn into_push(self, target: &str) -> PushError {
