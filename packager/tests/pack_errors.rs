@@ -196,7 +196,7 @@ fn full_disk_leaves_no_partial_layout() {
     let expected = if mounted {
         "no space left on device"
     } else {
-        "too large"
+        "the file is too large"
     };
     assert!(
         line.contains(&format!("{}: {expected}", out_dir.display())),
