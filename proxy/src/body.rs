@@ -127,7 +127,18 @@ pub struct Passthrough<E: OnEnd> {
     on_end: Option<E>,
     /// Held until the body ends or is dropped: the admission slot, typically.
     _guard: Option<Box<dyn Send>>,
+    stashed: Option<Stashed>,
 }
+
+/// Found while merging ready frames, delivered at the next poll.
+enum Stashed {
+    End,
+    Error(String),
+    Frame(Frame<Bytes>),
+}
+
+/// Merge at most this much already-received data into one frame.
+const COALESCE_MAX: usize = 32 * 1024;
 
 #[derive(PartialEq, Eq)]
 enum State {
@@ -160,7 +171,45 @@ impl<E: OnEnd> Passthrough<E> {
             state: State::Streaming,
             on_end: Some(on_end),
             _guard: guard,
+            stashed: None,
         }
+    }
+
+    /// Appends frames Ollama has already sent to `first`, without ever
+    /// waiting for more: fewer, larger writes to the client, nothing delayed.
+    fn coalesce(&mut self, first: Bytes, cx: &mut Context<'_>) -> Bytes {
+        let mut merged: Option<BytesMut> = None;
+        let mut len = first.len();
+        while len < COALESCE_MAX && self.stashed.is_none() && !self.inner.is_end_stream() {
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(more) => {
+                        len += more.len();
+                        merged
+                            .get_or_insert_with(|| BytesMut::from(&first[..]))
+                            .extend_from_slice(&more);
+                    }
+                    Err(other) => self.stashed = Some(Stashed::Frame(other)),
+                },
+                Poll::Ready(Some(Err(e))) => self.stashed = Some(Stashed::Error(e.to_string())),
+                Poll::Ready(None) => self.stashed = Some(Stashed::End),
+                Poll::Pending => break,
+            }
+        }
+        merged.map_or(first, BytesMut::freeze)
+    }
+
+    /// Bookkeeping for data on its way to the client.
+    fn observe(&mut self, data: &[u8]) {
+        self.bytes += data.len() as u64;
+        self.tap.feed(data);
+        match data.len() {
+            0 => {}
+            1 => self.last_two = [self.last_two[1], data[0]],
+            n => self.last_two = [data[n - 2], data[n - 1]],
+        }
+        let next = Instant::now() + self.idle_after;
+        self.idle.as_mut().reset(next);
     }
 
     fn end(&mut self, outcome: Outcome) {
@@ -221,22 +270,32 @@ impl<E: OnEnd + Unpin> Body for Passthrough<E> {
             }
             State::Streaming => {}
         }
+        // What the previous poll found after the data it merged.
+        match this.stashed.take() {
+            Some(Stashed::End) => {
+                this.end(Outcome::Completed);
+                return Poll::Ready(None);
+            }
+            Some(Stashed::Error(e)) => {
+                let msg = format!("Ollama's response broke off mid-stream: {e}");
+                return this.fail(Outcome::UpstreamBroke, msg);
+            }
+            Some(Stashed::Frame(f)) => return Poll::Ready(Some(Ok(f))),
+            None => {}
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.bytes += data.len() as u64;
-                    this.tap.feed(data);
-                    match data.len() {
-                        0 => {}
-                        1 => this.last_two = [this.last_two[1], data[0]],
-                        n => this.last_two = [data[n - 2], data[n - 1]],
+                let frame = match frame.into_data() {
+                    Ok(data) => {
+                        let data = this.coalesce(data, cx);
+                        this.observe(&data);
+                        Frame::data(data)
                     }
-                    let next = Instant::now() + this.idle_after;
-                    this.idle.as_mut().reset(next);
-                }
+                    Err(other) => other,
+                };
                 // With a Content-Length, hyper stops polling once it has the
                 // bytes: the end is known now, not at a later poll.
-                if this.inner.is_end_stream() {
+                if this.stashed.is_none() && this.inner.is_end_stream() {
                     this.end(Outcome::Completed);
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -272,7 +331,7 @@ impl<E: OnEnd + Unpin> Body for Passthrough<E> {
         match self.state {
             State::Done => true,
             State::Ending => false,
-            State::Streaming => self.inner.is_end_stream(),
+            State::Streaming => self.stashed.is_none() && self.inner.is_end_stream(),
         }
     }
 
