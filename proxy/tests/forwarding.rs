@@ -564,3 +564,49 @@ async fn metrics_count_requests_tokens_and_rejections() {
     assert!(text.contains("kiln_queue_depth 0"));
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn silence_from_either_side_hits_the_idle_timeout() {
+    let stack = Stack::new(|_, p| p.limits.idle_timeout_s = 1).await;
+    // Ollama goes quiet mid-stream: the client gets an error line, not a hang.
+    let started = Instant::now();
+    let r = stack
+        .client
+        .post(stack.url("/api/generate"))
+        .header("x-emulator-stall-after", "2")
+        .json(&generate("hi"))
+        .send()
+        .await
+        .unwrap();
+    let lines = ndjson(&r.bytes().await.unwrap());
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(
+        lines[2]["error"].as_str().unwrap().contains("sent nothing"),
+        "{lines:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(harness::eventually(Duration::from_secs(2), || stack.stats().cancelled == 1).await);
+
+    // A client that stops sending its body: 408, and Ollama never hears of it.
+    let addr = stack.proxy().addr();
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(
+            b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"model\":",
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("no body data"), "{answer}");
+    stack.shutdown().await;
+}
