@@ -55,6 +55,10 @@ pub enum RegistryError {
         status: u16,
         detail: String,
     },
+    /// A token expired between opening an upload and sending it: the body
+    /// is spent, so the upload restarts from the source (see `is_transient`).
+    #[error("registry {host} asked for credentials again while {what}; retry")]
+    Reauthenticate { host: String, what: String },
     #[error("registry {host} sent {what}; it does not follow the OCI distribution protocol")]
     Protocol { host: String, what: String },
     #[error("registry {host}: {error}")]
@@ -74,7 +78,7 @@ impl RegistryError {
     /// Worth retrying: the network or the registry hiccupped (5xx, 408, 429).
     pub fn is_transient(&self) -> bool {
         match self {
-            RegistryError::Unreachable { .. } => true,
+            RegistryError::Unreachable { .. } | RegistryError::Reauthenticate { .. } => true,
             RegistryError::Status { status, .. } => {
                 *status >= 500 || *status == 408 || *status == 429
             }
@@ -291,12 +295,9 @@ impl RegistryClient {
             &format!("uploading {digest} ({size} bytes) to {repo}"),
             || {
                 let body = body.lock().ok().and_then(|mut b| b.take()).ok_or_else(|| {
-                    RegistryError::Status {
+                    RegistryError::Reauthenticate {
                         host: self.host.clone(),
                         what: format!("uploading {digest}"),
-                        status: 401,
-                        detail: ": the registry asked for credentials again during the upload"
-                            .into(),
                     }
                 })?;
                 Ok(self
