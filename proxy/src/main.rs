@@ -120,7 +120,9 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("kiln-proxy failed: {e:#}");
-            ExitCode::FAILURE
+            // A configuration the proxy refuses is a usage error (2), as with bad flags.
+            let usage = e.chain().any(|c| c.is::<kiln_proxy::config::ConfigError>());
+            ExitCode::from(if usage { 2 } else { 1 })
         }
     }
 }

@@ -1,0 +1,85 @@
+//! The `kiln-proxy` command line: config file, then KILN_* variables, then
+//! flags; refused configurations exit 2 with one line saying what to fix.
+
+use std::process::Command;
+
+fn kiln_proxy() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln-proxy"));
+    c.env_remove("PORT")
+        .env_remove("KILN_CONFIG")
+        .env("RUST_LOG", "error");
+    c
+}
+
+#[test]
+fn flags_override_env_which_overrides_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.toml");
+    std::fs::write(
+        &file,
+        "upstream = \"http://127.0.0.1:1111\"\n[limits]\nmax_queue = 2\nmax_in_flight = 3\n[ollama]\npreload = [\"gemma3:1b\"]\n",
+    )
+    .unwrap();
+    let out = kiln_proxy()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&file)
+        .args([
+            "--upstream",
+            "http://127.0.0.1:2222",
+            "--preload",
+            "gemma3:4b",
+        ])
+        .env("KILN_LIMITS_MAX_QUEUE", "9")
+        .env("KILN_UPSTREAM", "http://127.0.0.1:3333")
+        .env("PORT", "9000")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("listen 0.0.0.0:9000, upstream http://127.0.0.1:2222"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("max_queue: 9"),
+        "env beats the file: {stdout}"
+    );
+    assert!(
+        stdout.contains("max_in_flight: 3"),
+        "the file beats defaults: {stdout}"
+    );
+    assert!(
+        stdout.contains("\"gemma3:4b\""),
+        "flags beat the file: {stdout}"
+    );
+}
+
+#[test]
+fn refused_configs_exit_2_with_the_key_to_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.toml");
+    std::fs::write(&file, "[limits]\nmax_inflight = 4\n").unwrap();
+    let out = kiln_proxy().arg("--config").arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("max_inflight"), "{stderr}");
+
+    let out = kiln_proxy()
+        .args(["--upstream", "https://example.com"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("upstream"));
+
+    let out = kiln_proxy()
+        .env("KILN_LIMITS_MAX_QUEUE", "lots")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("KILN_LIMITS_MAX_QUEUE"));
+}
