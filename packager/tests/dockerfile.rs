@@ -140,7 +140,10 @@ fn dockerfile_parses_and_builds_in_stages() {
     for instruction in &dockerfile.instructions {
         if let Instruction::Run(run) = instruction {
             let command = format!("{:?}", run.expr);
-            assert!(!command.contains("ollama serve"), "no server needed to pull: {command}");
+            assert!(
+                !command.contains("ollama serve"),
+                "no server needed to pull: {command}"
+            );
         }
     }
     assert_eq!(
