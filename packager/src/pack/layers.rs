@@ -102,3 +102,62 @@ pub fn plugin_path(plugin: &Path) -> String {
         .unwrap_or_default();
     format!("{PLUGIN_DIR}/{name}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pull::BlobRef;
+    use crate::reference::ModelRef;
+
+    fn blob(media_type: &str, digest_byte: char, size: u64) -> BlobRef {
+        BlobRef {
+            digest: format!("sha256:{}", digest_byte.to_string().repeat(64)),
+            media_type: media_type.into(),
+            size,
+            path: PathBuf::from(format!("/cache/{digest_byte}")),
+        }
+    }
+
+    fn model(name: &str, weights: char, shared: char) -> PulledModel {
+        PulledModel {
+            reference: ModelRef::parse(name).expect("ref"),
+            manifest: format!("manifest of {name}").into_bytes(),
+            manifest_digest: format!("sha256:{}", "0".repeat(64)),
+            config: blob("application/vnd.docker.container.image.v1+json", 'c', 100),
+            layers: vec![
+                blob("application/vnd.ollama.image.model", weights, 1000),
+                blob("application/vnd.ollama.image.license", shared, 10),
+                // Not a weights type, but big enough for its own layer.
+                blob("application/vnd.ollama.image.unknown", 'e', OWN_LAYER_BYTES),
+            ],
+        }
+    }
+
+    #[test]
+    fn weights_get_own_layers_and_shared_blobs_appear_once() {
+        let models = [model("gemma3:4b", 'a', 'b'), model("gemma3:1b", 'd', 'b')];
+        let layers = model_layers(&models, "/models").expect("layers");
+        let descriptions: Vec<&str> = layers.iter().map(|l| l.description.as_str()).collect();
+        // Weights a, e (big), d (e is shared, so once), then the small layer.
+        assert_eq!(layers.len(), 4, "{descriptions:?}");
+        assert!(
+            layers[..3]
+                .iter()
+                .all(|l| l.file_count() == 1 && l.description.starts_with("weights:"))
+        );
+        // Two manifests + config c + license b, each once.
+        assert_eq!(layers[3].file_count(), 4);
+        assert!(
+            layers[3].description.contains("gemma3:4b")
+                && layers[3].description.contains("gemma3:1b")
+        );
+    }
+
+    #[test]
+    fn plugins_land_in_the_plugin_dir_by_file_name() {
+        assert_eq!(
+            plugin_path(Path::new("target/plugins/api_key.wasm")),
+            "/plugins/api_key.wasm"
+        );
+    }
+}
