@@ -1,0 +1,68 @@
+//! SIGHUP reloads the plugins. In its own test binary (its own process),
+//! because the signal goes to the whole process.
+
+mod support;
+
+use kiln_proxy::filter::{FilterRequest, OnError, PluginSpec, RequestFilter, RouteKind, Verdict};
+use kiln_proxy::plugins::{PluginOptions, load_chain};
+use std::time::{Duration, Instant};
+use support::fixtures::{self, Behaviour};
+
+fn message(v: &Verdict) -> String {
+    match v {
+        Verdict::Reject { message, .. } => message.clone(),
+        Verdict::Forward(_) => "forwarded".into(),
+    }
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_plugins() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = fixtures::write(dir.path(), "p", &Behaviour::Reject(403, "before"));
+    let spec = PluginSpec {
+        name: "p".into(),
+        path: path.clone(),
+        sha256: None,
+        on_error: OnError::Deny,
+        routes: None,
+        config: serde_json::Value::Null,
+    };
+    // A watch interval longer than the test: only the signal can reload.
+    let options = PluginOptions {
+        cache_dir: dir.path().join("cache"),
+        watch_interval: Duration::from_secs(3600),
+        ..PluginOptions::default()
+    };
+    let stage = load_chain(&[spec], &options).unwrap();
+    let reloader = stage.spawn_reloader();
+    let request = || FilterRequest {
+        route: RouteKind::OllamaChat,
+        method: "POST".into(),
+        path: "/api/chat".into(),
+        headers: Vec::new(),
+        body: b"{}".to_vec(),
+        model: None,
+    };
+    assert_eq!(message(&stage.apply(request()).await), "before");
+    std::fs::write(
+        &path,
+        fixtures::core_module(&Behaviour::Reject(403, "after"), None),
+    )
+    .unwrap();
+
+    // The reloader installs its handler when it first runs; until then the
+    // default action of SIGHUP would end the process.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // SAFETY: kill(2) on our own pid with a signal a handler is installed for.
+    assert_eq!(unsafe { libc::kill(libc::getpid(), libc::SIGHUP) }, 0);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while message(&stage.apply(request()).await) != "after" {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload the plugin within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    reloader.abort();
+}
