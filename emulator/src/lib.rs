@@ -17,6 +17,7 @@
 
 mod api;
 mod format;
+mod generation;
 pub mod models;
 mod stats;
 

@@ -1,0 +1,261 @@
+//! One generation: waiting for a parallel slot, loading the model, and
+//! streaming tokens (or the whole answer) with the test controls applied.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::api::{
+    Api, AppState, Inner, ensure_loaded, error, header_num, keep_alive_expiry, parse_request,
+};
+use crate::format::{self, Shape, Totals};
+use crate::stats::{Counter, Stats};
+
+/// The life of one generation, as the stats see it. Dropping it before
+/// `finish` means the client went away: that is a cancellation.
+pub(crate) struct Generation {
+    stats: Arc<Stats>,
+    permit: Option<OwnedSemaphorePermit>,
+    done: bool,
+}
+
+impl Generation {
+    pub(crate) async fn admit(st: &Inner) -> Generation {
+        if let Ok(permit) = st.slots.clone().try_acquire_owned() {
+            st.stats.enter_in_flight();
+            return Generation {
+                stats: st.stats.clone(),
+                permit: Some(permit),
+                done: false,
+            };
+        }
+        st.stats.enter_waiting();
+        let mut g = Generation {
+            stats: st.stats.clone(),
+            permit: None,
+            done: false,
+        };
+        // Ollama's runner semaphore: FIFO, and unbounded for a loaded model.
+        let permit = st.slots.clone().acquire_owned().await.ok();
+        st.stats.leave_waiting();
+        st.stats.enter_in_flight();
+        g.permit = permit;
+        g
+    }
+
+    pub(crate) fn finish(&mut self, counter: Counter) {
+        if !self.done {
+            self.done = true;
+            self.stats.bump(counter);
+        }
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        if self.permit.is_some() {
+            self.stats.leave_in_flight();
+        } else if !self.done {
+            self.stats.leave_waiting();
+        }
+        if !self.done {
+            self.stats.bump(Counter::Cancelled);
+        }
+    }
+}
+
+/// Streams tokens one by one, honouring the test controls.
+struct Run {
+    generation: Generation,
+    shape: Shape,
+    model: String,
+    i: usize,
+    n: usize,
+    delay: Duration,
+    fail_after: Option<usize>,
+    error_after: Option<usize>,
+    stall_after: Option<usize>,
+    started: Instant,
+    load: Duration,
+    prompt_tokens: usize,
+    done_reason: &'static str,
+    finished: bool,
+}
+
+impl Run {
+    async fn next_chunk(&mut self) -> Option<Result<Bytes, std::io::Error>> {
+        if self.finished {
+            return None;
+        }
+        // Sleeping first also lets the server flush the previous chunk, so a
+        // client sees every token sent before an emulated crash.
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        if self.fail_after == Some(self.i) {
+            self.finished = true;
+            self.generation.finish(Counter::Aborted);
+            // An error from the body stream makes hyper cut the connection
+            // without the chunked terminator, as a crashed server would.
+            return Some(Err(std::io::Error::other(
+                "emulated crash (x-emulator-fail-after)",
+            )));
+        }
+        if self.stall_after == Some(self.i) {
+            // An idle stream: open, headers sent, nothing more until the client leaves.
+            std::future::pending::<()>().await;
+        }
+        if self.error_after == Some(self.i) {
+            self.finished = true;
+            self.generation.finish(Counter::Completed);
+            return Some(Ok(self
+                .shape
+                .stream_error("model runner has unexpectedly stopped")));
+        }
+        if self.i < self.n {
+            self.i += 1;
+            return Some(Ok(self.shape.chunk(&self.model, self.i - 1)));
+        }
+        self.finished = true;
+        self.generation.finish(Counter::Completed);
+        Some(Ok(self.shape.last_chunk(&self.model, &self.totals())))
+    }
+
+    fn totals(&self) -> Totals {
+        Totals {
+            prompt_tokens: self.prompt_tokens,
+            eval_tokens: self.i,
+            elapsed: self.started.elapsed(),
+            load: self.load,
+            done_reason: self.done_reason,
+        }
+    }
+}
+
+pub(crate) async fn generate(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+    api: Api,
+) -> Response {
+    let st = &st.inner;
+    let started = Instant::now();
+    let (req, model) = match parse_request(st, &body) {
+        Ok(v) => v,
+        Err((status, msg)) => return error(api, status, &msg),
+    };
+    // An empty prompt (or no messages) only loads or unloads the model.
+    let load_only = match api {
+        Api::Generate => req
+            .get("prompt")
+            .and_then(|p| p.as_str())
+            .unwrap_or("")
+            .is_empty(),
+        Api::Chat => req
+            .get("messages")
+            .and_then(|m| m.as_array())
+            .is_none_or(|m| m.is_empty()),
+        _ => false,
+    };
+    if load_only {
+        ensure_loaded(st, &model, &req).await;
+        let reason = if keep_alive_expiry(&req).is_none() {
+            "unload"
+        } else {
+            "load"
+        };
+        let mut v = json!({"model": model, "created_at": format::now(), "done": true, "done_reason": reason});
+        if api == Api::Generate {
+            v["response"] = json!("");
+        } else {
+            v["message"] = json!({"role": "assistant", "content": ""});
+        }
+        return axum::Json(v).into_response();
+    }
+    let stream = req
+        .get("stream")
+        .and_then(|s| s.as_bool())
+        .unwrap_or(api == Api::Generate || api == Api::Chat);
+    let limit = match api {
+        Api::OpenaiChat | Api::OpenaiCompletion => req.get("max_tokens").and_then(|v| v.as_u64()),
+        _ => req.pointer("/options/num_predict").and_then(|v| v.as_u64()),
+    };
+    let next = st
+        .next_id
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        % 999;
+    let shape = match api {
+        Api::Generate => Shape::Generate,
+        Api::Chat => Shape::Chat,
+        Api::OpenaiChat => Shape::OpenaiChat {
+            id: format!("chatcmpl-{next}"),
+            include_usage: req
+                .pointer("/stream_options/include_usage")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+        },
+        _ => Shape::OpenaiCompletion {
+            id: format!("cmpl-{next}"),
+        },
+    };
+    let generation = Generation::admit(st).await;
+    let load = ensure_loaded(st, &model, &req).await;
+    let header_ms = |n| header_num(&headers, n).map(|v| v as usize);
+    let mut run = Run {
+        generation,
+        shape,
+        model,
+        i: 0,
+        n: limit
+            .map(|l| l as usize)
+            .unwrap_or(st.config.default_tokens),
+        delay: header_num(&headers, "x-emulator-delay-ms")
+            .map(Duration::from_millis)
+            .unwrap_or(st.config.token_delay),
+        fail_after: header_ms("x-emulator-fail-after"),
+        error_after: header_ms("x-emulator-error-after"),
+        stall_after: header_ms("x-emulator-stall-after"),
+        started,
+        load,
+        prompt_tokens: body.len() / 4 + 1,
+        done_reason: if limit.is_some() { "length" } else { "stop" },
+        finished: false,
+    };
+    let content_type = HeaderValue::from_static(run.shape.content_type(stream));
+    if !stream {
+        let mut text_len = 0;
+        while let Some(chunk) = run.next_chunk().await {
+            match chunk {
+                Ok(_) => text_len = run.i,
+                Err(_) => {
+                    return error(
+                        api,
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "model runner has unexpectedly stopped",
+                    );
+                }
+            }
+        }
+        let v = run.shape.whole(&run.model, text_len, &run.totals());
+        return ([(header::CONTENT_TYPE, content_type)], axum::Json(v)).into_response();
+    }
+    // Ollama writes headers only with the first chunk: nothing reaches the
+    // client while the request waits for a slot or a model load.
+    let first = run.next_chunk().await;
+    let rest = futures_util::stream::unfold(run, |mut run| async move {
+        run.next_chunk().await.map(|c| (c, run))
+    });
+    let body = futures_util::stream::iter(first).chain(rest);
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
