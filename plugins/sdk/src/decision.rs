@@ -40,11 +40,7 @@ pub struct Rejection {
 impl Decision {
     /// Refuses the request with `status` (400..=599) and a message for the client.
     pub fn reject(status: u16, message: impl Into<String>) -> Self {
-        Decision::Reject(Rejection {
-            status,
-            message: message.into(),
-            headers: Vec::new(),
-        })
+        Decision::Reject(Rejection::new(status, message))
     }
 
     /// Replaces the body with the serialized `body`.
@@ -70,6 +66,16 @@ impl Decision {
 }
 
 impl Rejection {
+    /// A rejection with `status` (400..=599) and a message for the client;
+    /// add headers with [`Rejection::with_header`], then `.into()` a `Decision`.
+    pub fn new(status: u16, message: impl Into<String>) -> Self {
+        Rejection {
+            status,
+            message: message.into(),
+            headers: Vec::new(),
+        }
+    }
+
     /// Adds a response header, e.g. `retry-after`.
     pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Self {
         self.headers.push((name.to_ascii_lowercase(), value.into()));

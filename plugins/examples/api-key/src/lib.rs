@@ -20,7 +20,7 @@
 //! ```
 //! Prefer `sha256` entries: the config then holds no usable secret.
 
-use kiln_plugin::{Decision, Modification, Plugin, Request};
+use kiln_plugin::{Decision, Modification, Plugin, Rejection, Request};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -158,10 +158,9 @@ impl Plugin for ApiKey {
 }
 
 fn unauthorized(message: &str) -> Decision {
-    match Decision::reject(401, message) {
-        Decision::Reject(r) => r.with_header("www-authenticate", "Bearer").into(),
-        other => other,
-    }
+    Rejection::new(401, message)
+        .with_header("www-authenticate", "Bearer")
+        .into()
 }
 
 kiln_plugin::export_plugin!(ApiKey);

@@ -20,7 +20,7 @@
 //! requests in flight at once; buckets reset when the proxy restarts.
 
 use kiln_plugin::host::{Counters, HostCounters};
-use kiln_plugin::{Decision, Plugin, Request};
+use kiln_plugin::{Decision, Plugin, Rejection, Request};
 use serde::Deserialize;
 
 /// A window longer than any uptime: the counter never resets by itself.
@@ -99,10 +99,9 @@ fn too_many(config: &Config, wait_ms: u64) -> Decision {
         "rate limit exceeded ({} requests per minute, burst {}); retry in {secs} s",
         config.requests_per_minute, config.burst
     );
-    match Decision::reject(429, message) {
-        Decision::Reject(r) => r.with_header("retry-after", secs.to_string()).into(),
-        other => other,
-    }
+    Rejection::new(429, message)
+        .with_header("retry-after", secs.to_string())
+        .into()
 }
 
 kiln_plugin::export_plugin!(RateLimit);
