@@ -6,7 +6,17 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{Value, json};
 
+use std::cell::OnceCell;
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+
+use super::peek::{self, Info};
 use crate::framing::sse_data;
+
+/// Only chunks with these bytes can carry token counts.
+static EVAL_COUNT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"eval_count\""));
+static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
 
 /// The JSON shape of a route's answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,8 +69,11 @@ pub struct Chunk {
     raw: Bytes,
     kind: Kind,
     shape: Shape,
-    /// The JSON of the chunk (an SSE event's data); `None` when it is not
-    /// JSON (`[DONE]`, comments) or the shape is unknown.
+    /// What the hooks see, read on first use: a chunk every hook passes
+    /// without looking is never parsed.
+    info: OnceCell<Info>,
+    /// The chunk's JSON as a tree, built only to rewrite it; `None` when it
+    /// is not a JSON object (`[DONE]`, comments) or not built yet.
     value: Option<Value>,
     changed: bool,
     /// A text chunk to send before this one, when a hook put text on a chunk
@@ -70,21 +83,12 @@ pub struct Chunk {
 
 impl Chunk {
     pub fn new(raw: Bytes, kind: Kind, shape: Shape) -> Chunk {
-        let value = if shape == Shape::Other {
-            None
-        } else {
-            let data = match kind {
-                Kind::Event => sse_data(&raw),
-                Kind::Line | Kind::Whole => Some(std::borrow::Cow::Borrowed(&raw[..])),
-            };
-            data.and_then(|d| serde_json::from_slice::<Value>(&d).ok())
-                .filter(Value::is_object)
-        };
         Chunk {
             raw,
             kind,
             shape,
-            value,
+            info: OnceCell::new(),
+            value: None,
             changed: false,
             before: None,
         }
@@ -92,6 +96,33 @@ impl Chunk {
 
     pub fn kind(&self) -> Kind {
         self.kind
+    }
+
+    /// The JSON of the chunk: the line, the SSE event's data, the body.
+    fn data(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
+        match self.kind {
+            Kind::Event => sse_data(&self.raw),
+            Kind::Line | Kind::Whole => Some(std::borrow::Cow::Borrowed(&self.raw[..])),
+        }
+    }
+
+    fn info(&self) -> &Info {
+        self.info.get_or_init(|| {
+            self.data()
+                .map(|d| peek::read(&d, self.kind, self.shape))
+                .unwrap_or_default()
+        })
+    }
+
+    /// The tree of the chunk's JSON, built on first use.
+    fn tree(&mut self) -> Option<&mut Value> {
+        if self.value.is_none() && self.shape != Shape::Other {
+            self.value = self
+                .data()
+                .and_then(|d| serde_json::from_slice::<Value>(&d).ok())
+                .filter(Value::is_object);
+        }
+        self.value.as_mut()
     }
 
     /// Where this chunk's generated text lives, as a JSON pointer.
@@ -108,52 +139,31 @@ impl Chunk {
 
     /// The generated text of this chunk, if it carries any.
     pub fn text(&self) -> Option<&str> {
-        self.value.as_ref()?.pointer(self.text_pointer()?)?.as_str()
+        self.info().text.as_deref()
     }
 
     /// True when generation ends with this chunk (see the WIT `chunk.done`).
     pub fn done(&self) -> bool {
-        if self.kind == Kind::Whole {
-            return true;
-        }
-        let Some(v) = &self.value else { return false };
-        match self.shape {
-            Shape::OllamaGenerate | Shape::OllamaChat => v.get("done") == Some(&Value::Bool(true)),
-            Shape::OpenaiChat | Shape::OpenaiCompletions => v
-                .pointer("/choices/0/finish_reason")
-                .is_some_and(Value::is_string),
-            Shape::Other => false,
-        }
+        self.kind == Kind::Whole || self.info().done
     }
 
     /// The token counts in this chunk: Ollama's final chunk
-    /// (`prompt_eval_count` is omitted by Ollama when it is 0), or OpenAI's `usage`.
+    /// (`prompt_eval_count` is omitted by Ollama when it is 0), or OpenAI's
+    /// `usage`. Chunks that cannot hold them are not parsed to find out.
     pub fn usage(&self) -> Option<Usage> {
-        let v = self.value.as_ref()?;
-        let n = |p: &str| v.pointer(p).and_then(Value::as_u64);
-        match self.shape {
-            Shape::OllamaGenerate | Shape::OllamaChat => Some(Usage {
-                completion_tokens: n("/eval_count")?,
-                prompt_tokens: n("/prompt_eval_count").unwrap_or(0),
-            }),
-            Shape::OpenaiChat | Shape::OpenaiCompletions => Some(Usage {
-                prompt_tokens: n("/usage/prompt_tokens")?,
-                completion_tokens: n("/usage/completion_tokens")?,
-            }),
-            Shape::Other => None,
-        }
+        let finder = match self.shape {
+            Shape::OllamaGenerate | Shape::OllamaChat => &*EVAL_COUNT,
+            Shape::OpenaiChat | Shape::OpenaiCompletions => &*USAGE,
+            Shape::Other => return None,
+        };
+        finder.find(&self.raw)?;
+        self.info().usage
     }
 
     /// True for the extra chunk OpenAI streams carry with
     /// `stream_options.include_usage`: no choices, only usage.
     pub fn is_usage_only(&self) -> bool {
-        self.kind == Kind::Event
-            && self.value.as_ref().is_some_and(|v| {
-                v.get("choices")
-                    .and_then(Value::as_array)
-                    .is_some_and(Vec::is_empty)
-                    && v.get("usage").is_some_and(Value::is_object)
-            })
+        self.kind == Kind::Event && USAGE.find(&self.raw).is_some() && self.info().usage_only
     }
 
     /// The chunk's bytes as they are now (rewritten or not), without any
@@ -195,9 +205,12 @@ impl Chunk {
         let Some(pointer) = self.text_pointer() else {
             return false;
         };
-        if let Some(slot) = self.value.as_mut().and_then(|v| text_slot(v, pointer)) {
-            *slot = Value::String(text);
+        let mut info = self.info().clone();
+        if let Some(slot) = self.tree().and_then(|v| text_slot(v, pointer)) {
+            *slot = Value::String(text.clone());
             self.changed = true;
+            info.text = Some(text);
+            self.info = OnceCell::from(info);
             return true;
         }
         let synthetic = self.synthetic(&text);

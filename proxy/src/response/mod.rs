@@ -13,6 +13,7 @@
 //! - `usage`: asking Ollama for usage on streamed OpenAI requests.
 
 pub mod chunk;
+mod peek;
 pub mod stream;
 pub mod usage;
 pub mod whole;

@@ -2,31 +2,33 @@
 //! piece, redacted text comes out, and only the tail that could still become
 //! a match is held back.
 //!
-//! How much to hold: after each piece, the held text is searched for the
-//! first position from which some pattern is still "alive" — a lazy DFA run
-//! anchored there has not died by the end of the text, so more text could
-//! complete (or extend) a match starting there. Everything before that
-//! position is final: its matches are redacted and it is released. Text that
+//! One lazy DFA does all the work, run anchored at each position of the held
+//! text (leftmost-first, like `find_iter`): a run that dies has either
+//! matched (the match is final: redact it) or not (the position is final:
+//! release it); a run still alive at the end of the text could become a
+//! match with more text, so everything from there on is held. Text that
 //! cannot start a match (most text) is released at once; the held tail is
 //! also capped at `window` characters, so a pattern that keeps matching
-//! (say `\d+` on a long number) cannot hold the stream indefinitely.
+//! (say `[0-9]+` on a long number) cannot hold the stream indefinitely.
+//!
+//! Only the DFA is compiled (no other regex engine), because a fresh plugin
+//! instance serves each answer and compiles the patterns again.
 
+use regex_automata::hybrid::LazyStateID;
 use regex_automata::hybrid::dfa::{Cache, DFA};
-use regex_automata::meta::Regex;
 use regex_automata::{Anchored, Input};
 
 /// Patterns for `pii = true`: email addresses, payment card numbers, US
 /// social security numbers and phone numbers (North American and
-/// international shapes).
+/// international shapes). ASCII classes keep the automaton small.
 pub const PII_PATTERNS: &[&str] = &[
     r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
-    r"(?-u:\b)(?:\d[ -]?){12,18}\d(?-u:\b)",
-    r"(?-u:\b)\d{3}-\d{2}-\d{4}(?-u:\b)",
-    r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{3}\)|\d{3})[ .-]?\d{3}[ .-]?\d{4}(?-u:\b)",
+    r"(?-u:\b)(?:[0-9][ -]?){12,18}[0-9](?-u:\b)",
+    r"(?-u:\b)[0-9]{3}-[0-9]{2}-[0-9]{4}(?-u:\b)",
+    r"(?:\+[0-9]{1,3}[ .-]?)?(?:\([0-9]{3}\)|[0-9]{3})[ .-]?[0-9]{3}[ .-]?[0-9]{4}(?-u:\b)",
 ];
 
 pub struct Guard {
-    find: Regex,
     dfa: DFA,
     cache: Cache,
     window: usize,
@@ -34,23 +36,37 @@ pub struct Guard {
     held: String,
 }
 
+/// How an anchored run from one position ended.
+enum Run {
+    /// More text could still make (or extend) a match from here; the end
+    /// of the match found so far, if any.
+    Alive(Option<usize>),
+    /// Nothing more can match from here; the end of the match found, if any.
+    Dead(Option<usize>),
+}
+
 impl Guard {
     /// Compiles `patterns`; the error names the pattern that does not compile.
     pub fn new(patterns: &[String], window: usize, replacement: &str) -> Result<Guard, String> {
-        for p in patterns {
-            Regex::new(p).map_err(|e| format!("pattern {p:?} is not a valid regex: {e}"))?;
-        }
-        let find =
-            Regex::new_many(patterns).map_err(|e| format!("patterns do not compile: {e}"))?;
-        let dfa = DFA::builder()
-            // Unicode \b works on ASCII text; on other text the DFA gives up
-            // and the guard holds conservatively (see `alive`).
-            .configure(DFA::config().unicode_word_boundary(true))
-            .build_many(patterns)
-            .map_err(|e| format!("patterns do not compile: {e}"))?;
+        let build = |ps: &[String]| {
+            DFA::builder()
+                // Unicode \b works on ASCII text; on other text the DFA gives
+                // up, and the guard holds that text (up to the window).
+                .configure(DFA::config().unicode_word_boundary(true))
+                .build_many(ps)
+                .map_err(Box::new)
+        };
+        let dfa = build(patterns).map_err(|e| {
+            match patterns
+                .iter()
+                .find(|p| build(std::slice::from_ref(*p)).is_err())
+            {
+                Some(p) => format!("pattern {p:?} is not a valid regex: {e}"),
+                None => format!("patterns do not compile: {e}"),
+            }
+        })?;
         let cache = dfa.create_cache();
         Ok(Guard {
-            find,
             dfa,
             cache,
             window,
@@ -67,89 +83,130 @@ impl Guard {
     /// Takes the next piece of text; returns what can be sent now, redacted.
     pub fn push(&mut self, text: &str) -> String {
         self.held.push_str(text);
-        let mut cut = self.first_alive();
-        // Never hold more than `window` characters.
-        let held_chars = self.held[cut..].chars().count();
-        if held_chars > self.window {
+        let mut out = String::new();
+        let at = self.scan(&mut out, 0, false);
+        let held_chars = self.held[at..].chars().count();
+        let at = if held_chars > self.window {
+            // Over the window: the oldest text goes out as it is now.
             let excess = held_chars - self.window;
-            cut += self.held[cut..]
-                .char_indices()
-                .nth(excess)
-                .map_or(self.held.len() - cut, |(i, _)| i);
-        }
-        self.release(cut)
+            let force_to = at
+                + self.held[at..]
+                    .char_indices()
+                    .nth(excess)
+                    .map_or(self.held.len() - at, |(i, _)| i);
+            self.scan_forced(&mut out, at, force_to)
+        } else {
+            at
+        };
+        self.held.drain(..at);
+        out
     }
 
     /// The end of the text: everything held, redacted.
     pub fn finish(&mut self) -> String {
-        self.release(self.held.len())
-    }
-
-    /// Redacts every match that starts before `cut`, sends the text up to
-    /// `cut` (or to the end of a match that crosses it), keeps the rest.
-    fn release(&mut self, cut: usize) -> String {
         let mut out = String::new();
-        let mut sent = 0;
-        let mut end = cut;
-        for m in self.find.find_iter(&self.held) {
-            if m.start() >= cut {
-                break;
-            }
-            if m.is_empty() {
-                continue;
-            }
-            out.push_str(&self.held[sent..m.start()]);
-            out.push_str(&self.replacement);
-            sent = m.end();
-            end = end.max(m.end());
-        }
-        out.push_str(&self.held[sent.min(end)..end]);
-        self.held.drain(..end);
+        let at = self.scan(&mut out, 0, true);
+        self.held.drain(..at);
         out
     }
 
-    /// The first char boundary from which a match could still be under way
-    /// at the end of the held text; its length when there is none.
-    fn first_alive(&mut self) -> usize {
-        let starts: Vec<usize> = self.held.char_indices().map(|(i, _)| i).collect();
-        for i in starts {
-            if self.alive(i) {
-                return i;
+    /// Walks the held text from `from`: final text and redactions go to
+    /// `out`; returns where the held tail starts (the end, at `at_end`).
+    fn scan(&mut self, out: &mut String, from: usize, at_end: bool) -> usize {
+        let mut i = from;
+        while i < self.held.len() {
+            match self.run(i, at_end) {
+                Run::Alive(_) => return i,
+                Run::Dead(Some(end)) if end > i => {
+                    out.push_str(&self.replacement);
+                    i = end;
+                }
+                Run::Dead(_) => i = self.emit_char(out, i),
             }
         }
-        self.held.len()
+        i
     }
 
-    fn alive(&mut self, start: usize) -> bool {
-        let hay = self.held.as_bytes();
-        let input = Input::new(hay).range(start..).anchored(Anchored::Yes);
-        let Ok(mut sid) = self.dfa.start_state_forward(&mut self.cache, &input) else {
-            return true; // the DFA gave up: hold, to be safe
-        };
-        for &b in &hay[start..] {
-            sid = match self.dfa.next_state(&mut self.cache, sid, b) {
-                Ok(s) => s,
-                Err(_) => return true,
-            };
-            if sid.is_dead() {
-                return false;
-            }
-            if sid.is_quit() {
-                return true;
+    /// Releases the held text from `from` to at least `to`, redacting
+    /// the matches already complete in it.
+    fn scan_forced(&mut self, out: &mut String, from: usize, to: usize) -> usize {
+        let mut i = from;
+        while i < to {
+            match self.run(i, false) {
+                // A match still growing is cut here: what matched so far goes.
+                Run::Dead(Some(end)) | Run::Alive(Some(end)) if end > i => {
+                    out.push_str(&self.replacement);
+                    i = end;
+                }
+                _ => i = self.emit_char(out, i),
             }
         }
-        if !sid.is_match() {
-            return true;
-        }
-        // A match is complete here (match states trail by one byte). It is
-        // final unless some next byte keeps the DFA going (`\d+` could
-        // grow, `sky is` cannot).
-        (0..=255u8).any(|b| {
-            self.dfa
-                .next_state(&mut self.cache, sid, b)
-                .map_or(true, |next| !next.is_dead())
-        })
+        i
     }
+
+    /// Sends the char at `i`; returns the next char boundary.
+    fn emit_char(&self, out: &mut String, i: usize) -> usize {
+        let c = self.held[i..].chars().next().map_or(1, char::len_utf8);
+        out.push_str(&self.held[i..i + c]);
+        i + c
+    }
+
+    /// Runs the DFA anchored at `start` over the held text.
+    fn run(&mut self, start: usize, at_end: bool) -> Run {
+        let (dfa, cache, hay) = (&self.dfa, &mut self.cache, self.held.as_bytes());
+        let input = Input::new(hay).range(start..).anchored(Anchored::Yes);
+        let Ok(mut sid) = dfa.start_state_forward(cache, &input) else {
+            return if at_end {
+                Run::Dead(None)
+            } else {
+                Run::Alive(None)
+            };
+        };
+        let mut found = None;
+        for (at, &b) in hay.iter().enumerate().skip(start) {
+            sid = match dfa.next_state(cache, sid, b) {
+                Ok(s) => s,
+                Err(_) => {
+                    return if at_end {
+                        Run::Dead(found)
+                    } else {
+                        Run::Alive(found)
+                    };
+                }
+            };
+            if sid.is_match() {
+                // Match states trail by one byte: this match ended at `at`.
+                found = Some(at);
+            } else if sid.is_dead() {
+                return Run::Dead(found);
+            } else if sid.is_quit() {
+                return if at_end {
+                    Run::Dead(found)
+                } else {
+                    Run::Alive(found)
+                };
+            }
+        }
+        if at_end {
+            if dfa
+                .next_eoi_state(cache, sid)
+                .is_ok_and(|eoi| eoi.is_match())
+            {
+                found = Some(hay.len());
+            }
+            return Run::Dead(found);
+        }
+        if sid.is_match() && !grows(dfa, cache, sid) {
+            return Run::Dead(found);
+        }
+        Run::Alive(found)
+    }
+}
+
+/// Whether some next byte keeps the DFA going from `sid` (`[0-9]+` can
+/// grow; `sky is` cannot once matched).
+fn grows(dfa: &DFA, cache: &mut Cache, sid: LazyStateID) -> bool {
+    (0..=255u8).any(|b| dfa.next_state(cache, sid, b).map_or(true, |n| !n.is_dead()))
 }
 
 #[cfg(test)]
@@ -206,8 +263,9 @@ mod tests {
         // cut goes out whole, redacted.
         assert_eq!(g.push("12"), "");
         assert_eq!(g.held_chars(), 2);
-        assert_eq!(g.push("34567"), "#");
-        assert_eq!(g.held_chars(), 0);
+        assert_eq!(g.push("34567"), "#", "what matched so far goes, redacted");
+        assert_eq!(g.held_chars(), 1);
+        assert_eq!(g.finish(), "#");
         let mut g = Guard::new(&p, 4, "#").unwrap();
         assert_eq!(g.push("ab 12"), "ab ");
         assert_eq!(g.push("3 cd"), "# cd");
@@ -239,6 +297,18 @@ mod tests {
             run(&mut g, &["café ", "secret", " naïve"]),
             "café [REDACTED] naïve"
         );
+        // A match that needs the end of the text to be sure (`\b` at the end).
+        let mut g = guard(&[r"\bsecret\b"]);
+        assert_eq!(run(&mut g, &["say secret"]), "say [REDACTED]");
+        let mut g = guard(&[r"\bsecret\b"]);
+        assert_eq!(run(&mut g, &["secrets"]), "secrets");
+    }
+
+    #[test]
+    fn matches_are_leftmost_first_like_find_iter() {
+        let mut g = guard(&["ab", "abcd", "cde"]);
+        // "ab" wins at 0 (first pattern), then "cde" from 2.
+        assert_eq!(run(&mut g, &["xabcdex"]), "x[REDACTED][REDACTED]x");
     }
 
     #[test]

@@ -1,0 +1,270 @@
+//! `kiln-bench-response`: what a response plugin costs a stream. The same
+//! long streamed answers (the Ollama emulator with no token delay, so the
+//! proxy is the bottleneck) go through kiln-proxy set up three ways, in
+//! interleaved rounds of one run:
+//!
+//! - `none`: no plugins (the plain passthrough path);
+//! - `budget`: `token-budget` (request hook, plus a completion hook that
+//!   answers `pass-rest` at the first chunk);
+//! - `guard`: `output-guard` with one pattern (every chunk framed, parsed
+//!   and passed through the plugin);
+//! - `guard-pii`: `output-guard` with `pii = true` (most chunks rewritten:
+//!   a word may be the start of an email address, so it is held until the
+//!   next one).
+//!
+//! For each: chunks per second for NDJSON (/api/generate) and SSE
+//! (/v1/chat/completions) at saturation, and the wall time each chunk
+//! costs more than without plugins (1/throughput − 1/baseline).
+//! Needs `scripts/build-plugins` first. Prints a Markdown report.
+//!
+//! Usage: kiln-bench-response [--quick]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use kiln_proxy::filter::{NoFilters, OnError, PluginSpec, RequestFilter};
+use kiln_proxy::plugins::{PluginOptions, load_chain};
+use serde_json::{Value, json};
+
+struct Setup {
+    name: &'static str,
+    url: String,
+    _proxy: Option<kiln_proxy::RunningProxy>,
+}
+
+impl Setup {
+    /// A proxy with `filter` in front of `upstream`; no filter: no proxy.
+    async fn start(
+        name: &'static str,
+        upstream: &str,
+        filter: Option<Arc<dyn RequestFilter>>,
+    ) -> anyhow::Result<Setup> {
+        let Some(filter) = filter else {
+            return Ok(Setup {
+                name,
+                url: upstream.to_owned(),
+                _proxy: None,
+            });
+        };
+        let proxy = proxy(upstream, filter).await?;
+        Ok(Setup {
+            name,
+            url: proxy.url(),
+            _proxy: Some(proxy),
+        })
+    }
+}
+
+fn plugin(name: &str, config: Value) -> anyhow::Result<PluginSpec> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "../../target/plugins/{}.wasm",
+        name.replace('-', "_")
+    ));
+    anyhow::ensure!(
+        path.exists(),
+        "{} is missing: run scripts/build-plugins first",
+        path.display()
+    );
+    Ok(PluginSpec {
+        name: name.into(),
+        path,
+        sha256: None,
+        on_error: OnError::Deny,
+        routes: None,
+        config,
+    })
+}
+
+async fn proxy(
+    upstream: &str,
+    filter: Arc<dyn RequestFilter>,
+) -> anyhow::Result<kiln_proxy::RunningProxy> {
+    let mut config = kiln_proxy::Config {
+        listen: Some("127.0.0.1:0".into()),
+        upstream: upstream.into(),
+        ..kiln_proxy::Config::default()
+    };
+    config.limits.max_in_flight = 64;
+    config.limits.max_queue = 64;
+    kiln_proxy::start(config, filter).await
+}
+
+/// Streams one answer of `tokens` chunks; returns the chunks received.
+async fn stream_once(
+    client: &reqwest::Client,
+    url: &str,
+    sse: bool,
+    tokens: usize,
+) -> anyhow::Result<u64> {
+    let (path, body) = if sse {
+        (
+            "/v1/chat/completions",
+            json!({"model": "gemma3:4b", "stream": true, "max_tokens": tokens,
+                   "messages": [{"role": "user", "content": "why is the sky blue?"}]}),
+        )
+    } else {
+        (
+            "/api/generate",
+            json!({"model": "gemma3:4b", "prompt": "why is the sky blue?", "options": {"num_predict": tokens}}),
+        )
+    };
+    let mut resp = client
+        .post(format!("{url}{path}"))
+        .json(&body)
+        .send()
+        .await?;
+    anyhow::ensure!(resp.status() == 200, "status {}", resp.status());
+    let mut lines = 0u64;
+    while let Some(chunk) = resp.chunk().await? {
+        lines += memchr::memchr_iter(b'\n', &chunk).count() as u64;
+    }
+    // An SSE event ends with a blank line: two newlines per event.
+    Ok(if sse { lines / 2 } else { lines })
+}
+
+/// Chunks per second over `streams` concurrent streams of `tokens` chunks.
+async fn throughput(
+    client: &reqwest::Client,
+    url: &str,
+    sse: bool,
+    streams: usize,
+    tokens: usize,
+) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..streams {
+        let (client, url) = (client.clone(), url.to_owned());
+        tasks.push(tokio::spawn(async move {
+            stream_once(&client, &url, sse, tokens).await
+        }));
+    }
+    let mut chunks = 0;
+    for t in tasks {
+        chunks += t.await??;
+    }
+    anyhow::ensure!(
+        chunks as usize >= streams * tokens,
+        "only {chunks} chunks arrived"
+    );
+    Ok(chunks as f64 / start.elapsed().as_secs_f64())
+}
+
+/// CPU time (user + system) of this whole process so far: the client, the
+/// emulator and the proxies all run here, so differences between setups are
+/// the proxies' own, whatever else the machine is doing.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(quick))
+}
+
+async fn run(quick: bool) -> anyhow::Result<()> {
+    let emulator = ollama_emulator::Emulator::start(ollama_emulator::Config {
+        num_parallel: 256,
+        token_delay: Duration::ZERO,
+        ..Default::default()
+    })
+    .await?;
+    let up = emulator.url();
+    let options = PluginOptions::default();
+    let chain = |specs: Vec<PluginSpec>| -> anyhow::Result<Arc<dyn RequestFilter>> {
+        Ok(load_chain(&specs, &options).context("loading the example plugins")?)
+    };
+    let guard = |config| chain(vec![plugin("output-guard", config)?]);
+    let setups = vec![
+        // The emulator itself: the CPU the client and emulator use per chunk.
+        Setup::start("direct", &up, None).await?,
+        Setup::start("none", &up, Some(Arc::new(NoFilters))).await?,
+        Setup::start(
+            "budget",
+            &up,
+            Some(chain(vec![plugin(
+                "token-budget",
+                json!({"budget": u64::MAX / 2}),
+            )?])?),
+        )
+        .await?,
+        Setup::start("guard", &up, Some(guard(json!({"patterns": ["sky is"]}))?)).await?,
+        Setup::start("guard-pii", &up, Some(guard(json!({"pii": true}))?)).await?,
+    ];
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .tcp_nodelay(true)
+        .build()?;
+    let (rounds, tokens, streams) = if quick { (3, 500, 4) } else { (11, 1000, 8) };
+
+    // Warm up: compile caches, connection pools, the lazy DFAs.
+    for s in &setups {
+        throughput(&client, &s.url, false, 2, 200).await?;
+        throughput(&client, &s.url, true, 2, 200).await?;
+    }
+
+    println!("## Response plugins\n");
+    println!(
+        "`cargo run --release -p kiln-bench-response{}` — {streams} concurrent streams of {tokens} chunks, \
+         {rounds} interleaved rounds (median); emulator with no token delay, everything on one machine.\n",
+        if quick { " -- --quick" } else { "" }
+    );
+    for sse in [false, true] {
+        let api = if sse {
+            "SSE (/v1/chat/completions)"
+        } else {
+            "NDJSON (/api/generate)"
+        };
+        // Per setup and round: chunks per second, and CPU µs per chunk.
+        let mut tput: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
+        let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
+        for _ in 0..rounds {
+            for (i, s) in setups.iter().enumerate() {
+                let before = cpu_time();
+                let t = throughput(&client, &s.url, sse, streams, tokens).await?;
+                let used = cpu_time().saturating_sub(before);
+                tput[i].push(t);
+                cpu[i].push(used.as_secs_f64() * 1e6 / (streams * tokens) as f64);
+            }
+        }
+        let direct_cpu = median(cpu[0].clone());
+        let proxy_cpu = |i: usize| median(cpu[i].clone()) - direct_cpu;
+        let base_tput = median(tput[1].clone());
+        println!("{api}:\n");
+        println!(
+            "| setup | chunks/s (wall) | vs none | proxy CPU µs per chunk | proxy-bound throughput vs none |"
+        );
+        println!("|---|---:|---:|---:|---:|");
+        for (i, s) in setups.iter().enumerate() {
+            let t = median(tput[i].clone());
+            if i == 0 {
+                println!("| {} (no proxy) | {t:.0} | | | |", s.name);
+                continue;
+            }
+            println!(
+                "| {} | {t:.0} | {:.0}% | {:.2} | {:.0}% |",
+                s.name,
+                100.0 * t / base_tput,
+                proxy_cpu(i),
+                100.0 * proxy_cpu(1) / proxy_cpu(i)
+            );
+        }
+        println!();
+    }
+    Ok(())
+}
