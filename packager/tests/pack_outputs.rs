@@ -202,3 +202,44 @@ fn several_models_share_blobs_in_one_image() {
         serde_json::from_str(labels["dev.kiln.models"].as_str().expect("label")).expect("json");
     assert_eq!(models.as_array().map(Vec::len), Some(2), "{models}");
 }
+
+#[test]
+fn gzip_layers_push_unpack_and_repack_identically() {
+    let world = World::start(Auth::Anonymous);
+    let target = format!("{}/kiln/gemma-gz:4b", world.host());
+    let printed = ok(&world.pack(&["--compression", "gzip", "--push", &target]));
+    let inspect = world.skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--raw",
+        &format!("docker://{target}"),
+    ]);
+    let manifest: Value = serde_json::from_slice(&inspect.stdout).expect("manifest");
+    let types: Vec<&str> = manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .filter_map(|l| l["mediaType"].as_str())
+        .collect();
+    assert!(
+        types
+            .iter()
+            .all(|t| *t == "application/vnd.oci.image.layer.v1.tar+gzip"),
+        "{types:?}"
+    );
+
+    let work = tempfile::tempdir().expect("work");
+    let bundle = unpack_pushed(&world, &target, work.path());
+    assert_model_tree(&world, &bundle.join("rootfs"));
+
+    // The cached digests must match the bytes produced again: the registry
+    // would reject a mismatch, and nothing is uploaded twice.
+    let uploads = world.uploads();
+    assert_eq!(
+        ok(&world.pack(&["--compression", "gzip", "--push", &target])),
+        printed
+    );
+    assert_eq!(world.uploads(), uploads);
+    // Uncompressed is a different image.
+    assert_ne!(ok(&world.pack(&["--push", &target])), printed);
+}

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use kiln::auth::Credential;
 use kiln::image::{self, Descriptor, ImageRef, Manifest};
-use kiln::layers::{Layer, LayerCache, LayerSpec, Source};
+use kiln::layers::{Compression, Layer, LayerCache, LayerSpec, Source};
 use kiln::registry::RegistryClient;
 use kiln::sinks::registry::{PushOptions, push};
 use kiln::sinks::{Blob, BlobSource, BuiltImage};
@@ -149,7 +149,7 @@ async fn image_with_one_layer(dir: &std::path::Path) -> (BuiltImage, Arc<Layer>)
     )
     .expect("file");
     let layer = Arc::new(
-        Layer::build(spec, &LayerCache::new(None))
+        Layer::build(spec, &LayerCache::new(None), Compression::None)
             .await
             .expect("layer"),
     );

@@ -67,20 +67,26 @@ impl LayerCache {
         }
     }
 
-    pub fn get(&self, key: &str) -> Option<(String, u64)> {
+    /// `(digest, size, diff_id)` of the layer stored under `key`.
+    pub fn get(&self, key: &str) -> Option<(String, u64, String)> {
         let text = std::fs::read_to_string(self.dir.as_ref()?.join(key)).ok()?;
-        let (digest, size) = text.trim().split_once(' ')?;
+        let mut fields = text.split_whitespace();
+        let digest = fields.next()?;
+        let size = fields.next()?.parse().ok()?;
+        // Uncompressed layers: the diff_id is the digest.
+        let diff_id = fields.next().unwrap_or(digest);
         crate::image::validate_digest(digest).ok()?;
-        Some((digest.to_string(), size.parse().ok()?))
+        crate::image::validate_digest(diff_id).ok()?;
+        Some((digest.to_string(), size, diff_id.to_string()))
     }
 
     /// Best effort: a cache that cannot be written only costs a re-hash next time.
-    pub fn put(&self, key: &str, digest: &str, size: u64) {
+    pub fn put(&self, key: &str, digest: &str, size: u64, diff_id: &str) {
         let Some(dir) = &self.dir else { return };
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(dir)?;
             let tmp = tempfile::NamedTempFile::new_in(dir)?;
-            std::fs::write(tmp.path(), format!("{digest} {size}\n"))?;
+            std::fs::write(tmp.path(), format!("{digest} {size} {diff_id}\n"))?;
             tmp.persist(dir.join(key)).map_err(|e| e.error)?;
             Ok(())
         };

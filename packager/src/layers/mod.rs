@@ -162,39 +162,176 @@ impl LayerSpec {
     }
 }
 
+/// How kiln's layers are stored in the image. Uncompressed is the default:
+/// weights barely compress and an uncompressed layer needs one hash pass and
+/// no CPU on either end. gzip is the escape hatch for runtimes that insist on
+/// compressed layers (Cloud Run documents gzip and zstd, and is silent on
+/// uncompressed ones).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+}
+
+impl Compression {
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Compression::None => crate::image::OCI_LAYER_TAR,
+            Compression::Gzip => crate::image::OCI_LAYER_GZIP,
+        }
+    }
+
+    /// Part of the digest-cache key. gzip output depends on the encoder and
+    /// its level: bump this when either changes, or cached digests would no
+    /// longer match the bytes (a registry would then reject the upload).
+    fn cache_tag(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip-fast-flate2-1-miniz",
+        }
+    }
+}
+
 /// A layer with its digest known: ready for any sink.
 #[derive(Clone, Debug)]
 pub struct Layer {
     pub spec: LayerSpec,
-    /// sha256 of the tar; also its diff_id, since kiln's layers are uncompressed.
+    pub compression: Compression,
+    /// sha256 of the blob as stored (compressed or not).
     pub digest: String,
+    /// Size of the blob as stored.
     pub size: u64,
+    /// sha256 of the uncompressed tar (`rootfs.diff_ids`).
+    pub diff_id: String,
 }
 
 impl Layer {
-    /// Computes (or finds in the cache) the digest of a layer. Hashing runs on
-    /// a blocking thread; a cache hit reads nothing but a small file.
-    pub async fn build(spec: LayerSpec, cache: &LayerCache) -> Result<Layer, LayerError> {
-        let key = spec.cache_key();
-        let size = spec.tar_size()?;
-        if let Some((digest, cached_size)) = cache.get(&key)
-            && cached_size == size
+    /// Computes (or finds in the cache) the digests of a layer. Hashing runs
+    /// on a blocking thread; a cache hit reads nothing but a small file.
+    pub async fn build(
+        spec: LayerSpec,
+        cache: &LayerCache,
+        compression: Compression,
+    ) -> Result<Layer, LayerError> {
+        let key = format!("{}-{}", spec.cache_key(), compression.cache_tag());
+        let tar_size = spec.tar_size()?;
+        if let Some((digest, size, diff_id)) = cache.get(&key)
+            && (compression != Compression::None || size == tar_size)
         {
-            return Ok(Layer { spec, digest, size });
+            return Ok(Layer {
+                spec,
+                compression,
+                digest,
+                size,
+                diff_id,
+            });
         }
         let reader = spec.open()?;
-        let digest = tokio::task::spawn_blocking(move || hash_reader(reader))
-            .await
-            .map_err(|e| LayerError::Read {
-                path: "layer".into(),
-                error: io::Error::other(e),
-            })??;
-        cache.put(&key, &digest, size);
-        Ok(Layer { spec, digest, size })
+        let (digest, size, diff_id) =
+            tokio::task::spawn_blocking(move || hash_layer(reader, compression))
+                .await
+                .map_err(|e| LayerError::Read {
+                    path: "layer".into(),
+                    error: io::Error::other(e),
+                })??;
+        cache.put(&key, &digest, size, &diff_id);
+        Ok(Layer {
+            spec,
+            compression,
+            digest,
+            size,
+            diff_id,
+        })
     }
 
-    pub fn open(&self) -> Result<LayerReader, LayerError> {
-        self.spec.open()
+    /// The blob's bytes as stored: the tar, or the tar gzip'd on the fly
+    /// (deterministically: same input, same encoder, same bytes).
+    pub fn open(&self) -> Result<Box<dyn io::Read + Send>, LayerError> {
+        let tar = self.spec.open()?;
+        Ok(match self.compression {
+            Compression::None => Box::new(tar),
+            Compression::Gzip => Box::new(gzip(tar)),
+        })
+    }
+}
+
+fn gzip<R: io::Read>(reader: R) -> flate2::read::GzEncoder<R> {
+    // GzBuilder's defaults write mtime 0 and no file name: reproducible.
+    flate2::GzBuilder::new().read(reader, flate2::Compression::fast())
+}
+
+/// One pass over the tar: its digest (the diff_id) and, when compressing, the
+/// compressed stream's digest and size.
+fn hash_layer(
+    reader: LayerReader,
+    compression: Compression,
+) -> Result<(String, u64, String), LayerError> {
+    let mut tar = HashingReader {
+        inner: reader,
+        hasher: Sha256::new(),
+        error: None,
+    };
+    match compression {
+        Compression::None => {
+            let size = drain(&mut tar, None).map_err(|e| tar.error.take().unwrap_or(e))?;
+            let digest = format!("sha256:{}", hex::encode(tar.hasher.finalize()));
+            Ok((digest.clone(), size, digest))
+        }
+        Compression::Gzip => {
+            let mut out = Sha256::new();
+            let result = drain(&mut gzip(&mut tar), Some(&mut out));
+            let size = result.map_err(|e| tar.error.take().unwrap_or(e))?;
+            let diff_id = format!("sha256:{}", hex::encode(tar.hasher.finalize()));
+            Ok((
+                format!("sha256:{}", hex::encode(out.finalize())),
+                size,
+                diff_id,
+            ))
+        }
+    }
+}
+
+/// Reads `reader` to the end in 1 MiB chunks, hashing into `hasher` if given.
+fn drain(reader: &mut impl io::Read, mut hasher: Option<&mut Sha256>) -> Result<u64, LayerError> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = reader.read(&mut buf).map_err(|error| LayerError::Read {
+            path: "layer".into(),
+            error,
+        })?;
+        if n == 0 {
+            return Ok(total);
+        }
+        if let Some(h) = hasher.as_deref_mut() {
+            h.update(&buf[..n]);
+        }
+        total += n as u64;
+    }
+}
+
+/// Hashes what passes through; keeps the layer's own error (which names the
+/// file at fault) for when the reader sits under an encoder.
+struct HashingReader {
+    inner: LayerReader,
+    hasher: Sha256,
+    error: Option<LayerError>,
+}
+
+impl io::Read for HashingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inner.read_layer(buf) {
+            Ok(n) => {
+                self.hasher.update(&buf[..n]);
+                Ok(n)
+            }
+            Err(e) => {
+                let shown = io::Error::other(e.to_string());
+                self.error = Some(e);
+                Err(shown)
+            }
+        }
     }
 }
 
@@ -202,19 +339,6 @@ impl Layer {
 /// (for writers of other tars, such as the docker-archive sink).
 pub fn file_header(path: &str, mode: u32, size: u64) -> Result<Vec<u8>, LayerError> {
     tar_stream::header_bytes(path, mode, Some(size))
-}
-
-fn hash_reader(mut reader: LayerReader) -> Result<String, LayerError> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = reader.read_layer(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
 }
 
 /// `/models/blobs/x` → `models/blobs/x`; rejects `..`, empty parts and NULs so a
@@ -350,7 +474,9 @@ mod tests {
             .unwrap();
             s
         };
-        let first = Layer::build(spec(), &cache).await.unwrap();
+        let first = Layer::build(spec(), &cache, Compression::None)
+            .await
+            .unwrap();
         let mut expected = Sha256::new();
         expected.update(read_all(&spec()));
         assert_eq!(
@@ -359,13 +485,25 @@ mod tests {
         );
         // Same identity → served from the cache, even if bytes changed underneath
         // without changing size/mtime/inode (proves nothing was re-hashed).
-        let key = spec().cache_key();
+        let key = format!("{}-none", spec().cache_key());
         let fake = crate::image::sha256_digest(b"from the cache");
-        cache.put(&key, &fake, first.size);
-        assert_eq!(Layer::build(spec(), &cache).await.unwrap().digest, fake);
+        cache.put(&key, &fake, first.size, &fake);
+        assert_eq!(
+            Layer::build(spec(), &cache, Compression::None)
+                .await
+                .unwrap()
+                .digest,
+            fake
+        );
         // A different size is a different identity.
         std::fs::write(&file, vec![3u8; 6000]).unwrap();
-        assert_ne!(Layer::build(spec(), &cache).await.unwrap().digest, fake);
+        assert_ne!(
+            Layer::build(spec(), &cache, Compression::None)
+                .await
+                .unwrap()
+                .digest,
+            fake
+        );
     }
 
     #[test]
@@ -386,5 +524,45 @@ mod tests {
             err.to_string().contains("changed while kiln was reading"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn gzip_layers_are_reproducible_and_unpack_to_the_tar() {
+        let mut spec = LayerSpec::new("t");
+        let noise: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        spec.file("/models/blobs/sha256-n", 0o644, bytes(&noise))
+            .unwrap();
+        spec.file("/models/manifests/m", 0o644, bytes(b"{}"))
+            .unwrap();
+        let cache = LayerCache::new(None);
+        let layer = Layer::build(spec.clone(), &cache, Compression::Gzip)
+            .await
+            .unwrap();
+        let tar_bytes = read_all(&spec);
+        assert_eq!(layer.diff_id, crate::image::sha256_digest(&tar_bytes));
+        // Read back in odd-sized pieces: the bytes must not depend on how they are read.
+        let mut gz = Vec::new();
+        let mut reader = layer.open().unwrap();
+        let mut buf = [0u8; 777];
+        loop {
+            let n = reader.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            gz.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(
+            (crate::image::sha256_digest(&gz), gz.len() as u64),
+            (layer.digest.clone(), layer.size)
+        );
+        let mut unpacked = Vec::new();
+        flate2::read::GzDecoder::new(gz.as_slice())
+            .read_to_end(&mut unpacked)
+            .unwrap();
+        assert_eq!(unpacked, tar_bytes);
+        let again = Layer::build(spec, &cache, Compression::Gzip).await.unwrap();
+        assert_eq!(again.digest, layer.digest);
     }
 }

@@ -10,6 +10,7 @@ use super::{Output, PackOptions, ProxyFiles, pack};
 use crate::auth::AuthOptions;
 use crate::cache::Cache;
 use crate::image::{ImageRef, Platform};
+use crate::layers::Compression;
 use crate::progress::ProgressMode;
 use crate::pull::PullOptions;
 use crate::pull::cli::credentials_from_env;
@@ -99,6 +100,11 @@ pub struct PackArgs {
     /// Read the --push registry's password or token from stdin.
     #[arg(long, requires = "username")]
     pub password_stdin: bool,
+
+    /// How kiln's layers are stored: uncompressed (fastest, default) or gzip
+    /// (for runtimes that refuse uncompressed layers).
+    #[arg(long, value_enum, default_value_t = Compression::None)]
+    pub compression: Compression,
 
     /// Uploads in flight at once.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
@@ -232,6 +238,7 @@ impl PackArgs {
                 progress: !matches!(self.progress, ProgressMode::Quiet),
                 ..PushOptions::default()
             },
+            compression: self.compression,
             progress: !matches!(self.progress, ProgressMode::Quiet),
         })
     }

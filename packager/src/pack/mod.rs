@@ -14,7 +14,7 @@ use crate::auth::{AuthOptions, credential_for};
 use crate::base::{self, BaseImage};
 use crate::image::config::{AddedLayer, ConfigEdit, edit_config};
 use crate::image::{self, Descriptor, ImageRef, Manifest, Platform};
-use crate::layers::{Layer, LayerCache};
+use crate::layers::{Compression, Layer, LayerCache};
 use crate::pull::{PullOptions, PulledModel, pull_models};
 use crate::reference::ModelRef;
 use crate::registry::RegistryClient;
@@ -78,6 +78,8 @@ pub struct PackOptions {
     pub insecure_registries: Vec<String>,
     pub auth: AuthOptions,
     pub push: PushOptions,
+    /// How kiln's own layers are stored (base layers are kept as they are).
+    pub compression: Compression,
     /// Status lines on stderr.
     pub progress: bool,
 }
@@ -144,7 +146,9 @@ pub async fn pack(opts: &PackOptions) -> Result<PackOutcome, PackError> {
             spec.description,
             spec.file_count()
         ));
-        added.push(Arc::new(Layer::build(spec, &cache).await?));
+        added.push(Arc::new(
+            Layer::build(spec, &cache, opts.compression).await?,
+        ));
     }
 
     let image = assemble(&base, &models, &added, opts)?;
@@ -273,7 +277,7 @@ fn assemble(
         layers: added
             .iter()
             .map(|l| AddedLayer {
-                diff_id: l.digest.clone(),
+                diff_id: l.diff_id.clone(),
                 created_by: format!("kiln pack: {}", l.spec.description),
             })
             .collect(),
@@ -299,7 +303,8 @@ fn assemble(
         })
         .collect();
     for layer in added {
-        let mut descriptor = Descriptor::new(image::OCI_LAYER_TAR, &layer.digest, layer.size);
+        let mut descriptor =
+            Descriptor::new(layer.compression.media_type(), &layer.digest, layer.size);
         descriptor.annotations = Some(BTreeMap::from([(
             image::LAYER_CONTENT_ANNOTATION.to_string(),
             layer.spec.description.clone(),
