@@ -4,12 +4,14 @@
 //! [`Config`], pick the filter stage, and call [`start`] (or [`run`], which
 //! also waits for SIGTERM and drains).
 
+pub mod access;
 pub mod admission;
 pub mod body;
 pub mod config;
 pub mod filter;
 pub mod framing;
 pub mod headers;
+pub mod local;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;

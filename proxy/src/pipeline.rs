@@ -14,17 +14,18 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::access::{Access, Ctx, access_log, take_ctx};
 use crate::admission::Admission;
-use crate::body::{self, Framing, OnEnd, Outcome, Passthrough, ReadError, RespBody};
+use crate::body::{self, Framing, Outcome, Passthrough, ReadError, RespBody};
 use crate::config::Config;
 use crate::filter::{FilterRequest, RequestFilter, RouteKind, Verdict};
 use crate::headers;
-use crate::metrics::{Gauges, Metrics};
+use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::request_view::{self, InferenceView};
 use crate::routes::{self, ApiStyle, Route};
@@ -40,22 +41,6 @@ pub struct AppState {
     pub readiness: Readiness,
 }
 
-/// What the access log and metrics need to know about a request.
-struct Ctx {
-    start: Instant,
-    deadline: Instant,
-    style: ApiStyle,
-    request_id: HeaderValue,
-    trace: Option<String>,
-    method: Method,
-    path_and_query: String,
-    route: &'static str,
-    user_agent: String,
-    remote: SocketAddr,
-    request_size: u64,
-    model: Option<String>,
-}
-
 /// A proxy's answer with nothing from Ollama in it.
 type Early = Box<Response<RespBody>>;
 
@@ -64,7 +49,7 @@ pub async fn handle(
     req: Request<Incoming>,
     remote: SocketAddr,
 ) -> Response<RespBody> {
-    if let Some(resp) = local_endpoint(&state, &req) {
+    if let Some(resp) = crate::local::endpoint(&state, &req) {
         return resp;
     }
     let start = Instant::now();
@@ -417,83 +402,6 @@ async fn forward(
     Ok(Response::from_parts(rparts, body.boxed_unsync()))
 }
 
-fn take_ctx(ctx: &mut Ctx) -> Ctx {
-    Ctx {
-        start: ctx.start,
-        deadline: ctx.deadline,
-        style: ctx.style,
-        request_id: ctx.request_id.clone(),
-        trace: ctx.trace.take(),
-        method: ctx.method.clone(),
-        path_and_query: std::mem::take(&mut ctx.path_and_query),
-        route: ctx.route,
-        user_agent: std::mem::take(&mut ctx.user_agent),
-        remote: ctx.remote,
-        request_size: ctx.request_size,
-        model: ctx.model.take(),
-    }
-}
-
-/// Counts and logs a forwarded request when its body ends.
-struct Access {
-    state: Arc<AppState>,
-    ctx: Ctx,
-    status: u16,
-}
-
-impl OnEnd for Access {
-    fn on_end(&mut self, outcome: Outcome, bytes: u64, tokens: Option<(u64, u64)>) {
-        let m = &self.state.metrics;
-        m.request(self.ctx.route, self.status, self.ctx.start.elapsed());
-        if let Some((p, c)) = tokens {
-            m.tokens(p, c);
-        }
-        match outcome {
-            Outcome::ClientGone => m.client_disconnect(),
-            Outcome::UpstreamBroke | Outcome::TimedOut => m.upstream_error(),
-            Outcome::Completed => {}
-        }
-        access_log(&self.ctx, self.status, bytes, outcome, tokens);
-    }
-}
-
-fn access_log(ctx: &Ctx, status: u16, bytes: u64, outcome: Outcome, tokens: Option<(u64, u64)>) {
-    let http_request = serde_json::json!({
-        "requestMethod": ctx.method.as_str(),
-        "requestUrl": ctx.path_and_query,
-        "status": status,
-        "requestSize": ctx.request_size.to_string(),
-        "responseSize": bytes.to_string(),
-        "userAgent": ctx.user_agent,
-        "remoteIp": ctx.remote.ip().to_string(),
-        "latency": format!("{:.6}s", ctx.start.elapsed().as_secs_f64()),
-        "protocol": "HTTP/1.1",
-    });
-    let (prompt, completion) = tokens.unwrap_or((0, 0));
-    let request_id = ctx.request_id.to_str().unwrap_or("");
-    macro_rules! log {
-        ($level:ident) => {
-            tracing::$level!(
-                target: "kiln_proxy::access",
-                http_request = %http_request,
-                trace = ctx.trace.as_deref().unwrap_or(""),
-                request_id,
-                route = ctx.route,
-                model = ctx.model.as_deref().unwrap_or(""),
-                outcome = outcome.as_str(),
-                prompt_tokens = prompt,
-                completion_tokens = completion,
-                "{} {} {}", ctx.method, ctx.path_and_query, status
-            )
-        };
-    }
-    if status >= 500 || matches!(outcome, Outcome::UpstreamBroke | Outcome::TimedOut) {
-        log!(warn);
-    } else {
-        log!(info);
-    }
-}
-
 /// An answer the proxy gives itself, in the client's error format.
 fn reject(
     state: &AppState,
@@ -536,54 +444,4 @@ fn too_large(state: &AppState, ctx: &Ctx) -> Early {
 
 fn header_str(h: &HeaderMap, name: HeaderName) -> &str {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
-}
-
-/// `/healthz/live`, `/healthz/ready` and `/metrics`: answered by the proxy,
-/// never forwarded, never access-logged (probes would drown the log).
-fn local_endpoint(state: &AppState, req: &Request<Incoming>) -> Option<Response<RespBody>> {
-    let path = req.uri().path();
-    if !path.starts_with("/healthz/") && path != "/metrics" {
-        return None;
-    }
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return None;
-    }
-    let (status, content_type, body) = match path {
-        "/healthz/live" => {
-            let alive = state.readiness.is_alive();
-            let status = if alive { 200 } else { 503 };
-            (
-                status,
-                "application/json",
-                serde_json::json!({"alive": alive}).to_string(),
-            )
-        }
-        "/healthz/ready" => {
-            let (ready, detail) = state.readiness.status();
-            let status = if ready { 200 } else { 503 };
-            (
-                status,
-                "application/json",
-                serde_json::json!({"ready": ready, "detail": detail}).to_string(),
-            )
-        }
-        "/metrics" => {
-            let a = &state.admission;
-            let gauges = Gauges {
-                in_flight: a.in_flight(),
-                queued: a.queued(),
-                max_in_flight: a.max_in_flight(),
-                ready: state.readiness.status().0,
-            };
-            let mut text = state.metrics.render(&gauges);
-            state.filter.render_metrics(&mut text);
-            (200, "text/plain; version=0.0.4", text)
-        }
-        _ => return None,
-    };
-    let mut resp = Response::new(body::full(body));
-    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    Some(resp)
 }

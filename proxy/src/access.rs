@@ -1,0 +1,112 @@
+//! What is known about a request for its access log line and metrics, and
+//! the one place both are written when a forwarded answer ends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::Method;
+use http::header::HeaderValue;
+use tokio::time::Instant;
+
+use crate::body::{OnEnd, Outcome};
+use crate::pipeline::AppState;
+use crate::routes::ApiStyle;
+
+/// What the access log and metrics need to know about a request.
+pub(crate) struct Ctx {
+    pub(crate) start: Instant,
+    pub(crate) deadline: Instant,
+    pub(crate) style: ApiStyle,
+    pub(crate) request_id: HeaderValue,
+    pub(crate) trace: Option<String>,
+    pub(crate) method: Method,
+    pub(crate) path_and_query: String,
+    pub(crate) route: &'static str,
+    pub(crate) user_agent: String,
+    pub(crate) remote: SocketAddr,
+    pub(crate) request_size: u64,
+    pub(crate) model: Option<String>,
+}
+
+pub(crate) fn take_ctx(ctx: &mut Ctx) -> Ctx {
+    Ctx {
+        start: ctx.start,
+        deadline: ctx.deadline,
+        style: ctx.style,
+        request_id: ctx.request_id.clone(),
+        trace: ctx.trace.take(),
+        method: ctx.method.clone(),
+        path_and_query: std::mem::take(&mut ctx.path_and_query),
+        route: ctx.route,
+        user_agent: std::mem::take(&mut ctx.user_agent),
+        remote: ctx.remote,
+        request_size: ctx.request_size,
+        model: ctx.model.take(),
+    }
+}
+
+/// Counts and logs a forwarded request when its body ends.
+pub(crate) struct Access {
+    pub(crate) state: Arc<AppState>,
+    pub(crate) ctx: Ctx,
+    pub(crate) status: u16,
+}
+
+impl OnEnd for Access {
+    fn on_end(&mut self, outcome: Outcome, bytes: u64, tokens: Option<(u64, u64)>) {
+        let m = &self.state.metrics;
+        m.request(self.ctx.route, self.status, self.ctx.start.elapsed());
+        if let Some((p, c)) = tokens {
+            m.tokens(p, c);
+        }
+        match outcome {
+            Outcome::ClientGone => m.client_disconnect(),
+            Outcome::UpstreamBroke | Outcome::TimedOut => m.upstream_error(),
+            Outcome::Completed => {}
+        }
+        access_log(&self.ctx, self.status, bytes, outcome, tokens);
+    }
+}
+
+pub(crate) fn access_log(
+    ctx: &Ctx,
+    status: u16,
+    bytes: u64,
+    outcome: Outcome,
+    tokens: Option<(u64, u64)>,
+) {
+    let http_request = serde_json::json!({
+        "requestMethod": ctx.method.as_str(),
+        "requestUrl": ctx.path_and_query,
+        "status": status,
+        "requestSize": ctx.request_size.to_string(),
+        "responseSize": bytes.to_string(),
+        "userAgent": ctx.user_agent,
+        "remoteIp": ctx.remote.ip().to_string(),
+        "latency": format!("{:.6}s", ctx.start.elapsed().as_secs_f64()),
+        "protocol": "HTTP/1.1",
+    });
+    let (prompt, completion) = tokens.unwrap_or((0, 0));
+    let request_id = ctx.request_id.to_str().unwrap_or("");
+    macro_rules! log {
+        ($level:ident) => {
+            tracing::$level!(
+                target: "kiln_proxy::access",
+                http_request = %http_request,
+                trace = ctx.trace.as_deref().unwrap_or(""),
+                request_id,
+                route = ctx.route,
+                model = ctx.model.as_deref().unwrap_or(""),
+                outcome = outcome.as_str(),
+                prompt_tokens = prompt,
+                completion_tokens = completion,
+                "{} {} {}", ctx.method, ctx.path_and_query, status
+            )
+        };
+    }
+    if status >= 500 || matches!(outcome, Outcome::UpstreamBroke | Outcome::TimedOut) {
+        log!(warn);
+    } else {
+        log!(info);
+    }
+}
