@@ -20,11 +20,12 @@ use crate::sinks::PushOptions;
 /// Bake Ollama models into a runnable image, without Docker
 ///
 /// Pulls the models (as `kiln pull` does), reads the base image for the
-/// platform, adds deterministic uncompressed layers (one per weights blob,
-/// one with manifests and small blobs, and with --proxy-bin one with
-/// kiln-proxy, plugins and its config), and writes or pushes the result.
-/// Packing the same inputs twice gives the same digest, and a push sends
-/// only what the registry does not already have.
+/// platform, adds deterministic layers (one per weights blob, one with
+/// manifests and small blobs, and with --proxy-bin one with kiln-proxy,
+/// plugins and its config; uncompressed unless --compression gzip), and
+/// writes or pushes the result. Packing the same inputs twice gives the same
+/// digest, and a push sends only what the registry does not already have
+/// (layer digests are cached, so an unchanged model is not even re-read).
 ///
 /// Examples:
 ///
@@ -41,7 +42,7 @@ use crate::sinks::PushOptions;
 /// (auths, credHelpers), or for *-docker.pkg.dev from gcloud or the metadata
 /// server. Inside the image, OLLAMA_MODELS=--models-path; Ollama listens on
 /// 0.0.0.0:8080, or on 127.0.0.1:11434 behind kiln-proxy (which then is the
-/// entrypoint and listens on $PORT).
+/// entrypoint and listens on $PORT). `kiln inspect IMAGE_REF` shows the result.
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct PackArgs {
