@@ -48,6 +48,9 @@ pub fn for_upstream(
     request_id: &HeaderValue,
 ) {
     strip_hop_by_hop(headers);
+    // `Expect: 100-continue` was answered on the client's hop when the proxy
+    // started reading the body; Ollama gets the body without asking.
+    headers.remove(header::EXPECT);
     headers.insert(header::HOST, upstream_authority.clone());
     let origin_allowed = headers
         .get(header::ORIGIN)
@@ -131,6 +134,7 @@ mod tests {
             ("x-secret-hop", "1"),
             ("te", "trailers"),
             ("authorization", "Bearer k"),
+            ("expect", "100-continue"),
         ]);
         let id = HeaderValue::from_static("req-1");
         for_upstream(
@@ -147,6 +151,7 @@ mod tests {
                 && h.get("connection").is_none()
         );
         assert_eq!(h["authorization"], "Bearer k", "end-to-end headers pass");
+        assert!(h.get("expect").is_none());
         assert_eq!(h["x-request-id"], "req-1");
 
         let mut h = map(&[("origin", "https://app.example")]);

@@ -124,5 +124,32 @@ async fn tutorial_curl_streams_token_lines() {
     );
     assert_eq!(lines[8]["done"], true);
     assert_eq!(lines[8]["done_reason"], "stop");
+
+    // A long prompt: curl asks `Expect: 100-continue` first, which the proxy
+    // answers itself and does not pass on to Ollama.
+    let long =
+        serde_json::json!({"model": "gemma3:4b", "prompt": "why? ".repeat(1000)}).to_string();
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--no-buffer",
+            "--max-time",
+            "20",
+            "-H",
+            "Expect: 100-continue",
+        ])
+        .arg(stack.url("/api/generate"))
+        .args(["-d", &long])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(harness::ndjson(&out.stdout).len(), 9);
+    assert_eq!(stack.stats().last_header("expect"), None);
     stack.shutdown().await;
 }
