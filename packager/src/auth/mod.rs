@@ -61,6 +61,8 @@ pub struct AuthOptions {
     pub docker_config: Option<PathBuf>,
     /// Ask gcloud and the metadata server for `*.pkg.dev` / `gcr.io` hosts.
     pub google: bool,
+    /// The gcloud program; `None` means `gcloud` on PATH.
+    pub gcloud: Option<PathBuf>,
 }
 
 impl AuthOptions {
@@ -70,6 +72,7 @@ impl AuthOptions {
             explicit: None,
             docker_config: None,
             google: true,
+            gcloud: None,
         }
     }
 }
@@ -121,7 +124,11 @@ pub async fn credential_for(
         return Ok(cred);
     }
     if opts.google && is_google_registry(registry) {
-        if let Some(token) = gcloud_token()? {
+        let gcloud = opts
+            .gcloud
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("gcloud"));
+        if let Some(token) = gcloud_token(&gcloud)? {
             return Ok(Credential::Bearer(token));
         }
         if let Some(token) = metadata_token().await {
@@ -243,8 +250,8 @@ fn run_helper(helper: &str, server: &str) -> Result<Credential, AuthError> {
 }
 
 /// `gcloud auth print-access-token`, when gcloud is installed.
-fn gcloud_token() -> Result<Option<String>, AuthError> {
-    let out = match Command::new("gcloud")
+fn gcloud_token(gcloud: &std::path::Path) -> Result<Option<String>, AuthError> {
+    let out = match Command::new(gcloud)
         .args(["auth", "print-access-token"])
         .stdin(Stdio::null())
         .output()
@@ -305,6 +312,7 @@ mod tests {
                 explicit: None,
                 docker_config: Some(path),
                 google: false,
+                gcloud: None,
             },
         )
     }
@@ -383,5 +391,51 @@ mod tests {
         assert!(is_google_registry("europe-west1-docker.pkg.dev"));
         assert!(is_google_registry("gcr.io"));
         assert!(!is_google_registry("127.0.0.1:5000"));
+    }
+
+    /// A stand-in for gcloud: prints `output` and exits with `code`.
+    fn fake_gcloud(dir: &std::path::Path, output: &str, code: i32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = dir.join("gcloud");
+        std::fs::write(&path, format!("#!/bin/sh\n[ \"$*\" = \"auth print-access-token\" ] || exit 9\necho '{output}' >&{}\nexit {code}\n", if code == 0 { 1 } else { 2 })).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[tokio::test]
+    async fn artifact_registry_gets_the_gcloud_token_as_bearer() {
+        let (dir, mut o) = opts(&serde_json::json!({}));
+        o.google = true;
+        o.gcloud = Some(fake_gcloud(dir.path(), "ya29.test-token", 0));
+        assert_eq!(
+            credential_for("europe-west1-docker.pkg.dev", &o, true)
+                .await
+                .unwrap(),
+            Credential::Bearer("ya29.test-token".into())
+        );
+        // Other registries never ask gcloud.
+        assert_eq!(
+            credential_for("127.0.0.1:5000", &o, true).await.unwrap(),
+            Credential::Anonymous
+        );
+    }
+
+    #[tokio::test]
+    async fn failing_gcloud_says_to_log_in() {
+        let (dir, mut o) = opts(&serde_json::json!({}));
+        o.google = true;
+        o.gcloud = Some(fake_gcloud(
+            dir.path(),
+            "ERROR: (gcloud.auth.print-access-token) no credentialed accounts",
+            1,
+        ));
+        let err = credential_for("us-docker.pkg.dev", &o, true)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no credentialed accounts") && err.contains("gcloud auth login"),
+            "{err}"
+        );
     }
 }
