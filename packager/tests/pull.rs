@@ -263,6 +263,42 @@ async fn cut_connections_are_retried_and_an_interrupted_pull_fetches_only_missin
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_connections_are_restarted() {
+    let registry = TestRegistry::start(Auth::Anonymous).expect("registry");
+    let model = seed(&registry, "4b", 2 * MIB, 11);
+    let front = CdnFront::start(&registry).expect("front");
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut options = options(&work.path().join("cache"), &front.url());
+    options.stall_timeout = Duration::from_millis(300);
+
+    // A CDN that keeps connections open but sends nothing: every attempt
+    // stalls, then the pull gives up.
+    front.stall_after(Some(0));
+    options.max_retries = 1;
+    let err = pull_models(&options, &[gemma()])
+        .await
+        .expect_err("stalled");
+    assert!(err.to_string().contains("no data for 0.3s"), "{err}");
+
+    // The CDN recovers while kiln is retrying: the pull completes.
+    options.max_retries = 6;
+    options.cache_dir = work.path().join("cache2");
+    let recover = async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        front.stall_after(None);
+    };
+    let models = [gemma()];
+    let (pulled, ()) = tokio::join!(pull_models(&options, &models), recover);
+    let pulled = pulled.expect("pull after the stall");
+    assert_eq!(
+        fs::read(&pulled[0].layers[0].path)
+            .map(|b| digest_of(&b))
+            .expect("weights"),
+        model.layers[0].digest
+    );
+}
+
 /// Sums a partial download's state file: bytes known to be on disk.
 fn kept_bytes(state_file: &Path) -> u64 {
     let Ok(bytes) = fs::read(state_file) else {

@@ -9,7 +9,7 @@
 
 use std::io::{self, Read};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -36,6 +36,8 @@ struct Faults {
     corrupt_at: Option<u64>,
     /// Bytes per second per response, when set.
     throttle: Option<u64>,
+    /// Responses hang (send nothing, keep the connection) after this many body bytes.
+    stall_after: Option<u64>,
 }
 
 struct State {
@@ -46,6 +48,8 @@ struct State {
     cdn_requests: Mutex<Vec<CdnRequest>>,
     cdn_bytes: AtomicU64,
     faults: Mutex<Faults>,
+    /// Cleared to release responses hanging in a stall.
+    stalling: AtomicBool,
 }
 
 /// The front and CDN listeners; both stop on drop.
@@ -79,6 +83,7 @@ impl CdnFront {
             cdn_requests: Mutex::default(),
             cdn_bytes: AtomicU64::new(0),
             faults: Mutex::default(),
+            stalling: AtomicBool::new(false),
         });
         let mut threads = Vec::new();
         for (server, is_cdn) in [(Arc::clone(&front), false), (Arc::clone(&cdn), true)] {
@@ -154,6 +159,17 @@ impl CdnFront {
         }
     }
 
+    /// Makes CDN responses hang after `after_bytes` body bytes (headers sent,
+    /// connection open, nothing more) until called with `None`, at most 30 s.
+    pub fn stall_after(&self, after_bytes: Option<u64>) {
+        self.state
+            .stalling
+            .store(after_bytes.is_some(), Ordering::SeqCst);
+        if let Ok(mut f) = self.state.faults.lock() {
+            f.stall_after = after_bytes;
+        }
+    }
+
     /// Limits each CDN response to about `bytes_per_second` (`None`: unlimited).
     pub fn throttle(&self, bytes_per_second: Option<u64>) {
         if let Ok(mut f) = self.state.faults.lock() {
@@ -164,6 +180,7 @@ impl CdnFront {
 
 impl Drop for CdnFront {
     fn drop(&mut self) {
+        self.state.stalling.store(false, Ordering::SeqCst);
         self.front.unblock();
         self.cdn.unblock();
         for t in self.threads.drain(..) {
@@ -266,7 +283,7 @@ fn relay(
     response: ureq::http::Response<ureq::Body>,
     counter: Option<&AtomicU64>,
     start_offset: u64,
-    faults: Option<(Option<u64>, Option<u64>, Option<u64>)>,
+    faults: Option<(ResponseFaults, &AtomicBool)>,
 ) -> io::Result<()> {
     let status = response.status().as_u16();
     let mut headers = Vec::new();
@@ -290,14 +307,16 @@ fn relay(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     let reader = response.into_body().into_reader();
-    let (cut_after, corrupt_at, throttle) = faults.unwrap_or_default();
+    let (faults, stalling) = match faults {
+        Some((faults, stalling)) => (faults, Some(stalling)),
+        None => (ResponseFaults::default(), None),
+    };
     let body = FaultyReader {
         inner: reader,
         sent: 0,
         start_offset,
-        cut_after,
-        corrupt_at,
-        throttle,
+        faults,
+        stalling,
         counter,
     };
     let response = tiny_http::Response::new(status.into(), headers, body, length, None);
@@ -347,16 +366,21 @@ fn serve_cdn(state: &State, request: tiny_http::Request) -> io::Result<()> {
                 f.cuts_left -= 1;
                 f.cut_after
             });
-            (cut, f.corrupt_at, f.throttle)
+            ResponseFaults {
+                cut_after: cut,
+                corrupt_at: f.corrupt_at,
+                throttle: f.throttle,
+                stall_after: f.stall_after,
+            }
         }
-        Err(_) => (None, None, None),
+        Err(_) => ResponseFaults::default(),
     };
     relay(
         request,
         response,
         Some(&state.cdn_bytes),
         start_offset,
-        Some(faults),
+        Some((faults, &state.stalling)),
     )
 }
 
@@ -367,21 +391,29 @@ fn blob_path(url: &str) -> Option<(String, String)> {
         .then(|| (repo.to_string(), digest.to_string()))
 }
 
-/// The CDN's body: counts bytes, and cuts, corrupts or throttles on demand.
+/// The faults one CDN response is given when it starts.
+#[derive(Clone, Copy, Default)]
+struct ResponseFaults {
+    cut_after: Option<u64>,
+    corrupt_at: Option<u64>,
+    throttle: Option<u64>,
+    stall_after: Option<u64>,
+}
+
+/// The CDN's body: counts bytes, and cuts, corrupts, throttles or stalls on demand.
 struct FaultyReader<'a, R> {
     inner: R,
     sent: u64,
     start_offset: u64,
-    cut_after: Option<u64>,
-    corrupt_at: Option<u64>,
-    throttle: Option<u64>,
+    faults: ResponseFaults,
+    stalling: Option<&'a AtomicBool>,
     counter: Option<&'a AtomicU64>,
 }
 
 impl<R: Read> Read for FaultyReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut limit = buf.len().min(64 << 10);
-        if let Some(cut) = self.cut_after {
+        if let Some(cut) = self.faults.cut_after {
             if self.sent >= cut {
                 return Err(io::Error::new(
                     io::ErrorKind::ConnectionAborted,
@@ -390,8 +422,21 @@ impl<R: Read> Read for FaultyReader<'_, R> {
             }
             limit = limit.min((cut - self.sent) as usize);
         }
+        if let (Some(stall), Some(stalling)) = (self.faults.stall_after, self.stalling) {
+            if self.sent >= stall {
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while stalling.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(20));
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "stalled by the test CDN",
+                ));
+            }
+            limit = limit.min((stall - self.sent) as usize);
+        }
         let n = self.inner.read(&mut buf[..limit])?;
-        if let Some(at) = self.corrupt_at {
+        if let Some(at) = self.faults.corrupt_at {
             let from = self.start_offset + self.sent;
             if at >= from && at < from + n as u64 {
                 buf[(at - from) as usize] ^= 0xff;
@@ -401,7 +446,7 @@ impl<R: Read> Read for FaultyReader<'_, R> {
         if let Some(counter) = self.counter {
             counter.fetch_add(n as u64, Ordering::SeqCst);
         }
-        if let Some(rate) = self.throttle.filter(|r| *r > 0) {
+        if let Some(rate) = self.faults.throttle.filter(|r| *r > 0) {
             thread::sleep(Duration::from_secs_f64(n as f64 / rate as f64));
         }
         Ok(n)

@@ -56,10 +56,9 @@ pub(crate) async fn download(
 ) -> Result<PathBuf, PullError> {
     let partial = job.cache.partial_path(job.digest)?;
     let state_path = job.cache.state_path(job.digest)?;
-    let part_size = part_size_for(job.size, job.connections(), job.options.part_size);
-    let parts = job.size.div_ceil(part_size).max(1) as usize;
-
-    let (file, state) = open_partial(&partial, &state_path, job.size, part_size, parts)?;
+    let wanted = part_size_for(job.size, job.connections(), job.options.part_size);
+    let (file, state) = open_partial(&partial, &state_path, job.size, wanted)?;
+    let (part_size, parts) = (state.part_size, state.done.len());
     let already: u64 = state.done.iter().sum();
     let pending: Vec<usize> = (0..parts)
         .filter(|&p| {
@@ -135,31 +134,23 @@ async fn fetch_parts(job: &BlobJob<'_>, shared: &Arc<Shared>) -> Result<(), Pull
     // The first part's request also resolves the registry's redirect to the
     // CDN; the other workers then go straight to the resolved URL.
     let registry_url = job.client.blob_url(job.repository, job.digest)?;
-    let (response, source) = open_part(
-        job,
-        shared,
-        &Source {
-            url: registry_url.clone(),
-        },
-        first,
-    )
-    .await?;
+    let template = WorkerCtx {
+        client: job.client.clone(),
+        repository: job.repository.to_string(),
+        digest: job.digest.to_string(),
+        registry_url: registry_url.clone(),
+        retry: RetryPolicy::from(job.options),
+    };
+    let (response, source) = open_part(&template, shared, first).await?;
     let source = Source { url: source };
     let mut workers = JoinSet::new();
     let connections = job.connections().min(shared.pending.len());
-    let retry = RetryPolicy::from(job.options);
     let mut initial = Some((first, response));
     for _ in 0..connections {
         let initial = initial.take();
         let shared = Arc::clone(shared);
         let mut source = source.clone();
-        let ctx = WorkerCtx {
-            client: job.client.clone(),
-            repository: job.repository.to_string(),
-            digest: job.digest.to_string(),
-            registry_url: registry_url.clone(),
-            retry,
-        };
+        let ctx = template.clone();
         workers.spawn(async move {
             if let Some((part, response)) = initial {
                 fetch_part(&ctx, &shared, &mut source, part, Some(response)).await?;
@@ -197,6 +188,7 @@ impl From<&PullOptions> for RetryPolicy {
     }
 }
 
+#[derive(Clone)]
 struct WorkerCtx {
     client: RegistryClient,
     repository: String,
@@ -289,41 +281,33 @@ async fn open_range(
     part: usize,
 ) -> Result<Response, PullError> {
     let done = shared.done[part].load(Ordering::Acquire);
-    let (response, url) = request_range(
-        &ctx.client,
-        &ctx.repository,
-        shared,
-        &source.url,
-        part,
-        done,
-    )
-    .await?;
+    let (response, url) = request_range(ctx, shared, &source.url, part, done).await?;
     source.url = url;
     Ok(response)
 }
 
+/// The first request of a download, through the registry (and its
+/// redirect); retried here because no worker runs yet.
 async fn open_part(
-    job: &BlobJob<'_>,
+    ctx: &WorkerCtx,
     shared: &Shared,
-    source: &Source,
     part: usize,
 ) -> Result<(Response, Url), PullError> {
     let done = shared.done[part].load(Ordering::Acquire);
-    let retry = RetryPolicy::from(job.options);
     let mut failures = 0;
     loop {
-        match request_range(job.client, job.repository, shared, &source.url, part, done).await {
+        match request_range(ctx, shared, &ctx.registry_url, part, done).await {
             Ok(ok) => return Ok(ok),
-            Err(e) if e.is_transient() && failures < retry.max_retries => {
+            Err(e) if e.is_transient() && failures < ctx.retry.max_retries => {
                 failures += 1;
-                tokio::time::sleep(retry.base_delay.saturating_mul(1 << failures.min(5))).await;
+                tokio::time::sleep(ctx.retry.base_delay.saturating_mul(1 << failures.min(5))).await;
             }
             Err(PullError::Http { status: 404, .. }) => {
                 return Err(PullError::Protocol {
-                    registry: job.client.display_host(),
+                    registry: ctx.client.display_host(),
                     detail: format!(
                         "blob {} is listed in the manifest but the registry does not have it",
-                        job.digest
+                        ctx.digest
                     ),
                 });
             }
@@ -334,8 +318,7 @@ async fn open_part(
 
 /// One GET for the missing bytes of `part`; checks the answer is the range asked for.
 async fn request_range(
-    client: &RegistryClient,
-    repository: &str,
+    ctx: &WorkerCtx,
     shared: &Shared,
     url: &Url,
     part: usize,
@@ -347,7 +330,16 @@ async fn request_range(
     // a full range anyway, and a plain GET is what they cache best.
     let whole = from == 0 && end == shared.size;
     let range = (!whole).then_some((from, end - 1));
-    let (response, final_url) = client.get(url.clone(), repository, None, range).await?;
+    // Waiting for response headers counts as a stall too.
+    let client = &ctx.client;
+    let stall = ctx.retry.stall_timeout;
+    let (response, final_url) =
+        tokio::time::timeout(stall, client.get(url.clone(), &ctx.repository, None, range))
+            .await
+            .map_err(|_| PullError::Stalled {
+                digest: ctx.digest.clone(),
+                seconds: stall.as_secs_f64(),
+            })??;
     let status = response.status();
     let what = format!("GET {}", redact(&final_url));
     match status {

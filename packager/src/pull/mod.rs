@@ -148,7 +148,7 @@ pub enum PullError {
         status: u16,
         body: String,
     },
-    #[error("no data for {seconds:.0}s while downloading {digest}")]
+    #[error("no data for {seconds}s while downloading {digest}")]
     Stalled { digest: String, seconds: f64 },
     #[error(
         "downloading {digest} failed {attempts} times in a row ({last}); run the same command again to resume"

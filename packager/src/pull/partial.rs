@@ -151,14 +151,14 @@ pub(super) fn save_state(path: &Path, state: &State) -> io::Result<()> {
     fs::rename(&tmp, path)
 }
 
-/// Opens the partial file, resuming when its state matches this blob and
-/// part size; otherwise starts over with an empty sparse file.
+/// Opens the partial file, resuming when its saved state describes this
+/// blob (its part size wins over `part_size`, so a rerun with another
+/// `--parallel` keeps the bytes); otherwise starts over with an empty sparse file.
 pub(super) fn open_partial(
     partial: &Path,
     state_path: &Path,
     size: u64,
     part_size: u64,
-    parts: usize,
 ) -> Result<(File, State), PullError> {
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
@@ -173,13 +173,12 @@ pub(super) fn open_partial(
     let file_len = fs::metadata(partial).map(|m| m.len()).ok();
     let resumable = saved.filter(|s| {
         s.size == size
-            && s.part_size == part_size
-            && s.done.len() == parts
+            && s.part_size > 0
+            && s.done.len() as u64 == size.div_ceil(s.part_size).max(1)
             && file_len == Some(size)
-            && s.done
-                .iter()
-                .enumerate()
-                .all(|(p, &d)| p as u64 * part_size + d <= ((p as u64 + 1) * part_size).min(size))
+            && s.done.iter().enumerate().all(|(p, &d)| {
+                p as u64 * s.part_size + d <= ((p as u64 + 1) * s.part_size).min(size)
+            })
     });
     let file = fs::OpenOptions::new()
         .read(true)
@@ -194,6 +193,7 @@ pub(super) fn open_partial(
         None => {
             file.set_len(0).map_err(io_err(partial))?;
             file.set_len(size).map_err(io_err(partial))?;
+            let parts = size.div_ceil(part_size.max(1)).max(1) as usize;
             let state = State {
                 size,
                 part_size,
@@ -245,37 +245,37 @@ mod tests {
     fn saved_state_is_resumed_only_when_it_describes_this_download() {
         let dir = tempfile::tempdir().unwrap();
         let (partial, state) = (dir.path().join("p"), dir.path().join("p.json"));
-        let (_, fresh) = open_partial(&partial, &state, 25, 10, 3).unwrap();
+        let (_, fresh) = open_partial(&partial, &state, 25, 10).unwrap();
         assert_eq!(fresh.done, vec![0, 0, 0]);
         assert_eq!(
             fs::metadata(&partial).unwrap().len(),
             25,
             "sparse file of the full size"
         );
-        save_state(
-            &state,
-            &State {
-                size: 25,
-                part_size: 10,
-                done: vec![10, 2, 0],
-            },
-        )
-        .unwrap();
-        let (_, resumed) = open_partial(&partial, &state, 25, 10, 3).unwrap();
+        let saved = |done: Vec<u64>| {
+            save_state(
+                &state,
+                &State {
+                    size: 25,
+                    part_size: 10,
+                    done,
+                },
+            )
+            .unwrap()
+        };
+        saved(vec![10, 2, 0]);
+        let (_, resumed) = open_partial(&partial, &state, 25, 10).unwrap();
         assert_eq!(resumed.done, vec![10, 2, 0]);
-        // Another part size (e.g. --part-size changed) or a state claiming more than a part: start over.
-        let (_, other) = open_partial(&partial, &state, 25, 5, 5).unwrap();
-        assert_eq!(other.done, vec![0; 5]);
-        save_state(
-            &state,
-            &State {
-                size: 25,
-                part_size: 10,
-                done: vec![11, 0, 0],
-            },
-        )
-        .unwrap();
-        let (_, bogus) = open_partial(&partial, &state, 25, 10, 3).unwrap();
+        // Another part size asked for (--parallel changed): the saved one wins.
+        let (_, kept) = open_partial(&partial, &state, 25, 5).unwrap();
+        assert_eq!((kept.part_size, kept.done), (10, vec![10, 2, 0]));
+        // A state claiming more than a part holds: start over.
+        saved(vec![11, 0, 0]);
+        let (_, bogus) = open_partial(&partial, &state, 25, 10).unwrap();
         assert_eq!(bogus.done, vec![0, 0, 0]);
+        // Another blob size: start over.
+        saved(vec![10, 2, 0]);
+        let (_, other) = open_partial(&partial, &state, 26, 10).unwrap();
+        assert_eq!((other.size, other.done), (26, vec![0, 0, 0]));
     }
 }
