@@ -406,11 +406,16 @@ impl RegistryClient {
             },
             _ => {
                 let body = resp.text().await.unwrap_or_default();
+                let mut detail = error_detail(&body);
+                if status == StatusCode::TOO_MANY_REQUESTS {
+                    // Docker Hub limits anonymous manifest pulls per address.
+                    detail.push_str("; the registry is rate-limiting: wait, or log in (`docker login`) for a higher limit");
+                }
                 RegistryError::Status {
                     host,
                     what: what.to_string(),
                     status: status.as_u16(),
-                    detail: error_detail(&body),
+                    detail,
                 }
             }
         })
