@@ -107,6 +107,12 @@ pub async fn pack(opts: &PackOptions) -> Result<PackOutcome, PackError> {
         "reading base image {} ({})",
         opts.base, opts.platform
     ));
+    if opts.platform != Platform::linux_amd64() {
+        say(format!(
+            "note: Cloud Run runs linux/amd64 only; this {} image will not run there",
+            opts.platform
+        ));
+    }
     // --username/--password-stdin belong to the push target, and so to a base
     // image on that same registry.
     let base_is_on_target =
