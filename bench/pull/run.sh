@@ -4,6 +4,7 @@
 #
 #   bench/pull/run.sh                 # 1 GiB, 3 rounds
 #   SIZE=$((2<<30)) ROUNDS=5 bench/pull/run.sh
+#   SKIP_BUILD=1 bench/pull/run.sh    # use the release binaries already built
 #
 # Reported: median throughput of
 #   curl            curl -o FILE (no digest check: the baseline to beat)
@@ -22,8 +23,10 @@ ROUNDS=${ROUNDS:-3}
 command -v curl >/dev/null || die "curl not found; apt-get install -y curl"
 command -v docker-registry >/dev/null || die "docker-registry not found; run scripts/setup"
 
-say "building kiln and kiln-testkit (release)"
-cargo build --release --locked -q -p kiln -p kiln-testkit
+if [ -z "${SKIP_BUILD:-}" ]; then
+    say "building kiln and kiln-testkit (release)"
+    cargo build --release --locked -q -p kiln -p kiln-testkit
+fi
 kiln=./target/release/kiln
 
 work=$(mktemp -d /tmp/kiln-bench-pull.XXXXXX)
@@ -39,15 +42,26 @@ say "registry $url, weights $digest"
 now() { date +%s.%N; }
 mbps() { python3 -c "import sys; print(f'{$SIZE / (float(sys.argv[1])) / 1e6:.0f}')" "$1"; }
 
-declare -A times
+declare -A times cpus
+# CPU seconds (user + sys) of this shell's finished children, from a `times` dump.
+child_cpu() {
+    python3 - "$1" <<'PY'
+import re, sys
+children = open(sys.argv[1]).read().splitlines()[-1]
+print(sum(int(m) * 60 + float(s) for m, s in re.findall(r"(\d+)m([\d.]+)s", children)))
+PY
+}
 run() { # name command...
     local name=$1; shift
     sync
     local t0 t1
+    times >"$work/times0"
     t0=$(now)
     "$@"
     t1=$(now)
-    times[$name]+="$(python3 -c "print($t1 - $t0)") "
+    times >"$work/times1"
+    times[$name]+="$(python3 -c "print(f'{$t1 - $t0:.2f}')") "
+    cpus[$name]+="$(python3 -c "print(f'{$(child_cpu "$work/times1") - $(child_cpu "$work/times0"):.2f}')") "
 }
 
 curl_plain() { curl -fsS -o "$work/curl.bin" "$blob"; rm -f "$work/curl.bin"; }
@@ -73,10 +87,11 @@ for round in $(seq "$ROUNDS"); do
 done
 
 median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" $1; }
-printf '\n%-16s %10s %10s   %s\n' "client" "median s" "MB/s" "all runs (s)"
+printf '\n%-16s %10s %10s %12s   %s\n' "client" "median s" "MB/s" "median CPU s" "all runs (s)"
 for name in curl curl+sha256sum kiln kiln-p4 kiln-p16; do
     m=$(median "${times[$name]}")
-    printf '%-16s %10.2f %10s   %s\n' "$name" "$m" "$(mbps "$m")" "${times[$name]}"
+    printf '%-16s %10.2f %10s %12.2f   %s\n' "$name" "$m" "$(mbps "$m")" "$(median "${cpus[$name]}")" "${times[$name]}"
 done
 ratio=$(python3 -c "print(f'{$(median "${times[curl]}") / $(median "${times[kiln]}") * 100:.0f}')")
-printf '\nkiln throughput = %s%% of curl (size %s bytes, %s rounds, %s)\n' "$ratio" "$SIZE" "$ROUNDS" "$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores"
+printf '\nkiln throughput = %s%% of curl (size %s bytes, %s rounds, %s, load average %s)\n' \
+    "$ratio" "$SIZE" "$ROUNDS" "$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores" "$(cut -d' ' -f1-3 /proc/loadavg)"
