@@ -5,6 +5,13 @@ use std::time::Duration;
 use ollama_emulator::{Config, Emulator};
 use serde_json::{Value, json};
 
+/// reqwest may be built with rustls and no crypto provider (workspace
+/// feature unification): install ring before making a client.
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 async fn start(tune: impl FnOnce(&mut Config)) -> (Emulator, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     ollama_emulator::models::write_fake_model(dir.path(), "gemma3:4b", 64).unwrap();
@@ -20,7 +27,7 @@ async fn start(tune: impl FnOnce(&mut Config)) -> (Emulator, tempfile::TempDir) 
 #[tokio::test]
 async fn requests_beyond_the_parallel_slots_wait_without_bound() {
     let (emu, _dir) = start(|c| c.num_parallel = 1).await;
-    let client = reqwest::Client::new();
+    let client = client();
     let reqs: Vec<_> = (0..4)
         .map(|_| {
             let r = client
@@ -40,7 +47,7 @@ async fn requests_beyond_the_parallel_slots_wait_without_bound() {
 #[tokio::test]
 async fn a_dropped_stream_counts_as_cancelled_and_frees_the_slot() {
     let (emu, _dir) = start(|_| {}).await;
-    let client = reqwest::Client::new();
+    let client = client();
     let mut r = client
         .post(format!("{}/api/chat", emu.url()))
         .json(&json!({"model": "gemma3:4b", "messages": [{"role": "user", "content": "x"}], "options": {"num_predict": 500}}))
@@ -60,7 +67,7 @@ async fn a_dropped_stream_counts_as_cancelled_and_frees_the_slot() {
 #[tokio::test]
 async fn errors_look_like_gin_and_ollama() {
     let (emu, _dir) = start(|_| {}).await;
-    let client = reqwest::Client::new();
+    let client = client();
     let r = client
         .get(format!("{}/nope", emu.url()))
         .send()
@@ -100,7 +107,7 @@ async fn errors_look_like_gin_and_ollama() {
 #[tokio::test]
 async fn preload_pins_and_keep_alive_zero_unloads() {
     let (emu, _dir) = start(|_| {}).await;
-    let client = reqwest::Client::new();
+    let client = client();
     let post = |body: Value| {
         client
             .post(format!("{}/api/generate", emu.url()))

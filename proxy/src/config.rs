@@ -148,7 +148,97 @@ fn boolean(key: &str, v: &str) -> Result<bool, ConfigError> {
     }
 }
 
+/// Values from the command line; they override the file and the environment.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub spawn_ollama: bool,
+    pub preload: Vec<String>,
+    pub ollama_command: Option<PathBuf>,
+    /// `KEY=VALUE` for any key in dotted form, e.g. `limits.max_queue=8`.
+    pub set: Vec<String>,
+}
+
+/// The variables [`Config::apply_env`] reads; `--set` accepts the same keys.
+const ENV_KEYS: &[&str] = &[
+    "KILN_LISTEN",
+    "KILN_UPSTREAM",
+    "KILN_ALLOWED_ORIGINS",
+    "KILN_OLLAMA_SPAWN",
+    "KILN_OLLAMA_PRELOAD",
+    "KILN_OLLAMA_COMMAND",
+    "KILN_OLLAMA_ARGS",
+    "KILN_OLLAMA_STARTUP_TIMEOUT_S",
+    "KILN_OLLAMA_MAX_RESTARTS",
+    "KILN_LIMITS_MAX_IN_FLIGHT",
+    "KILN_LIMITS_MAX_QUEUE",
+    "KILN_LIMITS_MAX_BODY_BYTES",
+    "KILN_LIMITS_REQUEST_TIMEOUT_S",
+    "KILN_LIMITS_HEADER_TIMEOUT_S",
+    "KILN_LIMITS_IDLE_TIMEOUT_S",
+    "KILN_LIMITS_SHUTDOWN_GRACE_S",
+];
+
 impl Config {
+    /// The whole configuration: the file (if any), then `KILN_*` variables
+    /// (looked up with `env`), then the command line; validated.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+        flags: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut c = match file {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        c.apply_env(env)?;
+        let mut set = Vec::new();
+        for item in &flags.set {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| bad("--set", item, "expected KEY=VALUE, e.g. limits.max_queue=8"))?;
+            let var = format!("KILN_{}", key.trim().replace('.', "_").to_ascii_uppercase());
+            if !ENV_KEYS.contains(&var.as_str()) {
+                let known: Vec<String> = ENV_KEYS
+                    .iter()
+                    .map(|k| {
+                        k["KILN_".len()..]
+                            .to_ascii_lowercase()
+                            .replacen('_', ".", 1)
+                    })
+                    .collect();
+                return Err(bad(
+                    "--set",
+                    item,
+                    format!("unknown key; keys: {}", known.join(", ")),
+                ));
+            }
+            set.push((var, value.to_string()));
+        }
+        c.apply_env(|k| {
+            set.iter()
+                .rev()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+        })?;
+        if let Some(l) = &flags.listen {
+            c.listen = Some(l.clone());
+        }
+        if let Some(u) = &flags.upstream {
+            c.upstream = u.clone();
+        }
+        c.ollama.spawn |= flags.spawn_ollama;
+        if !flags.preload.is_empty() {
+            c.ollama.preload = flags.preload.clone();
+        }
+        if let Some(cmd) = &flags.ollama_command {
+            c.ollama.command = cmd.clone();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
     /// Reads a TOML file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -182,6 +272,9 @@ impl Config {
         }
         if let Some((_, v)) = get("KILN_OLLAMA_COMMAND") {
             self.ollama.command = v.into();
+        }
+        if let Some((_, v)) = get("KILN_OLLAMA_ARGS") {
+            self.ollama.args = v.split_whitespace().map(String::from).collect();
         }
         if let Some((k, v)) = get("KILN_OLLAMA_STARTUP_TIMEOUT_S") {
             self.ollama.startup_timeout_s = num(&k, &v)?;
@@ -319,6 +412,36 @@ keys = ["k1"]
             err.to_string().contains("KILN_LIMITS_MAX_IN_FLIGHT"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn set_takes_any_key_and_refuses_unknown_ones() {
+        let flags = Overrides {
+            set: vec![
+                "limits.max_queue=7".into(),
+                "ollama.args=serve --verbose".into(),
+            ],
+            preload: vec!["gemma3:4b".into()],
+            ..Overrides::default()
+        };
+        let env = |k: &str| (k == "KILN_LIMITS_MAX_QUEUE").then(|| "3".to_string());
+        let c = Config::load(None, env, &flags).unwrap();
+        assert_eq!(c.limits.max_queue, 7, "--set beats the environment");
+        assert_eq!(c.ollama.args, ["serve", "--verbose"]);
+        assert_eq!(c.ollama.preload, ["gemma3:4b"]);
+        for (bad, hint) in [
+            ("limits.max_inflight=3", "limits.max_in_flight"),
+            ("nokey", "KEY=VALUE"),
+        ] {
+            let flags = Overrides {
+                set: vec![bad.into()],
+                ..Overrides::default()
+            };
+            let err = Config::load(None, |_| None, &flags)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(bad) && err.contains(hint), "{err}");
+        }
     }
 
     #[test]

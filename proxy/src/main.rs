@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use kiln_proxy::Config;
+use kiln_proxy::config::Overrides;
 use kiln_proxy::filter::{NoFilters, RequestFilter};
 
 /// Ollama-fronting sidecar: auth, admission control, readiness and wasm request filters.
@@ -50,31 +51,25 @@ struct RunArgs {
     /// The program started by --spawn-ollama [default: ollama].
     #[arg(long, global = true)]
     ollama_command: Option<PathBuf>,
+    /// Any config key, e.g. --set limits.max_queue=8 (repeatable; beats file and KILN_*).
+    #[arg(long, value_name = "KEY=VALUE", global = true)]
+    set: Vec<String>,
 }
 
-fn load_config(args: &RunArgs) -> anyhow::Result<Config> {
-    let mut config = match &args.config {
-        Some(path) => Config::from_file(path)?,
-        None => Config::default(),
+fn load_config(a: &RunArgs) -> anyhow::Result<Config> {
+    let flags = Overrides {
+        listen: a.listen.clone(),
+        upstream: a.upstream.clone(),
+        spawn_ollama: a.spawn_ollama,
+        preload: a.preload.clone(),
+        ollama_command: a.ollama_command.clone(),
+        set: a.set.clone(),
     };
-    config.apply_env(|k| std::env::var(k).ok())?;
-    if let Some(l) = &args.listen {
-        config.listen = Some(l.clone());
-    }
-    if let Some(u) = &args.upstream {
-        config.upstream = u.clone();
-    }
-    if args.spawn_ollama {
-        config.ollama.spawn = true;
-    }
-    if !args.preload.is_empty() {
-        config.ollama.preload = args.preload.clone();
-    }
-    if let Some(c) = &args.ollama_command {
-        config.ollama.command = c.clone();
-    }
-    config.validate()?;
-    Ok(config)
+    Ok(Config::load(
+        a.config.as_deref(),
+        |k| std::env::var(k).ok(),
+        &flags,
+    )?)
 }
 
 /// The filter stage: none without `[[plugins]]`.

@@ -64,7 +64,7 @@ async fn ready_only_after_preload_and_sigterm_drains_streams() {
     let proxy = kiln_proxy::start(config, Arc::new(NoFilters))
         .await
         .expect("start");
-    let client = reqwest::Client::new();
+    let client = harness::http_client();
 
     let (status, body) = get(&client, format!("{}/healthz/ready", proxy.url())).await;
     assert_eq!(status, 503, "not ready before the model is loaded: {body}");
@@ -137,7 +137,7 @@ async fn a_dying_ollama_is_restarted() {
     let proxy = kiln_proxy::start(config, Arc::new(NoFilters))
         .await
         .expect("start");
-    let client = reqwest::Client::new();
+    let client = harness::http_client();
     assert!(wait_ready(&client, &proxy).await);
 
     // The process may die before its answer is out; what matters is that it dies.
@@ -215,7 +215,7 @@ async fn the_binary_logs_json_and_drains_on_sigterm() {
         .kill_on_drop(true)
         .spawn()
         .expect("run kiln-proxy");
-    let client = reqwest::Client::new();
+    let client = harness::http_client();
     let base = format!("http://{listen}");
     let end = Instant::now() + Duration::from_secs(15);
     while get(&client, format!("{base}/healthz/ready")).await.0 != 200 {

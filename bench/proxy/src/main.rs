@@ -22,6 +22,9 @@ fn main() -> anyhow::Result<()> {
         return rt.block_on(child::run_proxy());
     }
     let quick = args.iter().any(|a| a == "--quick");
+    // reqwest may be built with rustls and no provider (workspace feature
+    // unification); ring is the workspace's one provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     rt.block_on(async move {
         let emulator = ollama_emulator::Emulator::start(ollama_emulator::Config {
             num_parallel: 4096,

@@ -18,6 +18,14 @@ pub struct Stack {
     pub client: reqwest::Client,
 }
 
+/// An HTTP client for tests. With the whole workspace built together,
+/// reqwest has rustls without a crypto provider (the packager picks ring
+/// itself), and building a client would panic without one installed.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 /// A models directory with gemma3:4b and gemma3:1b in Ollama's layout.
 pub fn models_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -73,7 +81,7 @@ impl Stack {
             emulator,
             proxy: Some(proxy),
             models,
-            client: reqwest::Client::new(),
+            client: http_client(),
         }
     }
 
