@@ -18,6 +18,7 @@ use crate::layers::{Compression, Layer, LayerCache};
 use crate::pull::{PullOptions, PulledModel, pull_models};
 use crate::reference::ModelRef;
 use crate::registry::RegistryClient;
+use crate::sinks::registry::Pusher;
 use crate::sinks::{self, Blob, BlobSource, BuiltImage, PushOptions, PushReport};
 
 pub use layers::ProxyFiles;
@@ -120,7 +121,7 @@ pub async fn pack(opts: &PackOptions) -> Result<PackOutcome, PackError> {
     let base_client = Arc::new(client_for(&opts.base, opts, base_is_on_target).await?);
     let base = base::resolve(&opts.base, &opts.platform, base_client).await?;
     // Likewise the push target's credentials (a 401 here beats one after the build).
-    let target_client = match &opts.output {
+    let pusher = match &opts.output {
         Output::Push(target) => {
             let client = client_for(target, opts, true).await?;
             // One HEAD with push scope: proves the registry answers and takes
@@ -133,10 +134,21 @@ pub async fn pack(opts: &PackOptions) -> Result<PackOutcome, PackError> {
                     target: target.to_string(),
                     error,
                 })?;
-            Some(Arc::new(client))
+            Some(Arc::new(Pusher::new(
+                Arc::new(client),
+                target.clone(),
+                opts.push.clone(),
+            )))
         }
         _ => None,
     };
+    // The base layers do not depend on the models: start copying them now, so
+    // a first push to another registry overlaps the base copy with the pull.
+    // A failed pull drops (and so aborts) this task.
+    let early_base = pusher.as_ref().map(|pusher| {
+        let (pusher, blobs) = (pusher.clone(), base_blobs(&base));
+        AbortOnDrop(tokio::spawn(async move { pusher.push_blobs(blobs).await }))
+    });
 
     let models = pull_models(&opts.pull, &opts.models).await?;
 
@@ -167,12 +179,22 @@ pub async fn pack(opts: &PackOptions) -> Result<PackOutcome, PackError> {
     };
     match &opts.output {
         Output::Push(target) => {
-            say(format!("pushing {target}"));
-            let client = match target_client {
-                Some(client) => client,
-                None => Arc::new(client_for(target, opts, true).await?),
+            let (Some(pusher), Some(early_base)) = (pusher, early_base) else {
+                unreachable!("a push output always has a pusher");
             };
-            let report = sinks::registry::push(&image, target, &client, &opts.push).await?;
+            say(format!("pushing {target}"));
+            // kiln's layers and the config, alongside what is left of the base.
+            let rest: Vec<Blob> = image.layers[base.layers.len()..]
+                .iter()
+                .chain(std::iter::once(&image.config))
+                .cloned()
+                .collect();
+            let (base_report, rest_report) =
+                tokio::join!(early_base.join(), pusher.push_blobs(rest));
+            let (base_report, rest_report) = (base_report?, rest_report?);
+            // Manifest last: only once every blob is there.
+            let digest = pusher.push_manifest(&image).await?;
+            let report = sinks::registry::combine(&[&base_report, &rest_report], digest);
             outcome.pushed = Some(target.with_digest(&report.digest).to_string());
             outcome.push_report = Some(report);
         }
@@ -202,6 +224,43 @@ async fn client_for(
         plain,
         credential,
     )?)
+}
+
+/// The base's layers, read from the base's registry when a sink needs them.
+fn base_blobs(base: &BaseImage) -> Vec<Blob> {
+    base.layers
+        .iter()
+        .map(|d| Blob {
+            descriptor: d.clone(),
+            source: BlobSource::Remote {
+                client: base.client.clone(),
+                registry: base.reference.registry.clone(),
+                repo: base.reference.repository.clone(),
+            },
+        })
+        .collect()
+}
+
+/// A spawned push that is aborted if the pack fails before joining it.
+struct AbortOnDrop(tokio::task::JoinHandle<Result<PushReport, sinks::registry::PushError>>);
+
+impl AbortOnDrop {
+    async fn join(mut self) -> Result<PushReport, PackError> {
+        let handle = &mut self.0;
+        match handle.await {
+            Ok(result) => Ok(result?),
+            Err(e) => Err(PackError::Push(sinks::registry::PushError::Source {
+                target: "the base layers".into(),
+                detail: format!("the upload task failed: {e}"),
+            })),
+        }
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The new config and manifest over the base's layers and kiln's.
@@ -296,18 +355,7 @@ fn assemble(
         config_bytes.len() as u64,
     );
 
-    let mut layers: Vec<Blob> = base
-        .layers
-        .iter()
-        .map(|d| Blob {
-            descriptor: d.clone(),
-            source: BlobSource::Remote {
-                client: base.client.clone(),
-                registry: base.reference.registry.clone(),
-                repo: base.reference.repository.clone(),
-            },
-        })
-        .collect();
+    let mut layers = base_blobs(base);
     for layer in added {
         let mut descriptor =
             Descriptor::new(layer.compression.media_type(), &layer.digest, layer.size);

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use tokio::sync::Semaphore;
 
 use super::{Blob, BlobSource, BuiltImage, StreamError};
 use crate::image::ImageRef;
@@ -65,48 +66,108 @@ enum Outcome {
     Uploaded(u64),
 }
 
-/// Pushes every blob the target lacks, then the manifest; returns the manifest digest.
+impl PushReport {
+    fn add(&mut self, other: &PushReport) {
+        self.uploaded += other.uploaded;
+        self.uploaded_bytes += other.uploaded_bytes;
+        self.mounted += other.mounted;
+        self.present += other.present;
+    }
+}
+
+/// Pushes to one target. Blob pushes may run from several tasks at once (the
+/// base layers start while the models are still being pulled); one semaphore
+/// keeps the uploads in flight at `parallel` overall.
+pub struct Pusher {
+    client: Arc<RegistryClient>,
+    target: ImageRef,
+    opts: PushOptions,
+    permits: Arc<Semaphore>,
+}
+
+impl Pusher {
+    pub fn new(client: Arc<RegistryClient>, target: ImageRef, opts: PushOptions) -> Pusher {
+        let permits = Arc::new(Semaphore::new(opts.parallel.max(1)));
+        Pusher {
+            client,
+            target,
+            opts,
+            permits,
+        }
+    }
+
+    /// Pushes every blob the target lacks. Stops at the first failure (the
+    /// uploads still in flight are dropped).
+    pub async fn push_blobs(&self, blobs: Vec<Blob>) -> Result<PushReport, PushError> {
+        let name = self.target.to_string();
+        let mut outcomes = futures_util::stream::iter(blobs)
+            .map(|blob| async move {
+                let _permit = self.permits.acquire().await;
+                push_with_retries(&blob, &self.target, &self.client, &self.opts).await
+            })
+            .buffer_unordered(self.opts.parallel.max(1));
+        let mut report = PushReport::default();
+        while let Some(outcome) = outcomes.next().await {
+            match outcome.map_err(|e| e.into_push(&name))? {
+                Outcome::Present => report.present += 1,
+                Outcome::Mounted => report.mounted += 1,
+                Outcome::Uploaded(n) => {
+                    report.uploaded += 1;
+                    report.uploaded_bytes += n;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Pushes the manifest under the target's tag (or digest): call it last,
+    /// once every blob is there, so a tag never points at missing blobs.
+    pub async fn push_manifest(&self, image: &BuiltImage) -> Result<String, PushError> {
+        let reference = self
+            .target
+            .digest
+            .clone()
+            .or_else(|| self.target.tag.clone())
+            .unwrap_or_else(|| "latest".into());
+        self.client
+            .put_manifest(
+                &self.target.repository,
+                &reference,
+                &image.manifest_media_type,
+                image.manifest.clone(),
+            )
+            .await
+            .map_err(|error| PushError::Registry {
+                target: self.target.to_string(),
+                error,
+            })
+    }
+}
+
+/// Pushes every blob the target lacks, then the manifest.
 pub async fn push(
     image: &BuiltImage,
     target: &ImageRef,
     client: &Arc<RegistryClient>,
     opts: &PushOptions,
 ) -> Result<PushReport, PushError> {
-    let name = target.to_string();
-    let outcomes = futures_util::stream::iter(image.blobs())
-        .map(|blob| push_with_retries(blob, target, client, opts))
-        .buffer_unordered(opts.parallel.max(1))
-        .collect::<Vec<_>>()
-        .await;
-    let mut report = PushReport::default();
-    for outcome in outcomes {
-        match outcome.map_err(|e| e.into_push(&name))? {
-            Outcome::Present => report.present += 1,
-            Outcome::Mounted => report.mounted += 1,
-            Outcome::Uploaded(n) => {
-                report.uploaded += 1;
-                report.uploaded_bytes += n;
-            }
-        }
-    }
-    let reference = target
-        .digest
-        .clone()
-        .or_else(|| target.tag.clone())
-        .unwrap_or_else(|| "latest".into());
-    report.digest = client
-        .put_manifest(
-            &target.repository,
-            &reference,
-            &image.manifest_media_type,
-            image.manifest.clone(),
-        )
-        .await
-        .map_err(|error| PushError::Registry {
-            target: name,
-            error,
-        })?;
+    let pusher = Pusher::new(client.clone(), target.clone(), opts.clone());
+    let blobs: Vec<Blob> = image.blobs().cloned().collect();
+    let mut report = pusher.push_blobs(blobs).await?;
+    report.digest = pusher.push_manifest(image).await?;
     Ok(report)
+}
+
+/// Adds up the reports of pushes made in parts.
+pub fn combine(parts: &[&PushReport], digest: String) -> PushReport {
+    let mut total = PushReport {
+        digest,
+        ..PushReport::default()
+    };
+    for part in parts {
+        total.add(part);
+    }
+    total
 }
 
 async fn push_with_retries(
