@@ -61,7 +61,7 @@ impl Histogram {
 #[derive(Default)]
 struct Tables {
     requests: BTreeMap<(&'static str, u16), u64>,
-    duration: BTreeMap<&'static str, Histogram>,
+    duration: BTreeMap<(&'static str, u16), Histogram>,
     ttfb: BTreeMap<&'static str, Histogram>,
     queue_wait: Histogram,
     rejections: BTreeMap<&'static str, u64>,
@@ -99,7 +99,7 @@ impl Metrics {
         self.with(|t| {
             *t.requests.entry((route, status)).or_default() += 1;
             t.duration
-                .entry(route)
+                .entry((route, status))
                 .or_default()
                 .observe(elapsed.as_secs_f64());
         });
@@ -166,14 +166,11 @@ impl Metrics {
                 w,
                 "kiln_request_duration_seconds",
                 "histogram",
-                "Time from request arrival to the end of the response body.",
+                "Time from request arrival to the end of the response body, by route and status.",
             );
-            for (route, h) in &t.duration {
-                h.render(
-                    w,
-                    "kiln_request_duration_seconds",
-                    &format!("route=\"{route}\""),
-                );
+            for ((route, status), h) in &t.duration {
+                let labels = format!("route=\"{route}\",status=\"{status}\"");
+                h.render(w, "kiln_request_duration_seconds", &labels);
             }
             help(
                 w,
@@ -308,14 +305,12 @@ mod tests {
             text.contains("kiln_requests_total{route=\"generate\",status=\"429\"} 1"),
             "{text}"
         );
-        assert!(
-            text.contains("kiln_request_duration_seconds_bucket{route=\"generate\",le=\"0.05\"} 2")
-        );
-        assert!(
-            text.contains(
-                "kiln_request_duration_seconds_bucket{route=\"generate\",le=\"0.025\"} 1"
-            )
-        );
+        assert!(text.contains(
+            "kiln_request_duration_seconds_bucket{route=\"generate\",status=\"200\",le=\"0.05\"} 1"
+        ));
+        assert!(text.contains(
+            "kiln_request_duration_seconds_bucket{route=\"generate\",status=\"429\",le=\"0.001\"} 1"
+        ));
         assert!(text.contains("kiln_rejections_total{reason=\"queue_full\"} 1"));
         assert!(text.contains("kiln_tokens_total{kind=\"completion\"} 34"));
         assert!(text.contains("kiln_queue_depth 1"));
