@@ -92,11 +92,21 @@ async fn proxy(
 }
 
 /// Streams one answer of `tokens` chunks; returns the chunks received.
+/// One measured load: `streams` concurrent answers of `tokens` chunks, the
+/// emulator waiting `delay_ms` before each token.
+#[derive(Clone, Copy)]
+struct Load {
+    streams: usize,
+    tokens: usize,
+    delay_ms: u64,
+}
+
 async fn stream_once(
     client: &reqwest::Client,
     url: &str,
     sse: bool,
     tokens: usize,
+    delay_ms: u64,
 ) -> anyhow::Result<u64> {
     let (path, body) = if sse {
         (
@@ -112,6 +122,7 @@ async fn stream_once(
     };
     let mut resp = client
         .post(format!("{url}{path}"))
+        .header("x-emulator-delay-ms", delay_ms.to_string())
         .json(&body)
         .send()
         .await?;
@@ -124,20 +135,19 @@ async fn stream_once(
     Ok(if sse { lines / 2 } else { lines })
 }
 
-/// Chunks per second over `streams` concurrent streams of `tokens` chunks.
+/// Chunks per second under `load`.
 async fn throughput(
     client: &reqwest::Client,
     url: &str,
     sse: bool,
-    streams: usize,
-    tokens: usize,
+    load: Load,
 ) -> anyhow::Result<f64> {
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..streams {
+    for _ in 0..load.streams {
         let (client, url) = (client.clone(), url.to_owned());
         tasks.push(tokio::spawn(async move {
-            stream_once(&client, &url, sse, tokens).await
+            stream_once(&client, &url, sse, load.tokens, load.delay_ms).await
         }));
     }
     let mut chunks = 0;
@@ -145,7 +155,7 @@ async fn throughput(
         chunks += t.await??;
     }
     anyhow::ensure!(
-        chunks as usize >= streams * tokens,
+        chunks as usize >= load.streams * load.tokens,
         "only {chunks} chunks arrived"
     );
     Ok(chunks as f64 / start.elapsed().as_secs_f64())
@@ -210,61 +220,109 @@ async fn run(quick: bool) -> anyhow::Result<()> {
         .pool_max_idle_per_host(64)
         .tcp_nodelay(true)
         .build()?;
-    let (rounds, tokens, streams) = if quick { (3, 500, 4) } else { (11, 1000, 8) };
+    let rounds = if quick { 3 } else { 9 };
+    let scale = if quick { 4 } else { 1 };
+    let loads = [
+        (
+            "Burst: no token delay, many chunks per read (the worst case for per-chunk work)",
+            Load {
+                streams: 8,
+                tokens: 1000 / scale,
+                delay_ms: 0,
+            },
+        ),
+        (
+            "Paced: 1 ms per token and stream, one chunk per read (how Ollama streams), many streams",
+            Load {
+                streams: 96,
+                tokens: 400 / scale,
+                delay_ms: 1,
+            },
+        ),
+    ];
 
     // Warm up: compile caches, connection pools, the lazy DFAs.
+    let warm = Load {
+        streams: 2,
+        tokens: 200,
+        delay_ms: 0,
+    };
     for s in &setups {
-        throughput(&client, &s.url, false, 2, 200).await?;
-        throughput(&client, &s.url, true, 2, 200).await?;
+        throughput(&client, &s.url, false, warm).await?;
+        throughput(&client, &s.url, true, warm).await?;
     }
 
     println!("## Response plugins\n");
     println!(
-        "`cargo run --release -p kiln-bench-response{}` — {streams} concurrent streams of {tokens} chunks, \
-         {rounds} interleaved rounds (median); emulator with no token delay, everything on one machine.\n",
+        "`cargo run --release -p kiln-bench-response{}` — {rounds} interleaved rounds per setup (median); \
+         the Ollama emulator, the proxies and the client in one process on this machine. \
+         *Proxy CPU per chunk* is the process CPU time per chunk minus that of the same load sent \
+         straight to the emulator; *proxy-bound* is the throughput ratio a proxy limited by its own \
+         CPU would see (CPU of `none` / CPU of the setup), which other load on the machine does not skew.\n",
         if quick { " -- --quick" } else { "" }
     );
-    for sse in [false, true] {
-        let api = if sse {
-            "SSE (/v1/chat/completions)"
-        } else {
-            "NDJSON (/api/generate)"
-        };
-        // Per setup and round: chunks per second, and CPU µs per chunk.
-        let mut tput: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
-        let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
-        for _ in 0..rounds {
-            for (i, s) in setups.iter().enumerate() {
-                let before = cpu_time();
-                let t = throughput(&client, &s.url, sse, streams, tokens).await?;
-                let used = cpu_time().saturating_sub(before);
-                tput[i].push(t);
-                cpu[i].push(used.as_secs_f64() * 1e6 / (streams * tokens) as f64);
-            }
-        }
-        let direct_cpu = median(cpu[0].clone());
-        let proxy_cpu = |i: usize| median(cpu[i].clone()) - direct_cpu;
-        let base_tput = median(tput[1].clone());
-        println!("{api}:\n");
+    for (title, load) in loads {
         println!(
-            "| setup | chunks/s (wall) | vs none | proxy CPU µs per chunk | proxy-bound throughput vs none |"
+            "### {title}\n\n{} streams × {} chunks.\n",
+            load.streams, load.tokens
         );
-        println!("|---|---:|---:|---:|---:|");
-        for (i, s) in setups.iter().enumerate() {
-            let t = median(tput[i].clone());
-            if i == 0 {
-                println!("| {} (no proxy) | {t:.0} | | | |", s.name);
-                continue;
-            }
-            println!(
-                "| {} | {t:.0} | {:.0}% | {:.2} | {:.0}% |",
-                s.name,
-                100.0 * t / base_tput,
-                proxy_cpu(i),
-                100.0 * proxy_cpu(1) / proxy_cpu(i)
-            );
+        for sse in [false, true] {
+            report(&client, &setups, sse, load, rounds).await?;
         }
-        println!();
     }
+    Ok(())
+}
+
+/// Measures every setup under `load` in interleaved rounds; prints a table.
+async fn report(
+    client: &reqwest::Client,
+    setups: &[Setup],
+    sse: bool,
+    load: Load,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    let api = if sse {
+        "SSE (/v1/chat/completions)"
+    } else {
+        "NDJSON (/api/generate)"
+    };
+    // Per setup and round: chunks per second, and CPU µs per chunk.
+    let mut tput: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
+    for _ in 0..rounds {
+        for (i, s) in setups.iter().enumerate() {
+            let before = cpu_time();
+            let t = throughput(client, &s.url, sse, load).await?;
+            let used = cpu_time().saturating_sub(before);
+            tput[i].push(t);
+            cpu[i].push(used.as_secs_f64() * 1e6 / (load.streams * load.tokens) as f64);
+        }
+    }
+    let direct_cpu = median(cpu[0].clone());
+    let proxy_cpu = |i: usize| median(cpu[i].clone()) - direct_cpu;
+    let base_tput = median(tput[1].clone());
+    println!("{api}:\n");
+    println!(
+        "| setup | chunks/s (wall) | vs none | proxy CPU µs per chunk | proxy-bound throughput vs none |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for (i, s) in setups.iter().enumerate() {
+        let t = median(tput[i].clone());
+        if i == 0 {
+            println!(
+                "| {} (no proxy) | {t:.0} | | {:.2} (client + emulator) | |",
+                s.name, direct_cpu
+            );
+            continue;
+        }
+        println!(
+            "| {} | {t:.0} | {:.0}% | {:.2} | {:.0}% |",
+            s.name,
+            100.0 * t / base_tput,
+            proxy_cpu(i),
+            100.0 * proxy_cpu(1) / proxy_cpu(i)
+        );
+    }
+    println!();
     Ok(())
 }

@@ -40,6 +40,9 @@ pub struct ResponseRun {
     chain: Arc<Chain>,
     /// Indexes into `chain.plugins`, in config order, with their slots.
     slots: Vec<(usize, Slot)>,
+    /// The context as the plugins get it, built at the first chunk (it does
+    /// not change during an answer).
+    wctx: Option<wit::ResponseContext>,
 }
 
 impl ResponseStage for PluginStage {
@@ -55,7 +58,11 @@ impl ResponseStage for PluginStage {
         if slots.is_empty() {
             return None;
         }
-        Some(Box::new(ResponseRun { chain, slots }))
+        Some(Box::new(ResponseRun {
+            chain,
+            slots,
+            wctx: None,
+        }))
     }
 }
 
@@ -134,7 +141,6 @@ impl ResponseRun {
 impl ResponseHooks for ResponseRun {
     fn on_chunk(&mut self, ctx: &ResponseContext, chunk: &mut Chunk) -> Result<(), Stop> {
         let chain = self.chain.clone();
-        let mut wctx = None;
         for (index, slot) in &mut self.slots {
             if matches!(
                 slot,
@@ -160,7 +166,7 @@ impl ResponseHooks for ResponseRun {
                 continue;
             };
             chain.runtime.rearm(store);
-            let wctx = wctx.get_or_insert_with(|| wit_context(ctx));
+            let wctx = self.wctx.get_or_insert_with(|| wit_context(ctx));
             // Each plugin sees the chunk as rewritten by the ones before it.
             let wchunk = wit::Chunk {
                 text: chunk.text().map(str::to_owned),

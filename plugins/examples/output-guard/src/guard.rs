@@ -113,42 +113,44 @@ impl Guard {
     /// Walks the held text from `from`: final text and redactions go to
     /// `out`; returns where the held tail starts (the end, at `at_end`).
     fn scan(&mut self, out: &mut String, from: usize, at_end: bool) -> usize {
-        let mut i = from;
+        let (mut i, mut plain) = (from, from);
         while i < self.held.len() {
             match self.run(i, at_end) {
-                Run::Alive(_) => return i,
+                Run::Alive(_) => break,
                 Run::Dead(Some(end)) if end > i => {
+                    out.push_str(&self.held[plain..i]);
                     out.push_str(&self.replacement);
-                    i = end;
+                    (i, plain) = (end, end);
                 }
-                Run::Dead(_) => i = self.emit_char(out, i),
+                Run::Dead(_) => i = self.next_char(i),
             }
         }
+        out.push_str(&self.held[plain..i]);
         i
     }
 
     /// Releases the held text from `from` to at least `to`, redacting
     /// the matches already complete in it.
     fn scan_forced(&mut self, out: &mut String, from: usize, to: usize) -> usize {
-        let mut i = from;
+        let (mut i, mut plain) = (from, from);
         while i < to {
             match self.run(i, false) {
                 // A match still growing is cut here: what matched so far goes.
                 Run::Dead(Some(end)) | Run::Alive(Some(end)) if end > i => {
+                    out.push_str(&self.held[plain..i]);
                     out.push_str(&self.replacement);
-                    i = end;
+                    (i, plain) = (end, end);
                 }
-                _ => i = self.emit_char(out, i),
+                _ => i = self.next_char(i),
             }
         }
+        out.push_str(&self.held[plain..i]);
         i
     }
 
-    /// Sends the char at `i`; returns the next char boundary.
-    fn emit_char(&self, out: &mut String, i: usize) -> usize {
-        let c = self.held[i..].chars().next().map_or(1, char::len_utf8);
-        out.push_str(&self.held[i..i + c]);
-        i + c
+    /// The char boundary after the char at `i`.
+    fn next_char(&self, i: usize) -> usize {
+        i + self.held[i..].chars().next().map_or(1, char::len_utf8)
     }
 
     /// Runs the DFA anchored at `start` over the held text.
