@@ -146,7 +146,10 @@ fn percentiles() {
         5000,
         request.body.len()
     );
-    for spec in example_chain() {
+    // `hello` only sets a header (no body parsing): the floor of host and
+    // SDK overhead per call.
+    let floor = plugin("hello", json!({}));
+    for spec in std::iter::once(floor).chain(example_chain()) {
         let name = spec.name.clone();
         let stage = load_chain(&[spec], &options()).expect("plugin loads");
         let chain = stage.chain();
@@ -194,6 +197,69 @@ fn load_times() {
     );
 }
 
+/// The whole proxy, in process: `POST /api/generate` (stream false, one
+/// token) straight to the emulator, through kiln-proxy without plugins, and
+/// through kiln-proxy with the 6-plugin chain, in alternating rounds so
+/// machine noise hits all three. Concurrency 1.
+fn proxy_end_to_end() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let emulator = ollama_emulator::Emulator::start(ollama_emulator::Config {
+            num_parallel: 64,
+            token_delay: Duration::ZERO,
+            default_tokens: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("emulator starts");
+        let start = |filter: std::sync::Arc<dyn kiln_proxy::filter::RequestFilter>| {
+            let config = kiln_proxy::Config {
+                listen: Some("127.0.0.1:0".into()),
+                upstream: emulator.url(),
+                ..kiln_proxy::Config::default()
+            };
+            kiln_proxy::start(config, filter)
+        };
+        let bare = start(std::sync::Arc::new(kiln_proxy::filter::NoFilters)).await.expect("proxy starts");
+        let with_plugins = start(load_chain(&example_chain(), &options()).expect("plugins load")).await.expect("proxy starts");
+        let client = reqwest::Client::new();
+        let body = json!({"model": "gemma", "prompt": "Summarise the meeting notes in three bullet points.", "stream": false});
+        let targets = [("direct", emulator.url()), ("kiln-proxy, no plugins", bare.url()), ("kiln-proxy, 6 plugins", with_plugins.url())];
+        let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); targets.len()];
+        for round in 0..20 {
+            for (i, (_, url)) in targets.iter().enumerate() {
+                for _ in 0..100 {
+                    let t = Instant::now();
+                    let r = client
+                        .post(format!("{url}/api/generate"))
+                        .bearer_auth("sk-alice")
+                        .json(&body)
+                        .send()
+                        .await
+                        .expect("request answered");
+                    assert!(r.status().is_success(), "{url}: {}", r.status());
+                    r.bytes().await.expect("body read");
+                    if round > 0 {
+                        samples[i].push(t.elapsed());
+                    }
+                }
+            }
+        }
+        println!("\nend to end, POST /api/generate (stream false, 1 token), concurrency 1, {} requests each:", samples[0].len());
+        for ((name, _), s) in targets.iter().zip(samples.iter_mut()) {
+            s.sort();
+            let at = |q: f64| s[((s.len() as f64 * q) as usize).min(s.len() - 1)].as_secs_f64() * 1e6;
+            println!("  {name:<24} p50 {:>7.0} µs   p99 {:>7.0} µs", at(0.5), at(0.99));
+        }
+        bare.shutdown().await.expect("proxy stops");
+        with_plugins.shutdown().await.expect("proxy stops");
+    });
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     chain_stage(&mut c);
@@ -203,5 +269,6 @@ fn main() {
     if !std::env::args().any(|a| a == "--test" || a == "--list") {
         percentiles();
         load_times();
+        proxy_end_to_end();
     }
 }
