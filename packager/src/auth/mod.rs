@@ -131,7 +131,7 @@ pub async fn credential_for(
         if let Some(token) = gcloud_token(&gcloud)? {
             return Ok(Credential::Bearer(token));
         }
-        if let Some(token) = metadata_token().await {
+        if let Some(token) = metadata_token(METADATA_TOKEN_URL).await {
             return Ok(Credential::Bearer(token));
         }
     }
@@ -270,17 +270,22 @@ fn gcloud_token(gcloud: &std::path::Path) -> Result<Option<String>, AuthError> {
     Ok((!token.is_empty()).then_some(token))
 }
 
+const METADATA_TOKEN_URL: &str =
+    "http://169.254.169.254/computeMetadata/v1/instance/service-accounts/default/token";
+
 /// The default service account's token from the GCE/Cloud Run metadata
 /// server, when kiln runs on Google Cloud. Off Google Cloud the address does
 /// not answer; a short timeout keeps that cheap.
-async fn metadata_token() -> Option<String> {
+async fn metadata_token(url: &str) -> Option<String> {
+    // reqwest is built without a default crypto provider (ring only, workspace-wide).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(2))
         .build()
         .ok()?;
     let resp = client
-        .get("http://169.254.169.254/computeMetadata/v1/instance/service-accounts/default/token")
+        .get(url)
         .header("Metadata-Flavor", "Google")
         .send()
         .await
@@ -436,6 +441,44 @@ mod tests {
         assert!(
             err.contains("no credentialed accounts") && err.contains("gcloud auth login"),
             "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn metadata_server_token_needs_the_flavor_header() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/token", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let n = conn.read(&mut buf).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+                let body = r#"{"access_token":"ya29.from-metadata","expires_in":3599}"#;
+                let reply = if request.contains("metadata-flavor: google") {
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_string()
+                };
+                let _ = conn.write_all(reply.as_bytes()).await;
+            }
+        });
+        assert_eq!(
+            metadata_token(&url).await.as_deref(),
+            Some("ya29.from-metadata")
+        );
+        // Nothing listening: no token, quickly, no error.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        assert_eq!(
+            metadata_token(&format!("http://{closed}/token")).await,
+            None
         );
     }
 }
