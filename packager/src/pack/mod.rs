@@ -189,9 +189,9 @@ pub async fn pack(opts: &PackOptions) -> Result<PackOutcome, PackError> {
                 .chain(std::iter::once(&image.config))
                 .cloned()
                 .collect();
-            let (base_report, rest_report) =
-                tokio::join!(early_base.join(), pusher.push_blobs(rest));
-            let (base_report, rest_report) = (base_report?, rest_report?);
+            // The first failure ends both (dropping the other side aborts its uploads).
+            let rest_push = async { Ok::<_, PackError>(pusher.push_blobs(rest).await?) };
+            let (base_report, rest_report) = tokio::try_join!(early_base.join(), rest_push)?;
             // Manifest last: only once every blob is there.
             let digest = pusher.push_manifest(&image).await?;
             let report = sinks::registry::combine(&[&base_report, &rest_report], digest);
