@@ -100,9 +100,7 @@ impl Cache {
         }
     }
 
-    /// Takes the blob's exclusive lock, waiting while another process (or
-    /// task) holds it. Blocking: call from a blocking thread.
-    pub fn lock_blob_blocking(&self, digest: &str) -> Result<BlobLock, CacheError> {
+    fn open_lock(&self, digest: &str) -> Result<(fs::File, PathBuf), CacheError> {
         let dir = self.blob_dir();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let path = dir.join(format!("{}.lock", hex_of(digest)?));
@@ -112,8 +110,22 @@ impl Cache {
             .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
+        Ok((file, path))
+    }
+
+    /// Takes the blob's exclusive lock, waiting while another process (or
+    /// task) holds it. Blocking: call from a blocking thread.
+    pub fn lock_blob_blocking(&self, digest: &str) -> Result<BlobLock, CacheError> {
+        let (file, path) = self.open_lock(digest)?;
         file.lock_exclusive().map_err(io_err(&path))?;
         Ok(BlobLock { _file: file })
+    }
+
+    /// The blob's lock if nobody holds it, without waiting.
+    pub fn try_lock_blob(&self, digest: &str) -> Result<Option<BlobLock>, CacheError> {
+        let (file, path) = self.open_lock(digest)?;
+        let locked = file.try_lock_exclusive().map_err(io_err(&path))?;
+        Ok(locked.then_some(BlobLock { _file: file }))
     }
 
     /// Async wrapper over [`Cache::lock_blob_blocking`].

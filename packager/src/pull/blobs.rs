@@ -33,7 +33,16 @@ impl BlobFetcher<'_> {
         if let Some(path) = self.cache.lookup(&blob.digest, blob.size)? {
             return Ok(found(path));
         }
-        let _lock = self.cache.lock_blob(&blob.digest).await?;
+        let _lock = match self.cache.try_lock_blob(&blob.digest)? {
+            Some(lock) => lock,
+            None => {
+                self.progress.println(&format!(
+                    "waiting for another kiln run that is downloading {}",
+                    blob.digest
+                ));
+                self.cache.lock_blob(&blob.digest).await?
+            }
+        };
         // Another run may have finished it while we waited for the lock.
         if let Some(path) = self.cache.lookup(&blob.digest, blob.size)? {
             return Ok(found(path));

@@ -9,24 +9,21 @@ use std::io;
 use std::os::unix::fs::FileExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE};
 use reqwest::{Response, StatusCode, Url};
-use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use super::client::{RegistryClient, redact};
 use super::partial::{
-    Shared, hash_prefix, open_partial, part_size_for, save_periodically, save_state,
+    Shared, WRITE_BUFFER, hash_prefix, open_partial, part_size_for, save_periodically, save_state,
 };
 use super::{PullError, PullOptions, describe};
 use crate::cache::Cache;
 use crate::progress::BlobProgress;
 
-/// Bytes gathered from the network before one positioned write.
-const WRITE_BUFFER: usize = 1 << 20;
 /// Where a part's bytes come from: the registry URL, or the CDN URL it redirected to.
 #[derive(Clone)]
 struct Source {
@@ -66,18 +63,10 @@ pub(crate) async fn download(
             start + state.done[p] < (start + part_size).min(job.size)
         })
         .collect();
-    let shared = Arc::new(Shared {
-        file,
-        size: job.size,
-        part_size,
-        done: state.done.iter().map(|&d| AtomicU64::new(d)).collect(),
-        pending,
-        next: AtomicUsize::new(0),
-        written: Notify::new(),
-        progress: progress_for(already),
-    });
+    let (shared, hot) = Shared::new(file, &state, pending, progress_for(already));
+    let shared = Arc::new(shared);
 
-    let result = run(job, &shared).await;
+    let result = run(job, &shared, hot).await;
     // Save what is on disk whatever happened, so the next run resumes.
     let _ = save_state(&state_path, &shared.state());
     let actual = match result {
@@ -104,9 +93,14 @@ pub(crate) async fn download(
 }
 
 /// Fetches the pending parts and hashes the file; returns `sha256:<hex>`.
-async fn run(job: &BlobJob<'_>, shared: &Arc<Shared>) -> Result<String, PullError> {
+async fn run(
+    job: &BlobJob<'_>,
+    shared: &Arc<Shared>,
+    hot: std::sync::mpsc::Receiver<(u64, Vec<u8>)>,
+) -> Result<String, PullError> {
     // Both helpers stop with this future, also when a caller drops it mid-way.
-    let mut hasher = AbortOnDrop(tokio::spawn(hash_prefix(Arc::clone(shared))));
+    let mut hasher = AbortOnDrop(tokio::spawn(hash_prefix(Arc::clone(shared), hot)));
+    let _stop_hasher = CancelOnDrop(shared.as_ref());
     let _saver = AbortOnDrop(tokio::spawn(save_periodically(
         Arc::clone(shared),
         job.cache.state_path(job.digest)?,
@@ -116,6 +110,15 @@ async fn run(job: &BlobJob<'_>, shared: &Arc<Shared>) -> Result<String, PullErro
         path: job.cache.root().to_path_buf(),
         source: io::Error::other(e),
     })?
+}
+
+/// Stops the hasher's blocking thread, which an abort cannot reach.
+struct CancelOnDrop<'a>(&'a Shared);
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.cancelled.store(true, Ordering::Release);
+    }
 }
 
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
@@ -411,7 +414,7 @@ async fn stream_part(
     mut response: Response,
 ) -> Result<(), PullError> {
     let (start, end) = shared.part_range(part);
-    let mut buffer: Vec<u8> = Vec::with_capacity(WRITE_BUFFER);
+    let mut buffer = shared.buffer();
     let mut offset = start + shared.done[part].load(Ordering::Acquire);
     let result: Result<(), PullError> = async {
         loop {
@@ -471,10 +474,8 @@ fn write_buffer(
             source,
         })?;
     let n = buffer.len() as u64;
-    shared.done[part].fetch_add(n, Ordering::AcqRel);
-    shared.progress.inc(n);
-    shared.written.notify_one();
-    buffer.clear();
+    let full = std::mem::take(buffer);
+    *buffer = shared.written(part, offset, full);
     Ok(n)
 }
 

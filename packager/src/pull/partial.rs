@@ -5,27 +5,34 @@
 //! Hashing while streaming: SHA-256 is sequential, but parts arrive in
 //! parallel. Workers take parts *in order* from a queue (a sliding window, not
 //! Ollama's 16 fixed slices), so the written bytes form a contiguous prefix
-//! plus a window of ~`parallel` parts in flight. The hasher follows that
-//! prefix, re-reading the just-written bytes from the page cache, so hashing
-//! overlaps the download and only the last window is hashed after it ends.
+//! plus a window of ~`parallel` parts in flight. The hasher thread follows
+//! that prefix: buffers that extend it exactly are handed over in memory
+//! right after their write (all of them with one connection), and the rest
+//! is re-read from the page cache once the prefix reaches it. Hashing thus
+//! overlaps the download on another core and only the last window is hashed
+//! after it ends.
 
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use tokio::sync::Notify;
 
 use super::PullError;
 use crate::progress::BlobProgress;
 
 /// Bytes hashed per blocking hasher step.
 const HASH_STEP: u64 = 64 << 20;
+/// Buffers in flight to the hasher; beyond this, it re-reads from disk.
+const HOT_BUFFERS: usize = 8;
+/// Bytes gathered from the network before one positioned write.
+pub(super) const WRITE_BUFFER: usize = 1 << 20;
 /// How often the resume state is saved while downloading.
 const STATE_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -55,12 +62,72 @@ pub(super) struct Shared {
     /// Parts still to fetch, in offset order; workers take them from `next`.
     pub(super) pending: Vec<usize>,
     pub(super) next: AtomicUsize,
-    /// Wakes the hasher when new bytes are written.
-    pub(super) written: Notify,
     pub(super) progress: BlobProgress,
+    /// Written buffers offered to the hasher, with their offsets.
+    hot: SyncSender<(u64, Vec<u8>)>,
+    /// Buffers the hasher is done with, for workers to reuse.
+    pool: Mutex<Vec<Vec<u8>>>,
+    /// Set when the download ends, so the hasher thread stops.
+    pub(super) cancelled: AtomicBool,
 }
 
 impl Shared {
+    /// The download's shared state, and the receiving end for the hasher.
+    pub(super) fn new(
+        file: File,
+        state: &State,
+        pending: Vec<usize>,
+        progress: BlobProgress,
+    ) -> (Shared, Receiver<(u64, Vec<u8>)>) {
+        let (hot, receiver) = sync_channel(HOT_BUFFERS);
+        let shared = Shared {
+            file,
+            size: state.size,
+            part_size: state.part_size,
+            done: state.done.iter().map(|&d| AtomicU64::new(d)).collect(),
+            pending,
+            next: AtomicUsize::new(0),
+            progress,
+            hot,
+            pool: Mutex::new(Vec::new()),
+            cancelled: AtomicBool::new(false),
+        };
+        (shared, receiver)
+    }
+
+    /// An empty write buffer, reused when one is free: fresh 1 MiB
+    /// allocations would page-fault on every write.
+    pub(super) fn buffer(&self) -> Vec<u8> {
+        self.pool
+            .lock()
+            .ok()
+            .and_then(|mut pool| pool.pop())
+            .unwrap_or_else(|| Vec::with_capacity(WRITE_BUFFER))
+    }
+
+    fn recycle(&self, mut buffer: Vec<u8>) {
+        buffer.clear();
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.push(buffer);
+        }
+    }
+
+    /// Records `buffer` as written at `offset` of `part` and offers it to the
+    /// hasher; returns an empty buffer to go on with.
+    pub(super) fn written(&self, part: usize, offset: u64, buffer: Vec<u8>) -> Vec<u8> {
+        let n = buffer.len() as u64;
+        self.done[part].fetch_add(n, Ordering::AcqRel);
+        self.progress.inc(n);
+        match self.hot.try_send((offset, buffer)) {
+            Ok(()) => self.buffer(),
+            // The hasher is busy: it will read these bytes back from disk.
+            Err(TrySendError::Full((_, mut b)) | TrySendError::Disconnected((_, mut b))) => {
+                b.clear();
+                b
+            }
+        }
+    }
+
     pub(super) fn part_range(&self, part: usize) -> (u64, u64) {
         let start = part as u64 * self.part_size;
         (start, (start + self.part_size).min(self.size))
@@ -91,39 +158,68 @@ impl Shared {
     }
 }
 
-/// Hashes the contiguous written prefix as it grows; returns `sha256:<hex>`.
-pub(super) async fn hash_prefix(shared: Arc<Shared>) -> Result<String, PullError> {
-    let mut hasher = Sha256::new();
-    let mut hashed = 0u64;
-    while hashed < shared.size {
-        let frontier = shared.frontier();
-        if frontier == hashed {
-            shared.written.notified().await;
-            continue;
-        }
-        let upto = frontier.min(hashed + HASH_STEP);
-        let task_shared = Arc::clone(&shared);
-        let (returned, result) = tokio::task::spawn_blocking(move || {
-            let result = hash_range(&task_shared.file, &mut hasher, hashed, upto);
-            (hasher, result)
-        })
+/// Hashes the contiguous written prefix as it grows, on a blocking thread;
+/// returns `sha256:<hex>`.
+pub(super) async fn hash_prefix(
+    shared: Arc<Shared>,
+    hot: Receiver<(u64, Vec<u8>)>,
+) -> Result<String, PullError> {
+    tokio::task::spawn_blocking(move || hash_blocking(&shared, hot))
         .await
         .map_err(|e| PullError::Io {
             path: PathBuf::from("partial blob"),
             source: io::Error::other(e),
-        })?;
-        hasher = returned;
-        result.map_err(|source| PullError::Io {
-            path: PathBuf::from("partial blob"),
-            source,
-        })?;
-        hashed = upto;
+        })?
+}
+
+fn hash_blocking(shared: &Shared, hot: Receiver<(u64, Vec<u8>)>) -> Result<String, PullError> {
+    let io_err = |source| PullError::Io {
+        path: PathBuf::from("partial blob"),
+        source,
+    };
+    let mut hasher = Sha256::new();
+    let mut hashed = 0u64;
+    let mut scratch = Vec::new();
+    while hashed < shared.size {
+        if shared.cancelled.load(Ordering::Acquire) {
+            return Err(io_err(io::Error::other(
+                "download ended before hashing did",
+            )));
+        }
+        match hot.recv_timeout(Duration::from_millis(5)) {
+            Ok((offset, buffer)) => {
+                let extends = offset == hashed;
+                if extends {
+                    hasher.update(&buffer);
+                    hashed += buffer.len() as u64;
+                }
+                shared.recycle(buffer);
+                if extends {
+                    continue;
+                }
+            }
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+        }
+        // Bytes written but not handed over (out of order, or the channel
+        // was full): read them back.
+        let frontier = shared.frontier();
+        if frontier > hashed {
+            let upto = frontier.min(hashed + HASH_STEP);
+            hash_range(&shared.file, &mut hasher, &mut scratch, hashed, upto).map_err(io_err)?;
+            hashed = upto;
+        }
     }
     Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
 }
 
-fn hash_range(file: &File, hasher: &mut Sha256, from: u64, to: u64) -> io::Result<()> {
-    let mut buffer = vec![0u8; (1 << 20).min((to - from) as usize)];
+fn hash_range(
+    file: &File,
+    hasher: &mut Sha256,
+    buffer: &mut Vec<u8>,
+    from: u64,
+    to: u64,
+) -> io::Result<()> {
+    buffer.resize(WRITE_BUFFER, 0);
     let mut at = from;
     while at < to {
         let n = buffer.len().min((to - at) as usize);
@@ -220,17 +316,14 @@ mod tests {
     fn shared(size: u64, part_size: u64, done: &[u64]) -> Shared {
         let dir = tempfile::tempdir().unwrap();
         let file = File::create(dir.path().join("f")).unwrap();
-        Shared {
-            file,
+        let state = State {
             size,
             part_size,
-            done: done.iter().map(|&d| AtomicU64::new(d)).collect(),
-            pending: Vec::new(),
-            next: AtomicUsize::new(0),
-            written: Notify::new(),
-            progress: crate::progress::Progress::new(crate::progress::ProgressMode::Quiet)
-                .blob("b", size, 0),
-        }
+            done: done.to_vec(),
+        };
+        let progress =
+            crate::progress::Progress::new(crate::progress::ProgressMode::Quiet).blob("b", size, 0);
+        Shared::new(file, &state, Vec::new(), progress).0
     }
 
     #[test]
