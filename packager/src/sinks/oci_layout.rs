@@ -5,9 +5,13 @@
 
 use std::path::{Path, PathBuf};
 
+use futures_util::StreamExt as _;
 use serde_json::json;
 
 use super::{BuiltImage, OutputError, copy_verified};
+
+/// Blobs fetched or copied at once.
+const PARALLEL: usize = 3;
 
 /// Writes `image` as an OCI layout at `dir`, tagged `tag` in `index.json`.
 pub async fn write(image: &BuiltImage, dir: &Path, tag: &str) -> Result<(), OutputError> {
@@ -30,22 +34,35 @@ pub async fn write(image: &BuiltImage, dir: &Path, tag: &str) -> Result<(), Outp
     let blobs = tmp.path().join("blobs/sha256");
     std::fs::create_dir_all(&blobs).map_err(io)?;
 
+    // Each blob is its own file, so base layers download a few at a time.
+    let mut seen = std::collections::HashSet::new();
+    let mut pending = Vec::new();
     for blob in image.blobs() {
         let hex = blob.descriptor.hex();
-        let dest = blobs.join(hex);
-        if dest.exists() {
+        if !seen.insert(hex.to_string()) {
             continue; // The same blob twice (e.g. two empty layers).
         }
+        let dest = blobs.join(hex);
         let previous = dir.join("blobs/sha256").join(hex);
         if std::fs::metadata(&previous).is_ok_and(|m| m.len() == blob.descriptor.size)
             && std::fs::hard_link(&previous, &dest).is_ok()
         {
             continue;
         }
-        let mut file = tokio::fs::File::create(&dest).await.map_err(io)?;
-        copy_verified(blob, &mut file, dir).await?;
-        file.sync_all().await.map_err(io)?;
+        pending.push((blob, dest));
     }
+    let mut writes = futures_util::stream::iter(pending)
+        .map(|(blob, dest)| async move {
+            let io = |e: std::io::Error| OutputError::io(dir, &e);
+            let mut file = tokio::fs::File::create(&dest).await.map_err(io)?;
+            copy_verified(blob, &mut file, dir).await?;
+            file.sync_all().await.map_err(io)
+        })
+        .buffer_unordered(PARALLEL);
+    while let Some(written) = writes.next().await {
+        written?;
+    }
+    drop(writes);
     std::fs::write(
         blobs.join(image.manifest_digest.trim_start_matches("sha256:")),
         &image.manifest,
