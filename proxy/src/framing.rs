@@ -44,10 +44,15 @@ pub enum FrameError {
 pub struct Framer {
     format: Format,
     limit: usize,
+    /// A read that arrived while nothing was pending, kept as it came: whole
+    /// frames are cut from it without copying (the common case: Ollama
+    /// writes one chunk per read). Moved into `buf` once only a partial
+    /// frame is left in it; never non-empty together with `buf`.
+    head: Bytes,
     buf: BytesMut,
-    /// Bytes of `buf` already searched for the end of the pending frame, so
-    /// a frame that arrives in many small reads is scanned once, not once
-    /// per read.
+    /// Bytes of the pending data already searched for the end of its first
+    /// frame, so a frame that arrives in many small reads is scanned once,
+    /// not once per read.
     scanned: usize,
     /// SSE only: where the current line starts, to notice an empty line.
     line_start: usize,
@@ -59,6 +64,7 @@ impl Framer {
         Framer {
             format,
             limit: limit.max(1),
+            head: Bytes::new(),
             buf: BytesMut::new(),
             scanned: 0,
             line_start: 0,
@@ -72,31 +78,59 @@ impl Framer {
     /// Bytes held that do not form a whole frame yet (after [`Framer::next_frame`]
     /// returned `None`).
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.head.len() + self.buf.len()
     }
 
     /// Adds the next read of the body. Whole frames come out of [`Framer::next_frame`].
     pub fn push(&mut self, data: &[u8]) {
+        self.spill();
         self.buf.extend_from_slice(data);
+    }
+
+    /// Like [`Framer::push`], without copying when nothing is pending.
+    pub fn push_bytes(&mut self, data: Bytes) {
+        if self.head.is_empty() && self.buf.is_empty() {
+            self.head = data;
+        } else {
+            self.push(&data);
+        }
+    }
+
+    fn spill(&mut self) {
+        if !self.head.is_empty() {
+            self.buf.extend_from_slice(&self.head);
+            self.head = Bytes::new();
+        }
     }
 
     /// The next whole frame, terminator included, or `None` until more bytes
     /// arrive. An error when the pending frame is already over the limit;
     /// the framer is then unusable (the stream must end).
     pub fn next_frame(&mut self) -> Result<Option<Bytes>, FrameError> {
+        let in_head = !self.head.is_empty();
+        let data: &[u8] = if in_head { &self.head } else { &self.buf };
+        let len = data.len();
         let end = match self.format {
-            Format::Ndjson => self.find_line_end(),
-            Format::Sse => self.find_event_end(),
+            Format::Ndjson => find_line_end(data, &mut self.scanned),
+            Format::Sse => find_event_end(data, &mut self.scanned, &mut self.line_start),
         };
         match end {
             Some(end) if end <= self.limit => {
                 self.scanned = 0;
                 self.line_start = 0;
-                Ok(Some(self.buf.split_to(end).freeze()))
+                Ok(Some(if in_head {
+                    self.head.split_to(end)
+                } else {
+                    self.buf.split_to(end).freeze()
+                }))
             }
             Some(_) => Err(self.too_long()),
-            None if self.buf.len() > self.limit => Err(self.too_long()),
-            None => Ok(None),
+            None if len > self.limit => Err(self.too_long()),
+            None => {
+                // Only part of a frame left: later reads append to it.
+                self.spill();
+                Ok(None)
+            }
         }
     }
 
@@ -104,6 +138,7 @@ impl Framer {
     /// terminator (a `stream:false` body, or a stream cut short), unless it
     /// is only whitespace. Call after `next_frame` returned `None`.
     pub fn finish(&mut self) -> Result<Option<Bytes>, FrameError> {
+        self.spill();
         if self.buf.len() > self.limit {
             return Err(self.too_long());
         }
@@ -122,46 +157,45 @@ impl Framer {
             limit: self.limit,
         }
     }
+}
 
-    fn find_line_end(&mut self) -> Option<usize> {
-        match memchr::memchr(b'\n', &self.buf[self.scanned..]) {
-            Some(i) => Some(self.scanned + i + 1),
-            None => {
-                self.scanned = self.buf.len();
-                None
-            }
+fn find_line_end(data: &[u8], scanned: &mut usize) -> Option<usize> {
+    match memchr::memchr(b'\n', &data[*scanned..]) {
+        Some(i) => Some(*scanned + i + 1),
+        None => {
+            *scanned = data.len();
+            None
         }
     }
+}
 
-    /// The end of the first event: one past the line break of its empty
-    /// line. Line breaks are `\n`, `\r\n` or a lone `\r` (the SSE grammar),
-    /// so a `\r` at the very end of the buffer must wait for the next byte.
-    fn find_event_end(&mut self) -> Option<usize> {
-        let buf = &self.buf[..];
-        let mut i = self.scanned;
-        while let Some(off) = memchr::memchr2(b'\n', b'\r', &buf[i..]) {
-            let p = i + off;
-            let next = if buf[p] == b'\r' {
-                match buf.get(p + 1) {
-                    None => {
-                        self.scanned = p;
-                        return None;
-                    }
-                    Some(b'\n') => p + 2,
-                    Some(_) => p + 1,
+/// The end of the first event: one past the line break of its empty line.
+/// Line breaks are `\n`, `\r\n` or a lone `\r` (the SSE grammar), so a `\r`
+/// at the very end of the data must wait for the next byte.
+fn find_event_end(data: &[u8], scanned: &mut usize, line_start: &mut usize) -> Option<usize> {
+    let mut i = *scanned;
+    while let Some(off) = memchr::memchr2(b'\n', b'\r', &data[i..]) {
+        let p = i + off;
+        let next = if data[p] == b'\r' {
+            match data.get(p + 1) {
+                None => {
+                    *scanned = p;
+                    return None;
                 }
-            } else {
-                p + 1
-            };
-            if p == self.line_start {
-                return Some(next);
+                Some(b'\n') => p + 2,
+                Some(_) => p + 1,
             }
-            self.line_start = next;
-            i = next;
+        } else {
+            p + 1
+        };
+        if p == *line_start {
+            return Some(next);
         }
-        self.scanned = buf.len();
-        None
+        *line_start = next;
+        i = next;
     }
+    *scanned = data.len();
+    None
 }
 
 /// The value of an SSE event's `data` field: its `data:` lines joined by
@@ -200,8 +234,13 @@ mod tests {
     fn frames(format: Format, limit: usize, reads: &[&[u8]]) -> Result<Vec<Vec<u8>>, FrameError> {
         let mut f = Framer::new(format, limit);
         let mut out = Vec::new();
-        for r in reads {
-            f.push(r);
+        for (i, r) in reads.iter().enumerate() {
+            // Both ways in: kept as the read's own bytes, and copied.
+            if i % 2 == 0 {
+                f.push_bytes(Bytes::copy_from_slice(r));
+            } else {
+                f.push(r);
+            }
             while let Some(frame) = f.next_frame()? {
                 out.push(frame.to_vec());
             }

@@ -270,12 +270,9 @@ impl Chunk {
         out.put_slice(&self.raw());
     }
 
-    /// Appends only the chunk inserted before this one (if any): for a chunk
-    /// the client must not see, such as a usage chunk it did not ask for.
-    pub fn write_inserted_to(&self, out: &mut BytesMut) {
-        if let Some(before) = &self.before {
-            out.put_slice(before);
-        }
+    /// The chunk a hook's text made the host insert before this one, if any.
+    pub fn inserted(&self) -> Option<&[u8]> {
+        self.before.as_deref()
     }
 
     /// The JSON body of this (whole) chunk as it is now, for a rebuilt

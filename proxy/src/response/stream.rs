@@ -90,7 +90,7 @@ impl<E: OnEnd> FilteredStream<E> {
     }
 
     /// One whole chunk through the hooks, its output appended to `out`.
-    fn process(&mut self, frame: Bytes, out: &mut BytesMut) -> Result<(), String> {
+    fn process(&mut self, frame: Bytes, out: &mut Output) -> Result<(), String> {
         let mut chunk = Chunk::new(frame, self.kind, self.shape);
         if let Some(u) = chunk.usage() {
             self.usage = Some(u);
@@ -99,16 +99,17 @@ impl<E: OnEnd> FilteredStream<E> {
         self.hooks
             .on_chunk(&self.ctx, &mut chunk)
             .map_err(|stop| stop.message)?;
-        if hidden {
-            chunk.write_inserted_to(out);
-        } else {
-            chunk.write_to(out);
+        if let Some(inserted) = chunk.inserted() {
+            out.extend_from_slice(inserted);
+        }
+        if !hidden {
+            out.push(chunk.raw());
         }
         Ok(())
     }
 
     /// Cuts every whole chunk out of what has arrived; `Err` ends the stream.
-    fn drain(&mut self, out: &mut BytesMut) -> Result<(), (ResponseOutcome, String)> {
+    fn drain(&mut self, out: &mut Output) -> Result<(), (ResponseOutcome, String)> {
         loop {
             match self.framer.next_frame() {
                 Ok(Some(frame)) => self
@@ -121,7 +122,7 @@ impl<E: OnEnd> FilteredStream<E> {
     }
 
     /// Upstream finished: the last, unterminated chunk (if any), then the end.
-    fn finish(&mut self, mut out: BytesMut) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn finish(&mut self, mut out: Output) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Err((outcome, message)) = self.drain(&mut out) {
             return self.close_with_error(outcome, message, out);
         }
@@ -143,7 +144,7 @@ impl<E: OnEnd> FilteredStream<E> {
     fn close(
         &mut self,
         outcome: ResponseOutcome,
-        out: BytesMut,
+        out: Output,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.done = true;
         self.end(outcome, out.len() as u64);
@@ -168,7 +169,7 @@ impl<E: OnEnd> FilteredStream<E> {
         &mut self,
         outcome: ResponseOutcome,
         message: String,
-        mut out: BytesMut,
+        mut out: Output,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match outcome {
             ResponseOutcome::EndedByPlugin => {
@@ -178,11 +179,7 @@ impl<E: OnEnd> FilteredStream<E> {
                 tracing::warn!(request_id = %self.ctx.request_id, reason = %message, "stream ended early")
             }
         }
-        let last_two = match out.len() {
-            0 => self.last_two,
-            1 => [self.last_two[1], out[0]],
-            n => [out[n - 2], out[n - 1]],
-        };
+        let last_two = out.last_two(self.last_two);
         match self.kind {
             Kind::Line | Kind::Whole => {
                 if last_two[1] != b'\n' {
@@ -214,6 +211,60 @@ impl<E: OnEnd> FilteredStream<E> {
     }
 }
 
+/// What one read turns into: a single unchanged chunk goes out as the very
+/// bytes that came in (no copy, the usual case when Ollama writes a chunk
+/// per read); several are joined into one frame.
+#[derive(Default)]
+struct Output {
+    first: Option<Bytes>,
+    joined: BytesMut,
+}
+
+impl Output {
+    fn push(&mut self, bytes: Bytes) {
+        if self.first.is_none() && self.joined.is_empty() {
+            self.first = Some(bytes);
+        } else {
+            self.extend_from_slice(&bytes);
+        }
+    }
+
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        if let Some(first) = self.first.take() {
+            self.joined.extend_from_slice(&first);
+        }
+        self.joined.extend_from_slice(bytes);
+    }
+
+    fn len(&self) -> usize {
+        self.first.as_ref().map_or(0, Bytes::len) + self.joined.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The last two bytes, or `before` shifted by what there is.
+    fn last_two(&self, before: [u8; 2]) -> [u8; 2] {
+        let tail: &[u8] = match &self.first {
+            Some(f) => f,
+            None => &self.joined,
+        };
+        match tail.len() {
+            0 => before,
+            1 => [before[1], tail[0]],
+            n => [tail[n - 2], tail[n - 1]],
+        }
+    }
+
+    fn freeze(self) -> Bytes {
+        match self.first {
+            Some(first) => first,
+            None => self.joined.freeze(),
+        }
+    }
+}
+
 fn body_outcome(o: ResponseOutcome) -> Outcome {
     match o {
         ResponseOutcome::Completed | ResponseOutcome::EndedByPlugin => Outcome::Completed,
@@ -242,8 +293,8 @@ impl<E: OnEnd + Unpin> Body for FilteredStream<E> {
                         continue; // trailers: nothing to filter
                     };
                     this.idle.as_mut().reset(Instant::now() + this.idle_after);
-                    this.framer.push(&data);
-                    let mut out = BytesMut::new();
+                    this.framer.push_bytes(data);
+                    let mut out = Output::default();
                     if let Err((outcome, message)) = this.drain(&mut out) {
                         return this.close_with_error(outcome, message, out);
                     }
@@ -256,12 +307,12 @@ impl<E: OnEnd + Unpin> Body for FilteredStream<E> {
                     }
                     // Only part of a chunk so far: read on.
                 }
-                Poll::Ready(None) => return this.finish(BytesMut::new()),
+                Poll::Ready(None) => return this.finish(Output::default()),
                 Poll::Ready(Some(Err(e))) => {
                     return this.close_with_error(
                         ResponseOutcome::UpstreamFailed,
                         format!("Ollama's response broke off mid-stream: {e}"),
-                        BytesMut::new(),
+                        Output::default(),
                     );
                 }
                 Poll::Pending => {
@@ -269,7 +320,7 @@ impl<E: OnEnd + Unpin> Body for FilteredStream<E> {
                         return this.close_with_error(
                             ResponseOutcome::TimedOut,
                             "request timed out (limits.request_timeout_s)".into(),
-                            BytesMut::new(),
+                            Output::default(),
                         );
                     }
                     if this.idle.as_mut().poll(cx).is_ready() {
@@ -280,7 +331,7 @@ impl<E: OnEnd + Unpin> Body for FilteredStream<E> {
                         return this.close_with_error(
                             ResponseOutcome::TimedOut,
                             msg,
-                            BytesMut::new(),
+                            Output::default(),
                         );
                     }
                     return Poll::Pending;
