@@ -95,12 +95,7 @@ fn engine_config(options: &PluginOptions) -> Config {
         .total_core_instances(4 * n)
         .total_memories(n)
         .total_tables(2 * n)
-        .max_memory_size(options.memory_cap)
-        // Reset up to this much of a slot by zeroing in place rather than
-        // unmapping it: cheaper for plugin-sized memories, still no data
-        // left for the next instance.
-        .linear_memory_keep_resident(2 << 20)
-        .table_keep_resident(64 << 10);
+        .max_memory_size(options.memory_cap);
 
     let mut config = Config::new();
     config
