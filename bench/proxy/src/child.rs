@@ -31,6 +31,8 @@ impl ProxyChild {
             .arg("proxy-child")
             .env("KILN_LISTEN", &addr)
             .env("RUST_LOG", log_filter)
+            // The proxy's own worker threads, e.g. to compare 1 with the default (one per core).
+            .envs(std::env::var("BENCH_PROXY_WORKERS").map(|n| ("TOKIO_WORKER_THREADS", n)))
             .env("KILN_UPSTREAM", upstream)
             // Admission must not queue the benchmark's 64 (or 1000 idle) clients.
             .env("KILN_LIMITS_MAX_IN_FLIGHT", "4096")
