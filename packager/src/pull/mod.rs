@@ -294,22 +294,36 @@ pub async fn pull_models(
         options,
         progress: &progress,
     };
-    let mut pulled = Vec::new();
-    for (model, client, bytes, parsed) in &plans {
-        // The config first: it says whether this is a cloud model with no weights.
+    // What the total bar counts: each distinct blob not yet in the cache.
+    let mut seen = std::collections::HashSet::new();
+    let missing: u64 = plans
+        .iter()
+        .flat_map(|(_, _, _, parsed)| std::iter::once(&parsed.config).chain(&parsed.layers))
+        .filter(|blob| seen.insert(blob.digest.as_str()))
+        .filter(|blob| {
+            cache
+                .lookup(&blob.digest, blob.size)
+                .ok()
+                .flatten()
+                .is_none()
+        })
+        .map(|blob| blob.size)
+        .sum();
+    progress.add_total(missing);
+    // Configs first: they say which models are cloud models with no weights,
+    // so those are refused before any weights move.
+    let mut configs = Vec::new();
+    for (model, client, _, parsed) in &plans {
         let config = fetcher.fetch(client, model, &parsed.config).await?;
         let config_bytes = std::fs::read(&config.path).map_err(|source| PullError::Io {
             path: config.path.clone(),
             source,
         })?;
         manifest::check_config(model, &config_bytes)?;
-        let missing: u64 = parsed
-            .layers
-            .iter()
-            .filter(|l| cache.lookup(&l.digest, l.size).ok().flatten().is_none())
-            .map(|l| l.size)
-            .sum();
-        progress.add_total(missing);
+        configs.push(config);
+    }
+    let mut pulled = Vec::new();
+    for ((model, client, bytes, parsed), config) in plans.iter().zip(configs) {
         let mut layers = Vec::new();
         for layer in &parsed.layers {
             layers.push(fetcher.fetch(client, model, layer).await?);
