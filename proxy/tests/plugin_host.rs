@@ -475,3 +475,26 @@ async fn stage_apply_runs_plugins_in_place_on_a_multi_thread_runtime() {
         "other tasks kept running while plugins ran: {seen} ticks of 10 ms"
     );
 }
+
+#[test]
+fn plugin_check_tool_describes_the_plugin_and_refuses_bad_configs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = fixtures::write(dir.path(), "p", &Behaviour::Allow);
+    let out = kiln_proxy::plugins::tool::check(&path, None).unwrap();
+    for expected in [
+        "kiln:filter@0.1.0",
+        "componentized at load",
+        "on-request",
+        "validate-config",
+        "sha256:",
+    ] {
+        assert!(out.contains(expected), "{expected:?} missing from:\n{out}");
+    }
+    let picky = fixtures::write_bytes(
+        dir.path(),
+        "picky",
+        &fixtures::core_module(&Behaviour::Allow, Some("set `keys`")),
+    );
+    let err = kiln_proxy::plugins::tool::check(&picky, Some(serde_json::json!({}))).unwrap_err();
+    assert!(format!("{err:#}").contains("set `keys`"), "{err:#}");
+}
