@@ -215,10 +215,10 @@ impl BlobProgress {
         }
     }
 
-    /// The blob failed; remove its bar.
+    /// The blob failed; remove its bar (the error says what happened).
     pub fn abandon(&self) {
         if let Some(bar) = &self.inner.bar {
-            bar.abandon();
+            bar.finish_and_clear();
         }
     }
 }

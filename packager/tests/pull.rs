@@ -299,6 +299,39 @@ async fn stalled_connections_are_restarted() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_ignores_range_still_gets_one_plain_get() {
+    let registry = TestRegistry::start(Auth::Anonymous).expect("registry");
+    let model = seed(&registry, "4b", 3 * MIB, 12);
+    let front = CdnFront::start(&registry).expect("front");
+    front.ignore_range(true);
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut options = options(&work.path().join("cache"), &front.url());
+    options.part_size = Some(MIB);
+    options.parallel = Some(4);
+    let pulled = pull_models(&options, &[gemma()]).await.expect("pull");
+    assert_eq!(
+        fs::read(&pulled[0].layers[0].path)
+            .map(|b| digest_of(&b))
+            .expect("weights"),
+        model.layers[0].digest
+    );
+    let weights: Vec<_> = front
+        .cdn_requests()
+        .into_iter()
+        .filter(|r| r.url.contains(&model.layers[0].digest))
+        .collect();
+    assert_eq!(
+        weights.len(),
+        2,
+        "one ranged try, then one plain GET: {weights:?}"
+    );
+    assert!(
+        weights[0].range.is_some() && weights[1].range.is_none(),
+        "{weights:?}"
+    );
+}
+
 /// Sums a partial download's state file: bytes known to be on disk.
 fn kept_bytes(state_file: &Path) -> u64 {
     let Ok(bytes) = fs::read(state_file) else {

@@ -38,6 +38,8 @@ struct Faults {
     throttle: Option<u64>,
     /// Responses hang (send nothing, keep the connection) after this many body bytes.
     stall_after: Option<u64>,
+    /// Answer range requests with 200 and the whole blob, as some servers do.
+    ignore_range: bool,
 }
 
 struct State {
@@ -167,6 +169,13 @@ impl CdnFront {
             .store(after_bytes.is_some(), Ordering::SeqCst);
         if let Ok(mut f) = self.state.faults.lock() {
             f.stall_after = after_bytes;
+        }
+    }
+
+    /// Makes the CDN ignore `Range` (HTTP 200 with the whole blob), or honour it again.
+    pub fn ignore_range(&self, ignore: bool) {
+        if let Ok(mut f) = self.state.faults.lock() {
+            f.ignore_range = ignore;
         }
     }
 
@@ -347,6 +356,8 @@ fn serve_cdn(state: &State, request: tiny_http::Request) -> io::Result<()> {
     if let Some(auth) = &state.registry_auth {
         upstream = upstream.header("Authorization", auth);
     }
+    let ignore_range = state.faults.lock().map(|f| f.ignore_range).unwrap_or(false);
+    let range = range.filter(|_| !ignore_range);
     if let Some(range) = &range {
         upstream = upstream.header("Range", range);
     }

@@ -49,11 +49,28 @@ impl BlobJob<'_> {
 /// The caller holds the blob's lock.
 pub(crate) async fn download(
     job: &BlobJob<'_>,
-    progress_for: impl FnOnce(u64) -> BlobProgress,
+    progress_for: impl Fn(u64) -> BlobProgress,
+) -> Result<PathBuf, PullError> {
+    let wanted = part_size_for(job.size, job.connections(), job.options.part_size);
+    match download_in_parts(job, wanted, &progress_for).await {
+        // A server that ignores Range (answers 200 with the whole blob) can
+        // still serve one plain GET; what was written cannot be resumed there.
+        Err(PullError::RangeIgnored { what }) if wanted < job.size => {
+            tracing::warn!("{what} ignored Range; fetching the blob in one request");
+            let _ = fs::remove_file(job.cache.state_path(job.digest)?);
+            download_in_parts(job, job.size, &progress_for).await
+        }
+        other => other,
+    }
+}
+
+async fn download_in_parts(
+    job: &BlobJob<'_>,
+    wanted: u64,
+    progress_for: &impl Fn(u64) -> BlobProgress,
 ) -> Result<PathBuf, PullError> {
     let partial = job.cache.partial_path(job.digest)?;
     let state_path = job.cache.state_path(job.digest)?;
-    let wanted = part_size_for(job.size, job.connections(), job.options.part_size);
     let (file, state) = open_partial(&partial, &state_path, job.size, wanted)?;
     let (part_size, parts) = (state.part_size, state.done.len());
     let already: u64 = state.done.iter().sum();
@@ -380,12 +397,7 @@ async fn request_range(
         }
         // Range ignored: the body would be the whole blob, not this part.
         StatusCode::OK => {
-            return Err(PullError::Protocol {
-                registry: client.display_host(),
-                detail: format!(
-                    "{what} ignored the Range header (HTTP 200 to a range request); kiln needs Range support"
-                ),
-            });
+            return Err(PullError::RangeIgnored { what });
         }
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
             return Err(PullError::Unauthorized {

@@ -148,6 +148,8 @@ pub enum PullError {
         status: u16,
         body: String,
     },
+    #[error("{what} ignored the Range header (HTTP 200 to a request for part of the blob)")]
+    RangeIgnored { what: String },
     #[error("no data for {seconds}s while downloading {digest}")]
     Stalled { digest: String, seconds: f64 },
     #[error(
