@@ -128,11 +128,19 @@ async fn stream_once(
         .await?;
     anyhow::ensure!(resp.status() == 200, "status {}", resp.status());
     let mut lines = 0u64;
+    let mut last = bytes_tail::Tail::default();
     while let Some(chunk) = resp.chunk().await? {
         lines += memchr::memchr_iter(b'\n', &chunk).count() as u64;
+        last.keep(&chunk);
     }
     // An SSE event ends with a blank line: two newlines per event.
-    Ok(if sse { lines / 2 } else { lines })
+    let n = if sse { lines / 2 } else { lines };
+    anyhow::ensure!(
+        n as usize > tokens,
+        "a stream through {url} ended after {n} of {tokens} chunks, with {:?}",
+        last.text()
+    );
+    Ok(n)
 }
 
 /// Chunks per second under `load`.
@@ -156,7 +164,8 @@ async fn throughput(
     }
     anyhow::ensure!(
         chunks as usize >= load.streams * load.tokens,
-        "only {chunks} chunks arrived"
+        "only {chunks} of {} chunks arrived through {url}",
+        load.streams * load.tokens
     );
     Ok(chunks as f64 / start.elapsed().as_secs_f64())
 }
@@ -181,6 +190,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
+    // Warnings only (RUST_LOG to change): a plugin failure must not go unseen.
+    if std::env::var_os("RUST_LOG").is_none() {
+        // SAFETY: set before any other thread exists.
+        unsafe { std::env::set_var("RUST_LOG", "warn") };
+    }
+    kiln_proxy::logging::init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -325,4 +340,22 @@ async fn report(
     }
     println!();
     Ok(())
+}
+
+/// The last bytes of a body, to say how it ended.
+mod bytes_tail {
+    #[derive(Default)]
+    pub struct Tail(Vec<u8>);
+
+    impl Tail {
+        pub fn keep(&mut self, chunk: &[u8]) {
+            self.0.extend_from_slice(chunk);
+            let cut = self.0.len().saturating_sub(300);
+            self.0.drain(..cut);
+        }
+
+        pub fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0).into_owned()
+        }
+    }
 }
