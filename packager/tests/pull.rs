@@ -189,15 +189,25 @@ async fn blobs_follow_the_cdn_redirect_and_credentials_stay_with_the_registry() 
             cdn.iter().all(|r| !r.authorization),
             "{auth:?}: credentials reached the CDN: {cdn:?}"
         );
-        let blob_requests: Vec<_> = front
-            .front_requests()
-            .into_iter()
-            .filter(|(_, url, _)| url.contains("/blobs/"))
-            .collect();
+        let front_requests = front.front_requests();
         assert!(
-            blob_requests.iter().any(|(_, _, authorized)| *authorized),
+            front_requests
+                .iter()
+                .any(|r| r.url.contains("/blobs/") && r.authorization),
             "the registry itself got credentials"
         );
+        let manifest_gets: Vec<_> = front_requests
+            .iter()
+            .filter(|r| r.url == "/v2/library/gemma3/manifests/4b")
+            .collect();
+        assert!(!manifest_gets.is_empty());
+        for get in manifest_gets {
+            assert_eq!(
+                get.accept.as_deref(),
+                Some("application/vnd.docker.distribution.manifest.v2+json"),
+                "Ollama's exact Accept header"
+            );
+        }
         if matches!(auth, Auth::Bearer { .. }) {
             assert!(
                 registry

@@ -18,6 +18,17 @@ use anyhow::{Context, Result};
 
 use crate::registry::TestRegistry;
 
+/// One request the front (the "registry") received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrontRequest {
+    pub method: String,
+    pub url: String,
+    /// Whether the request carried an `Authorization` header.
+    pub authorization: bool,
+    /// The `Accept` header, verbatim.
+    pub accept: Option<String>,
+}
+
 /// One request the CDN listener received.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CdnRequest {
@@ -46,7 +57,7 @@ struct State {
     registry_url: String,
     registry_auth: Option<String>,
     cdn_addr: Mutex<Option<SocketAddr>>,
-    front_requests: Mutex<Vec<(String, String, bool)>>,
+    front_requests: Mutex<Vec<FrontRequest>>,
     cdn_requests: Mutex<Vec<CdnRequest>>,
     cdn_bytes: AtomicU64,
     faults: Mutex<Faults>,
@@ -123,8 +134,8 @@ impl CdnFront {
         self.front_addr.to_string()
     }
 
-    /// Requests the front received: `(method, url, carried Authorization)`.
-    pub fn front_requests(&self) -> Vec<(String, String, bool)> {
+    /// Requests the front received, in order.
+    pub fn front_requests(&self) -> Vec<FrontRequest> {
         self.state
             .front_requests
             .lock()
@@ -219,7 +230,12 @@ fn serve_front(state: &State, mut request: tiny_http::Request) -> io::Result<()>
     let url = request.url().to_string();
     let authorization = header(&request, "Authorization");
     if let Ok(mut log) = state.front_requests.lock() {
-        log.push((method.clone(), url.clone(), authorization.is_some()));
+        log.push(FrontRequest {
+            method: method.clone(),
+            url: url.clone(),
+            authorization: authorization.is_some(),
+            accept: header(&request, "Accept"),
+        });
     }
     // /v2/<repo>/blobs/<digest> (GET/HEAD) -> 307 to the CDN, after the
     // registry agreed that this client may read it (as the real one checks).
