@@ -65,6 +65,9 @@ impl RegistryClient {
         let http = reqwest::Client::builder()
             .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
+            // Parallel parts are meant as separate TCP connections (each with
+            // its own congestion window); HTTP/2 would multiplex them onto one.
+            .http1_only()
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
             .build()
