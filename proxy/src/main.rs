@@ -73,14 +73,22 @@ fn load_config(a: &RunArgs) -> anyhow::Result<Config> {
 }
 
 /// The filter stage: none without `[[plugins]]`.
-fn filter_stage(config: &Config) -> anyhow::Result<Arc<dyn RequestFilter>> {
+fn filter_stage(config: &Config, file: Option<PathBuf>) -> anyhow::Result<Arc<dyn RequestFilter>> {
     if config.plugins.is_empty() {
         return Ok(Arc::new(NoFilters));
     }
     let options = kiln_proxy::plugins::PluginOptions::from_env(|k| std::env::var(k).ok())?;
     let stage = kiln_proxy::plugins::load_chain(&config.plugins, &options)
         .context("cannot load the [[plugins]]")?;
-    stage.spawn_reloader();
+    // On SIGHUP the [[plugins]] entries are read again from the config file.
+    let source = file.map(|path| -> kiln_proxy::plugins::SpecSource {
+        Arc::new(move || {
+            Config::from_file(&path)
+                .map(|c| c.plugins)
+                .map_err(|e| format!("{e:#}"))
+        })
+    });
+    stage.spawn_reloader_with(source);
     Ok(stage)
 }
 
@@ -101,7 +109,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         None => {
-            let filter = filter_stage(&config)?;
+            let filter = filter_stage(&config, cli.run.config.clone())?;
             kiln_proxy::run(config, filter).await
         }
     }

@@ -28,7 +28,7 @@ pub use crate::filter::PluginSpec;
 pub use chain::{Chain, Outcome};
 pub use loader::{INTERFACE, LoadedPlugin, PluginInfo, RESPONSE_INTERFACE};
 pub use runtime::Runtime;
-pub use stage::PluginStage;
+pub use stage::{PluginStage, SpecSource};
 
 use std::path::PathBuf;
 use std::sync::Arc;

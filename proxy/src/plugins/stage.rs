@@ -15,6 +15,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+/// Where fresh `[[plugins]]` entries come from on SIGHUP.
+pub type SpecSource = Arc<dyn Fn() -> Result<Vec<PluginSpec>, String> + Send + Sync>;
+
 pub struct PluginStage {
     runtime: Arc<Runtime>,
     specs: Mutex<Vec<PluginSpec>>,
@@ -94,6 +97,17 @@ impl PluginStage {
     /// a plugin file's size or modification time changes (checked every
     /// `options.watch_interval`). Compiling happens on a blocking thread.
     pub fn spawn_reloader(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        self.spawn_reloader_with(None)
+    }
+
+    /// Like [`PluginStage::spawn_reloader`], and on SIGHUP the `[[plugins]]`
+    /// entries are first read again from `source` (e.g. the proxy's config
+    /// file), so an operator can add, remove or reconfigure plugins without a
+    /// restart. If `source` fails, nothing changes and the log says why.
+    pub fn spawn_reloader_with(
+        self: &Arc<Self>,
+        source: Option<SpecSource>,
+    ) -> tokio::task::JoinHandle<()> {
         let stage = Arc::downgrade(self);
         let interval = self.runtime.options.watch_interval;
         tokio::spawn(async move {
@@ -136,8 +150,29 @@ impl PluginStage {
                     tracing::info!("a plugin file changed: reloading plugins");
                 }
                 last = now;
-                // A failed reload is logged by reload() and keeps the old chain.
-                let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+                let source = if signalled { source.clone() } else { None };
+                // Failed reloads are logged by reload_with() and keep the old chain.
+                let reloaded = tokio::task::spawn_blocking(move || match source {
+                    None => {
+                        let _ = s.reload();
+                        None
+                    }
+                    Some(source) => match source() {
+                        Ok(specs) => {
+                            let _ = s.reload_with(specs);
+                            Some(s.fingerprint())
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot re-read the [[plugins]] entries; the previous plugin chain stays in service");
+                            None
+                        }
+                    },
+                })
+                .await;
+                // New specs may name other files: watch those from now on.
+                if let Ok(Some(fingerprint)) = reloaded {
+                    last = fingerprint;
+                }
             }
         })
     }
