@@ -13,6 +13,9 @@
 #   kiln first    kiln pack --push to a fresh registry with the model already pulled
 #                 and the layer-digest cache cleared: hash + upload (the like-for-like
 #                 comparison with skopeo, which also moves every byte once)
+# Reported per run: median wall time, median client CPU (user + system, from
+# /usr/bin/time: the figure that does not depend on how busy the machine is),
+# max RSS. "kiln first" and "skopeo copy" swap order every round.
 # Targets (issue 4): first push no slower than skopeo copy; no-op under 2 s.
 # Not part of the test suite.
 set -euo pipefail
@@ -68,18 +71,30 @@ say "source registry $source"
 now() { date +%s.%N; }
 declare -A times
 declare -A rss
+declare -A cpu
 run() { # name command...
     local name=$1; shift
     sync
     local t0 t1
     t0=$(now)
-    /usr/bin/time -f '%M' -o "$work/rss" "$@" >/dev/null 2>>"$work/run.log" || { tail -5 "$work/run.log"; die "$name failed"; }
+    /usr/bin/time -f '%M %U %S' -o "$work/rss" "$@" >/dev/null 2>>"$work/run.log" || { tail -5 "$work/run.log"; die "$name failed"; }
     t1=$(now)
     times[$name]+="$(python3 -c "print($t1 - $t0)") "
-    rss[$name]+="$(( $(tail -1 "$work/rss") / 1024 )) "
+    read -r kb user sys < <(tail -1 "$work/rss")
+    rss[$name]+="$((kb / 1024)) "
+    cpu[$name]+="$(python3 -c "print($user + $sys)") "
 }
 kiln_pack=("$kiln" pack gemma3:4b --source-registry "$source" --base "$src/ollama/ollama:latest"
     --cache-dir "$work/cache" --progress quiet --push)
+
+skopeo_copy() {
+    run "skopeo copy" skopeo copy --quiet --preserve-digests --src-tls-verify=false --dest-tls-verify=false \
+        "docker://$b/kiln/gemma:4b" "docker://$c/copy/gemma:4b"
+}
+kiln_first() {
+    rm -rf "$work/cache/layers"
+    run "kiln first" "${kiln_pack[@]}" "$d/kiln/gemma:4b"
+}
 
 for round in $(seq "$ROUNDS"); do
     say "round $round/$ROUNDS"
@@ -88,17 +103,16 @@ for round in $(seq "$ROUNDS"); do
     rm -rf "$work/cache"
     run "kiln cold" "${kiln_pack[@]}" "$b/kiln/gemma:4b"
     run "kiln no-op" "${kiln_pack[@]}" "$b/kiln/gemma:4b"
-    run "skopeo copy" skopeo copy --quiet --preserve-digests --src-tls-verify=false --dest-tls-verify=false \
-        "docker://$b/kiln/gemma:4b" "docker://$c/copy/gemma:4b"
-    rm -rf "$work/cache/layers"
-    run "kiln first" "${kiln_pack[@]}" "$d/kiln/gemma:4b"
+    # Alternate which of the two compared runs goes first: load drifts.
+    if ((round % 2)); then skopeo_copy; kiln_first; else kiln_first; skopeo_copy; fi
     stop_registries
 done
 
 median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" $1; }
-printf '\n%-12s %9s %9s   %s\n' "run" "median s" "max RSS" "all runs (s)"
+printf '\n%-12s %9s %9s %9s   %s\n' "run" "median s" "CPU s" "max RSS" "all runs (s)"
 for name in "kiln cold" "kiln first" "skopeo copy" "kiln no-op"; do
-    printf '%-12s %9.2f %6s MB   %s\n' "$name" "$(median "${times[$name]}")" "$(median "${rss[$name]}" | cut -d. -f1)" "${times[$name]}"
+    printf '%-12s %9.2f %9.2f %6s MB   %s\n' "$name" "$(median "${times[$name]}")" "$(median "${cpu[$name]}")" \
+        "$(median "${rss[$name]}" | cut -d. -f1)" "${times[$name]}"
 done
 ratio=$(python3 -c "print(f'{$(median "${times[kiln first]}") / $(median "${times[skopeo copy]}"):.2f}')")
 printf '\nkiln first push / skopeo copy = %s (size %s bytes, %s rounds, %s)\n' "$ratio" "$SIZE" "$ROUNDS" \
