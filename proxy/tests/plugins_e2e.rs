@@ -332,3 +332,52 @@ async fn c_plugin_blocks_model_management_routes() {
     );
     proxy.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn example_chain_in_front_of_the_ollama_emulator() {
+    // The emulator generates exactly `num_predict` tokens and knows only the
+    // models in its OLLAMA_MODELS: the alias must be rewritten and the cap
+    // applied before it sees the request.
+    let models = tempfile::tempdir().unwrap();
+    ollama_emulator::models::write_fake_model(models.path(), "gemma3:4b", 64).unwrap();
+    let emulator = ollama_emulator::Emulator::start(ollama_emulator::Config {
+        models_dir: Some(models.path().to_path_buf()),
+        num_parallel: 4,
+        token_delay: std::time::Duration::ZERO,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let stage = load_chain(
+        &policy_chain(),
+        &PluginOptions {
+            cache_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/plugin-cache-tests"),
+            ..PluginOptions::default()
+        },
+    )
+    .unwrap();
+    let config = Config {
+        listen: Some("127.0.0.1:0".into()),
+        upstream: emulator.url(),
+        ..Config::default()
+    };
+    let proxy = kiln_proxy::start(config, stage).await.unwrap();
+
+    let body = json!({"model": "gemma", "prompt": "hi", "stream": false, "options": {"num_predict": 4096}});
+    let r = post(&proxy, "/api/generate", Some("sk-alice"), body).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["model"], "gemma3:4b");
+    assert_eq!(v["eval_count"], 64, "num_predict clamped to the cap: {v}");
+
+    let r = post(
+        &proxy,
+        "/api/generate",
+        None,
+        json!({"model": "gemma3:4b", "prompt": "hi"}),
+    )
+    .await;
+    assert_eq!(r.status(), 401);
+    proxy.shutdown().await.unwrap();
+}
