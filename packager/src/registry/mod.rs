@@ -430,14 +430,16 @@ impl RegistryClient {
                 host: self.host.clone(),
                 what: "an upload session without a Location".into(),
             })?;
-        // The spec allows relative and absolute locations; use either verbatim.
-        Ok(
-            if location.starts_with("http://") || location.starts_with("https://") {
-                location.to_string()
-            } else {
-                format!("{}{location}", self.base)
-            },
-        )
+        // The spec allows relative and absolute locations: resolve against the
+        // upload URL's origin, as a browser would.
+        let upload_url = resp.url().clone();
+        upload_url
+            .join(location)
+            .map(String::from)
+            .map_err(|_| RegistryError::Protocol {
+                host: self.host.clone(),
+                what: format!("an upload Location that is not a URL: {location:?}"),
+            })
     }
 
     /// Reads a small body whole, refusing more than `limit` bytes.
