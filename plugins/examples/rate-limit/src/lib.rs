@@ -5,7 +5,9 @@
 //! The caller is the `x-kiln-caller` header set by the `api-key` plugin
 //! (put `api-key` first in the chain), else the first address of
 //! `X-Forwarded-For` (set by Cloud Run's front end), else one shared
-//! "anonymous" bucket.
+//! "anonymous" bucket. Without `api-key` in front, a client can send its own
+//! `x-kiln-caller` (or `X-Forwarded-For` prefix) and so pick its bucket: the
+//! limit is then per claimed identity, not per client.
 //!
 //! ```toml
 //! [plugins.config]
