@@ -7,6 +7,9 @@
 //! completion text are never put in fields.
 
 use std::fmt;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
@@ -17,15 +20,119 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
 /// Installs the JSON logger on stderr; `RUST_LOG` filters (default `info`).
-/// Returns quietly if a logger is already installed (tests start many proxies).
-pub fn init() {
+/// Keep the guard until the process ends: dropping it waits (briefly) until
+/// queued lines are written. `None` if a logger was already installed.
+pub fn init() -> Option<LogGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let (writer, guard) = background_stderr();
+    tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .event_format(CloudLogging::from_env())
-        .try_init();
+        .try_init()
+        .ok()
+        .map(|()| guard)
+}
+
+/// Log lines waiting for the writer thread; beyond this they are dropped.
+const QUEUE_LINES: usize = 64 * 1024;
+
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Lines dropped because stderr could not keep up (see [`background_stderr`]).
+pub fn dropped_lines() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+enum Msg {
+    Line(Vec<u8>),
+    Flush(mpsc::Sender<()>),
+}
+
+/// A `MakeWriter` whose lines are written to stderr by a thread of its own:
+/// a log reader that falls behind (a full pipe to the platform's collector)
+/// must not stall the workers serving requests. A full queue drops lines
+/// (counted in `kiln_log_lines_dropped_total`) rather than block.
+#[derive(Clone)]
+pub struct Background {
+    tx: mpsc::SyncSender<Msg>,
+}
+
+/// Writes what is still queued when dropped (waits at most a second).
+pub struct LogGuard {
+    tx: mpsc::SyncSender<Msg>,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        let (ack, done) = mpsc::channel();
+        if self.tx.send(Msg::Flush(ack)).is_ok() {
+            let _ = done.recv_timeout(std::time::Duration::from_secs(1));
+        }
+    }
+}
+
+pub fn background_stderr() -> (Background, LogGuard) {
+    let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE_LINES);
+    let spawned = std::thread::Builder::new()
+        .name("kiln-log".into())
+        .spawn(move || {
+            for msg in rx {
+                match msg {
+                    Msg::Line(line) => {
+                        let _ = std::io::stderr().write_all(&line);
+                    }
+                    Msg::Flush(ack) => {
+                        let _ = ack.send(());
+                    }
+                }
+            }
+        });
+    if spawned.is_err() {
+        // No thread, no queue reader: lines will count as dropped, loudly once.
+        eprintln!("kiln-proxy: cannot start the log writer thread; logs are lost");
+    }
+    (Background { tx: tx.clone() }, LogGuard { tx })
+}
+
+/// One event's bytes, queued as one line when the formatter is done.
+pub struct LineWriter {
+    buf: Vec<u8>,
+    tx: mpsc::SyncSender<Msg>,
+}
+
+impl std::io::Write for LineWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        if !self.buf.is_empty() {
+            let line = std::mem::take(&mut self.buf);
+            if self.tx.try_send(Msg::Line(line)).is_err() {
+                DROPPED.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Background {
+    type Writer = LineWriter;
+
+    fn make_writer(&'a self) -> LineWriter {
+        LineWriter {
+            buf: Vec::with_capacity(512),
+            tx: self.tx.clone(),
+        }
+    }
 }
 
 /// The event formatter.
@@ -168,6 +275,26 @@ mod tests {
             "projects/proj/traces/abc123"
         );
         assert_eq!(v["request_id"], "r1");
+    }
+
+    #[test]
+    fn background_writer_queues_whole_lines_and_drops_when_full() {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let make = Background { tx };
+        let before = dropped_lines();
+        for text in ["first line\n", "second line\n"] {
+            let mut w = tracing_subscriber::fmt::MakeWriter::make_writer(&make);
+            w.write_all(text.as_bytes()).unwrap();
+        }
+        match rx.try_recv() {
+            Ok(Msg::Line(l)) => assert_eq!(l, b"first line\n"),
+            _ => panic!("the first line must be queued whole"),
+        }
+        assert!(rx.try_recv().is_err(), "the queue held one line");
+        assert!(
+            dropped_lines() > before,
+            "the second line is counted as dropped"
+        );
     }
 
     #[test]

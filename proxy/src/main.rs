@@ -118,7 +118,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    kiln_proxy::logging::init();
+    let _logs = kiln_proxy::logging::init();
     match real_main(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

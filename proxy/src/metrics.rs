@@ -254,6 +254,14 @@ impl Metrics {
         );
         help(
             w,
+            "kiln_log_lines_dropped_total",
+            "counter",
+            "Log lines dropped because stderr could not keep up.",
+        );
+        let dropped = crate::logging::dropped_lines();
+        let _ = writeln!(w, "kiln_log_lines_dropped_total {dropped}");
+        help(
+            w,
             "kiln_in_flight",
             "gauge",
             "Inference requests at Ollama now.",

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 /// `proxy-child` mode: kiln-proxy configured from `KILN_*` variables, as the
 /// real binary is, with the default (info) logging to stderr.
 pub async fn run_proxy() -> anyhow::Result<()> {
-    kiln_proxy::logging::init();
+    let _logs = kiln_proxy::logging::init();
     let mut config = kiln_proxy::Config::default();
     config.apply_env(|k| std::env::var(k).ok())?;
     kiln_proxy::run(config, Arc::new(kiln_proxy::filter::NoFilters)).await
