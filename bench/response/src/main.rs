@@ -280,7 +280,7 @@ async fn run(quick: bool) -> anyhow::Result<()> {
          the Ollama emulator, the proxies and the client in one process on this machine. \
          *Proxy CPU per chunk* is the process CPU time per chunk minus that of the same load sent \
          straight to the emulator; *proxy-bound* is the throughput ratio a proxy limited by its own \
-         CPU would see (CPU of `none` / CPU of the setup), which other load on the machine does not skew.\n",
+         CPU would see (CPU of `none` / CPU of the setup), which other load on the machine skews less than wall time.\n",
         if quick { " -- --quick" } else { "" }
     );
     for (title, load) in loads {
