@@ -342,6 +342,37 @@ async fn a_server_that_ignores_range_still_gets_one_plain_get() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_cdn_url_is_renewed_through_the_registry() {
+    let registry = TestRegistry::start(Auth::Anonymous).expect("registry");
+    let model = seed(&registry, "4b", 4 * MIB, 13);
+    let front = CdnFront::start(&registry).expect("front");
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut options = options(&work.path().join("cache"), &front.url());
+    options.part_size = Some(MIB);
+    options.parallel = Some(2);
+    // The config and the first part come through the registry's redirect;
+    // the second connection, reusing the weights URL, is refused as expired.
+    front.expire_after(2, 1);
+    let pulled = pull_models(&options, &[gemma()]).await;
+    let pulled = pulled.expect("pull despite the expired URL");
+    assert_eq!(
+        fs::read(&pulled[0].layers[0].path)
+            .map(|b| digest_of(&b))
+            .expect("weights"),
+        model.layers[0].digest
+    );
+    let redirects = front
+        .front_requests()
+        .iter()
+        .filter(|r| r.url.ends_with(&model.layers[0].digest))
+        .count();
+    assert!(
+        redirects >= 2,
+        "kiln went back to the registry for a fresh URL ({redirects} blob GETs)"
+    );
+}
+
 /// Sums a partial download's state file: bytes known to be on disk.
 fn kept_bytes(state_file: &Path) -> u64 {
     let Ok(bytes) = fs::read(state_file) else {

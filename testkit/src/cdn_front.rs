@@ -51,6 +51,10 @@ struct Faults {
     stall_after: Option<u64>,
     /// Answer range requests with 200 and the whole blob, as some servers do.
     ignore_range: bool,
+    /// After letting `expire_after` more CDN requests through, refuse the next
+    /// `refuse_next` with 403, as for an expired presigned URL.
+    expire_after: u64,
+    refuse_next: u64,
 }
 
 struct State {
@@ -180,6 +184,15 @@ impl CdnFront {
             .store(after_bytes.is_some(), Ordering::SeqCst);
         if let Ok(mut f) = self.state.faults.lock() {
             f.stall_after = after_bytes;
+        }
+    }
+
+    /// Lets `served` more CDN requests through, then refuses the next
+    /// `refused` with 403, as R2 does once a presigned URL has expired.
+    pub fn expire_after(&self, served: u64, refused: u64) {
+        if let Ok(mut f) = self.state.faults.lock() {
+            f.expire_after = served;
+            f.refuse_next = refused;
         }
     }
 
@@ -365,7 +378,20 @@ fn serve_cdn(state: &State, request: tiny_http::Request) -> io::Result<()> {
         .split('&')
         .find_map(|kv| kv.strip_prefix("repo="))
         .unwrap_or_default();
-    if digest.is_empty() || repo.is_empty() || !query.contains("X-Amz-Signature=") {
+    let expired = state
+        .faults
+        .lock()
+        .map(|mut f| {
+            if f.expire_after > 0 {
+                f.expire_after -= 1;
+                return false;
+            }
+            let refuse = f.refuse_next > 0;
+            f.refuse_next = f.refuse_next.saturating_sub(1);
+            refuse
+        })
+        .unwrap_or(false);
+    if expired || digest.is_empty() || repo.is_empty() || !query.contains("X-Amz-Signature=") {
         return request.respond(tiny_http::Response::empty(403));
     }
     let mut upstream = agent().get(format!("{}/v2/{repo}/blobs/{digest}", state.registry_url));

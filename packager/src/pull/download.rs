@@ -259,7 +259,18 @@ async fn fetch_part(
             Ok(()) => continue,
             Err(e) => e,
         };
-        if !error.is_transient() {
+        // Presigned CDN URLs expire: a refusal from the CDN sends this worker
+        // back through the registry for a fresh redirect.
+        let expired = source.url != ctx.registry_url
+            && matches!(
+                error,
+                PullError::Unauthorized { .. }
+                    | PullError::Http {
+                        status: 404 | 410,
+                        ..
+                    }
+            );
+        if !error.is_transient() && !expired {
             return Err(error);
         }
         if shared.done[part].load(Ordering::Acquire) > before {
@@ -278,14 +289,7 @@ async fn fetch_part(
                 },
             });
         }
-        // A CDN URL may have expired; go through the registry again.
-        if matches!(
-            error,
-            PullError::Http {
-                status: 401 | 403 | 404 | 410,
-                ..
-            }
-        ) {
+        if expired {
             source.url = ctx.registry_url.clone();
         }
         let delay = ctx.retry.base_delay.saturating_mul(1 << failures.min(5));
