@@ -243,3 +243,39 @@ fn gzip_layers_push_unpack_and_repack_identically() {
     // Uncompressed is a different image.
     assert_ne!(ok(&world.pack(&["--push", &target])), printed);
 }
+
+#[test]
+fn models_path_moves_the_tree_and_the_env() {
+    let world = World::start(Auth::Anonymous);
+    let dir = tempfile::tempdir().expect("dir");
+    let layout = dir.path().join("out");
+    ok(&world.pack(&[
+        "--models-path",
+        "/srv/ollama/models",
+        "--output",
+        &format!("oci:{}", layout.display()),
+    ]));
+    let bundle = unpack_layout(&layout, "latest", dir.path());
+    let rootfs = bundle.join("rootfs");
+    let manifest = rootfs.join("srv/ollama/models/manifests/registry.ollama.ai/library/gemma3/4b");
+    assert_eq!(
+        fs::read(manifest).expect("manifest under --models-path"),
+        world.model.manifest
+    );
+    assert!(
+        !rootfs.join("models").exists(),
+        "nothing under the default path"
+    );
+    let config = runtime_config(&bundle);
+    let env: Vec<&str> = config["process"]["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(env.contains(&"OLLAMA_MODELS=/srv/ollama/models"), "{env:?}");
+    assert_eq!(
+        config["annotations"]["dev.kiln.models-path"],
+        "/srv/ollama/models"
+    );
+}
