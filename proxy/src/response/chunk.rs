@@ -206,6 +206,9 @@ impl Chunk {
             return false;
         };
         let mut info = self.info().clone();
+        if !self.changed && self.splice_text(&text, &info) {
+            return true;
+        }
         if let Some(slot) = self.tree().and_then(|v| text_slot(v, pointer)) {
             *slot = Value::String(text.clone());
             self.changed = true;
@@ -216,6 +219,34 @@ impl Chunk {
         let synthetic = self.synthetic(&text);
         let before = self.before.get_or_insert_with(Vec::new);
         before.extend_from_slice(&synthetic);
+        true
+    }
+
+    /// The fast rewrite: the text's JSON string replaced in the bytes as
+    /// they are, key order and all, with no tree built. Taken only when
+    /// reading the result back gives the new text and nothing else changed;
+    /// otherwise (a missing field, a look-alike key) the tree does it.
+    fn splice_text(&mut self, text: &str, before: &Info) -> bool {
+        let key: &[u8] = match self.shape {
+            Shape::OllamaGenerate => b"\"response\":",
+            Shape::OllamaChat | Shape::OpenaiChat => b"\"content\":",
+            Shape::OpenaiCompletions => b"\"text\":",
+            Shape::Other => return false,
+        };
+        let Some(spliced) = splice_string(&self.raw, key, text) else {
+            return false;
+        };
+        let candidate = Chunk::new(Bytes::from(spliced), self.kind, self.shape);
+        let after = candidate.info();
+        let same_rest = after.done == before.done
+            && after.usage == before.usage
+            && after.usage_only == before.usage_only;
+        if after.text.as_deref() != Some(text) || !same_rest {
+            return false;
+        }
+        self.info = OnceCell::from(after.clone());
+        self.raw = candidate.raw;
+        self.value = None;
         true
     }
 
@@ -280,6 +311,44 @@ impl Chunk {
     pub fn into_whole_body(self) -> Bytes {
         self.raw()
     }
+}
+
+/// `raw` with the JSON string value of the first object key `key`
+/// (`"name":`, quotes and colon included) replaced by `text`. `None` when
+/// there is no such key with a string value.
+fn splice_string(raw: &[u8], key: &[u8], text: &str) -> Option<Vec<u8>> {
+    let mut from = 0;
+    while let Some(found) = memchr::memmem::find(&raw[from..], key) {
+        let at = from + found;
+        from = at + 1;
+        // A key follows `{` or `,`; anything else is inside a longer name.
+        let prev = raw[..at].iter().rev().find(|b| !b.is_ascii_whitespace());
+        if !matches!(prev, Some(b'{' | b',')) {
+            continue;
+        }
+        let mut start = at + key.len();
+        while raw.get(start)?.is_ascii_whitespace() {
+            start += 1;
+        }
+        if raw[start] != b'"' {
+            return None;
+        }
+        let mut end = start + 1;
+        loop {
+            match raw.get(end)? {
+                b'\\' => end += 2,
+                b'"' => break,
+                _ => end += 1,
+            }
+        }
+        let mut out = Vec::with_capacity(raw.len() + text.len());
+        out.extend_from_slice(&raw[..start]);
+        // Serializing a str cannot fail.
+        serde_json::to_writer(&mut out, text).ok()?;
+        out.extend_from_slice(&raw[end + 1..]);
+        return Some(out);
+    }
+    None
 }
 
 fn frame_event(out: &mut Vec<u8>, json: &[u8]) {
@@ -486,6 +555,47 @@ mod tests {
         let body = w.into_whole_body();
         assert!(!body.ends_with(b"\n"));
         assert_eq!(json_of(&body)["response"], "a [REDACTED]");
+    }
+
+    #[test]
+    fn rewrites_keep_the_bytes_around_the_text() {
+        let raw =
+            "{\"model\":\"m\",\"created_at\":\"t\",\"response\":\"se\\\"cret\",\"done\":false}\n";
+        let mut g = line(raw.trim_end());
+        assert!(g.set_text("a \"quoted\" [REDACTED]".into()));
+        assert_eq!(
+            std::str::from_utf8(&g.raw()).unwrap(),
+            "{\"model\":\"m\",\"created_at\":\"t\",\"response\":\"a \\\"quoted\\\" [REDACTED]\",\"done\":false}\n",
+            "key order and the other fields as they came"
+        );
+        assert_eq!(g.text(), Some("a \"quoted\" [REDACTED]"));
+        // A look-alike key earlier in the chunk is not the text's.
+        let mut c = Chunk::new(
+            Bytes::from_static(
+                b"{\"message\":{\"x_content\":\"no\",\"content\":\"old\"},\"done\":false}\n",
+            ),
+            Kind::Line,
+            Shape::OllamaChat,
+        );
+        c.set_text("new".into());
+        let v = json_of(&c.raw());
+        assert_eq!(
+            (
+                v["message"]["content"].as_str(),
+                v["message"]["x_content"].as_str()
+            ),
+            (Some("new"), Some("no"))
+        );
+        // Twice in a row (two plugins), and SSE framing kept.
+        let mut e = event(
+            Shape::OpenaiChat,
+            r#"{"id":"x","choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}"#,
+        );
+        e.set_text("b".into());
+        e.set_text("c".into());
+        let raw = e.raw();
+        assert!(raw.starts_with(b"data: {\"id\":\"x\"") && raw.ends_with(b"\n\n"));
+        assert_eq!(e.text(), Some("c"));
     }
 
     #[test]
