@@ -3,9 +3,8 @@
 //! (CI logs and pipes must not fill up with carriage-return redraws).
 
 use std::io::IsTerminal as _;
-use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -39,7 +38,8 @@ pub struct Progress {
 struct Inner {
     mode: ProgressMode,
     multi: Option<MultiProgress>,
-    total: Option<ProgressBar>,
+    /// Created by the first `add_total`, so no empty "0 B/0 B" bar is drawn first.
+    total: OnceLock<ProgressBar>,
 }
 
 impl Progress {
@@ -49,19 +49,14 @@ impl Progress {
             ProgressMode::Auto => ProgressMode::Plain,
             other => other,
         };
-        let (multi, total) = if mode == ProgressMode::Bars {
-            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-            let total = multi.add(ProgressBar::new(0));
-            total.set_style(style(
-                "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-            ));
-            total.set_prefix("total");
-            (Some(multi), Some(total))
-        } else {
-            (None, None)
-        };
+        let multi = (mode == ProgressMode::Bars)
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
         Progress {
-            inner: Arc::new(Inner { mode, multi, total }),
+            inner: Arc::new(Inner {
+                mode,
+                multi,
+                total: OnceLock::new(),
+            }),
         }
     }
 
@@ -71,9 +66,18 @@ impl Progress {
 
     /// Adds bytes that will be downloaded to the total.
     pub fn add_total(&self, bytes: u64) {
-        if let Some(total) = &self.inner.total {
-            total.inc_length(bytes);
-        }
+        let Some(multi) = &self.inner.multi else {
+            return;
+        };
+        let total = self.inner.total.get_or_init(|| {
+            let bar = multi.add(ProgressBar::new(0));
+            bar.set_style(style(
+                "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            ));
+            bar.set_prefix("total");
+            bar
+        });
+        total.inc_length(bytes);
     }
 
     /// A line for the user, printed above any bars.
@@ -118,7 +122,7 @@ impl Progress {
                 started: Instant::now(),
                 last_report: Mutex::new(Instant::now()),
                 bar,
-                total: self.inner.total.clone(),
+                total: self.inner.total.get().cloned(),
                 plain,
             }),
         }
@@ -126,7 +130,7 @@ impl Progress {
 
     /// Removes the bars; call once at the end.
     pub fn finish(&self) {
-        if let Some(total) = &self.inner.total {
+        if let Some(total) = self.inner.total.get() {
             total.finish_and_clear();
         }
     }

@@ -371,4 +371,53 @@ mod tests {
         let (_, other) = open_partial(&partial, &state, 26, 10).unwrap();
         assert_eq!((other.size, other.done), (26, vec![0, 0, 0]));
     }
+
+    #[test]
+    fn in_order_buffers_are_hashed_from_memory_and_the_rest_from_disk() {
+        let data: Vec<u8> = (0..40u32).map(|i| (i * 7) as u8).collect();
+        let expected = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
+        let dir = tempfile::tempdir().unwrap();
+        let progress = crate::progress::Progress::new(crate::progress::ProgressMode::Quiet);
+
+        // Handed over in order and never written: only the in-memory path can
+        // produce the right digest (the file holds zeros).
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("a"))
+            .unwrap();
+        file.set_len(40).unwrap();
+        let state = State {
+            size: 40,
+            part_size: 40,
+            done: vec![0],
+        };
+        let (shared, hot) = Shared::new(file, &state, vec![0], progress.blob("a", 40, 0));
+        for offset in [0usize, 16, 32] {
+            let end = (offset + 16).min(40);
+            shared.written(0, offset as u64, data[offset..end].to_vec());
+        }
+        assert_eq!(hash_blocking(&shared, hot).unwrap(), expected);
+
+        // Written to disk but handed over out of order: read back from the file.
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("b"))
+            .unwrap();
+        file.write_all_at(&data, 0).unwrap();
+        let state = State {
+            size: 40,
+            part_size: 20,
+            done: vec![0, 0],
+        };
+        let (shared, hot) = Shared::new(file, &state, vec![0, 1], progress.blob("b", 40, 0));
+        shared.written(1, 20, data[20..].to_vec());
+        shared.written(0, 0, data[..20].to_vec());
+        assert_eq!(hash_blocking(&shared, hot).unwrap(), expected);
+    }
 }
