@@ -80,7 +80,7 @@ async fn download_in_parts(
             start + state.done[p] < (start + part_size).min(job.size)
         })
         .collect();
-    let (shared, hot) = Shared::new(file, &state, pending, progress_for(already));
+    let (shared, hot) = Shared::new(file, &partial, &state, pending, progress_for(already));
     let shared = Arc::new(shared);
 
     let result = run(job, &shared, hot).await;
@@ -486,7 +486,7 @@ fn write_buffer(
         .file
         .write_all_at(buffer, offset)
         .map_err(|source| PullError::Io {
-            path: PathBuf::from("partial blob"),
+            path: shared.path.clone(),
             source,
         })?;
     let n = buffer.len() as u64;

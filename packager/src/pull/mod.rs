@@ -162,11 +162,24 @@ pub enum PullError {
     },
     #[error(transparent)]
     Cache(#[from] CacheError),
-    #[error("{path}: {source}")]
+    #[error("{path}: {source}{}", io_hint(source))]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// What to do about a local I/O error, when there is something to do.
+fn io_hint(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::StorageFull => {
+            "; free some space or pass --cache-dir DIR on a larger disk (progress is kept)"
+        }
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            "; pass --cache-dir DIR somewhere writable"
+        }
+        _ => "",
+    }
 }
 
 impl PullError {

@@ -56,6 +56,8 @@ pub(super) struct State {
 
 pub(super) struct Shared {
     pub(super) file: File,
+    /// The partial file's path, for error messages.
+    pub(super) path: PathBuf,
     pub(super) size: u64,
     pub(super) part_size: u64,
     pub(super) done: Vec<AtomicU64>,
@@ -75,6 +77,7 @@ impl Shared {
     /// The download's shared state, and the receiving end for the hasher.
     pub(super) fn new(
         file: File,
+        path: &Path,
         state: &State,
         pending: Vec<usize>,
         progress: BlobProgress,
@@ -82,6 +85,7 @@ impl Shared {
         let (hot, receiver) = sync_channel(HOT_BUFFERS);
         let shared = Shared {
             file,
+            path: path.to_path_buf(),
             size: state.size,
             part_size: state.part_size,
             done: state.done.iter().map(|&d| AtomicU64::new(d)).collect(),
@@ -167,14 +171,14 @@ pub(super) async fn hash_prefix(
     tokio::task::spawn_blocking(move || hash_blocking(&shared, hot))
         .await
         .map_err(|e| PullError::Io {
-            path: PathBuf::from("partial blob"),
+            path: PathBuf::from("the hasher thread"),
             source: io::Error::other(e),
         })?
 }
 
 fn hash_blocking(shared: &Shared, hot: Receiver<(u64, Vec<u8>)>) -> Result<String, PullError> {
     let io_err = |source| PullError::Io {
-        path: PathBuf::from("partial blob"),
+        path: shared.path.clone(),
         source,
     };
     let mut hasher = Sha256::new();
@@ -323,7 +327,7 @@ mod tests {
         };
         let progress =
             crate::progress::Progress::new(crate::progress::ProgressMode::Quiet).blob("b", size, 0);
-        Shared::new(file, &state, Vec::new(), progress).0
+        Shared::new(file, Path::new("f"), &state, Vec::new(), progress).0
     }
 
     #[test]
@@ -394,7 +398,13 @@ mod tests {
             part_size: 40,
             done: vec![0],
         };
-        let (shared, hot) = Shared::new(file, &state, vec![0], progress.blob("a", 40, 0));
+        let (shared, hot) = Shared::new(
+            file,
+            Path::new("a"),
+            &state,
+            vec![0],
+            progress.blob("a", 40, 0),
+        );
         for offset in [0usize, 16, 32] {
             let end = (offset + 16).min(40);
             shared.written(0, offset as u64, data[offset..end].to_vec());
@@ -415,7 +425,13 @@ mod tests {
             part_size: 20,
             done: vec![0, 0],
         };
-        let (shared, hot) = Shared::new(file, &state, vec![0, 1], progress.blob("b", 40, 0));
+        let (shared, hot) = Shared::new(
+            file,
+            Path::new("b"),
+            &state,
+            vec![0, 1],
+            progress.blob("b", 40, 0),
+        );
         shared.written(1, 20, data[20..].to_vec());
         shared.written(0, 0, data[..20].to_vec());
         assert_eq!(hash_blocking(&shared, hot).unwrap(), expected);
