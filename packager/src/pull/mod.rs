@@ -479,6 +479,30 @@ mod tests {
     }
 
     #[test]
+    fn models_are_fetched_from_their_own_host_unless_a_source_registry_is_given() {
+        let mut options = PullOptions::new("/tmp/unused");
+        let base = |name: &str, options: &PullOptions| {
+            registry_base(&ModelRef::parse(name).unwrap(), options)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(base("gemma3:4b", &options), "https://registry.ollama.ai/");
+        assert_eq!(
+            base(
+                "hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M",
+                &options
+            ),
+            "https://hf.co/"
+        );
+        assert_eq!(
+            base("127.0.0.1:5000/library/gemma3:4b", &options),
+            "http://127.0.0.1:5000/"
+        );
+        options.source_registry = Some(Url::parse("http://127.0.0.1:5001").unwrap());
+        assert_eq!(base("gemma3:4b", &options), "http://127.0.0.1:5001/");
+    }
+
+    #[test]
     fn not_found_names_the_model_registry_and_tags_page() {
         let model = ModelRef::parse("gemma3:5b").unwrap();
         let err = PullError::NotFound {
