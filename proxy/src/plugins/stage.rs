@@ -26,15 +26,14 @@ pub struct PluginStage {
 
 /// Builds a chain from specs: all or nothing.
 fn build(runtime: &Arc<Runtime>, specs: &[PluginSpec]) -> Result<Chain, PluginError> {
-    let mut plugins = Vec::with_capacity(specs.len());
-    for spec in specs {
-        if plugins
-            .iter()
-            .any(|p: &loader::LoadedPlugin| p.name == spec.name)
-        {
+    for (i, spec) in specs.iter().enumerate() {
+        if specs[..i].iter().any(|s| s.name == spec.name) {
             return Err(PluginError::DuplicateName(spec.name.clone()));
         }
-        let plugin = loader::load(runtime, spec)?;
+    }
+    let mut plugins = Vec::with_capacity(specs.len());
+    for (spec, loaded) in specs.iter().zip(load_all(runtime, specs)) {
+        let plugin = loaded?;
         tracing::info!(
             plugin = %plugin.name,
             path = %spec.path.display(),
@@ -48,6 +47,61 @@ fn build(runtime: &Arc<Runtime>, specs: &[PluginSpec]) -> Result<Chain, PluginEr
         runtime: runtime.clone(),
         plugins,
     })
+}
+
+fn panicked(spec: &PluginSpec) -> PluginError {
+    PluginError::Invalid {
+        name: spec.name.clone(),
+        path: spec.path.clone(),
+        reason: "loading it panicked (a bug in kiln-proxy); see the log".into(),
+    }
+}
+
+/// Loads the plugins on as many threads as there are cores: compiling is
+/// the slow part of a cold start (about 200 ms per 150 KB plugin), and
+/// Cranelift compiles one module on one thread.
+fn load_all(
+    runtime: &Runtime,
+    specs: &[PluginSpec],
+) -> Vec<Result<loader::LoadedPlugin, PluginError>> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(specs.len());
+    if workers <= 1 {
+        return specs
+            .iter()
+            .map(|spec| loader::load(runtime, spec))
+            .collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<Result<loader::LoadedPlugin, PluginError>>>> =
+        specs.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(spec) = specs.get(i) else { break };
+                    // A panic in the loader must fail this plugin, not the
+                    // whole scope (which would re-raise it).
+                    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        loader::load(runtime, spec)
+                    }))
+                    .unwrap_or_else(|_| Err(panicked(spec)));
+                    *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(loaded);
+                }
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .zip(specs)
+        .map(|(slot, spec)| {
+            slot.into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(|| Err(panicked(spec)))
+        })
+        .collect()
 }
 
 impl PluginStage {
