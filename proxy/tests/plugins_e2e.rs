@@ -25,6 +25,13 @@ struct Seen {
 
 type Log = Arc<Mutex<Vec<Seen>>>;
 
+/// reqwest is built with rustls and no crypto provider when the whole
+/// workspace builds together (the packager picks ring): install ring first.
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 fn reply(log: &Log, method: &Method, path: &str, headers: HeaderMap, body: &[u8]) -> String {
     let parsed = serde_json::from_slice(body).unwrap_or(Value::Null);
     let reply = match path {
@@ -134,9 +141,7 @@ async fn post(
     key: Option<&str>,
     body: Value,
 ) -> reqwest::Response {
-    let mut req = reqwest::Client::new()
-        .post(format!("{}{path}", proxy.url()))
-        .json(&body);
+    let mut req = client().post(format!("{}{path}", proxy.url())).json(&body);
     if let Some(k) = key {
         req = req.bearer_auth(k);
     }
@@ -307,7 +312,7 @@ async fn c_plugin_blocks_model_management_routes() {
         "{body}"
     );
 
-    let r = reqwest::Client::new()
+    let r = client()
         .delete(format!("{}/api/delete", proxy.url()))
         .json(&json!({"model": "gemma3:4b"}))
         .send()
@@ -315,7 +320,7 @@ async fn c_plugin_blocks_model_management_routes() {
         .unwrap();
     assert_eq!(r.status(), 403);
 
-    let r = reqwest::Client::new()
+    let r = client()
         .get(format!("{}/api/tags", proxy.url()))
         .send()
         .await
