@@ -321,9 +321,11 @@ fn hot_reload_keeps_in_flight_requests_on_the_old_chain() {
     };
     let stage = load_chain(&[spec("p", &path)], &opts).unwrap();
 
+    // A request takes the current chain when it arrives (as `apply` does),
+    // then runs for 300 ms while the reload happens.
     let in_flight = {
-        let stage = stage.clone();
-        std::thread::spawn(move || run(&stage, chat("{}")))
+        let chain = stage.chain();
+        std::thread::spawn(move || chain.run(chat("{}")))
     };
     std::thread::sleep(Duration::from_millis(50));
     std::fs::write(
