@@ -101,13 +101,12 @@ async fn a_pattern_split_across_ndjson_chunks_is_redacted() {
 #[tokio::test]
 async fn a_pattern_split_across_sse_events_is_redacted_and_usage_stays_hidden() {
     let stack = stack(vec![guard()]).await;
+    let request = json!({"model": "gemma3:4b", "stream": true, "max_tokens": 6,
+                         "messages": [{"role": "user", "content": "why?"}]});
     let resp = stack
         .client
         .post(stack.url("/v1/chat/completions"))
-        .json(
-            &json!({"model": "gemma3:4b", "stream": true, "max_tokens": 6,
-                      "messages": [{"role": "user", "content": "why?"}]}),
-        )
+        .json(&request)
         .send()
         .await
         .unwrap();
@@ -121,6 +120,12 @@ async fn a_pattern_split_across_sse_events_is_redacted_and_usage_stays_hidden() 
     assert!(
         !body.contains("\"usage\""),
         "the usage chunk must stay hidden: {body}"
+    );
+    let asked = r#","stream_options":{"include_usage":true}"#.len();
+    assert_eq!(
+        stack.stats().last_header("content-length"),
+        Some((request.to_string().len() + asked).to_string().as_str()),
+        "Ollama was asked for usage"
     );
     stack.shutdown().await;
 }
@@ -459,13 +464,12 @@ async fn a_failing_response_plugin_with_on_error_allow_is_left_out() {
 async fn without_response_plugins_answers_pass_through_untouched() {
     // A request-only plugin chain: the response stage stays out of the way.
     let stack = stack(vec![example("hello", Value::Null)]).await;
+    let request = json!({"model": "gemma3:4b", "stream": true, "max_tokens": 3,
+                         "messages": [{"role": "user", "content": "hi"}]});
     let body = stack
         .client
         .post(stack.url("/v1/chat/completions"))
-        .json(
-            &json!({"model": "gemma3:4b", "stream": true, "max_tokens": 3,
-                      "messages": [{"role": "user", "content": "hi"}]}),
-        )
+        .json(&request)
         .send()
         .await
         .unwrap()
@@ -474,5 +478,10 @@ async fn without_response_plugins_answers_pass_through_untouched() {
         .unwrap();
     assert_eq!(openai_text(&sse_data(&body)), "The sky is ");
     assert!(!body.contains("usage"));
+    // The request went to Ollama as sent: not asked for usage.
+    assert_eq!(
+        stack.stats().last_header("content-length"),
+        Some(request.to_string().len().to_string().as_str())
+    );
     stack.shutdown().await;
 }
