@@ -35,37 +35,25 @@ async fn queue_full_is_429_with_retry_after_in_the_clients_format() {
     let proxy = stack.proxy().state();
     assert!(eventually(Duration::from_secs(2), || proxy.admission.queued() == 1).await);
 
-    let r = stack
-        .client
-        .post(stack.url("/api/generate"))
-        .json(&slow_generate())
-        .send()
-        .await
-        .unwrap();
+    let r = stack.post("/api/generate", &slow_generate()).await;
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["retry-after"], "1");
     let v: Value = r.json().await.unwrap();
     assert!(v["error"].as_str().unwrap().contains("server busy"), "{v}");
 
     let r = stack
-        .client
-        .post(stack.url("/v1/chat/completions"))
-        .json(&json!({"model": "gemma3:4b", "messages": [{"role": "user", "content": "x"}]}))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "gemma3:4b", "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await;
     assert_eq!(r.status(), 429);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
     assert_eq!(v["error"]["code"], "rate_limit_exceeded");
 
     // Non-inference routes are never queued.
-    let r = stack
-        .client
-        .get(stack.url("/api/tags"))
-        .send()
-        .await
-        .unwrap();
+    let r = stack.get("/api/tags").await;
     assert_eq!(r.status(), 200);
 
     for r in running {
@@ -74,15 +62,7 @@ async fn queue_full_is_429_with_retry_after_in_the_clients_format() {
         let body = resp.bytes().await.unwrap();
         assert!(body.ends_with(b"}\n") && !body.windows(7).any(|w| w == b"\"error\""));
     }
-    let metrics = stack
-        .client
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = stack.metrics().await;
     assert!(
         metrics.contains("kiln_rejections_total{reason=\"queue_full\"} 2"),
         "{metrics}"
@@ -118,15 +98,7 @@ async fn ollama_never_sees_more_than_max_in_flight() {
     assert_eq!(s.completed, 8);
     assert_eq!(s.max_in_flight, 2, "the proxy holds the queue, not Ollama");
     assert_eq!(s.max_waiting, 0, "nothing waited inside Ollama");
-    let text = stack
-        .client
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = stack.metrics().await;
     assert!(text.contains("kiln_queue_wait_seconds_count 8"), "{text}");
     stack.shutdown().await;
 }
@@ -140,13 +112,7 @@ async fn client_disconnect_cancels_upstream_and_frees_the_slot() {
     })
     .await;
     let long = json!({"model": "gemma3:4b", "prompt": "x", "options": {"num_predict": 1000}});
-    let mut resp = stack
-        .client
-        .post(stack.url("/api/generate"))
-        .json(&long)
-        .send()
-        .await
-        .unwrap();
+    let mut resp = stack.post("/api/generate", &long).await;
     let first = resp.chunk().await.unwrap().unwrap();
     assert!(first.starts_with(b"{"));
     assert_eq!(stack.proxy().state().admission.in_flight(), 1);
@@ -161,24 +127,10 @@ async fn client_disconnect_cancels_upstream_and_frees_the_slot() {
     assert!(eventually(Duration::from_secs(1), || proxy.admission.in_flight() == 0).await);
     assert_eq!(stack.stats().in_flight, 0, "the GPU slot is free");
     // With max_queue = 0, this is admitted only if the slot really was released.
-    let r = stack
-        .client
-        .post(stack.url("/api/generate"))
-        .json(&slow_generate())
-        .send()
-        .await
-        .unwrap();
+    let r = stack.post("/api/generate", &slow_generate()).await;
     assert_eq!(r.status(), 200);
     r.bytes().await.unwrap();
-    let text = stack
-        .client
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = stack.metrics().await;
     assert!(text.contains("kiln_client_disconnects_total 1"), "{text}");
     stack.shutdown().await;
 }
@@ -239,13 +191,7 @@ async fn a_client_leaving_the_queue_frees_its_place() {
     );
     assert!(eventually(Duration::from_secs(1), || proxy.admission.queued() == 0).await);
     // The place is free again: this one queues instead of getting 429.
-    let r = stack
-        .client
-        .post(stack.url("/api/generate"))
-        .json(&slow_generate())
-        .send()
-        .await
-        .unwrap();
+    let r = stack.post("/api/generate", &slow_generate()).await;
     assert_eq!(r.status(), 200);
     r.bytes().await.unwrap();
     running.await.unwrap().unwrap().bytes().await.unwrap();

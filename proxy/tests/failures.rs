@@ -112,13 +112,7 @@ async fn request_timeout_ends_a_stream_that_runs_too_long() {
     })
     .await;
     let started = Instant::now();
-    let r = stack
-        .client
-        .post(stack.url("/api/generate"))
-        .json(&generate("hi"))
-        .send()
-        .await
-        .unwrap();
+    let r = stack.post("/api/generate", &generate("hi")).await;
     let lines = ndjson(&r.bytes().await.unwrap());
     assert!(
         lines.last().unwrap()["error"]
@@ -177,12 +171,7 @@ async fn slow_loris_headers_are_cut_off() {
         started.elapsed()
     );
     // The proxy still serves others.
-    let r = stack
-        .client
-        .get(stack.url("/api/version"))
-        .send()
-        .await
-        .unwrap();
+    let r = stack.get("/api/version").await;
     assert_eq!(r.status(), 200);
     stack.shutdown().await;
 }

@@ -15,13 +15,7 @@ fn generate(prompt: &str) -> Value {
 #[tokio::test]
 async fn generate_streams_ndjson_chunk_by_chunk() {
     let stack = Stack::new(|e, _| e.token_delay = Duration::from_millis(60)).await;
-    let resp = stack
-        .client
-        .post(stack.url("/api/generate"))
-        .json(&json!({"model": "gemma3:4b", "prompt": "Why is the sky blue?", "options": {"num_predict": 5}}))
-        .send()
-        .await
-        .unwrap();
+    let resp = stack.post("/api/generate", &json!({"model": "gemma3:4b", "prompt": "Why is the sky blue?", "options": {"num_predict": 5}})).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
     let got = chunks(resp).await;
@@ -55,13 +49,7 @@ async fn generate_streams_ndjson_chunk_by_chunk() {
 #[tokio::test]
 async fn stream_false_returns_one_json_object() {
     let stack = Stack::new(|_, _| {}).await;
-    let resp = stack
-        .client
-        .post(stack.url("/api/chat"))
-        .json(&json!({"model": "gemma3:4b", "stream": false, "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap();
+    let resp = stack.post("/api/chat", &json!({"model": "gemma3:4b", "stream": false, "messages": [{"role": "user", "content": "hi"}]})).await;
     assert_eq!(resp.status(), 200);
     assert!(
         resp.headers()["content-type"]
@@ -179,15 +167,7 @@ async fn upstream_sees_localhost_host_header_and_no_foreign_origin() {
 #[tokio::test]
 async fn tags_ps_and_models_come_from_the_models_dir() {
     let stack = Stack::new(|_, _| {}).await;
-    let tags: Value = stack
-        .client
-        .get(stack.url("/api/tags"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tags: Value = stack.get("/api/tags").await.json().await.unwrap();
     let names: Vec<&str> = tags["models"]
         .as_array()
         .unwrap()
@@ -197,56 +177,30 @@ async fn tags_ps_and_models_come_from_the_models_dir() {
     assert_eq!(names, ["gemma3:1b", "gemma3:4b"]);
     assert_eq!(tags["models"][1]["details"]["family"], "gemma3");
 
-    let ps: Value = stack
-        .client
-        .get(stack.url("/api/ps"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ps: Value = stack.get("/api/ps").await.json().await.unwrap();
     assert_eq!(ps["models"], json!([]), "nothing loaded yet");
     let load: Value = stack
-        .client
-        .post(stack.url("/api/generate"))
-        .json(&json!({"model": "gemma3:4b", "keep_alive": -1}))
-        .send()
+        .post(
+            "/api/generate",
+            &json!({"model": "gemma3:4b", "keep_alive": -1}),
+        )
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(load["done_reason"], "load");
-    let ps: Value = stack
-        .client
-        .get(stack.url("/api/ps"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ps: Value = stack.get("/api/ps").await.json().await.unwrap();
     assert_eq!(ps["models"][0]["name"], "gemma3:4b");
 
-    let models: Value = stack
-        .client
-        .get(stack.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = stack.get("/v1/models").await.json().await.unwrap();
     assert_eq!(models["data"].as_array().unwrap().len(), 2);
 
     let missing = stack
-        .client
-        .post(stack.url("/api/generate"))
-        .json(&json!({"model": "gemma3:27b", "prompt": "x"}))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            "/api/generate",
+            &json!({"model": "gemma3:27b", "prompt": "x"}),
+        )
+        .await;
     assert_eq!(missing.status(), 404);
     assert_eq!(
         missing.json::<Value>().await.unwrap(),

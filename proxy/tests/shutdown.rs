@@ -16,13 +16,7 @@ async fn streams_longer_than_the_grace_period_are_cut_and_cancelled() {
     })
     .await;
     let long = json!({"model": "gemma3:4b", "prompt": "x", "options": {"num_predict": 200}});
-    let mut resp = stack
-        .client
-        .post(stack.url("/api/generate"))
-        .json(&long)
-        .send()
-        .await
-        .unwrap();
+    let mut resp = stack.post("/api/generate", &long).await;
     resp.chunk().await.unwrap().unwrap();
 
     let Stack {

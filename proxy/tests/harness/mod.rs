@@ -98,6 +98,27 @@ impl Stack {
         format!("{}{path}", self.emulator.url())
     }
 
+    /// POSTs JSON to the proxy.
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        let req = self.client.post(self.url(path)).json(body);
+        req.send().await.expect("request to the proxy")
+    }
+
+    /// GETs from the proxy.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        let req = self.client.get(self.url(path));
+        req.send().await.expect("request to the proxy")
+    }
+
+    /// The proxy's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics")
+            .await
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
     pub fn stats(&self) -> ollama_emulator::StatsSnapshot {
         self.emulator.stats().snapshot()
     }
