@@ -362,14 +362,23 @@ async fn an_expired_cdn_url_is_renewed_through_the_registry() {
             .expect("weights"),
         model.layers[0].digest
     );
-    let redirects = front
+    // Small blobs download concurrently with the weights, so which URL the
+    // CDN refuses depends on timing; whichever it was, kiln must have asked
+    // the registry again for that blob.
+    let blob_gets = front
         .front_requests()
         .iter()
-        .filter(|r| r.url.ends_with(&model.layers[0].digest))
-        .count();
+        .filter(|r| r.url.contains("/blobs/"))
+        .fold(
+            std::collections::BTreeMap::<String, usize>::new(),
+            |mut counts, r| {
+                *counts.entry(r.url.clone()).or_default() += 1;
+                counts
+            },
+        );
     assert!(
-        redirects >= 2,
-        "kiln went back to the registry for a fresh URL ({redirects} blob GETs)"
+        blob_gets.values().any(|&n| n >= 2),
+        "kiln never went back to the registry for a fresh URL: {blob_gets:?}"
     );
 }
 
