@@ -307,33 +307,10 @@ pub fn redact(url: &Url) -> String {
 fn parse_challenge(header: &str) -> (String, HashMap<String, String>) {
     let header = header.trim();
     let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
-    let mut params = HashMap::new();
-    let mut rest = rest.trim();
-    while !rest.is_empty() {
-        let Some((key, after)) = rest.split_once('=') else {
-            break;
-        };
-        let key = key
-            .trim()
-            .trim_start_matches(',')
-            .trim()
-            .to_ascii_lowercase();
-        let after = after.trim_start();
-        let (value, remainder) = if let Some(quoted) = after.strip_prefix('"') {
-            match quoted.find('"') {
-                Some(end) => (&quoted[..end], &quoted[end + 1..]),
-                None => (quoted, ""),
-            }
-        } else {
-            match after.find(',') {
-                Some(end) => (&after[..end], &after[end..]),
-                None => (after, ""),
-            }
-        };
-        params.insert(key, value.to_string());
-        rest = remainder.trim_start().trim_start_matches(',').trim_start();
-    }
-    (scheme.to_string(), params)
+    (
+        scheme.to_string(),
+        crate::registry::auth::parse_params(rest),
+    )
 }
 
 #[cfg(test)]

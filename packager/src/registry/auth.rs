@@ -180,7 +180,7 @@ fn basic(username: &str, password: &str) -> String {
 
 /// `realm="https://a/token",service="s",scope="repository:x:pull,push"` → map.
 /// Values may be quoted and contain commas.
-fn parse_params(s: &str) -> HashMap<String, String> {
+pub(crate) fn parse_params(s: &str) -> HashMap<String, String> {
     let mut out = HashMap::new();
     let mut rest = s.trim();
     while !rest.is_empty() {
@@ -192,6 +192,7 @@ fn parse_params(s: &str) -> HashMap<String, String> {
             .trim_start_matches(',')
             .trim()
             .to_ascii_lowercase();
+        let after = after.trim_start();
         let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
             match quoted.find('"') {
                 Some(end) => (&quoted[..end], &quoted[end + 1..]),

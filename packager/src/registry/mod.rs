@@ -8,7 +8,7 @@
 //! (HEAD, mount, monolithic streamed PUT, exact manifest bytes) is a handful of
 //! requests. Owning them gives one clear line per failure.
 
-mod auth;
+pub(crate) mod auth;
 
 use std::sync::Mutex;
 use std::time::Duration;
