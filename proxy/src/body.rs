@@ -120,6 +120,7 @@ pub struct Passthrough<E: OnEnd> {
     deadline: Pin<Box<Sleep>>,
     idle: Pin<Box<Sleep>>,
     idle_after: Duration,
+    last_data: Instant,
     tap: TokenTap,
     bytes: u64,
     last_two: [u8; 2],
@@ -165,6 +166,7 @@ impl<E: OnEnd> Passthrough<E> {
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             idle: Box::pin(tokio::time::sleep(idle_after)),
             idle_after,
+            last_data: Instant::now(),
             tap: TokenTap::default(),
             bytes: 0,
             last_two: [b'\n', b'\n'],
@@ -208,8 +210,9 @@ impl<E: OnEnd> Passthrough<E> {
             1 => self.last_two = [self.last_two[1], data[0]],
             n => self.last_two = [data[n - 2], data[n - 1]],
         }
-        let next = Instant::now() + self.idle_after;
-        self.idle.as_mut().reset(next);
+        // The idle timer is not moved per chunk (that costs a timer-wheel
+        // update per token); when it fires, it is checked against this.
+        self.last_data = Instant::now();
     }
 
     fn end(&mut self, outcome: Outcome) {
@@ -315,12 +318,17 @@ impl<E: OnEnd + Unpin> Body for Passthrough<E> {
                         "request timed out (limits.request_timeout_s)".into(),
                     );
                 }
-                if this.idle.as_mut().poll(cx).is_ready() {
-                    let msg = format!(
-                        "Ollama sent nothing for {:?} (limits.idle_timeout_s)",
-                        this.idle_after
-                    );
-                    return this.fail(Outcome::TimedOut, msg);
+                while this.idle.as_mut().poll(cx).is_ready() {
+                    let quiet_until = this.last_data + this.idle_after;
+                    if Instant::now() >= quiet_until {
+                        let msg = format!(
+                            "Ollama sent nothing for {:?} (limits.idle_timeout_s)",
+                            this.idle_after
+                        );
+                        return this.fail(Outcome::TimedOut, msg);
+                    }
+                    // Data came since the timer was set: re-arm from the last data.
+                    this.idle.as_mut().reset(quiet_until);
                 }
                 Poll::Pending
             }
@@ -369,17 +377,39 @@ struct TokenTap {
     found: Option<(u64, u64)>,
 }
 
+/// Ollama's final chunk (`"eval_count"`) or OpenAI's usage (`"usage"`).
+fn mentions_counts(bytes: &[u8]) -> bool {
+    memchr::memmem::find(bytes, b"\"eval_count\"").is_some()
+        || memchr::memmem::find(bytes, b"\"usage\"").is_some()
+}
+
 /// A final chunk is small; longer lines are token text and are skipped.
 const MAX_LINE: usize = 64 * 1024;
 
 impl TokenTap {
-    fn feed(&mut self, mut data: &[u8]) {
-        while let Some(nl) = memchr::memchr(b'\n', data) {
-            self.push(&data[..nl]);
+    /// Looks at whole lines where they lie in `data`; only a line split across
+    /// reads is copied, and only regions that mention a count are parsed.
+    fn feed(&mut self, data: &[u8]) {
+        let mut rest = data;
+        if !self.line.is_empty() || self.overflow {
+            let Some(nl) = memchr::memchr(b'\n', rest) else {
+                self.push(rest);
+                return;
+            };
+            self.push(&rest[..nl]);
             self.line_done();
-            data = &data[nl + 1..];
+            rest = &rest[nl + 1..];
         }
-        self.push(data);
+        let (whole, tail) = match memchr::memrchr(b'\n', rest) {
+            Some(nl) => (&rest[..nl], &rest[nl + 1..]),
+            None => (&rest[..0], rest),
+        };
+        if mentions_counts(whole) {
+            for line in whole.split(|b| *b == b'\n') {
+                self.inspect(line);
+            }
+        }
+        self.push(tail);
     }
 
     fn push(&mut self, part: &[u8]) {
@@ -392,29 +422,27 @@ impl TokenTap {
     }
 
     fn line_done(&mut self) {
+        let line = std::mem::take(&mut self.line);
         if !self.overflow {
-            self.inspect();
+            self.inspect(&line);
         }
+        self.line = line;
         self.line.clear();
         self.overflow = false;
     }
 
-    fn inspect(&mut self) {
-        let line = self.line.strip_prefix(b"data: ").unwrap_or(&self.line);
-        let ollama = memchr::memmem::find(line, b"\"eval_count\"").is_some();
-        let openai = memchr::memmem::find(line, b"\"usage\"").is_some();
-        if !ollama && !openai {
+    fn inspect(&mut self, line: &[u8]) {
+        let line = line.strip_prefix(b"data: ").unwrap_or(line);
+        if !mentions_counts(line) {
             return;
         }
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
             return;
         };
         let n = |p: &str| v.pointer(p).and_then(|x| x.as_u64());
-        let counts = if ollama {
-            n("/prompt_eval_count").zip(n("/eval_count"))
-        } else {
-            n("/usage/prompt_tokens").zip(n("/usage/completion_tokens"))
-        };
+        let counts = n("/prompt_eval_count")
+            .zip(n("/eval_count"))
+            .or_else(|| n("/usage/prompt_tokens").zip(n("/usage/completion_tokens")));
         if counts.is_some() {
             self.found = counts;
         }
