@@ -189,6 +189,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    // reqwest may be built with rustls and no provider (workspace feature
+    // unification); ring is the workspace's one provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let quick = std::env::args().any(|a| a == "--quick");
     // Warnings only (RUST_LOG to change): a plugin failure must not go unseen.
     if std::env::var_os("RUST_LOG").is_none() {
