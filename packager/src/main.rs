@@ -29,20 +29,18 @@ fn main() -> ExitCode {
         Command::Pull(args) => runtime().and_then(|rt| rt.block_on(kiln::pull::cli::run(&args))),
         Command::Pack(args) => runtime().and_then(|rt| rt.block_on(kiln::pack::cli::run(&args))),
         Command::Inspect(args) => runtime().and_then(|rt| rt.block_on(kiln::inspect::run(&args))),
-        Command::Deploy(deploy::DeployCommand::Render(args)) => {
-            // A rule violation is a usage error: the flags asked for something Cloud Run refuses.
-            if let Err(e) = deploy::run_render(&args) {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-            Ok(())
-        }
+        Command::Deploy(deploy::DeployCommand::Render(args)) => deploy::run_render(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // A broken Cloud Run rule is a usage error: the flags asked for it.
+            if e.downcast_ref::<deploy::RuleError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

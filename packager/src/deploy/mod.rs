@@ -153,18 +153,17 @@ impl From<&RenderArgs> for DeployOptions {
 }
 
 /// Runs `kiln deploy render`: YAML to stdout or a file, the rest to stderr.
-pub fn run_render(args: &RenderArgs) -> Result<(), RuleError> {
+/// A [`RuleError`] in the result is a usage error (the flags asked for
+/// something Cloud Run refuses); anything else is a runtime failure.
+pub fn run_render(args: &RenderArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
     let rendered = render(&DeployOptions::from(args))?;
     for warning in &rendered.warnings {
         eprintln!("warning: {warning}");
     }
     match &args.output {
-        Some(path) => {
-            if let Err(e) = std::fs::write(path, &rendered.yaml) {
-                eprintln!("error: writing {}: {e}", path.display());
-                std::process::exit(1);
-            }
-        }
+        Some(path) => std::fs::write(path, &rendered.yaml)
+            .with_context(|| format!("writing {}", path.display()))?,
         None => print!("{}", rendered.yaml),
     }
     eprintln!(
