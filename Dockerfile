@@ -1,5 +1,8 @@
 # The same image `kiln pack` builds, for people who prefer `docker build`:
-#   docker build -t ollama-gemma:4b --build-arg MODEL=gemma3:4b --build-arg PLUGINS="api_key" .
+#   docker build -t ollama-gemma:4b --build-arg MODEL=gemma3:4b \
+#       --build-arg PLUGINS="api_key" --build-arg PROXY_CONFIG=kiln-proxy.toml .
+# PROXY_CONFIG is a kiln-proxy TOML in the build context that configures the
+# plugins (see README); the default configures none.
 # kiln pack needs no Docker daemon and re-uploads nothing unchanged; this file
 # exists so both routes give the same runtime layout and config
 # (packager/tests/dockerfile.rs compares them).
@@ -28,10 +31,11 @@ RUN mkdir -p /out/plugins \
 # --- the runtime image -------------------------------------------------------
 FROM ${OLLAMA_BASE}
 ARG MODEL=gemma3:4b
+ARG PROXY_CONFIG=deploy/kiln-proxy.toml
 COPY --from=models /models /models
 COPY --from=build /src/target/release/kiln-proxy /usr/local/bin/kiln-proxy
 COPY --from=plugins /out/plugins /plugins
-COPY deploy/kiln-proxy.toml /etc/kiln/proxy.toml
+COPY ${PROXY_CONFIG} /etc/kiln/proxy.toml
 # OLLAMA_MODELS explicitly: a HOME change on Cloud Run once hid baked models.
 # Ollama listens on loopback only; kiln-proxy is the way in.
 ENV OLLAMA_MODELS=/models \
