@@ -206,20 +206,7 @@ impl TestRegistry {
             config["remote_model"] =
                 json!(format!("{}:{tag}", repo.rsplit('/').next().unwrap_or(repo)));
         }
-        let config_bytes = serde_json::to_vec(&config)?;
-        let config_digest = self.push_bytes(repo, &config_bytes)?;
-        let config = Blob {
-            media_type: DOCKER_CONFIG.into(),
-            digest: config_digest,
-            size: config_bytes.len() as u64,
-        };
-
-        let manifest = serde_json::to_vec(&json!({
-            "schemaVersion": 2,
-            "mediaType": DOCKER_MANIFEST,
-            "config": descriptor(&config),
-            "layers": layers.iter().map(descriptor).collect::<Vec<_>>(),
-        }))?;
+        let (config, manifest) = self.push_config_and_build_manifest(repo, &config, &layers)?;
         let manifest_digest = self.push_manifest(repo, tag, DOCKER_MANIFEST, &manifest)?;
         Ok(SeededModel {
             repo: repo.into(),
@@ -255,7 +242,7 @@ impl TestRegistry {
                     size: gz.len() as u64,
                 });
             }
-            let config_bytes = serde_json::to_vec(&json!({
+            let config = json!({
                 "architecture": arch,
                 "os": "linux",
                 "config": {
@@ -273,19 +260,8 @@ impl TestRegistry {
                     {"created": "2025-01-01T00:00:00Z", "created_by": "ADD os files"},
                     {"created": "2025-01-01T00:00:00Z", "created_by": "COPY ollama /bin/ollama"},
                 ],
-            }))?;
-            let config_digest = self.push_bytes(repo, &config_bytes)?;
-            let config = Blob {
-                media_type: DOCKER_CONFIG.into(),
-                digest: config_digest,
-                size: config_bytes.len() as u64,
-            };
-            let manifest = serde_json::to_vec(&json!({
-                "schemaVersion": 2,
-                "mediaType": DOCKER_MANIFEST,
-                "config": descriptor(&config),
-                "layers": layers.iter().map(descriptor).collect::<Vec<_>>(),
-            }))?;
+            });
+            let (config, manifest) = self.push_config_and_build_manifest(repo, &config, &layers)?;
             let digest =
                 self.push_manifest(repo, &digest_of(&manifest), DOCKER_MANIFEST, &manifest)?;
             platforms.push(SeededPlatform {
@@ -345,6 +321,31 @@ pub struct SeededPlatform {
     pub layers: Vec<Blob>,
     /// Digests of the uncompressed layers, in order.
     pub diff_ids: Vec<String>,
+}
+
+impl TestRegistry {
+    /// Uploads an image config and returns it with the Docker v2 manifest
+    /// that lists it and `layers` (the manifest itself is not pushed).
+    fn push_config_and_build_manifest(
+        &self,
+        repo: &str,
+        config: &serde_json::Value,
+        layers: &[Blob],
+    ) -> Result<(Blob, Vec<u8>)> {
+        let config_bytes = serde_json::to_vec(config)?;
+        let config = Blob {
+            media_type: DOCKER_CONFIG.into(),
+            digest: self.push_bytes(repo, &config_bytes)?,
+            size: config_bytes.len() as u64,
+        };
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST,
+            "config": descriptor(&config),
+            "layers": layers.iter().map(descriptor).collect::<Vec<_>>(),
+        }))?;
+        Ok((config, manifest))
+    }
 }
 
 fn descriptor(blob: &Blob) -> serde_json::Value {
