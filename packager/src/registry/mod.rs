@@ -205,29 +205,25 @@ impl RegistryClient {
         Option<u64>,
         impl Stream<Item = reqwest::Result<Bytes>> + use<>,
     )> {
-        let url = format!("{}/v2/{repo}/blobs/{digest}", self.base);
-        let resp = self
-            .send(
-                repo,
-                Action::Pull,
-                &format!("blob {digest} of {repo}"),
-                || Ok(self.http.get(&url)),
-            )
-            .await?;
+        let resp = self.blob_response(repo, digest).await?;
         Ok((resp.content_length(), resp.bytes_stream()))
+    }
+
+    /// The answer to `GET /v2/REPO/blobs/DIGEST`, auth and retries handled.
+    async fn blob_response(&self, repo: &str, digest: &str) -> Result<reqwest::Response> {
+        let url = format!("{}/v2/{repo}/blobs/{digest}", self.base);
+        self.send(
+            repo,
+            Action::Pull,
+            &format!("blob {digest} of {repo}"),
+            || Ok(self.http.get(&url)),
+        )
+        .await
     }
 
     /// Small blobs (configs): fetched whole and verified.
     pub async fn get_blob_bytes(&self, repo: &str, digest: &str) -> Result<Bytes> {
-        let url = format!("{}/v2/{repo}/blobs/{digest}", self.base);
-        let resp = self
-            .send(
-                repo,
-                Action::Pull,
-                &format!("blob {digest} of {repo}"),
-                || Ok(self.http.get(&url)),
-            )
-            .await?;
+        let resp = self.blob_response(repo, digest).await?;
         let bytes = self.read_limited(resp, CONFIG_LIMIT, digest).await?;
         if sha256_digest(&bytes) != digest {
             return Err(RegistryError::Protocol {
