@@ -76,12 +76,11 @@ fn openai_text(events: &[String]) -> String {
 async fn a_pattern_split_across_ndjson_chunks_is_redacted() {
     let stack = stack(vec![guard()]).await;
     let body = stack
-        .client
-        .post(stack.url("/api/generate"))
-        .json(&json!({"model": "gemma3:4b", "prompt": "why?", "options": {"num_predict": 6}}))
-        .send()
+        .post(
+            "/api/generate",
+            &json!({"model": "gemma3:4b", "prompt": "why?", "options": {"num_predict": 6}}),
+        )
         .await
-        .unwrap()
         .bytes()
         .await
         .unwrap();
@@ -103,13 +102,7 @@ async fn a_pattern_split_across_sse_events_is_redacted_and_usage_stays_hidden() 
     let stack = stack(vec![guard()]).await;
     let request = json!({"model": "gemma3:4b", "stream": true, "max_tokens": 6,
                          "messages": [{"role": "user", "content": "why?"}]});
-    let resp = stack
-        .client
-        .post(stack.url("/v1/chat/completions"))
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
+    let resp = stack.post("/v1/chat/completions", &request).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let body = resp.text().await.unwrap();
@@ -134,15 +127,12 @@ async fn a_pattern_split_across_sse_events_is_redacted_and_usage_stays_hidden() 
 async fn answers_that_do_not_stream_are_redacted_whole() {
     let stack = stack(vec![guard()]).await;
     let v: Value = stack
-        .client
-        .post(stack.url("/api/chat"))
-        .json(
+        .post(
+            "/api/chat",
             &json!({"model": "gemma3:4b", "stream": false, "options": {"num_predict": 4},
                       "messages": [{"role": "user", "content": "why?"}]}),
         )
-        .send()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -150,13 +140,12 @@ async fn answers_that_do_not_stream_are_redacted_whole() {
     assert_eq!(v["eval_count"], 4);
 
     let resp = stack
-        .client
-        .post(stack.url("/v1/chat/completions"))
-        .json(&json!({"model": "gemma3:4b", "max_tokens": 4,
-                      "messages": [{"role": "user", "content": "why?"}]}))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "gemma3:4b", "max_tokens": 4,
+                      "messages": [{"role": "user", "content": "why?"}]}),
+        )
+        .await;
     let len: usize = resp.headers()["content-length"]
         .to_str()
         .unwrap()
@@ -373,12 +362,11 @@ async fn a_trapping_response_plugin_ends_the_stream_with_an_error_line() {
     let stack = stack(vec![trap]).await;
 
     let resp = stack
-        .client
-        .post(stack.url("/api/generate"))
-        .json(&json!({"model": "gemma3:4b", "prompt": "why?", "options": {"num_predict": 6}}))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            "/api/generate",
+            &json!({"model": "gemma3:4b", "prompt": "why?", "options": {"num_predict": 6}}),
+        )
+        .await;
     assert_eq!(
         resp.status(),
         200,
@@ -397,15 +385,12 @@ async fn a_trapping_response_plugin_ends_the_stream_with_an_error_line() {
 
     // OpenAI clients get an SSE error event, and no [DONE].
     let body = stack
-        .client
-        .post(stack.url("/v1/chat/completions"))
-        .json(
+        .post(
+            "/v1/chat/completions",
             &json!({"model": "gemma3:4b", "stream": true, "max_tokens": 6,
                       "messages": [{"role": "user", "content": "why?"}]}),
         )
-        .send()
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -438,12 +423,11 @@ async fn a_failing_response_plugin_with_on_error_allow_is_left_out() {
     trap.on_error = OnError::Allow;
     let stack = stack(vec![trap, guard()]).await;
     let body = stack
-        .client
-        .post(stack.url("/api/generate"))
-        .json(&json!({"model": "gemma3:4b", "prompt": "why?", "options": {"num_predict": 5}}))
-        .send()
+        .post(
+            "/api/generate",
+            &json!({"model": "gemma3:4b", "prompt": "why?", "options": {"num_predict": 5}}),
+        )
         .await
-        .unwrap()
         .bytes()
         .await
         .unwrap();
@@ -467,12 +451,8 @@ async fn without_response_plugins_answers_pass_through_untouched() {
     let request = json!({"model": "gemma3:4b", "stream": true, "max_tokens": 3,
                          "messages": [{"role": "user", "content": "hi"}]});
     let body = stack
-        .client
-        .post(stack.url("/v1/chat/completions"))
-        .json(&request)
-        .send()
+        .post("/v1/chat/completions", &request)
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
