@@ -17,7 +17,13 @@
 //! costs more than without plugins (1/throughput − 1/baseline).
 //! Needs `scripts/build-plugins` first. Prints a Markdown report.
 //!
-//! Usage: kiln-bench-response [--quick]
+//! Then the same setups in-process ([`hooks`]): the response stage's CPU
+//! per chunk with no sockets in the way, for one chunk per read and for
+//! many.
+//!
+//! Usage: kiln-bench-response [--quick] [--hooks-only]
+
+mod hooks;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -193,6 +199,7 @@ fn main() -> anyhow::Result<()> {
     // unification); ring is the workspace's one provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let quick = std::env::args().any(|a| a == "--quick");
+    let hooks_only = std::env::args().any(|a| a == "--hooks-only");
     // Warnings only (RUST_LOG to change): a plugin failure must not go unseen.
     if std::env::var_os("RUST_LOG").is_none() {
         // SAFETY: set before any other thread exists.
@@ -202,17 +209,10 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(run(quick))
+    rt.block_on(run(quick, hooks_only))
 }
 
-async fn run(quick: bool) -> anyhow::Result<()> {
-    let emulator = ollama_emulator::Emulator::start(ollama_emulator::Config {
-        num_parallel: 256,
-        token_delay: Duration::ZERO,
-        ..Default::default()
-    })
-    .await?;
-    let up = emulator.url();
+async fn run(quick: bool, hooks_only: bool) -> anyhow::Result<()> {
     // The deadline is wall time. With ~100 streams at once on two cores
     // shared with other work, a call can wait its turn for longer than the
     // default 50 ms (seen: over 250 ms) and fail the stream; this measures
@@ -225,22 +225,81 @@ async fn run(quick: bool) -> anyhow::Result<()> {
         Ok(load_chain(&specs, &options).context("loading the example plugins")?)
     };
     let guard = |config| chain(vec![plugin("output-guard", config)?]);
-    let setups = vec![
+    let chains: Vec<(&'static str, Arc<dyn RequestFilter>)> = vec![
+        (
+            "budget",
+            chain(vec![plugin(
+                "token-budget",
+                json!({"budget": u64::MAX / 2}),
+            )?])?,
+        ),
+        ("guard", guard(json!({"patterns": ["sky is"]}))?),
+        ("guard-pii", guard(json!({"pii": true}))?),
+    ];
+    println!("## Response plugins\n");
+    if !hooks_only {
+        network(quick, &chains).await?;
+    }
+    report_hooks(quick, &chains);
+    Ok(())
+}
+
+/// The in-process figures: CPU per chunk of the response stage alone.
+fn report_hooks(quick: bool, chains: &[(&'static str, Arc<dyn RequestFilter>)]) {
+    let rounds = if quick { 21 } else { 101 };
+    let batches = [1, 8, 64];
+    println!("### In-process: the response stage alone\n");
+    println!(
+        "`cargo run --release -p kiln-bench-response -- --hooks-only` — one answer of 400 tokens \
+         read 1, 8 or 64 chunks at a time, median of {rounds} answers, CPU time of one thread, no sockets. \
+         `framing` is the host's share (cutting, reading and re-joining chunks) with hooks that do nothing.\n"
+    );
+    let mut setups = vec![("framing", hooks::Hooks::Framing)];
+    setups.extend(
+        chains
+            .iter()
+            .map(|(name, c)| (*name, hooks::Hooks::Plugins(c.clone()))),
+    );
+    for api in [hooks::Api::ndjson(400), hooks::Api::sse(400)] {
+        // Warm the compile caches and lazy DFAs.
+        for (_, h) in &setups {
+            hooks::ns_per_chunk(h, &api, 8, 3);
+        }
+        println!("{}, µs per chunk:\n", api.name);
+        let head: Vec<String> = batches.iter().map(|b| format!("{b} per read")).collect();
+        println!("| setup | {} |", head.join(" | "));
+        println!("|---|{}", "---:|".repeat(batches.len()));
+        for (name, h) in &setups {
+            let cells: Vec<String> = batches
+                .iter()
+                .map(|&b| format!("{:.2}", hooks::ns_per_chunk(h, &api, b, rounds) / 1000.0))
+                .collect();
+            println!("| {name} | {} |", cells.join(" | "));
+        }
+        println!();
+    }
+}
+
+/// The streaming figures: the emulator, proxies and client over loopback.
+async fn network(
+    quick: bool,
+    chains: &[(&'static str, Arc<dyn RequestFilter>)],
+) -> anyhow::Result<()> {
+    let emulator = ollama_emulator::Emulator::start(ollama_emulator::Config {
+        num_parallel: 256,
+        token_delay: Duration::ZERO,
+        ..Default::default()
+    })
+    .await?;
+    let up = emulator.url();
+    let mut setups = vec![
         // The emulator itself: the CPU the client and emulator use per chunk.
         Setup::start("direct", &up, None).await?,
         Setup::start("none", &up, Some(Arc::new(NoFilters))).await?,
-        Setup::start(
-            "budget",
-            &up,
-            Some(chain(vec![plugin(
-                "token-budget",
-                json!({"budget": u64::MAX / 2}),
-            )?])?),
-        )
-        .await?,
-        Setup::start("guard", &up, Some(guard(json!({"patterns": ["sky is"]}))?)).await?,
-        Setup::start("guard-pii", &up, Some(guard(json!({"pii": true}))?)).await?,
     ];
+    for (name, c) in chains {
+        setups.push(Setup::start(name, &up, Some(c.clone())).await?);
+    }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .tcp_nodelay(true)
@@ -277,7 +336,6 @@ async fn run(quick: bool) -> anyhow::Result<()> {
         throughput(&client, &s.url, true, warm).await?;
     }
 
-    println!("## Response plugins\n");
     println!(
         "`cargo run --release -p kiln-bench-response{}` — {rounds} interleaved rounds per setup (median); \
          the Ollama emulator, the proxies and the client in one process on this machine. \

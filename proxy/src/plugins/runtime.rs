@@ -106,6 +106,12 @@ fn engine_config(options: &PluginOptions) -> Config {
         // checks, which plugin-sized work does not notice.
         .memory_reservation(options.memory_cap as u64)
         .memory_reservation_for_growth(0);
+    // `perf record` then names the plugins' functions (from their name
+    // sections) instead of `wasm[0]::function[N]`: for plugin authors
+    // chasing a hot spot. Off by default: it writes /tmp/perf-PID.map.
+    if std::env::var_os("KILN_PLUGIN_PERFMAP").is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     config
 }
 

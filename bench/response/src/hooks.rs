@@ -1,0 +1,201 @@
+//! In-process: what the response stage costs per chunk, with no sockets,
+//! client or emulator in the way. Each read of Ollama's body is simulated
+//! as `batch` whole chunks arriving at once; the work per read is what
+//! kiln-proxy's filtered stream does (framing, reading each chunk, the
+//! plugins' calls, joining the output), timed on one thread.
+//!
+//! `framing` runs the same path with hooks that do nothing: the host's
+//! share, which every response plugin pays.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kiln_proxy::filter::{RequestFilter, RouteKind};
+use kiln_proxy::framing::{Format, Framer};
+use kiln_proxy::response::chunk::Kind;
+use kiln_proxy::response::{
+    Chunk, ResponseContext, ResponseHooks, ResponseOutcome, ResponseStage, Shape, Stop, Usage,
+};
+use serde_json::json;
+
+/// The hooks of one answer, or none (`framing`).
+pub enum Hooks {
+    Framing,
+    Plugins(Arc<dyn RequestFilter>),
+}
+
+struct Nothing;
+
+impl ResponseHooks for Nothing {
+    fn on_chunk(&mut self, _: &ResponseContext, _: &mut Chunk) -> Result<(), Stop> {
+        Ok(())
+    }
+    fn on_complete(&mut self, _: &ResponseContext, _: ResponseOutcome, _: Option<Usage>) {}
+}
+
+impl Hooks {
+    fn begin(&self, ctx: &ResponseContext) -> Box<dyn ResponseHooks> {
+        match self {
+            Hooks::Framing => Box::new(Nothing),
+            Hooks::Plugins(filter) => filter
+                .responses()
+                .and_then(|stage: &dyn ResponseStage| stage.begin(ctx))
+                .expect("the chain has a response plugin for this route"),
+        }
+    }
+}
+
+/// One API's stream: its chunks as Ollama sends them.
+pub struct Api {
+    pub name: &'static str,
+    format: Format,
+    route: RouteKind,
+    path: &'static str,
+    chunks: Vec<Bytes>,
+}
+
+const WORDS: &[&str] = &[
+    "The ",
+    "sky ",
+    "is ",
+    "blue ",
+    "because ",
+    "air ",
+    "scatters ",
+    "short ",
+    "wavelengths",
+    ". ",
+];
+
+impl Api {
+    /// `/api/generate`, NDJSON, `tokens` tokens and the final metrics line.
+    pub fn ndjson(tokens: usize) -> Api {
+        let mut chunks: Vec<Bytes> = (0..tokens)
+            .map(|i| {
+                let v = json!({"model": "gemma3:4b", "created_at": "2026-11-27T07:35:01.123456789Z",
+                               "response": WORDS[i % WORDS.len()], "done": false});
+                Bytes::from(format!("{v}\n"))
+            })
+            .collect();
+        let last = json!({"model": "gemma3:4b", "created_at": "2026-11-27T07:35:01.123456789Z",
+                          "response": "", "done": true, "done_reason": "length",
+                          "prompt_eval_count": 12, "eval_count": tokens});
+        chunks.push(Bytes::from(format!("{last}\n")));
+        Api {
+            name: "NDJSON (/api/generate)",
+            format: Format::Ndjson,
+            route: RouteKind::OllamaGenerate,
+            path: "/api/generate",
+            chunks,
+        }
+    }
+
+    /// `/v1/chat/completions`, SSE, with the usage chunk and `[DONE]`.
+    pub fn sse(tokens: usize) -> Api {
+        let event = |content: &str, finish: serde_json::Value| {
+            let v = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1_795_000_000,
+                           "model": "gemma3:4b", "system_fingerprint": "fp_ollama",
+                           "choices": [{"index": 0, "delta": {"role": "assistant", "content": content},
+                                        "finish_reason": finish}]});
+            Bytes::from(format!("data: {v}\n\n"))
+        };
+        let mut chunks: Vec<Bytes> = (0..tokens)
+            .map(|i| event(WORDS[i % WORDS.len()], serde_json::Value::Null))
+            .collect();
+        chunks.push(event("", json!("length")));
+        let usage = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1_795_000_000,
+                           "model": "gemma3:4b", "choices": [],
+                           "usage": {"prompt_tokens": 12, "completion_tokens": tokens, "total_tokens": tokens + 12}});
+        chunks.push(Bytes::from(format!("data: {usage}\n\n")));
+        chunks.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        Api {
+            name: "SSE (/v1/chat/completions)",
+            format: Format::Sse,
+            route: RouteKind::OpenaiChat,
+            path: "/v1/chat/completions",
+            chunks,
+        }
+    }
+
+    /// The body cut into reads of `batch` chunks each.
+    fn reads(&self, batch: usize) -> Vec<Bytes> {
+        self.chunks
+            .chunks(batch)
+            .map(|group| {
+                let mut read = BytesMut::new();
+                for c in group {
+                    read.extend_from_slice(c);
+                }
+                read.freeze()
+            })
+            .collect()
+    }
+
+    fn context(&self) -> ResponseContext {
+        ResponseContext {
+            request_id: "0123456789abcdef0123456789abcdef".into(),
+            route: self.route,
+            path: self.path.into(),
+            model: Some("gemma3:4b".into()),
+            stream: true,
+            status: 200,
+            headers: vec![("authorization".into(), "Bearer k-alice".into())],
+        }
+    }
+}
+
+/// CPU time of this thread: other work on the machine does not count.
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the struct it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// CPU nanoseconds per chunk for one answer through `hooks`, its body read
+/// `batch` chunks at a time (median of `rounds` answers).
+pub fn ns_per_chunk(hooks: &Hooks, api: &Api, batch: usize, rounds: usize) -> f64 {
+    let reads = api.reads(batch);
+    let ctx = api.context();
+    let shape = Shape::of_path(api.path);
+    let kind = match api.format {
+        Format::Ndjson => Kind::Line,
+        Format::Sse => Kind::Event,
+    };
+    let mut samples: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let start = thread_cpu();
+            let mut answer = hooks.begin(&ctx);
+            let mut framer = Framer::new(api.format, 1 << 20);
+            let mut batch_chunks = Vec::with_capacity(batch);
+            for read in &reads {
+                framer.push_bytes(read.clone());
+                while let Some(frame) = framer.next_frame().expect("well-formed") {
+                    let chunk = Chunk::new(frame, kind, shape);
+                    black_box(chunk.usage());
+                    batch_chunks.push(chunk);
+                }
+                for c in batch_chunks.iter_mut() {
+                    answer.on_chunk(&ctx, c).expect("no plugin ends the answer");
+                }
+                let mut out = BytesMut::with_capacity(read.len());
+                for chunk in batch_chunks.drain(..) {
+                    if let Some(before) = chunk.inserted() {
+                        out.extend_from_slice(before);
+                    }
+                    out.extend_from_slice(&chunk.raw());
+                }
+                black_box(out);
+            }
+            answer.on_complete(&ctx, ResponseOutcome::Completed, None);
+            thread_cpu().saturating_sub(start).as_nanos() as f64 / api.chunks.len() as f64
+        })
+        .collect();
+    samples.sort_by(|a, b| a.total_cmp(b));
+    samples[samples.len() / 2]
+}
