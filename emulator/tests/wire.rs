@@ -24,6 +24,21 @@ async fn start(tune: impl FnOnce(&mut Config)) -> (Emulator, tempfile::TempDir) 
     (Emulator::start(c).await.unwrap(), dir)
 }
 
+/// GETs `path` from the emulator and parses the JSON answer.
+async fn get_json(client: &reqwest::Client, emu: &Emulator, path: &str) -> Value {
+    let r = client.get(format!("{}{path}", emu.url())).send();
+    r.await.unwrap().json().await.unwrap()
+}
+
+/// POSTs `body` to the emulator and parses the JSON answer.
+async fn post_json(client: &reqwest::Client, emu: &Emulator, path: &str, body: Value) -> Value {
+    let r = client
+        .post(format!("{}{path}", emu.url()))
+        .json(&body)
+        .send();
+    r.await.unwrap().json().await.unwrap()
+}
+
 #[tokio::test]
 async fn requests_beyond_the_parallel_slots_wait_without_bound() {
     let (emu, _dir) = start(|c| c.num_parallel = 1).await;
@@ -108,52 +123,16 @@ async fn errors_look_like_gin_and_ollama() {
 async fn preload_pins_and_keep_alive_zero_unloads() {
     let (emu, _dir) = start(|_| {}).await;
     let client = client();
-    let post = |body: Value| {
-        client
-            .post(format!("{}/api/generate", emu.url()))
-            .json(&body)
-            .send()
-    };
-    let v: Value = post(json!({"model": "gemma3:4b", "keep_alive": -1}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let generate = |body: Value| post_json(&client, &emu, "/api/generate", body);
+    let v = generate(json!({"model": "gemma3:4b", "keep_alive": -1})).await;
     assert_eq!(v["done_reason"], "load");
-    let ps: Value = client
-        .get(format!("{}/api/ps", emu.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ps = get_json(&client, &emu, "/api/ps").await;
     assert_eq!(ps["models"][0]["name"], "gemma3:4b");
-    let v: Value = post(json!({"model": "gemma3:4b", "keep_alive": 0}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = generate(json!({"model": "gemma3:4b", "keep_alive": 0})).await;
     assert_eq!(v["done_reason"], "unload");
-    let ps: Value = client
-        .get(format!("{}/api/ps", emu.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ps = get_json(&client, &emu, "/api/ps").await;
     assert_eq!(ps["models"], json!([]));
-    let e: Value = client
-        .post(format!("{}/api/embed", emu.url()))
-        .json(&json!({"model": "gemma3:4b", "input": ["a", "b"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = json!({"model": "gemma3:4b", "input": ["a", "b"]});
+    let e = post_json(&client, &emu, "/api/embed", body).await;
     assert_eq!(e["embeddings"].as_array().unwrap().len(), 2);
 }
