@@ -16,6 +16,25 @@ fn runtime_config(bundle: &std::path::Path) -> Value {
         .expect("json")
 }
 
+/// The strings of a JSON array such as `process.args` or `Env`.
+fn strings<'a>(array: &'a Value, what: &str) -> Vec<&'a str> {
+    let items = array.as_array();
+    let items = items.unwrap_or_else(|| panic!("{what} is not an array: {array}"));
+    items.iter().filter_map(Value::as_str).collect()
+}
+
+/// Runs skopeo, checks that it succeeded and returns its stdout.
+fn skopeo_ok(world: &World, args: &[&str]) -> Vec<u8> {
+    let out = world.skopeo(args);
+    assert!(
+        out.status.success(),
+        "skopeo {}: {}",
+        args[0],
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 #[test]
 fn pack_to_oci_layout_with_proxy_layer() {
     let world = World::start(Auth::Anonymous);
@@ -64,12 +83,7 @@ fn pack_to_oci_layout_with_proxy_layer() {
     );
 
     let config = runtime_config(&bundle);
-    let process_args: Vec<&str> = config["process"]["args"]
-        .as_array()
-        .expect("args")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let process_args = strings(&config["process"]["args"], "args");
     assert_eq!(
         process_args,
         [
@@ -80,12 +94,7 @@ fn pack_to_oci_layout_with_proxy_layer() {
         ],
         "the base's `serve` must not leak into the proxy's args"
     );
-    let env: Vec<&str> = config["process"]["env"]
-        .as_array()
-        .expect("env")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let env = strings(&config["process"]["env"], "env");
     assert!(env.contains(&"OLLAMA_HOST=127.0.0.1:11434"), "{env:?}");
     assert!(env.contains(&"KILN_CONFIG=/etc/kiln/proxy.toml"), "{env:?}");
 
@@ -110,33 +119,24 @@ fn pack_to_docker_archive_reads_back_with_skopeo() {
     let archive = dir.path().join("gemma.tar");
     ok(&world.pack(&["--output", &format!("docker-archive:{}", archive.display())]));
 
-    let inspect = world.skopeo(&["inspect", &format!("docker-archive:{}", archive.display())]);
-    assert!(
-        inspect.status.success(),
-        "{}",
-        String::from_utf8_lossy(&inspect.stderr)
+    let inspect = skopeo_ok(
+        &world,
+        &["inspect", &format!("docker-archive:{}", archive.display())],
     );
-    let info: Value = serde_json::from_slice(&inspect.stdout).expect("json");
+    let info: Value = serde_json::from_slice(&inspect).expect("json");
     assert_eq!(info["Layers"].as_array().map(Vec::len), Some(4));
-    let env: Vec<&str> = info["Env"]
-        .as_array()
-        .expect("env")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let env = strings(&info["Env"], "Env");
     assert!(env.contains(&"OLLAMA_MODELS=/models"), "{env:?}");
 
     // docker load reads the same file skopeo does: copy it out and unpack it.
     let layout = dir.path().join("layout");
-    let copy = world.skopeo(&[
-        "copy",
-        &format!("docker-archive:{}", archive.display()),
-        &format!("oci:{}:img", layout.display()),
-    ]);
-    assert!(
-        copy.status.success(),
-        "{}",
-        String::from_utf8_lossy(&copy.stderr)
+    skopeo_ok(
+        &world,
+        &[
+            "copy",
+            &format!("docker-archive:{}", archive.display()),
+            &format!("oci:{}:img", layout.display()),
+        ],
     );
     let bundle = unpack_layout(&layout, "img", dir.path());
     assert_model_tree(&world, &bundle.join("rootfs"));
@@ -208,13 +208,16 @@ fn gzip_layers_push_unpack_and_repack_identically() {
     let world = World::start(Auth::Anonymous);
     let target = format!("{}/kiln/gemma-gz:4b", world.host());
     let printed = ok(&world.pack(&["--compression", "gzip", "--push", &target]));
-    let inspect = world.skopeo(&[
-        "inspect",
-        "--tls-verify=false",
-        "--raw",
-        &format!("docker://{target}"),
-    ]);
-    let manifest: Value = serde_json::from_slice(&inspect.stdout).expect("manifest");
+    let inspect = skopeo_ok(
+        &world,
+        &[
+            "inspect",
+            "--tls-verify=false",
+            "--raw",
+            &format!("docker://{target}"),
+        ],
+    );
+    let manifest: Value = serde_json::from_slice(&inspect).expect("manifest");
     let types: Vec<&str> = manifest["layers"]
         .as_array()
         .expect("layers")
@@ -267,12 +270,7 @@ fn models_path_moves_the_tree_and_the_env() {
         "nothing under the default path"
     );
     let config = runtime_config(&bundle);
-    let env: Vec<&str> = config["process"]["env"]
-        .as_array()
-        .expect("env")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let env = strings(&config["process"]["env"], "env");
     assert!(env.contains(&"OLLAMA_MODELS=/srv/ollama/models"), "{env:?}");
     assert_eq!(
         config["annotations"]["dev.kiln.models-path"],
