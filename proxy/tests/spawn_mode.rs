@@ -8,13 +8,14 @@
 mod harness;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harness::eventually;
+use kiln_proxy::RunningProxy;
 use kiln_proxy::filter::NoFilters;
-use kiln_proxy::{Config, RunningProxy};
 use serde_json::{Value, json};
 
 fn free_port() -> u16 {
@@ -22,15 +23,26 @@ fn free_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
-fn spawn_config(models: &std::path::Path, command: std::path::PathBuf) -> Config {
+/// This test binary, which is `ollama serve` when run as `spawn_mode serve`.
+fn fake_ollama() -> PathBuf {
+    std::env::current_exe().expect("current exe")
+}
+
+/// A proxy that runs `command serve` as its Ollama and preloads gemma3:4b;
+/// returns it with the upstream URL it gave that Ollama. The models come
+/// from OLLAMA_MODELS, which `main` sets for every spawned process.
+async fn start_spawning(command: PathBuf) -> (RunningProxy, String) {
     let mut c = harness::proxy_config(&format!("http://127.0.0.1:{}", free_port()));
     c.ollama.spawn = true;
     c.ollama.command = command;
     c.ollama.args = vec!["serve".into()];
     c.ollama.preload = vec!["gemma3:4b".into()];
     c.ollama.startup_timeout_s = 20;
-    let _ = models;
-    c
+    let upstream = c.upstream.clone();
+    let proxy = kiln_proxy::start(c, Arc::new(NoFilters))
+        .await
+        .expect("start");
+    (proxy, upstream)
 }
 
 async fn get(client: &reqwest::Client, url: String) -> (u16, String) {
@@ -40,14 +52,16 @@ async fn get(client: &reqwest::Client, url: String) -> (u16, String) {
     }
 }
 
-async fn wait_ready(client: &reqwest::Client, proxy: &RunningProxy) -> bool {
+async fn get_json(client: &reqwest::Client, url: String) -> Value {
+    let r = client.get(url).send().await.unwrap();
+    r.json().await.unwrap()
+}
+
+/// Polls `{base}/healthz/ready` for up to 15 s.
+async fn wait_ready(client: &reqwest::Client, base: &str) -> bool {
     let end = Instant::now() + Duration::from_secs(15);
     while Instant::now() < end {
-        if get(client, format!("{}/healthz/ready", proxy.url()))
-            .await
-            .0
-            == 200
-        {
+        if get(client, format!("{base}/healthz/ready")).await.0 == 200 {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -55,15 +69,28 @@ async fn wait_ready(client: &reqwest::Client, proxy: &RunningProxy) -> bool {
     false
 }
 
+/// A streamed generate at 30 ms a token, returned with its first chunk read.
+async fn slow_stream(
+    request: reqwest::RequestBuilder,
+    body: Value,
+) -> (reqwest::Response, Vec<u8>) {
+    let request = request.header("x-emulator-delay-ms", "30").json(&body);
+    let mut resp = request.send().await.unwrap();
+    let first = resp.chunk().await.unwrap().unwrap().to_vec();
+    (resp, first)
+}
+
+/// Reads a stream to its end, which it must reach although shutdown began;
+/// returns all its NDJSON lines.
+async fn finish_stream(mut resp: reqwest::Response, mut body: Vec<u8>) -> Vec<Value> {
+    while let Some(c) = resp.chunk().await.expect("stream survives the shutdown") {
+        body.extend_from_slice(&c);
+    }
+    harness::ndjson(&body)
+}
+
 async fn ready_only_after_preload_and_sigterm_drains_streams() {
-    let exe = std::env::current_exe().expect("current exe");
-    let models = harness::models_dir();
-    // Read by the spawned fake `ollama serve` through the inherited environment.
-    let config = spawn_config(models.path(), exe);
-    let upstream = config.upstream.clone();
-    let proxy = kiln_proxy::start(config, Arc::new(NoFilters))
-        .await
-        .expect("start");
+    let (proxy, upstream) = start_spawning(fake_ollama()).await;
     let client = harness::http_client();
 
     let (status, body) = get(&client, format!("{}/healthz/ready", proxy.url())).await;
@@ -74,17 +101,13 @@ async fn ready_only_after_preload_and_sigterm_drains_streams() {
             .0,
         200
     );
-    assert!(wait_ready(&client, &proxy).await, "never became ready");
+    assert!(
+        wait_ready(&client, &proxy.url()).await,
+        "never became ready"
+    );
 
     // Ready means: /api/ps lists the preloaded model, pinned (keep_alive -1).
-    let ps: Value = client
-        .get(format!("{}/api/ps", proxy.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ps = get_json(&client, format!("{}/api/ps", proxy.url())).await;
     assert_eq!(ps["models"][0]["name"], "gemma3:4b", "{ps}");
     assert!(
         ps["models"][0]["expires_at"]
@@ -95,14 +118,11 @@ async fn ready_only_after_preload_and_sigterm_drains_streams() {
     );
 
     // A stream in flight when shutdown starts runs to its end.
-    let mut resp = client
-        .post(format!("{}/api/generate", proxy.url()))
-        .header("x-emulator-delay-ms", "30")
-        .json(&json!({"model": "gemma3:4b", "prompt": "x", "options": {"num_predict": 20}}))
-        .send()
-        .await
-        .unwrap();
-    let mut body = resp.chunk().await.unwrap().unwrap().to_vec();
+    let (resp, first) = slow_stream(
+        client.post(format!("{}/api/generate", proxy.url())),
+        json!({"model": "gemma3:4b", "prompt": "x", "options": {"num_predict": 20}}),
+    )
+    .await;
     let url = proxy.url();
     let shutdown = tokio::spawn(proxy.shutdown());
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -111,10 +131,7 @@ async fn ready_only_after_preload_and_sigterm_drains_streams() {
         0,
         "no new connections while draining"
     );
-    while let Some(c) = resp.chunk().await.expect("stream survives the drain") {
-        body.extend_from_slice(&c);
-    }
-    let lines = harness::ndjson(&body);
+    let lines = finish_stream(resp, first).await;
     assert_eq!(
         lines.last().unwrap()["done"],
         true,
@@ -130,15 +147,9 @@ async fn ready_only_after_preload_and_sigterm_drains_streams() {
 }
 
 async fn a_dying_ollama_is_restarted() {
-    let exe = std::env::current_exe().expect("current exe");
-    let models = harness::models_dir();
-    let config = spawn_config(models.path(), exe);
-    let upstream = config.upstream.clone();
-    let proxy = kiln_proxy::start(config, Arc::new(NoFilters))
-        .await
-        .expect("start");
+    let (proxy, upstream) = start_spawning(fake_ollama()).await;
     let client = harness::http_client();
-    assert!(wait_ready(&client, &proxy).await);
+    assert!(wait_ready(&client, &proxy.url()).await);
 
     // The process may die before its answer is out; what matters is that it dies.
     let _ = client
@@ -151,17 +162,10 @@ async fn a_dying_ollama_is_restarted() {
         "readiness must drop while Ollama is down"
     );
     assert!(
-        wait_ready(&client, &proxy).await,
+        wait_ready(&client, &proxy.url()).await,
         "Ollama was not restarted and re-preloaded"
     );
-    let metrics = client
-        .get(format!("{}/metrics", proxy.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, metrics) = get(&client, format!("{}/metrics", proxy.url())).await;
     assert!(
         metrics.contains("kiln_ollama_restarts_total 1"),
         "{metrics}"
@@ -177,11 +181,7 @@ async fn a_dying_ollama_is_restarted() {
 }
 
 async fn a_missing_ollama_binary_stops_the_proxy_with_a_clear_error() {
-    let models = harness::models_dir();
-    let config = spawn_config(models.path(), "/nonexistent/ollama".into());
-    let proxy = kiln_proxy::start(config, Arc::new(NoFilters))
-        .await
-        .expect("start");
+    let (proxy, _) = start_spawning("/nonexistent/ollama".into()).await;
     let r = tokio::time::timeout(
         Duration::from_secs(5),
         proxy.run_until(std::future::pending()),
@@ -195,7 +195,6 @@ async fn a_missing_ollama_binary_stops_the_proxy_with_a_clear_error() {
 /// The real binary, flags and all: JSON logs on stderr (Ollama's lines
 /// included, prompts never), and SIGTERM lets a running stream finish.
 async fn the_binary_logs_json_and_drains_on_sigterm() {
-    let exe = std::env::current_exe().expect("current exe");
     let listen = format!("127.0.0.1:{}", free_port());
     let upstream = format!("http://127.0.0.1:{}", free_port());
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln-proxy"))
@@ -209,7 +208,7 @@ async fn the_binary_logs_json_and_drains_on_sigterm() {
             "gemma3:4b",
         ])
         .arg("--ollama-command")
-        .arg(&exe)
+        .arg(fake_ollama())
         .env("GOOGLE_CLOUD_PROJECT", "proj-1")
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -217,29 +216,26 @@ async fn the_binary_logs_json_and_drains_on_sigterm() {
         .expect("run kiln-proxy");
     let client = harness::http_client();
     let base = format!("http://{listen}");
-    let end = Instant::now() + Duration::from_secs(15);
-    while get(&client, format!("{base}/healthz/ready")).await.0 != 200 {
-        assert!(Instant::now() < end, "kiln-proxy never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut resp = client
-        .post(format!("{base}/api/generate"))
-        .header("x-emulator-delay-ms", "30")
-        .header("x-cloud-trace-context", "0123456789abcdef0123456789abcdef/1;o=1")
-        .json(&json!({"model": "gemma3:4b", "prompt": "SECRET-PROMPT-TEXT", "options": {"num_predict": 15}}))
-        .send()
-        .await
-        .unwrap();
-    let mut body = resp.chunk().await.unwrap().unwrap().to_vec();
+    assert!(
+        wait_ready(&client, &base).await,
+        "kiln-proxy never became ready"
+    );
+    let (resp, first) = slow_stream(
+        client
+            .post(format!("{base}/api/generate"))
+            .header("x-cloud-trace-context", "0123456789abcdef0123456789abcdef/1;o=1"),
+        json!({"model": "gemma3:4b", "prompt": "SECRET-PROMPT-TEXT", "options": {"num_predict": 15}}),
+    )
+    .await;
     let pid = child.id().expect("pid") as libc::pid_t;
     // SAFETY: signalling a child process this test started.
     unsafe {
         libc::kill(pid, libc::SIGTERM);
     }
-    while let Some(c) = resp.chunk().await.expect("stream survives SIGTERM") {
-        body.extend_from_slice(&c);
-    }
-    assert_eq!(harness::ndjson(&body).last().unwrap()["done"], true);
+    assert_eq!(
+        finish_stream(resp, first).await.last().unwrap()["done"],
+        true
+    );
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .expect("exits")
