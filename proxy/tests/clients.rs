@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use harness::Stack;
 
-/// Runs a Python script with `HOST` set to the proxy's URL; returns stdout.
-async fn python(stack: &Stack, script: &str) -> String {
+/// Runs a Python script with `HOST` set to the proxy's URL and checks that
+/// it ran to its end: a script can also stop early with exit status 0.
+async fn assert_python_passes(stack: &Stack, script: &str) {
     let child = tokio::process::Command::new("python3")
         .arg("-c")
-        .arg(script)
+        .arg(format!("{script}\nprint(\"ok\")\n"))
         .env("HOST", stack.proxy().url())
         .env("OPENAI_API_KEY", "unused-by-ollama")
         .stdout(Stdio::piped())
@@ -30,13 +31,33 @@ async fn python(stack: &Stack, script: &str) -> String {
         out.status.success(),
         "python client failed (missing packages? run scripts/setup):\n{stderr}"
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+}
+
+/// Runs `curl` as the tutorial does, plus `extra` flags, to POST `body` to
+/// the proxy's /api/generate; checks that it succeeded and returns stdout.
+async fn curl_generate(stack: &Stack, extra: &[&str], body: &str) -> Vec<u8> {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--no-buffer", "--max-time", "20"])
+        .args(extra)
+        .arg(stack.url("/api/generate"))
+        .args(["-d", body])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("curl not found; install curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 #[tokio::test]
 async fn python_ollama_client_works_through_the_proxy() {
     let stack = Stack::new(|_, _| {}).await;
-    let out = python(
+    assert_python_passes(
         &stack,
         r#"
 import os, ollama
@@ -56,11 +77,9 @@ try:
     raise SystemExit("expected an error for a missing model")
 except ollama.ResponseError as e:
     assert e.status_code == 404 and "not found" in e.error, (e.status_code, e.error)
-print("ok")
 "#,
     )
     .await;
-    assert_eq!(out.trim(), "ok");
     stack.shutdown().await;
 }
 
@@ -71,7 +90,7 @@ async fn python_openai_client_works_through_the_proxy() {
         p.limits.max_queue = 0;
     })
     .await;
-    let out = python(
+    assert_python_passes(
         &stack,
         r#"
 import os, openai
@@ -88,34 +107,22 @@ try:
     raise SystemExit("expected NotFoundError")
 except openai.NotFoundError as e:
     assert "not found" in e.message, e.message
-print("ok")
 "#,
     )
     .await;
-    assert_eq!(out.trim(), "ok");
     stack.shutdown().await;
 }
 
 #[tokio::test]
 async fn tutorial_curl_streams_token_lines() {
     let stack = Stack::new(|e, _| e.token_delay = Duration::from_millis(20)).await;
-    let out = tokio::process::Command::new("curl")
-        .args(["-sS", "--no-buffer", "--max-time", "20"])
-        .arg(stack.url("/api/generate"))
-        .args([
-            "-d",
-            r#"{"model":"gemma3:4b","prompt":"Why is the sky blue?"}"#,
-        ])
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("curl not found; install curl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines = harness::ndjson(&out.stdout);
+    let out = curl_generate(
+        &stack,
+        &[],
+        r#"{"model":"gemma3:4b","prompt":"Why is the sky blue?"}"#,
+    )
+    .await;
+    let lines = harness::ndjson(&out);
     assert_eq!(lines.len(), 9, "8 token lines and the final chunk");
     assert!(
         lines[..8]
@@ -129,27 +136,8 @@ async fn tutorial_curl_streams_token_lines() {
     // answers itself and does not pass on to Ollama.
     let long =
         serde_json::json!({"model": "gemma3:4b", "prompt": "why? ".repeat(1000)}).to_string();
-    let out = tokio::process::Command::new("curl")
-        .args([
-            "-sS",
-            "--no-buffer",
-            "--max-time",
-            "20",
-            "-H",
-            "Expect: 100-continue",
-        ])
-        .arg(stack.url("/api/generate"))
-        .args(["-d", &long])
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run curl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(harness::ndjson(&out.stdout).len(), 9);
+    let out = curl_generate(&stack, &["-H", "Expect: 100-continue"], &long).await;
+    assert_eq!(harness::ndjson(&out).len(), 9);
     assert_eq!(stack.stats().last_header("expect"), None);
     stack.shutdown().await;
 }
