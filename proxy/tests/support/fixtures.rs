@@ -31,25 +31,51 @@ pub enum Behaviour<'a> {
 const DECISION: u32 = 256;
 const EDITS: u32 = 512;
 const DATA: u32 = 1024;
+/// A zero word in a decision: a null pointer or an empty list.
+const NONE: &str = "(i32.const 0)";
+
+/// Code that stores a decision at DECISION and returns its address: the
+/// variant `tag`, then `at4` (a store at DECISION + 4), then the i32 words
+/// at offsets 8, 12, 16 and 20.
+fn decision(tag: u8, at4: &str, words: [&str; 4]) -> String {
+    let [w8, w12, w16, w20] = words;
+    format!(
+        "(i32.store8 (i32.const {DECISION}) (i32.const {tag}))
+         {at4}
+         (i32.store (i32.const {d8}) {w8})
+         (i32.store (i32.const {d12}) {w12})
+         (i32.store (i32.const {d16}) {w16})
+         (i32.store (i32.const {d20}) {w20})
+         (i32.const {DECISION})",
+        d8 = DECISION + 8,
+        d12 = DECISION + 12,
+        d16 = DECISION + 16,
+        d20 = DECISION + 20,
+    )
+}
+
+/// A `modify` decision: `body_set` says whether words 8 and 12 (pointer and
+/// length) are a new body; words 16 and 20 are the header edits.
+fn modify(body_set: bool, words: [&str; 4]) -> String {
+    let at4 = format!(
+        "(i32.store8 (i32.const {}) (i32.const {}))",
+        DECISION + 4,
+        u8::from(body_set)
+    );
+    decision(1, &at4, words)
+}
+
+/// A `reject` decision with `status` and the message at `msg_ptr`/`msg_len`.
+fn reject(status: u16, msg_ptr: &str, msg_len: &str) -> String {
+    let at4 = format!(
+        "(i32.store16 (i32.const {}) (i32.const {status}))",
+        DECISION + 4
+    );
+    decision(2, &at4, [msg_ptr, msg_len, NONE, NONE])
+}
 
 /// Returns (code, data segments) for `on-request`.
 fn on_request_body(b: &Behaviour) -> (String, Vec<(u32, Vec<u8>)>) {
-    let reject = |status: u16, msg_ptr: &str, msg_len: &str| {
-        format!(
-            "(i32.store8 (i32.const {DECISION}) (i32.const 2))
-             (i32.store16 (i32.const {d4}) (i32.const {status}))
-             (i32.store (i32.const {d8}) {msg_ptr})
-             (i32.store (i32.const {d12}) {msg_len})
-             (i32.store (i32.const {d16}) (i32.const 0))
-             (i32.store (i32.const {d20}) (i32.const 0))
-             (i32.const {DECISION})",
-            d4 = DECISION + 4,
-            d8 = DECISION + 8,
-            d12 = DECISION + 12,
-            d16 = DECISION + 16,
-            d20 = DECISION + 20,
-        )
-    };
     match b {
         Behaviour::Allow => (format!("(i32.store8 (i32.const {DECISION}) (i32.const 0)) (i32.const {DECISION})"), vec![]),
         Behaviour::Reject(status, msg) => (
@@ -61,18 +87,16 @@ fn on_request_body(b: &Behaviour) -> (String, Vec<(u32, Vec<u8>)>) {
                 "(local.set $out (call $realloc (i32.const 0) (i32.const 0) (i32.const 1) (i32.add (local.get 8) (i32.const 1))))
                  (memory.copy (local.get $out) (local.get 7) (local.get 8))
                  (i32.store8 (i32.add (local.get $out) (local.get 8)) (i32.const {byte}))
-                 (i32.store8 (i32.const {DECISION}) (i32.const 1))
-                 (i32.store8 (i32.const {d4}) (i32.const 1))
-                 (i32.store (i32.const {d8}) (local.get $out))
-                 (i32.store (i32.const {d12}) (i32.add (local.get 8) (i32.const 1)))
-                 (i32.store (i32.const {d16}) (i32.const 0))
-                 (i32.store (i32.const {d20}) (i32.const 0))
-                 (i32.const {DECISION})",
-                d4 = DECISION + 4,
-                d8 = DECISION + 8,
-                d12 = DECISION + 12,
-                d16 = DECISION + 16,
-                d20 = DECISION + 20,
+                 {}",
+                modify(
+                    true,
+                    [
+                        "(local.get $out)",
+                        "(i32.add (local.get 8) (i32.const 1))",
+                        NONE,
+                        NONE,
+                    ]
+                ),
             ),
             vec![],
         ),
@@ -85,20 +109,22 @@ fn on_request_body(b: &Behaviour) -> (String, Vec<(u32, Vec<u8>)>) {
                      (i32.store (i32.const {e8}) (i32.const {nl}))
                      (i32.store (i32.const {e12}) (i32.const {value_at}))
                      (i32.store (i32.const {e16}) (i32.const {vl}))
-                     (i32.store8 (i32.const {DECISION}) (i32.const 1))
-                     (i32.store8 (i32.const {d4}) (i32.const 0))
-                     (i32.store (i32.const {d16}) (i32.const {EDITS}))
-                     (i32.store (i32.const {d20}) (i32.const 1))
-                     (i32.const {DECISION})",
+                     {}",
+                    modify(
+                        false,
+                        [
+                            NONE,
+                            NONE,
+                            &format!("(i32.const {EDITS})"),
+                            "(i32.const 1)",
+                        ]
+                    ),
                     e4 = EDITS + 4,
                     e8 = EDITS + 8,
                     e12 = EDITS + 12,
                     e16 = EDITS + 16,
                     nl = name.len(),
                     vl = value.len(),
-                    d4 = DECISION + 4,
-                    d16 = DECISION + 16,
-                    d20 = DECISION + 20,
                 ),
                 vec![(DATA, [name.as_bytes(), value.as_bytes()].concat())],
             )
