@@ -5,31 +5,17 @@
 //!
 //! Run: scripts/build-plugins && cargo bench -p kiln-proxy --bench plugins
 
+#[path = "../tests/example_plugins/mod.rs"]
+mod example_plugins;
+
 use criterion::{BenchmarkId, Criterion, Throughput};
-use kiln_proxy::filter::{FilterRequest, OnError, PluginSpec, RouteKind, Verdict};
+use example_plugins::plugin;
+use kiln_proxy::filter::{FilterRequest, PluginSpec, RouteKind, Verdict};
 use kiln_proxy::plugins::{PluginOptions, load_chain};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-fn plugin(name: &str, config: Value) -> PluginSpec {
-    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("../target/plugins/{}.wasm", name.replace('-', "_")));
-    assert!(
-        file.exists(),
-        "{} is missing: run scripts/build-plugins first",
-        file.display()
-    );
-    PluginSpec {
-        name: name.into(),
-        path: file,
-        sha256: None,
-        on_error: OnError::Deny,
-        routes: None,
-        config,
-    }
-}
 
 /// The example chain, in the order an operator would use.
 fn example_chain() -> Vec<PluginSpec> {

@@ -2,13 +2,16 @@
 //! kiln-proxy, in front of a recording upstream that shows exactly what
 //! Ollama would receive.
 
+mod example_plugins;
+
 use bytes::Bytes;
+use example_plugins::plugin;
 use http::{HeaderMap, Method, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use kiln_proxy::filter::{OnError, PluginSpec};
+use kiln_proxy::filter::PluginSpec;
 use kiln_proxy::plugins::{PluginOptions, load_chain};
 use kiln_proxy::{Config, RunningProxy};
 use serde_json::{Value, json};
@@ -76,24 +79,6 @@ async fn recording_upstream() -> (String, Log) {
         }
     });
     (url, log)
-}
-
-fn plugin(name: &str, config: Value) -> PluginSpec {
-    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("../target/plugins/{}.wasm", name.replace('-', "_")));
-    assert!(
-        file.exists(),
-        "{} is missing: run scripts/build-plugins first",
-        file.display()
-    );
-    PluginSpec {
-        name: name.into(),
-        path: file,
-        sha256: None,
-        on_error: OnError::Deny,
-        routes: None,
-        config,
-    }
 }
 
 /// A proxy running `specs` in front of a recording upstream.
