@@ -83,35 +83,21 @@ async fn a_dropped_stream_counts_as_cancelled_and_frees_the_slot() {
 async fn errors_look_like_gin_and_ollama() {
     let (emu, _dir) = start(|_| {}).await;
     let client = client();
-    let r = client
-        .get(format!("{}/nope", emu.url()))
-        .send()
-        .await
-        .unwrap();
+    let url = |path: &str| format!("{}{path}", emu.url());
+    let r = client.get(url("/nope")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.text().await.unwrap(), "404 page not found");
-    let r = client
-        .get(format!("{}/api/chat", emu.url()))
-        .send()
-        .await
-        .unwrap();
+    let r = client.get(url("/api/chat")).send().await.unwrap();
     assert_eq!(r.status(), 405);
-    let r = client
-        .post(format!("{}/api/generate", emu.url()))
-        .send()
-        .await
-        .unwrap();
+    let r = client.post(url("/api/generate")).send().await.unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(
         r.json::<Value>().await.unwrap(),
         json!({"error": "missing request body"})
     );
-    let r = client
-        .post(format!("{}/v1/embeddings", emu.url()))
-        .json(&json!({"model": "other:1b", "input": "x"}))
-        .send()
-        .await
-        .unwrap();
+    let body = json!({"model": "other:1b", "input": "x"});
+    let r = client.post(url("/v1/embeddings")).json(&body).send();
+    let r = r.await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(
         r.json::<Value>().await.unwrap()["error"]["type"],
