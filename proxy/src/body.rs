@@ -139,7 +139,7 @@ enum Stashed {
 }
 
 /// Merge at most this much already-received data into one frame.
-const COALESCE_MAX: usize = 32 * 1024;
+pub(crate) const COALESCE_MAX: usize = 32 * 1024;
 
 #[derive(PartialEq, Eq)]
 enum State {

@@ -16,7 +16,7 @@ use kiln_proxy::filter::{RequestFilter, RouteKind};
 use kiln_proxy::framing::{Format, Framer};
 use kiln_proxy::response::chunk::Kind;
 use kiln_proxy::response::{
-    Chunk, ResponseContext, ResponseHooks, ResponseOutcome, ResponseStage, Shape, Stop, Usage,
+    Chunk, Ended, ResponseContext, ResponseHooks, ResponseOutcome, ResponseStage, Shape, Usage,
 };
 use serde_json::json;
 
@@ -29,7 +29,7 @@ pub enum Hooks {
 struct Nothing;
 
 impl ResponseHooks for Nothing {
-    fn on_chunk(&mut self, _: &ResponseContext, _: &mut Chunk) -> Result<(), Stop> {
+    fn on_chunks(&mut self, _: &ResponseContext, _: &mut [Chunk]) -> Result<(), Ended> {
         Ok(())
     }
     fn on_complete(&mut self, _: &ResponseContext, _: ResponseOutcome, _: Option<Usage>) {}
@@ -180,9 +180,9 @@ pub fn ns_per_chunk(hooks: &Hooks, api: &Api, batch: usize, rounds: usize) -> f6
                     black_box(chunk.usage());
                     batch_chunks.push(chunk);
                 }
-                for c in batch_chunks.iter_mut() {
-                    answer.on_chunk(&ctx, c).expect("no plugin ends the answer");
-                }
+                answer
+                    .on_chunks(&ctx, &mut batch_chunks)
+                    .expect("no plugin ends the answer");
                 let mut out = BytesMut::with_capacity(read.len());
                 for chunk in batch_chunks.drain(..) {
                     if let Some(before) = chunk.inserted() {

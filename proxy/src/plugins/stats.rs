@@ -15,7 +15,8 @@ pub enum CallOutcome {
     Allow,
     Modify,
     Reject,
-    /// Trap, deadline, memory cap or an invalid decision.
+    /// Trap, deadline, memory cap or an invalid decision; also counts
+    /// failed calls of the response hooks.
     Failure,
 }
 
@@ -37,23 +38,71 @@ impl CallOutcome {
     }
 }
 
+/// What a response plugin did with a chunk, as a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkOutcome {
+    /// Sent on as it came (`pass`, or not seen after `pass-rest`).
+    Pass,
+    Rewrite,
+    /// The plugin ended the answer at this chunk.
+    End,
+    /// The call failed (trap, deadline, memory cap, a wrong answer).
+    Failure,
+}
+
+impl ChunkOutcome {
+    const ALL: [ChunkOutcome; 4] = [
+        ChunkOutcome::Pass,
+        ChunkOutcome::Rewrite,
+        ChunkOutcome::End,
+        ChunkOutcome::Failure,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            ChunkOutcome::Pass => "pass",
+            ChunkOutcome::Rewrite => "rewrite",
+            ChunkOutcome::End => "end",
+            ChunkOutcome::Failure => "failure",
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct PluginStats {
     calls: [AtomicU64; 4],
+    /// Response chunks seen, by what happened to them.
+    chunks: [AtomicU64; 4],
     nanos: AtomicU64,
 }
 
 impl PluginStats {
     pub fn record(&self, outcome: CallOutcome, took: Duration) {
         self.calls[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        self.add_time(took);
+    }
+
+    pub fn calls(&self, outcome: CallOutcome) -> u64 {
+        self.calls[outcome as usize].load(Ordering::Relaxed)
+    }
+
+    /// One call of a response hook: `chunks` chunks had `outcome` (the
+    /// completion hook counts time only).
+    pub fn record_chunks(&self, outcome: ChunkOutcome, chunks: u64) {
+        if chunks > 0 {
+            self.chunks[outcome as usize].fetch_add(chunks, Ordering::Relaxed);
+        }
+    }
+
+    pub fn add_time(&self, took: Duration) {
         self.nanos.fetch_add(
             took.as_nanos().min(u64::MAX as u128) as u64,
             Ordering::Relaxed,
         );
     }
 
-    pub fn calls(&self, outcome: CallOutcome) -> u64 {
-        self.calls[outcome as usize].load(Ordering::Relaxed)
+    pub fn chunks(&self, outcome: ChunkOutcome) -> u64 {
+        self.chunks[outcome as usize].load(Ordering::Relaxed)
     }
 }
 
@@ -82,7 +131,7 @@ impl StatsStore {
         };
         let _ = writeln!(
             out,
-            "# HELP kiln_plugin_calls_total Plugin calls, by plugin and outcome."
+            "# HELP kiln_plugin_calls_total Request-hook calls by plugin and outcome; failure also counts failed response-hook calls."
         );
         let _ = writeln!(out, "# TYPE kiln_plugin_calls_total counter");
         for (name, stats) in map.iter() {
@@ -98,7 +147,23 @@ impl StatsStore {
         }
         let _ = writeln!(
             out,
-            "# HELP kiln_plugin_call_seconds_total Time spent in plugin calls, instantiation included."
+            "# HELP kiln_plugin_response_chunks_total Response chunks seen by response plugins, by plugin and what happened to them."
+        );
+        let _ = writeln!(out, "# TYPE kiln_plugin_response_chunks_total counter");
+        for (name, stats) in map.iter() {
+            for outcome in ChunkOutcome::ALL {
+                let _ = writeln!(
+                    out,
+                    "kiln_plugin_response_chunks_total{{plugin=\"{}\",outcome=\"{}\"}} {}",
+                    label(name),
+                    outcome.label(),
+                    stats.chunks(outcome)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP kiln_plugin_call_seconds_total Time spent in plugin calls (request and response hooks), instantiation included."
         );
         let _ = writeln!(out, "# TYPE kiln_plugin_call_seconds_total counter");
         for (name, stats) in map.iter() {
@@ -128,6 +193,9 @@ mod tests {
         store
             .for_plugin("we\"ird")
             .record(CallOutcome::Failure, Duration::from_millis(50));
+        store
+            .for_plugin("output-guard")
+            .record_chunks(ChunkOutcome::Rewrite, 3);
         let mut out = String::new();
         store.render(&mut out);
         assert!(
@@ -144,6 +212,12 @@ mod tests {
         );
         assert!(
             out.contains("plugin=\"we\\\"ird\",outcome=\"failure\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "kiln_plugin_response_chunks_total{plugin=\"output-guard\",outcome=\"rewrite\"} 3"
+            ),
             "{out}"
         );
     }

@@ -58,11 +58,21 @@ pub struct Stop {
     pub headers: Vec<(String, String)>,
 }
 
+/// A hook stopped the response at `chunks[sent]`: the chunks before it go
+/// out, that one and the rest do not, then the stop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ended {
+    pub sent: usize,
+    pub stop: Stop,
+}
+
 /// The response hooks of one response: one value per response, so the
 /// implementation may keep per-response state (plugin instances).
 pub trait ResponseHooks: Send {
-    /// One chunk, which the hooks may rewrite in place; `Err` ends the response.
-    fn on_chunk(&mut self, ctx: &ResponseContext, chunk: &mut Chunk) -> Result<(), Stop>;
+    /// The next chunks, in order — all that arrived in one read, so a hook
+    /// pays its call cost per read, not per chunk. The hooks may rewrite
+    /// them in place; `Err` ends the response.
+    fn on_chunks(&mut self, ctx: &ResponseContext, chunks: &mut [Chunk]) -> Result<(), Ended>;
 
     /// Once, when the response has ended however it ended.
     fn on_complete(

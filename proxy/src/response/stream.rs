@@ -4,9 +4,12 @@
 //! well-formed end in its own format — an error chunk when the status has
 //! long been sent — while the hooks and the access log learn how it ended.
 //!
-//! Hooks run inline, on the task polling the body: a chunk call costs
+//! Hooks run inline, on the task polling the body: a call costs
 //! microseconds, less than a hop to the blocking pool would, and each call
-//! is bounded by the plugin deadline.
+//! is bounded by the plugin deadline. Like the passthrough body, each poll
+//! takes every frame Ollama has already sent (up to 32 KiB), so the hooks
+//! get them in one call and the client in one write when the proxy is
+//! behind, and one at a time when it keeps pace.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -18,7 +21,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::chunk::{Chunk, Kind, Shape, Usage};
 use super::{ResponseContext, ResponseHooks, ResponseOutcome};
-use crate::body::{BoxError, OnEnd, Outcome};
+use crate::body::{BoxError, COALESCE_MAX, OnEnd, Outcome};
 use crate::framing::{Format, Framer};
 use crate::routes::{ApiStyle, error_body};
 
@@ -42,10 +45,16 @@ pub struct FilteredStream<E: OnEnd> {
     style: ApiStyle,
     hide_usage_chunk: bool,
     hooks: Box<dyn ResponseHooks>,
+    /// The chunks of the current read, on their way through the hooks
+    /// (kept to reuse its allocation).
+    batch: Vec<Chunk>,
     ctx: ResponseContext,
     deadline: Pin<Box<Sleep>>,
     idle: Pin<Box<Sleep>>,
     idle_after: Duration,
+    /// When Ollama last sent data: the idle timer is not moved per read
+    /// (a timer-wheel update each time); when it fires, it checks this.
+    last_data: Instant,
     usage: Option<Usage>,
     bytes: u64,
     /// The last two bytes sent, to start an error chunk on a fresh line.
@@ -76,10 +85,12 @@ impl<E: OnEnd> FilteredStream<E> {
             style: setup.style,
             hide_usage_chunk: setup.hide_usage_chunk,
             hooks,
+            batch: Vec::new(),
             ctx,
             deadline: Box::pin(tokio::time::sleep_until(setup.deadline)),
             idle: Box::pin(tokio::time::sleep(setup.idle_after)),
             idle_after: setup.idle_after,
+            last_data: Instant::now(),
             usage: None,
             bytes: 0,
             last_two: [b'\n', b'\n'],
@@ -89,46 +100,48 @@ impl<E: OnEnd> FilteredStream<E> {
         }
     }
 
-    /// One whole chunk through the hooks, its output appended to `out`.
-    fn process(&mut self, frame: Bytes, out: &mut Output) -> Result<(), String> {
-        let mut chunk = Chunk::new(frame, self.kind, self.shape);
-        if let Some(u) = chunk.usage() {
-            self.usage = Some(u);
-        }
-        let hidden = self.hide_usage_chunk && chunk.is_usage_only();
-        self.hooks
-            .on_chunk(&self.ctx, &mut chunk)
-            .map_err(|stop| stop.message)?;
-        if let Some(inserted) = chunk.inserted() {
-            out.extend_from_slice(inserted);
-        }
-        if !hidden {
-            out.push(chunk.raw());
+    /// Cuts every whole chunk out of what has arrived into `batch`.
+    fn cut(&mut self) -> Result<(), String> {
+        while let Some(frame) = self.framer.next_frame().map_err(|e| e.to_string())? {
+            self.batch.push(Chunk::new(frame, self.kind, self.shape));
         }
         Ok(())
     }
 
-    /// Cuts every whole chunk out of what has arrived; `Err` ends the stream.
-    fn drain(&mut self, out: &mut Output) -> Result<(), (ResponseOutcome, String)> {
-        loop {
-            match self.framer.next_frame() {
-                Ok(Some(frame)) => self
-                    .process(frame, out)
-                    .map_err(|m| (ResponseOutcome::EndedByPlugin, m))?,
-                Ok(None) => return Ok(()),
-                Err(e) => return Err((ResponseOutcome::UpstreamFailed, e.to_string())),
+    /// The chunks of `batch` through the hooks, their output appended to
+    /// `out`; `Err` when a hook ended the stream (after the chunks it let go).
+    fn process(&mut self, out: &mut Output) -> Result<(), String> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        for chunk in &self.batch {
+            if let Some(u) = chunk.usage() {
+                self.usage = Some(u);
             }
         }
+        let result = self.hooks.on_chunks(&self.ctx, &mut self.batch);
+        let sent = match &result {
+            Ok(()) => self.batch.len(),
+            Err(ended) => ended.sent,
+        };
+        for chunk in self.batch.drain(..).take(sent) {
+            if let Some(inserted) = chunk.inserted() {
+                out.extend_from_slice(inserted);
+            }
+            if !(self.hide_usage_chunk && chunk.is_usage_only()) {
+                out.push(chunk.raw());
+            }
+        }
+        self.batch.clear();
+        result.map_err(|ended| ended.stop.message)
     }
 
     /// Upstream finished: the last, unterminated chunk (if any), then the end.
     fn finish(&mut self, mut out: Output) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Err((outcome, message)) = self.drain(&mut out) {
-            return self.close_with_error(outcome, message, out);
-        }
         match self.framer.finish() {
             Ok(Some(rest)) => {
-                if let Err(m) = self.process(rest, &mut out) {
+                self.batch.push(Chunk::new(rest, self.kind, self.shape));
+                if let Err(m) = self.process(&mut out) {
                     return self.close_with_error(ResponseOutcome::EndedByPlugin, m, out);
                 }
             }
@@ -287,56 +300,86 @@ impl<E: OnEnd + Unpin> Body for FilteredStream<E> {
             return Poll::Ready(None);
         }
         loop {
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else {
-                        continue; // trailers: nothing to filter
-                    };
-                    this.idle.as_mut().reset(Instant::now() + this.idle_after);
-                    this.framer.push_bytes(data);
-                    let mut out = Output::default();
-                    if let Err((outcome, message)) = this.drain(&mut out) {
-                        return this.close_with_error(outcome, message, out);
+            // Every frame that is ready, cut into chunks as it comes (so the
+            // framer keeps its no-copy path), up to COALESCE_MAX bytes.
+            let mut read = 0;
+            let mut end = None;
+            while read < COALESCE_MAX {
+                match Pin::new(&mut this.inner).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        let Ok(data) = frame.into_data() else {
+                            continue; // trailers: nothing to filter
+                        };
+                        read += data.len().max(1);
+                        this.framer.push_bytes(data);
+                        if let Err(m) = this.cut() {
+                            end = Some(Err((ResponseOutcome::UpstreamFailed, m)));
+                            break;
+                        }
+                        if this.inner.is_end_stream() {
+                            end = Some(Ok(()));
+                            break;
+                        }
                     }
-                    if this.inner.is_end_stream() {
-                        return this.finish(out);
+                    Poll::Ready(None) => {
+                        end = Some(Ok(()));
+                        break;
                     }
-                    if !out.is_empty() {
-                        let data = this.sent(out.freeze());
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    Poll::Ready(Some(Err(e))) => {
+                        let m = format!("Ollama's response broke off mid-stream: {e}");
+                        end = Some(Err((ResponseOutcome::UpstreamFailed, m)));
+                        break;
                     }
-                    // Only part of a chunk so far: read on.
+                    Poll::Pending => break,
                 }
-                Poll::Ready(None) => return this.finish(Output::default()),
-                Poll::Ready(Some(Err(e))) => {
+            }
+            if read > 0 {
+                this.last_data = Instant::now();
+            }
+            // The whole chunks go out, also those before a break.
+            let mut out = Output::default();
+            if let Err(m) = this.process(&mut out) {
+                return this.close_with_error(ResponseOutcome::EndedByPlugin, m, out);
+            }
+            match end {
+                Some(Ok(())) => return this.finish(out),
+                Some(Err((outcome, message))) => {
+                    return this.close_with_error(outcome, message, out);
+                }
+                None => {}
+            }
+            if !out.is_empty() {
+                let data = this.sent(out.freeze());
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            if read >= COALESCE_MAX {
+                continue; // only part of a long chunk so far, and more is ready
+            }
+            // Pending, with nothing whole to send.
+            if this.deadline.as_mut().poll(cx).is_ready() {
+                return this.close_with_error(
+                    ResponseOutcome::TimedOut,
+                    "request timed out (limits.request_timeout_s)".into(),
+                    Output::default(),
+                );
+            }
+            while this.idle.as_mut().poll(cx).is_ready() {
+                let quiet_until = this.last_data + this.idle_after;
+                if Instant::now() >= quiet_until {
+                    let msg = format!(
+                        "Ollama sent nothing for {:?} (limits.idle_timeout_s)",
+                        this.idle_after
+                    );
                     return this.close_with_error(
-                        ResponseOutcome::UpstreamFailed,
-                        format!("Ollama's response broke off mid-stream: {e}"),
+                        ResponseOutcome::TimedOut,
+                        msg,
                         Output::default(),
                     );
                 }
-                Poll::Pending => {
-                    if this.deadline.as_mut().poll(cx).is_ready() {
-                        return this.close_with_error(
-                            ResponseOutcome::TimedOut,
-                            "request timed out (limits.request_timeout_s)".into(),
-                            Output::default(),
-                        );
-                    }
-                    if this.idle.as_mut().poll(cx).is_ready() {
-                        let msg = format!(
-                            "Ollama sent nothing for {:?} (limits.idle_timeout_s)",
-                            this.idle_after
-                        );
-                        return this.close_with_error(
-                            ResponseOutcome::TimedOut,
-                            msg,
-                            Output::default(),
-                        );
-                    }
-                    return Poll::Pending;
-                }
+                // Data came since the timer was set: re-arm from the last data.
+                this.idle.as_mut().reset(quiet_until);
             }
+            return Poll::Pending;
         }
     }
 

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::chunk::{Chunk, Kind};
 use super::stream::{FilteredStream, StreamSetup};
-use super::{Armed, ResponseOutcome};
+use super::{Armed, Ended, ResponseOutcome};
 use crate::body::{self, Framing, OnEnd, Outcome, ReadError, RespBody};
 use crate::framing::Format;
 use crate::headers::REQUEST_ID;
@@ -120,12 +120,13 @@ impl Armed {
             }
         };
 
-        let mut chunk = Chunk::new(bytes, Kind::Whole, shape);
-        let usage = chunk.usage();
+        let mut chunk = [Chunk::new(bytes, Kind::Whole, shape)];
+        let usage = chunk[0].usage();
         let tokens = usage.map(|u| (u.prompt_tokens, u.completion_tokens));
-        match hooks.on_chunk(&ctx, &mut chunk) {
+        match hooks.on_chunks(&ctx, &mut chunk) {
             Ok(()) => {
                 hooks.on_complete(&ctx, ResponseOutcome::Completed, usage);
+                let [chunk] = chunk;
                 let body = chunk.into_whole_body();
                 parts
                     .headers
@@ -134,7 +135,7 @@ impl Armed {
                 drop(guard);
                 Response::from_parts(parts, body::full(body))
             }
-            Err(stop) => {
+            Err(Ended { stop, .. }) => {
                 hooks.on_complete(&ctx, ResponseOutcome::EndedByPlugin, usage);
                 tracing::warn!(request_id = %ctx.request_id, reason = %stop.message, "a response plugin refused the answer");
                 let status = if (400..=599).contains(&stop.status) {
