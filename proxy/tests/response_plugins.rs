@@ -39,27 +39,13 @@ fn spec(name: &str, path: PathBuf, config: Value) -> PluginSpec {
 }
 
 async fn stack(specs: Vec<PluginSpec>) -> Stack {
-    stack_paced(specs, None).await
-}
-
-/// With `token_delay`, the emulator waits that long before each token, so
-/// each chunk comes in a read (and a plugin call) of its own.
-async fn stack_paced(specs: Vec<PluginSpec>, token_delay: Option<Duration>) -> Stack {
     // Shared by the tests of this file: each plugin compiles once.
     let options = PluginOptions {
         cache_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugin-cache-tests"),
         ..PluginOptions::default()
     };
     let stage = load_chain(&specs, &options).expect("plugins load");
-    Stack::with_filter(
-        |emulator, _| {
-            if let Some(d) = token_delay {
-                emulator.token_delay = d;
-            }
-        },
-        stage,
-    )
-    .await
+    Stack::with_filter(|_, _| {}, stage).await
 }
 
 fn guard() -> PluginSpec {
@@ -326,17 +312,13 @@ async fn streamed_openai_usage_is_counted_even_when_the_client_did_not_ask() {
 }
 
 /// A response-only plugin (world `response-filter`) in WAT: passes the first
-/// `pass` chunks, then traps (`unreachable`) in the call that brings more.
+/// `pass` chunks, then traps (`unreachable`) on the next one.
 fn trapping_plugin(dir: &Path, pass: u32) -> PathBuf {
-    // on-response-chunks flattens to 12 i32s: the context (10) and the
-    // chunk list (pointer, length). It returns a pointer to (list pointer,
-    // length); the list is `length` zeroed 24-byte chunk-actions, i.e.
-    // `pass`, from the untouched second page.
-    let params12 = "i32 ".repeat(12);
+    let params16 = "i32 ".repeat(16);
     let wat = format!(
         r#"(module
-  (memory (export "memory") 2)
-  (global $seen (mut i32) (i32.const 0))
+  (memory (export "memory") 1)
+  (global $calls (mut i32) (i32.const 0))
   (global $heap (mut i32) (i32.const 1024))
   (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
     (local $p i32)
@@ -345,11 +327,10 @@ fn trapping_plugin(dir: &Path, pass: u32) -> PathBuf {
     (local.get $p))
   (func (export "validate-config") (result i32)
     (i32.store8 (i32.const 16) (i32.const 0)) (i32.const 16))
-  (func (export "kiln:filter/response@0.1.0#on-response-chunks") (param {params12}) (result i32)
-    (global.set $seen (i32.add (global.get $seen) (local.get 11)))
-    (if (i32.gt_u (global.get $seen) (i32.const {pass})) (then unreachable))
-    (i32.store (i32.const 32) (i32.const 65536))
-    (i32.store (i32.const 36) (local.get 11))
+  (func (export "kiln:filter/response@0.1.0#on-response-chunk") (param {params16}) (result i32)
+    (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+    (if (i32.gt_u (global.get $calls) (i32.const {pass})) (then unreachable))
+    (i32.store8 (i32.const 32) (i32.const 0))
     (i32.const 32))
   (func (export "kiln:filter/response@0.1.0#on-response-complete")
     (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i64 i64 i32 i32)))"#
@@ -378,7 +359,7 @@ fn trapping_plugin(dir: &Path, pass: u32) -> PathBuf {
 async fn a_trapping_response_plugin_ends_the_stream_with_an_error_line() {
     let dir = tempfile::tempdir().unwrap();
     let trap = spec("trap", trapping_plugin(dir.path(), 2), Value::Null);
-    let stack = stack_paced(vec![trap], Some(Duration::from_millis(25))).await;
+    let stack = stack(vec![trap]).await;
 
     let resp = stack
         .post(
@@ -395,24 +376,11 @@ async fn a_trapping_response_plugin_ends_the_stream_with_an_error_line() {
         .await
         .expect("the stream ends, it does not hang")
         .expect("the stream ends cleanly, not cut");
-    // The chunks of the failed call never go out: with one chunk per read
-    // (the paced emulator) that is the third, but a machine too busy to
-    // read every 25 ms may have handed over the first ones with it.
-    let (err, passed) = ndjson(&body)
-        .split_last()
-        .map(|(e, p)| (e.clone(), p.to_vec()))
-        .unwrap();
-    let texts: Vec<&str> = passed
-        .iter()
-        .filter_map(|l| l["response"].as_str())
-        .collect();
-    assert!(
-        texts.len() == passed.len() && ["The ", "sky "].starts_with(&texts),
-        "{passed:?}"
-    );
-    let err = err["error"]
-        .as_str()
-        .expect("the last line is an Ollama error line");
+    let lines = ndjson(&body);
+    assert_eq!(lines.len(), 3, "two chunks, then the error line: {lines:?}");
+    assert_eq!(lines[0]["response"], "The ");
+    assert_eq!(lines[1]["response"], "sky ");
+    let err = lines[2]["error"].as_str().expect("an Ollama error line");
     assert!(err.contains("plugin `trap` failed"), "{err}");
 
     // OpenAI clients get an SSE error event, and no [DONE].
@@ -427,8 +395,8 @@ async fn a_trapping_response_plugin_ends_the_stream_with_an_error_line() {
         .await
         .unwrap();
     let events = sse_data(&body);
-    assert!((1..=3).contains(&events.len()), "{body}");
-    let err: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(events.len(), 3, "{body}");
+    let err: Value = serde_json::from_str(&events[2]).unwrap();
     assert!(
         err["error"]["message"]
             .as_str()

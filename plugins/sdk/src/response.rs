@@ -6,10 +6,8 @@
 //!
 //! One instance of the plugin serves one answer: [`ResponsePlugin::start`]
 //! builds the per-answer state at the first call, every chunk goes through
-//! [`ResponsePlugin::on_chunk`] in order (the host hands over the chunks of
-//! one read in one call; the SDK passes them on one by one), and
-//! [`ResponsePlugin::on_complete`] runs once at the end. The config is
-//! parsed once per answer, not per chunk.
+//! [`ResponsePlugin::on_chunk`] in order, and [`ResponsePlugin::on_complete`]
+//! runs once at the end. The config is parsed once per answer, not per chunk.
 //!
 //! ```ignore
 //! use kiln_plugin::response::{Chunk, ChunkAction, ResponseContext, ResponsePlugin};
@@ -340,11 +338,11 @@ macro_rules! export_plugin_with_response {
 macro_rules! __kiln_response_hooks {
     ($export:ident, $plugin:ty) => {
         impl $crate::response_bindings::hooks::exports::kiln::filter::response::Guest for $export {
-            fn on_response_chunks(
+            fn on_response_chunk(
                 context: $crate::response_bindings::hooks::exports::kiln::filter::response::ResponseContext,
-                chunks: ::std::vec::Vec<$crate::response_bindings::hooks::exports::kiln::filter::response::Chunk>,
-            ) -> ::std::vec::Vec<$crate::response_bindings::hooks::exports::kiln::filter::response::ChunkAction> {
-                $crate::response::glue::on_chunks::<$plugin>(context, chunks)
+                chunk: $crate::response_bindings::hooks::exports::kiln::filter::response::Chunk,
+            ) -> $crate::response_bindings::hooks::exports::kiln::filter::response::ChunkAction {
+                $crate::response::glue::on_chunk::<$plugin>(context, chunk)
             }
 
             fn on_response_complete(
@@ -399,36 +397,19 @@ pub mod glue {
         })
     }
 
-    /// The chunks of one call through [`ResponsePlugin::on_chunk`], one by
-    /// one; after `PassRest` or `End` the rest of the call is not looked at.
-    pub fn on_chunks<P: ResponsePlugin>(
+    pub fn on_chunk<P: ResponsePlugin>(
         context: wit::ResponseContext,
-        chunks: Vec<wit::Chunk>,
-    ) -> Vec<wit::ChunkAction> {
+        chunk: wit::Chunk,
+    ) -> wit::ChunkAction {
         let ctx = ResponseContext::from(context);
-        let count = chunks.len();
-        let mut actions = Vec::with_capacity(count);
-        let result = with_answer::<P, _>(&ctx, |config, state| {
-            let mut settled = false;
-            for chunk in chunks {
-                if settled {
-                    actions.push(wit::ChunkAction::Pass);
-                    continue;
-                }
-                let action = P::on_chunk(config, state, &ctx, &super::Chunk::from(chunk));
-                settled = matches!(action, ChunkAction::PassRest | ChunkAction::End(_));
-                actions.push(action.into());
-            }
+        let chunk = super::Chunk::from(chunk);
+        let action = with_answer::<P, _>(&ctx, |config, state| {
+            P::on_chunk(config, state, &ctx, &chunk)
+        })
+        .unwrap_or_else(|e| {
+            ChunkAction::end(500, format!("plugin config rejected at response time: {e}"))
         });
-        if let Err(e) = result {
-            actions.clear();
-            if count > 0 {
-                let message = format!("plugin config rejected at response time: {e}");
-                actions.push(ChunkAction::end(500, message).into());
-                actions.resize_with(count, || wit::ChunkAction::Pass);
-            }
-        }
-        actions
+        action.into()
     }
 
     pub fn on_complete<P: ResponsePlugin>(

@@ -11,6 +11,7 @@ use std::sync::LazyLock;
 
 use memchr::memmem::Finder;
 
+use super::events;
 use super::peek::{self, Info};
 use crate::framing::sse_data;
 
@@ -30,8 +31,16 @@ pub enum Shape {
     OpenaiChat,
     /// `/v1/completions`: `choices[0].text`.
     OpenaiCompletions,
-    /// Anything else (`/v1/responses`, `/v1/messages`…): chunks are passed to
-    /// the hooks raw, without text or usage.
+    /// `/v1/responses` (OpenAI Responses API): `delta` of
+    /// `response.output_text.delta` events streamed, the `output_text` parts
+    /// of `output[]` whole. Later events repeat the text: see `transcript`.
+    OpenaiResponses,
+    /// `/v1/messages` (Anthropic Messages API): `delta.text` of
+    /// `content_block_delta` events with a `text_delta` streamed, the `text`
+    /// blocks of `content[]` whole.
+    AnthropicMessages,
+    /// Anything else: chunks are passed to the hooks raw, without text or
+    /// usage.
     Other,
 }
 
@@ -42,6 +51,8 @@ impl Shape {
             "/api/chat" => Shape::OllamaChat,
             "/v1/chat/completions" => Shape::OpenaiChat,
             "/v1/completions" => Shape::OpenaiCompletions,
+            "/v1/responses" => Shape::OpenaiResponses,
+            "/v1/messages" => Shape::AnthropicMessages,
             _ => Shape::Other,
         }
     }
@@ -65,6 +76,25 @@ pub struct Usage {
     pub completion_tokens: u64,
 }
 
+impl Usage {
+    /// The counts of an answer after a later report: a count the later
+    /// report gives (non-zero) replaces the earlier one, a missing one keeps
+    /// it. Anthropic's stream reports the input tokens in `message_start`
+    /// and the output tokens in `message_delta` (where Ollama repeats the
+    /// final input count, and Anthropic itself sends none); every other API
+    /// reports once.
+    pub fn merged(earlier: Option<Usage>, later: Usage) -> Usage {
+        let Some(earlier) = earlier else {
+            return later;
+        };
+        let keep = |later: u64, earlier: u64| if later == 0 { earlier } else { later };
+        Usage {
+            prompt_tokens: keep(later.prompt_tokens, earlier.prompt_tokens),
+            completion_tokens: keep(later.completion_tokens, earlier.completion_tokens),
+        }
+    }
+}
+
 pub struct Chunk {
     raw: Bytes,
     kind: Kind,
@@ -75,10 +105,15 @@ pub struct Chunk {
     /// The chunk's JSON as a tree, built only to rewrite it; `None` when it
     /// is not a JSON object (`[DONE]`, comments) or not built yet.
     value: Option<Value>,
+    /// `value` was changed: `raw` is rebuilt from it.
     changed: bool,
+    /// A hook changed the chunk's text (by either path).
+    edited: bool,
     /// A text chunk to send before this one, when a hook put text on a chunk
     /// that has no place for it.
     before: Option<Vec<u8>>,
+    /// The text of `before`.
+    before_text: Option<String>,
 }
 
 impl Chunk {
@@ -90,12 +125,18 @@ impl Chunk {
             info: OnceCell::new(),
             value: None,
             changed: false,
+            edited: false,
             before: None,
+            before_text: None,
         }
     }
 
     pub fn kind(&self) -> Kind {
         self.kind
+    }
+
+    pub fn shape(&self) -> Shape {
+        self.shape
     }
 
     /// The JSON of the chunk: the line, the SSE event's data, the body.
@@ -115,7 +156,7 @@ impl Chunk {
     }
 
     /// The tree of the chunk's JSON, built on first use.
-    fn tree(&mut self) -> Option<&mut Value> {
+    pub(super) fn tree(&mut self) -> Option<&mut Value> {
         if self.value.is_none() && self.shape != Shape::Other {
             self.value = self
                 .data()
@@ -133,7 +174,7 @@ impl Chunk {
             (Shape::OpenaiChat, Kind::Whole) => "/choices/0/message/content",
             (Shape::OpenaiChat, _) => "/choices/0/delta/content",
             (Shape::OpenaiCompletions, _) => "/choices/0/text",
-            (Shape::Other, _) => return None,
+            (Shape::OpenaiResponses | Shape::AnthropicMessages | Shape::Other, _) => return None,
         })
     }
 
@@ -153,7 +194,10 @@ impl Chunk {
     pub fn usage(&self) -> Option<Usage> {
         let finder = match self.shape {
             Shape::OllamaGenerate | Shape::OllamaChat => &*EVAL_COUNT,
-            Shape::OpenaiChat | Shape::OpenaiCompletions => &*USAGE,
+            Shape::OpenaiChat
+            | Shape::OpenaiCompletions
+            | Shape::OpenaiResponses
+            | Shape::AnthropicMessages => &*USAGE,
             Shape::Other => return None,
         };
         finder.find(&self.raw)?;
@@ -184,7 +228,7 @@ impl Chunk {
                 out.extend_from_slice(&json);
                 out.push(b'\n');
             }
-            Kind::Event => frame_event(&mut out, &json),
+            Kind::Event => frame_event(&mut out, event_lines(&self.raw), &json),
             Kind::Whole => {
                 out.extend_from_slice(&json);
                 if self.raw.ends_with(b"\n") {
@@ -202,16 +246,32 @@ impl Chunk {
         if self.text() == Some(text.as_str()) {
             return true;
         }
-        let Some(pointer) = self.text_pointer() else {
+        if self.shape == Shape::Other {
             return false;
-        };
+        }
         let mut info = self.info().clone();
         if !self.changed && self.splice_text(&text, &info) {
+            self.edited = true;
             return true;
         }
-        if let Some(slot) = self.tree().and_then(|v| text_slot(v, pointer)) {
-            *slot = Value::String(text.clone());
+        let placed = match self.text_pointer() {
+            Some(pointer) => match self.tree().and_then(|v| text_slot(v, pointer)) {
+                Some(slot) => {
+                    *slot = Value::String(text.clone());
+                    true
+                }
+                None => false,
+            },
+            // The event APIs: a text event, or a whole body.
+            None => {
+                let (shape, kind, has_text) = (self.shape, self.kind, info.text.is_some());
+                self.tree()
+                    .is_some_and(|v| events::place_text(v, shape, kind, has_text, &text))
+            }
+        };
+        if placed {
             self.changed = true;
+            self.edited = true;
             info.text = Some(text);
             self.info = OnceCell::from(info);
             return true;
@@ -219,7 +279,18 @@ impl Chunk {
         let synthetic = self.synthetic(&text);
         let before = self.before.get_or_insert_with(Vec::new);
         before.extend_from_slice(&synthetic);
+        self.before_text
+            .get_or_insert_with(String::new)
+            .push_str(&text);
         true
+    }
+
+    /// Marks the tree (see [`Chunk::tree`]) as changed: `raw` is rebuilt
+    /// from it. What the hooks read of the chunk stays as it was.
+    pub(super) fn tree_changed(&mut self) {
+        if self.value.is_some() {
+            self.changed = true;
+        }
     }
 
     /// The fast rewrite: the text's JSON string replaced in the bytes as
@@ -227,11 +298,13 @@ impl Chunk {
     /// reading the result back gives the new text and nothing else changed;
     /// otherwise (a missing field, a look-alike key) the tree does it.
     fn splice_text(&mut self, text: &str, before: &Info) -> bool {
-        let key: &[u8] = match self.shape {
-            Shape::OllamaGenerate => b"\"response\":",
-            Shape::OllamaChat | Shape::OpenaiChat => b"\"content\":",
-            Shape::OpenaiCompletions => b"\"text\":",
-            Shape::Other => return false,
+        let key: &[u8] = match (self.shape, self.kind) {
+            (Shape::OllamaGenerate, _) => b"\"response\":",
+            (Shape::OllamaChat | Shape::OpenaiChat, _) => b"\"content\":",
+            (Shape::OpenaiCompletions, _) => b"\"text\":",
+            (Shape::OpenaiResponses, Kind::Event | Kind::Line) => b"\"delta\":",
+            (Shape::OpenaiResponses | Shape::AnthropicMessages, _) => b"\"text\":",
+            (Shape::Other, _) => return false,
         };
         let Some(spliced) = splice_string(&self.raw, key, text) else {
             return false;
@@ -252,6 +325,12 @@ impl Chunk {
 
     /// A chunk of this API carrying `text`, to insert before this chunk.
     fn synthetic(&self, text: &str) -> Vec<u8> {
+        if matches!(
+            self.shape,
+            Shape::OpenaiResponses | Shape::AnthropicMessages
+        ) {
+            return events::synthetic(self.value.as_ref(), self.shape, self.kind, text);
+        }
         let model = self
             .value
             .as_ref()
@@ -279,12 +358,12 @@ impl Chunk {
                 "id": id, "object": "text_completion", "created": unix_now(), "model": model,
                 "choices": [{"index": 0, "text": text, "finish_reason": null}],
             }),
-            Shape::Other => return Vec::new(),
+            _ => return Vec::new(),
         };
         let json = serde_json::to_vec(&v).unwrap_or_default();
         let mut out = Vec::with_capacity(json.len() + 8);
         match self.kind {
-            Kind::Event => frame_event(&mut out, &json),
+            Kind::Event => frame_event(&mut out, &[], &json),
             Kind::Line | Kind::Whole => {
                 out.extend_from_slice(&json);
                 out.push(b'\n');
@@ -304,6 +383,24 @@ impl Chunk {
     /// The chunk a hook's text made the host insert before this one, if any.
     pub fn inserted(&self) -> Option<&[u8]> {
         self.before.as_deref()
+    }
+
+    /// True when a hook changed this chunk's own text.
+    pub fn text_edited(&self) -> bool {
+        self.edited
+    }
+
+    /// The name on an SSE event's `event:` line, when it starts with one
+    /// (the event APIs name every event, so the name is known unparsed).
+    pub fn event_name(&self) -> Option<&str> {
+        let rest = self.raw.strip_prefix(b"event:")?;
+        let end = memchr::memchr2(b'\n', b'\r', rest)?;
+        std::str::from_utf8(&rest[..end]).ok().map(str::trim)
+    }
+
+    /// The text of the chunk inserted before this one, if any.
+    pub fn inserted_text(&self) -> Option<&str> {
+        self.before_text.as_deref()
     }
 
     /// The JSON body of this (whole) chunk as it is now, for a rebuilt
@@ -351,10 +448,27 @@ fn splice_string(raw: &[u8], key: &[u8], text: &str) -> Option<Vec<u8>> {
     None
 }
 
-fn frame_event(out: &mut Vec<u8>, json: &[u8]) {
+/// An SSE event: its `event:`/`id:` lines (`lines`, each with its line
+/// end), then `json` as its data.
+pub(super) fn frame_event(out: &mut Vec<u8>, lines: &[u8], json: &[u8]) {
+    out.extend_from_slice(lines);
     out.extend_from_slice(b"data: ");
     out.extend_from_slice(json);
     out.extend_from_slice(b"\n\n");
+}
+
+/// The lines of an SSE event before its first `data:` line (`event:`,
+/// `id:`…), kept when the data is rewritten: the event APIs name every
+/// event there, and their clients dispatch on it.
+fn event_lines(raw: &[u8]) -> &[u8] {
+    let mut at = 0;
+    while at < raw.len() && !raw[at..].starts_with(b"data") {
+        match memchr::memchr(b'\n', &raw[at..]) {
+            Some(n) => at += n + 1,
+            None => return &[],
+        }
+    }
+    &raw[..at]
 }
 
 /// The string at `pointer`, created when its parent object exists (Ollama's

@@ -13,8 +13,10 @@
 //! - `usage`: asking Ollama for usage on streamed OpenAI requests.
 
 pub mod chunk;
+mod events;
 mod peek;
 pub mod stream;
+pub mod transcript;
 pub mod usage;
 pub mod whole;
 

@@ -67,13 +67,27 @@ struct OpenaiUsage {
 /// Anything that is not a JSON object of the expected shape has no text,
 /// no usage and does not end generation.
 pub fn read(json: &[u8], kind: Kind, shape: Shape) -> Info {
-    if shape == Shape::Other {
-        return Info::default();
+    match shape {
+        Shape::Other => return Info::default(),
+        Shape::OpenaiResponses => return read_as::<ResponsesPeek>(json, kind, shape),
+        Shape::AnthropicMessages => return read_as::<MessagesPeek>(json, kind, shape),
+        _ => {}
     }
     match serde_json::from_slice::<Peek>(json) {
         Ok(p) => from_peek(p, kind, shape),
         // A field of an unexpected type (say, OpenAI content parts): read
         // the slow way, field by field, so one odd field does not hide the rest.
+        Err(_) => match serde_json::from_slice::<Value>(json) {
+            Ok(v) if v.is_object() => from_value(&v, kind, shape),
+            _ => Info::default(),
+        },
+    }
+}
+
+/// The typed reading of the event APIs, with the same tree fallback.
+fn read_as<'a, P: Deserialize<'a> + Reading>(json: &'a [u8], kind: Kind, shape: Shape) -> Info {
+    match serde_json::from_slice::<P>(json) {
+        Ok(p) => p.reading(kind),
         Err(_) => match serde_json::from_slice::<Value>(json) {
             Ok(v) if v.is_object() => from_value(&v, kind, shape),
             _ => Info::default(),
@@ -89,7 +103,7 @@ fn from_peek(p: Peek, kind: Kind, shape: Shape) -> Info {
         (Shape::OpenaiChat, Kind::Whole) => first.and_then(|c| c.message.as_ref()?.content.clone()),
         (Shape::OpenaiChat, _) => first.and_then(|c| c.delta.as_ref()?.content.clone()),
         (Shape::OpenaiCompletions, _) => first.and_then(|c| c.text.clone()),
-        (Shape::Other, _) => None,
+        _ => None,
     };
     let ollama = matches!(shape, Shape::OllamaGenerate | Shape::OllamaChat);
     let done = kind == Kind::Whole
@@ -123,13 +137,18 @@ fn from_peek(p: Peek, kind: Kind, shape: Shape) -> Info {
 
 /// The same reading over a JSON tree.
 pub fn from_value(v: &Value, kind: Kind, shape: Shape) -> Info {
+    match shape {
+        Shape::OpenaiResponses => return responses_from_value(v, kind),
+        Shape::AnthropicMessages => return messages_from_value(v, kind),
+        _ => {}
+    }
     let pointer = match (shape, kind) {
         (Shape::OllamaGenerate, _) => "/response",
         (Shape::OllamaChat, _) => "/message/content",
         (Shape::OpenaiChat, Kind::Whole) => "/choices/0/message/content",
         (Shape::OpenaiChat, _) => "/choices/0/delta/content",
         (Shape::OpenaiCompletions, _) => "/choices/0/text",
-        (Shape::Other, _) => return Info::default(),
+        _ => return Info::default(),
     };
     let n = |p: &str| v.pointer(p).and_then(Value::as_u64);
     let ollama = matches!(shape, Shape::OllamaGenerate | Shape::OllamaChat);
@@ -167,6 +186,273 @@ pub fn from_value(v: &Value, kind: Kind, shape: Shape) -> Info {
         done,
         usage,
         usage_only,
+    }
+}
+
+// `/v1/responses` and `/v1/messages` answer with typed events (each JSON
+// names itself in `type`, and the SSE `event:` line repeats it), and their
+// whole bodies keep the text in a list of parts. What Ollama sends is in
+// docs/PLUGINS.md ("Where the text is"); the Go code is
+// openai/responses.go (`ResponsesStreamConverter`, `ToResponse`) and
+// anthropic/anthropic.go (`StreamConverter`, `ToMessagesResponse`).
+
+/// A typed peek of one of the event APIs, read for a chunk of `kind`.
+trait Reading {
+    fn reading(self, kind: Kind) -> Info;
+}
+
+/// Token counts as both event APIs name them. Anthropic's `message_delta`
+/// may lack `input_tokens` (Ollama sends it, Anthropic does not).
+#[derive(Deserialize)]
+struct TokenCounts {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+}
+
+impl TokenCounts {
+    fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.input_tokens.unwrap_or(0),
+            completion_tokens: self.output_tokens.unwrap_or(0),
+        }
+    }
+}
+
+/// A part of a whole answer: a Responses `output_text` content part, an
+/// Anthropic content block.
+#[derive(Deserialize)]
+struct Part<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+}
+
+/// The text of the parts of type `kind`, joined; `None` when there are none.
+fn joined<'a>(parts: impl Iterator<Item = &'a Part<'a>>, kind: &str) -> Option<String> {
+    let mut texts = parts.filter(|p| p.kind.as_deref() == Some(kind));
+    let first = texts.next()?.text.as_deref().unwrap_or("");
+    let mut text = first.to_owned();
+    for p in texts {
+        text.push_str(p.text.as_deref().unwrap_or(""));
+    }
+    Some(text)
+}
+
+#[derive(Deserialize)]
+struct ResponsesPeek<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    delta: Option<Cow<'a, str>>,
+    /// The response object of the lifecycle events.
+    #[serde(default)]
+    response: Option<ResponsesObject>,
+    /// Whole body.
+    #[serde(borrow, default)]
+    output: Option<Vec<OutputItem<'a>>>,
+    #[serde(default)]
+    usage: Option<TokenCounts>,
+}
+
+#[derive(Deserialize)]
+struct ResponsesObject {
+    #[serde(default)]
+    usage: Option<TokenCounts>,
+}
+
+#[derive(Deserialize)]
+struct OutputItem<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    content: Option<Vec<Part<'a>>>,
+}
+
+/// The Responses events that end generation: `response.output_text.done`
+/// closes the text (held text must go out before it, while deltas are
+/// still allowed), the others end the response.
+fn responses_done(kind: &str) -> bool {
+    matches!(
+        kind,
+        "response.output_text.done"
+            | "response.completed"
+            | "response.incomplete"
+            | "response.failed"
+    )
+}
+
+impl Reading for ResponsesPeek<'_> {
+    fn reading(self, kind: Kind) -> Info {
+        if kind == Kind::Whole {
+            let parts = self
+                .output
+                .iter()
+                .flatten()
+                .filter(|i| i.kind.as_deref() == Some("message"))
+                .flat_map(|i| i.content.iter().flatten());
+            return Info {
+                text: joined(parts, "output_text"),
+                done: true,
+                usage: self.usage.as_ref().map(TokenCounts::usage),
+                usage_only: false,
+            };
+        }
+        let event = self.kind.as_deref().unwrap_or("");
+        Info {
+            text: match event {
+                "response.output_text.delta" => self.delta.map(Cow::into_owned),
+                _ => None,
+            },
+            done: responses_done(event),
+            usage: self
+                .response
+                .as_ref()
+                .and_then(|r| r.usage.as_ref())
+                .map(TokenCounts::usage),
+            usage_only: false,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct MessagesPeek<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    delta: Option<Part<'a>>,
+    /// `message_start`'s message.
+    #[serde(default)]
+    message: Option<ResponsesObject>,
+    #[serde(default)]
+    usage: Option<TokenCounts>,
+    /// Whole body.
+    #[serde(borrow, default)]
+    content: Option<Vec<Part<'a>>>,
+}
+
+/// The Messages events that end generation: `content_block_stop` closes a
+/// block (held text must go out before a text block closes; the event does
+/// not say which kind of block it closes), `message_delta` ends the message.
+fn messages_done(kind: &str) -> bool {
+    matches!(kind, "content_block_stop" | "message_delta")
+}
+
+impl Reading for MessagesPeek<'_> {
+    fn reading(self, kind: Kind) -> Info {
+        if kind == Kind::Whole {
+            return Info {
+                text: joined(self.content.iter().flatten(), "text"),
+                done: true,
+                usage: self.usage.as_ref().map(TokenCounts::usage),
+                usage_only: false,
+            };
+        }
+        let event = self.kind.as_deref().unwrap_or("");
+        let text = match (event, self.delta) {
+            ("content_block_delta", Some(d)) if d.kind.as_deref() == Some("text_delta") => {
+                Some(d.text.map(Cow::into_owned).unwrap_or_default())
+            }
+            _ => None,
+        };
+        let usage = match event {
+            "message_start" => self.message.and_then(|m| m.usage),
+            "message_delta" => self.usage,
+            _ => None,
+        };
+        Info {
+            text,
+            done: messages_done(event),
+            usage: usage.as_ref().map(TokenCounts::usage),
+            usage_only: false,
+        }
+    }
+}
+
+/// The same readings over a tree, field by field.
+fn counts(u: Option<&Value>) -> Option<Usage> {
+    let u = u.filter(|u| u.is_object())?;
+    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+    Some(Usage {
+        prompt_tokens: n("input_tokens"),
+        completion_tokens: n("output_tokens"),
+    })
+}
+
+fn joined_values<'a>(parts: impl Iterator<Item = &'a Value>, kind: &str) -> Option<String> {
+    let mut texts = parts
+        .filter(|p| p.get("type").and_then(Value::as_str) == Some(kind))
+        .map(|p| p.get("text").and_then(Value::as_str).unwrap_or(""))
+        .peekable();
+    texts.peek()?;
+    Some(texts.collect())
+}
+
+fn list(v: Option<&Value>) -> impl Iterator<Item = &Value> {
+    v.and_then(Value::as_array).into_iter().flatten()
+}
+
+fn responses_from_value(v: &Value, kind: Kind) -> Info {
+    if kind == Kind::Whole {
+        let parts = list(v.get("output"))
+            .filter(|i| i.get("type").and_then(Value::as_str) == Some("message"))
+            .flat_map(|i| list(i.get("content")));
+        return Info {
+            text: joined_values(parts, "output_text"),
+            done: true,
+            usage: counts(v.get("usage")),
+            usage_only: false,
+        };
+    }
+    let event = v.get("type").and_then(Value::as_str).unwrap_or("");
+    Info {
+        text: match event {
+            "response.output_text.delta" => {
+                v.get("delta").and_then(Value::as_str).map(str::to_owned)
+            }
+            _ => None,
+        },
+        done: responses_done(event),
+        usage: counts(v.pointer("/response/usage")),
+        usage_only: false,
+    }
+}
+
+fn messages_from_value(v: &Value, kind: Kind) -> Info {
+    if kind == Kind::Whole {
+        return Info {
+            text: joined_values(list(v.get("content")), "text"),
+            done: true,
+            usage: counts(v.get("usage")),
+            usage_only: false,
+        };
+    }
+    let event = v.get("type").and_then(Value::as_str).unwrap_or("");
+    let text = match event {
+        "content_block_delta"
+            if v.pointer("/delta/type").and_then(Value::as_str) == Some("text_delta") =>
+        {
+            Some(
+                v.pointer("/delta/text")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+            )
+        }
+        _ => None,
+    };
+    let usage = match event {
+        "message_start" => counts(v.pointer("/message/usage")),
+        "message_delta" => counts(v.get("usage")),
+        _ => None,
+    };
+    Info {
+        text,
+        done: messages_done(event),
+        usage,
+        usage_only: false,
     }
 }
 
@@ -224,6 +510,71 @@ mod tests {
                 Kind::Event,
                 Shape::OpenaiCompletions,
             ),
+            (
+                r#"{"content_index":0,"delta":"Hi \"x\"","item_id":"msg_1","logprobs":[],"output_index":0,"sequence_number":4,"type":"response.output_text.delta"}"#,
+                Kind::Event,
+                Shape::OpenaiResponses,
+            ),
+            (
+                r#"{"delta":"{\"a\":1}","item_id":"fc_1","output_index":0,"sequence_number":3,"type":"response.function_call_arguments.delta"}"#,
+                Kind::Event,
+                Shape::OpenaiResponses,
+            ),
+            (
+                r#"{"content_index":0,"item_id":"msg_1","logprobs":[],"output_index":0,"sequence_number":6,"text":"Hi","type":"response.output_text.done"}"#,
+                Kind::Event,
+                Shape::OpenaiResponses,
+            ),
+            (
+                r#"{"response":{"output":[],"usage":null},"sequence_number":0,"type":"response.created"}"#,
+                Kind::Event,
+                Shape::OpenaiResponses,
+            ),
+            (
+                r#"{"response":{"output":[{"content":[{"text":"Hi","type":"output_text"}],"type":"message"}],"usage":{"input_tokens":7,"output_tokens":2,"total_tokens":9}},"sequence_number":9,"type":"response.completed"}"#,
+                Kind::Event,
+                Shape::OpenaiResponses,
+            ),
+            (
+                r#"{"id":"resp_1","object":"response","output":[{"id":"rs_1","type":"reasoning","summary":[{"type":"summary_text","text":"hmm"}]},{"id":"msg_1","type":"message","content":[{"type":"output_text","text":"a"},{"type":"output_text","text":"b"}]}],"text":{"format":{"type":"text"}},"usage":{"input_tokens":7,"output_tokens":2}}"#,
+                Kind::Whole,
+                Shape::OpenaiResponses,
+            ),
+            (
+                r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[],"usage":{"input_tokens":5,"output_tokens":0}}}"#,
+                Kind::Event,
+                Shape::AnthropicMessages,
+            ),
+            (
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#,
+                Kind::Event,
+                Shape::AnthropicMessages,
+            ),
+            (
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hmm"}}"#,
+                Kind::Event,
+                Shape::AnthropicMessages,
+            ),
+            (
+                r#"{"type":"content_block_stop","index":0}"#,
+                Kind::Event,
+                Shape::AnthropicMessages,
+            ),
+            (
+                r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":9}}"#,
+                Kind::Event,
+                Shape::AnthropicMessages,
+            ),
+            (
+                r#"{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[{"type":"thinking","thinking":"hmm"},{"type":"text","text":"Hi"}],"stop_reason":"end_turn","usage":{"input_tokens":5,"output_tokens":9}}"#,
+                Kind::Whole,
+                Shape::AnthropicMessages,
+            ),
+            (
+                r#"{"type":"error","error":{"type":"api_error","message":"boom"}}"#,
+                Kind::Event,
+                Shape::AnthropicMessages,
+            ),
         ];
         for (json, kind, shape) in cases {
             let v: Value = serde_json::from_str(json).unwrap();
@@ -235,6 +586,91 @@ mod tests {
         }
         let info = read(cases[0].0.as_bytes(), Kind::Line, Shape::OllamaGenerate);
         assert_eq!(info.text.as_deref(), Some("a\"b"), "escapes are decoded");
+    }
+
+    #[test]
+    fn the_event_apis_name_text_done_and_usage() {
+        let read = |json: &str, kind, shape| read(json.as_bytes(), kind, shape);
+        let r = Shape::OpenaiResponses;
+        let d = read(
+            r#"{"delta":"Hi","item_id":"m","type":"response.output_text.delta"}"#,
+            Kind::Event,
+            r,
+        );
+        assert_eq!(
+            (d.text.as_deref(), d.done, d.usage),
+            (Some("Hi"), false, None)
+        );
+        let args = read(
+            r#"{"delta":"{}","type":"response.function_call_arguments.delta"}"#,
+            Kind::Event,
+            r,
+        );
+        assert_eq!(args.text, None, "tool arguments are not generated text");
+        let done = read(
+            r#"{"text":"Hi","type":"response.output_text.done"}"#,
+            Kind::Event,
+            r,
+        );
+        assert_eq!((done.text, done.done), (None, true), "a copy, not new text");
+        let completed = read(
+            r#"{"response":{"usage":{"input_tokens":7,"output_tokens":2}},"type":"response.completed"}"#,
+            Kind::Event,
+            r,
+        );
+        assert!(completed.done);
+        assert_eq!(
+            completed.usage,
+            Some(Usage {
+                prompt_tokens: 7,
+                completion_tokens: 2
+            })
+        );
+        let whole = read(
+            r#"{"object":"response","output":[{"type":"reasoning","summary":[{"type":"summary_text","text":"x"}]},{"type":"message","content":[{"type":"output_text","text":"a"},{"type":"output_text","text":"b"}]}],"usage":{"input_tokens":1,"output_tokens":2}}"#,
+            Kind::Whole,
+            r,
+        );
+        assert_eq!(whole.text.as_deref(), Some("ab"));
+        assert_eq!(whole.usage.map(|u| u.completion_tokens), Some(2));
+
+        let m = Shape::AnthropicMessages;
+        let start = read(
+            r#"{"type":"message_start","message":{"content":[],"usage":{"input_tokens":5,"output_tokens":0}}}"#,
+            Kind::Event,
+            m,
+        );
+        assert_eq!(start.usage.map(|u| u.prompt_tokens), Some(5));
+        let t = read(
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#,
+            Kind::Event,
+            m,
+        );
+        assert_eq!((t.text.as_deref(), t.done), (Some("Hi"), false));
+        assert!(read(r#"{"type":"content_block_stop","index":0}"#, Kind::Event, m).done);
+        let end = read(
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":9}}"#,
+            Kind::Event,
+            m,
+        );
+        assert!(end.done);
+        assert_eq!(
+            end.usage,
+            Some(Usage {
+                prompt_tokens: 0,
+                completion_tokens: 9
+            })
+        );
+        assert!(!read(r#"{"type":"message_stop"}"#, Kind::Event, m).done);
+        let whole = read(
+            r#"{"type":"message","content":[{"type":"tool_use","id":"t","input":{}},{"type":"text","text":"Hi"}],"usage":{"input_tokens":5,"output_tokens":9}}"#,
+            Kind::Whole,
+            m,
+        );
+        assert_eq!(whole.text.as_deref(), Some("Hi"));
+        assert_eq!(whole.usage.map(|u| u.prompt_tokens), Some(5));
+        let none = read(r#"{"type":"message","content":[]}"#, Kind::Whole, m);
+        assert_eq!(none.text, None, "no text block, no text");
     }
 
     #[test]

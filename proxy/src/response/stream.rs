@@ -20,6 +20,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use super::chunk::{Chunk, Kind, Shape, Usage};
+use super::transcript::Transcript;
 use super::{ResponseContext, ResponseHooks, ResponseOutcome};
 use crate::body::{BoxError, COALESCE_MAX, OnEnd, Outcome};
 use crate::framing::{Format, Framer};
@@ -45,6 +46,8 @@ pub struct FilteredStream<E: OnEnd> {
     style: ApiStyle,
     hide_usage_chunk: bool,
     hooks: Box<dyn ResponseHooks>,
+    /// The text sent, for an API that repeats it (see `transcript`).
+    transcript: Option<Transcript>,
     /// The chunks of the current read, on their way through the hooks
     /// (kept to reuse its allocation).
     batch: Vec<Chunk>,
@@ -74,17 +77,19 @@ impl<E: OnEnd> FilteredStream<E> {
         guard: Option<Box<dyn Send>>,
         on_end: E,
     ) -> Self {
+        let kind = match setup.format {
+            Format::Ndjson => Kind::Line,
+            Format::Sse => Kind::Event,
+        };
         FilteredStream {
             inner,
             framer: Framer::new(setup.format, setup.max_chunk),
-            kind: match setup.format {
-                Format::Ndjson => Kind::Line,
-                Format::Sse => Kind::Event,
-            },
+            kind,
             shape: setup.shape,
             style: setup.style,
             hide_usage_chunk: setup.hide_usage_chunk,
             hooks,
+            transcript: Transcript::of(setup.shape, kind),
             batch: Vec::new(),
             ctx,
             deadline: Box::pin(tokio::time::sleep_until(setup.deadline)),
@@ -116,7 +121,7 @@ impl<E: OnEnd> FilteredStream<E> {
         }
         for chunk in &self.batch {
             if let Some(u) = chunk.usage() {
-                self.usage = Some(u);
+                self.usage = Some(Usage::merged(self.usage, u));
             }
         }
         let result = self.hooks.on_chunks(&self.ctx, &mut self.batch);
@@ -124,7 +129,10 @@ impl<E: OnEnd> FilteredStream<E> {
             Ok(()) => self.batch.len(),
             Err(ended) => ended.sent,
         };
-        for chunk in self.batch.drain(..).take(sent) {
+        for mut chunk in self.batch.drain(..).take(sent) {
+            if let Some(t) = &mut self.transcript {
+                t.sent(&mut chunk);
+            }
             if let Some(inserted) = chunk.inserted() {
                 out.extend_from_slice(inserted);
             }

@@ -112,5 +112,14 @@ mod tests {
             UsagePlan::KEEP
         );
         assert_eq!(plan(Shape::OpenaiChat, true, b"[1]"), UsagePlan::KEEP);
+        // The Responses and Messages APIs report usage unasked (in
+        // `response.completed`, `message_start` + `message_delta`) and
+        // reject fields they do not know: nothing is added.
+        for shape in [Shape::OpenaiResponses, Shape::AnthropicMessages] {
+            assert_eq!(
+                plan(shape, true, br#"{"model":"m","stream":true}"#),
+                UsagePlan::KEEP
+            );
+        }
     }
 }

@@ -1,0 +1,378 @@
+//! Where a hook's text goes in the two APIs whose answers are typed events,
+//! `/v1/responses` (OpenAI Responses) and `/v1/messages` (Anthropic
+//! Messages), when it cannot simply replace the JSON string it came from:
+//! into a tree of the chunk, or into an event of the API's own made to carry
+//! it. Ollama's Go code that writes these answers: openai/responses.go
+//! (`ResponsesStreamConverter`, `ToResponse`) and anthropic/anthropic.go
+//! (`StreamConverter`, `ToMessagesResponse`).
+
+use serde_json::{Value, json};
+
+use super::chunk::{Kind, Shape, frame_event};
+
+/// Puts `text` in the tree `v` of a chunk of `shape`: the text field of a
+/// text event (`has_text`: the chunk is one), or, in a whole body, the first
+/// text part (emptying the others, so the body's text is `text`), adding a
+/// part when there is none. `false` when the chunk has no place for text.
+pub fn place_text(v: &mut Value, shape: Shape, kind: Kind, has_text: bool, text: &str) -> bool {
+    match (shape, kind) {
+        (Shape::OpenaiResponses, Kind::Event | Kind::Line) if has_text => {
+            set(v.as_object_mut().map(|o| o.entry("delta")), text)
+        }
+        (Shape::AnthropicMessages, Kind::Event | Kind::Line) if has_text => set(
+            v.pointer_mut("/delta")
+                .and_then(Value::as_object_mut)
+                .map(|o| o.entry("text")),
+            text,
+        ),
+        (Shape::OpenaiResponses, Kind::Whole) => place_in_responses_body(v, text),
+        (Shape::AnthropicMessages, Kind::Whole) => place_in_messages_body(v, text),
+        _ => false,
+    }
+}
+
+fn set(slot: Option<serde_json::map::Entry<'_>>, text: &str) -> bool {
+    match slot {
+        Some(e) => {
+            *e.or_insert(Value::Null) = Value::String(text.into());
+            true
+        }
+        None => false,
+    }
+}
+
+fn is_type(v: &Value, kind: &str) -> bool {
+    v.get("type").and_then(Value::as_str) == Some(kind)
+}
+
+/// Sets the first of `parts` (those of type `kind`) to `text`, the others
+/// to "". `false` when there is none.
+fn fill<'a>(parts: impl Iterator<Item = &'a mut Value>, text: &str) -> bool {
+    let mut first = true;
+    for part in parts {
+        if let Some(o) = part.as_object_mut() {
+            let t = if first { text } else { "" };
+            o.insert("text".into(), Value::String(t.into()));
+            first = false;
+        }
+    }
+    !first
+}
+
+fn array_mut<'a>(v: &'a mut Value, key: &str) -> Option<&'a mut Vec<Value>> {
+    v.get_mut(key).and_then(Value::as_array_mut)
+}
+
+/// `output[]` items of type `message`, their `output_text` content parts.
+fn place_in_responses_body(v: &mut Value, text: &str) -> bool {
+    if !is_object_of(v, "object", "response") {
+        return false;
+    }
+    let Some(output) = array_mut(v, "output") else {
+        return false;
+    };
+    let parts = output
+        .iter_mut()
+        .filter(|i| is_type(i, "message"))
+        .filter_map(|i| array_mut(i, "content"))
+        .flat_map(|c| c.iter_mut().filter(|p| is_type(p, "output_text")));
+    if fill(parts, text) {
+        return true;
+    }
+    let part = json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []});
+    if let Some(content) = output
+        .iter_mut()
+        .find(|i| is_type(i, "message"))
+        .and_then(|i| array_mut(i, "content"))
+    {
+        content.push(part);
+    } else {
+        output.push(json!({
+            "id": "msg_kiln", "type": "message", "status": "completed", "role": "assistant",
+            "content": [part],
+        }));
+    }
+    true
+}
+
+/// `content[]` blocks of type `text`.
+fn place_in_messages_body(v: &mut Value, text: &str) -> bool {
+    if !is_object_of(v, "type", "message") {
+        return false;
+    }
+    let Some(content) = array_mut(v, "content") else {
+        return false;
+    };
+    if fill(content.iter_mut().filter(|b| is_type(b, "text")), text) {
+        return true;
+    }
+    content.push(json!({"type": "text", "text": text}));
+    true
+}
+
+fn is_object_of(v: &Value, key: &str, value: &str) -> bool {
+    v.get(key).and_then(Value::as_str) == Some(value)
+}
+
+/// A text event of the API carrying `text`, to send before the chunk whose
+/// tree is `v` (a `response.output_text.done` or `content_block_stop` when a
+/// hook releases held text at the end): it names the same item or block as
+/// that chunk. Fields in the order Ollama's Go marshals them (a map, so
+/// sorted, for Responses; the struct's order for Messages).
+pub fn synthetic(v: Option<&Value>, shape: Shape, kind: Kind, text: &str) -> Vec<u8> {
+    if kind != Kind::Event {
+        return Vec::new();
+    }
+    let n = |p: &str| v.and_then(|v| v.pointer(p)).and_then(Value::as_u64);
+    // Serializing a str cannot fail.
+    let text = serde_json::to_string(text).unwrap_or_default();
+    let (event, json) = match shape {
+        Shape::OpenaiResponses => {
+            let (item_id, output_index) = responses_item(v);
+            let item_id = serde_json::to_string(&item_id).unwrap_or_default();
+            let json = format!(
+                "{{\"content_index\":{},\"delta\":{text},\"item_id\":{item_id},\"logprobs\":[],\
+                 \"output_index\":{output_index},\"sequence_number\":{},\"type\":\"response.output_text.delta\"}}",
+                n("/content_index").unwrap_or(0),
+                // The event it goes before keeps its number: clients read
+                // the order from the stream, not from this.
+                n("/sequence_number").unwrap_or(0),
+            );
+            ("response.output_text.delta", json)
+        }
+        Shape::AnthropicMessages => {
+            let json = format!(
+                "{{\"type\":\"content_block_delta\",\"index\":{},\"delta\":{{\"type\":\"text_delta\",\"text\":{text}}}}}",
+                n("/index").unwrap_or(0)
+            );
+            ("content_block_delta", json)
+        }
+        _ => return Vec::new(),
+    };
+    let mut out = Vec::with_capacity(json.len() + 40);
+    frame_event(
+        &mut out,
+        format!("event: {event}\n").as_bytes(),
+        json.as_bytes(),
+    );
+    out
+}
+
+/// The message item a Responses event is about: its own `item_id` and
+/// `output_index`, the item of an `output_item` event, or the last message
+/// of a response object's `output`.
+pub fn responses_item(v: Option<&Value>) -> (String, u64) {
+    let Some(v) = v else {
+        return ("msg_kiln".into(), 0);
+    };
+    let index = v.get("output_index").and_then(Value::as_u64);
+    let id = v
+        .get("item_id")
+        .or_else(|| v.pointer("/item/id"))
+        .and_then(Value::as_str);
+    if let Some(id) = id {
+        return (id.into(), index.unwrap_or(0));
+    }
+    let output = v
+        .pointer("/response/output")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    match output.iter().rposition(|i| is_type(i, "message")) {
+        Some(at) => {
+            let id = output[at]
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or("msg_kiln");
+            (id.into(), at as u64)
+        }
+        None => ("msg_kiln".into(), output.len() as u64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use serde_json::Value;
+
+    use super::super::chunk::{Chunk, Kind, Shape, Usage};
+
+    fn event(shape: Shape, name: &str, json: &str) -> Chunk {
+        let raw = format!("event: {name}\ndata: {json}\n\n");
+        Chunk::new(Bytes::from(raw), Kind::Event, shape)
+    }
+
+    fn body(shape: Shape, json: &str) -> Chunk {
+        Chunk::new(Bytes::from(format!("{json}\n")), Kind::Whole, shape)
+    }
+
+    fn text(c: &Chunk) -> String {
+        String::from_utf8(c.raw().to_vec()).unwrap()
+    }
+
+    fn json(c: &Chunk) -> Value {
+        let raw = text(c);
+        let data = raw.lines().find_map(|l| l.strip_prefix("data: "));
+        serde_json::from_str(data.unwrap_or(&raw)).unwrap()
+    }
+
+    #[test]
+    fn deltas_are_rewritten_in_place_with_their_event_line() {
+        let mut r = event(
+            Shape::OpenaiResponses,
+            "response.output_text.delta",
+            r#"{"content_index":0,"delta":"secret","item_id":"msg_1","logprobs":[],"output_index":0,"sequence_number":4,"type":"response.output_text.delta"}"#,
+        );
+        assert_eq!(r.text(), Some("secret"));
+        assert!(r.set_text("[REDACTED]".into()));
+        assert_eq!(
+            text(&r),
+            "event: response.output_text.delta\ndata: {\"content_index\":0,\"delta\":\"[REDACTED]\",\"item_id\":\"msg_1\",\"logprobs\":[],\"output_index\":0,\"sequence_number\":4,\"type\":\"response.output_text.delta\"}\n\n"
+        );
+        assert!(r.text_edited());
+
+        let mut m = event(
+            Shape::AnthropicMessages,
+            "content_block_delta",
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"secret"}}"#,
+        );
+        assert!(m.set_text("".into()));
+        assert_eq!(
+            text(&m),
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"\"}}\n\n"
+        );
+        // Twice (two plugins): the second goes through the tree, the event line stays.
+        assert!(m.set_text("x".into()));
+        assert!(m.set_text("y".into()));
+        assert!(text(&m).starts_with("event: content_block_delta\ndata: {"));
+        assert_eq!(json(&m)["delta"]["text"], "y");
+    }
+
+    #[test]
+    fn text_released_at_a_block_end_goes_in_a_delta_of_that_block() {
+        let mut stop = event(
+            Shape::AnthropicMessages,
+            "content_block_stop",
+            r#"{"type":"content_block_stop","index":1}"#,
+        );
+        assert!(stop.done());
+        assert!(stop.set_text("held".into()));
+        assert_eq!(
+            std::str::from_utf8(stop.inserted().unwrap()).unwrap(),
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"text_delta\",\"text\":\"held\"}}\n\n"
+        );
+        assert_eq!(stop.inserted_text(), Some("held"));
+        assert_eq!(
+            text(&stop),
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n"
+        );
+        assert!(!stop.text_edited(), "its own bytes are unchanged");
+
+        let mut done = event(
+            Shape::OpenaiResponses,
+            "response.output_text.done",
+            r#"{"content_index":0,"item_id":"msg_7","logprobs":[],"output_index":2,"sequence_number":9,"text":"x","type":"response.output_text.done"}"#,
+        );
+        assert!(done.set_text("held".into()));
+        let inserted = std::str::from_utf8(done.inserted().unwrap()).unwrap();
+        assert_eq!(
+            inserted,
+            "event: response.output_text.delta\ndata: {\"content_index\":0,\"delta\":\"held\",\"item_id\":\"msg_7\",\"logprobs\":[],\"output_index\":2,\"sequence_number\":9,\"type\":\"response.output_text.delta\"}\n\n"
+        );
+    }
+
+    #[test]
+    fn whole_bodies_get_the_text_once() {
+        // The reasoning summary's "text" comes first: the splice would hit
+        // it, so the tree does it.
+        let mut r = body(
+            Shape::OpenaiResponses,
+            r#"{"id":"resp_1","object":"response","output":[{"id":"rs_1","type":"reasoning","summary":[{"type":"summary_text","text":"secret"}]},{"id":"msg_1","type":"message","status":"completed","role":"assistant","content":[{"type":"output_text","text":"a secret","annotations":[],"logprobs":[]}]}],"usage":{"input_tokens":1,"output_tokens":2}}"#,
+        );
+        assert_eq!(r.text(), Some("a secret"));
+        assert!(r.set_text("a [REDACTED]".into()));
+        let v = json(&r);
+        assert_eq!(v["output"][1]["content"][0]["text"], "a [REDACTED]");
+        assert_eq!(
+            v["output"][0]["summary"][0]["text"], "secret",
+            "not the answer's text"
+        );
+        assert!(text(&r).ends_with("}\n"));
+
+        // Text in one part: the splice keeps the bytes around it.
+        let mut m = body(
+            Shape::AnthropicMessages,
+            r#"{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[{"type":"text","text":"a secret"}],"stop_reason":"end_turn","usage":{"input_tokens":5,"output_tokens":9}}"#,
+        );
+        assert!(m.set_text("a [REDACTED]".into()));
+        assert_eq!(
+            text(&m),
+            "{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"m\",\"content\":[{\"type\":\"text\",\"text\":\"a [REDACTED]\"}],\"stop_reason\":\"end_turn\",\"usage\":{\"input_tokens\":5,\"output_tokens\":9}}\n"
+        );
+
+        // Several parts: the first gets the text, the others none.
+        let mut two = body(
+            Shape::AnthropicMessages,
+            r#"{"type":"message","content":[{"type":"text","text":"a "},{"type":"tool_use","id":"t","name":"f","input":{}},{"type":"text","text":"secret"}]}"#,
+        );
+        assert_eq!(two.text(), Some("a secret"));
+        two.set_text("a [REDACTED]".into());
+        let v = json(&two);
+        assert_eq!(
+            (
+                v["content"][0]["text"].as_str(),
+                v["content"][2]["text"].as_str()
+            ),
+            (Some("a [REDACTED]"), Some(""))
+        );
+        assert_eq!(two.text(), Some("a [REDACTED]"));
+
+        // No text block yet: one is added.
+        let mut none = body(
+            Shape::AnthropicMessages,
+            r#"{"type":"message","content":[]}"#,
+        );
+        none.set_text("note".into());
+        assert_eq!(json(&none)["content"][0]["text"], "note");
+        // An error body has no place for text.
+        let mut err = body(
+            Shape::AnthropicMessages,
+            r#"{"type":"error","error":{"type":"api_error","message":"x"}}"#,
+        );
+        err.set_text("note".into());
+        assert_eq!(json(&err)["error"]["message"], "x");
+    }
+
+    #[test]
+    fn anthropic_usage_adds_up_over_its_two_events() {
+        let start = event(
+            Shape::AnthropicMessages,
+            "message_start",
+            r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[],"usage":{"input_tokens":5,"output_tokens":0}}}"#,
+        );
+        let delta = event(
+            Shape::AnthropicMessages,
+            "message_delta",
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":9}}"#,
+        );
+        let mut usage = None;
+        for c in [&start, &delta] {
+            if let Some(u) = c.usage() {
+                usage = Some(Usage::merged(usage, u));
+            }
+        }
+        assert_eq!(
+            usage,
+            Some(Usage {
+                prompt_tokens: 5,
+                completion_tokens: 9
+            })
+        );
+        // Ollama repeats the final input count there: it wins over the estimate.
+        let ollama = Usage {
+            prompt_tokens: 7,
+            completion_tokens: 9,
+        };
+        assert_eq!(Usage::merged(start.usage(), ollama), ollama);
+    }
+}

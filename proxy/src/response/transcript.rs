@@ -1,0 +1,310 @@
+//! The text an answer actually sent, for the API that repeats it.
+//!
+//! A streamed `/v1/responses` answer carries its text twice: once in
+//! `response.output_text.delta` events, then whole again in
+//! `response.output_text.done` (`text`), `response.content_part.done`
+//! (`part.text`), `response.output_item.done` (`item.content[].text`) and
+//! the final `response.completed` (`response.output[].content[].text`)
+//! (openai/responses.go, `processCompletion`). When a hook rewrote a delta
+//! (a redaction), those copies must say what the client got — the rewritten
+//! deltas joined — or the original text reaches the client at the end.
+//!
+//! A [`Transcript`] follows one answer's chunks after the hooks, in the
+//! order they are sent: it keeps the text of each message item as sent and,
+//! once any text event was rewritten or inserted, rewrites the copies. Only
+//! streamed Responses answers get one; until a hook changes something it
+//! only appends each delta's text (already read for the hooks) to a string.
+//! Other APIs send their text once (a whole body too, where `set_text`
+//! places it), and pay nothing.
+
+use serde_json::Value;
+
+use super::chunk::{Chunk, Kind, Shape};
+use super::events;
+
+#[derive(Debug, Default)]
+pub struct Transcript {
+    /// The message items in the order they were added: id, text sent.
+    items: Vec<(String, String)>,
+    /// A hook changed the text of the answer: the copies need rewriting.
+    diverged: bool,
+}
+
+impl Transcript {
+    /// The transcript an answer of `shape`, cut into chunks of `kind`, needs.
+    pub fn of(shape: Shape, kind: Kind) -> Option<Transcript> {
+        (shape == Shape::OpenaiResponses && kind == Kind::Event).then(Transcript::default)
+    }
+
+    /// One chunk on its way to the client, after the hooks: its text is
+    /// recorded, and a copy of the text is made to match what was sent.
+    pub fn sent(&mut self, chunk: &mut Chunk) {
+        if let Some(inserted) = chunk.inserted_text() {
+            // Inserted before this chunk, in the item this chunk names.
+            let inserted = inserted.to_owned();
+            let (id, _) = events::responses_item(chunk.tree().map(|v| &*v));
+            self.item(&id).push_str(&inserted);
+            self.diverged = true;
+        }
+        if let Some(text) = chunk.text() {
+            let text = text.to_owned();
+            let current = match self.items.last_mut() {
+                Some((_, t)) => t,
+                // A delta without its `output_item.added`: use the id it names.
+                None => {
+                    let (id, _) = events::responses_item(chunk.tree().map(|v| &*v));
+                    self.item(&id)
+                }
+            };
+            current.push_str(&text);
+            self.diverged |= chunk.text_edited();
+            return;
+        }
+        match chunk.event_name() {
+            Some("response.output_item.added") => {
+                let id = chunk
+                    .tree()
+                    .filter(|v| v.pointer("/item/type").and_then(Value::as_str) == Some("message"))
+                    .and_then(|v| v.pointer("/item/id"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                if let Some(id) = id {
+                    self.item(&id);
+                }
+            }
+            Some(
+                name @ ("response.output_text.done"
+                | "response.content_part.done"
+                | "response.output_item.done"
+                | "response.completed"
+                | "response.incomplete"
+                | "response.failed"),
+            ) if self.diverged => {
+                let name = name.to_owned();
+                if let Some(v) = chunk.tree() {
+                    self.patch(&name, v);
+                    chunk.tree_changed();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The text sent for item `id`, added (empty) when new.
+    fn item(&mut self, id: &str) -> &mut String {
+        let at = match self.items.iter().position(|(i, _)| i == id) {
+            Some(at) => at,
+            None => {
+                self.items.push((id.to_owned(), String::new()));
+                self.items.len() - 1
+            }
+        };
+        &mut self.items[at].1
+    }
+
+    /// The text sent for item `id`: nothing, for an item no text event
+    /// named (its text never reached the client).
+    fn text_of(&self, id: Option<&str>) -> &str {
+        self.items
+            .iter()
+            .find(|(i, _)| Some(i.as_str()) == id)
+            .map_or("", |(_, t)| t.as_str())
+    }
+
+    /// Rewrites the copies of the text in the tree `v` of event `name`.
+    fn patch(&self, name: &str, v: &mut Value) {
+        let id = v.get("item_id").and_then(Value::as_str).map(str::to_owned);
+        match name {
+            "response.output_text.done" => {
+                let text = self.text_of(id.as_deref()).to_owned();
+                set_text(v, &text);
+            }
+            "response.content_part.done" => {
+                let text = self.text_of(id.as_deref()).to_owned();
+                if let Some(part) = v.get_mut("part") {
+                    set_text(part, &text);
+                }
+            }
+            "response.output_item.done" => {
+                if let Some(item) = v.get_mut("item") {
+                    self.patch_item(item);
+                }
+            }
+            _ => {
+                let output = v
+                    .pointer_mut("/response/output")
+                    .and_then(Value::as_array_mut);
+                for item in output.into_iter().flatten() {
+                    self.patch_item(item);
+                }
+            }
+        }
+    }
+
+    /// A message item: its first `output_text` part gets the text sent, the
+    /// others none.
+    fn patch_item(&self, item: &mut Value) {
+        if item.get("type").and_then(Value::as_str) != Some("message") {
+            return;
+        }
+        let text = self
+            .text_of(item.get("id").and_then(Value::as_str))
+            .to_owned();
+        let parts = item
+            .get_mut("content")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+            .filter(|p| p.get("type").and_then(Value::as_str) == Some("output_text"));
+        for (i, part) in parts.enumerate() {
+            set_text(part, if i == 0 { &text } else { "" });
+        }
+    }
+}
+
+fn set_text(v: &mut Value, text: &str) {
+    if let Some(o) = v.as_object_mut() {
+        o.insert("text".into(), Value::String(text.into()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn event(name: &str, json: &str) -> Chunk {
+        Chunk::new(
+            Bytes::from(format!("event: {name}\ndata: {json}\n\n")),
+            Kind::Event,
+            Shape::OpenaiResponses,
+        )
+    }
+
+    fn delta(seq: u32, text: &str) -> Chunk {
+        event(
+            "response.output_text.delta",
+            &format!(
+                r#"{{"content_index":0,"delta":{},"item_id":"msg_1","logprobs":[],"output_index":0,"sequence_number":{seq},"type":"response.output_text.delta"}}"#,
+                serde_json::to_string(text).unwrap()
+            ),
+        )
+    }
+
+    fn data(c: &Chunk) -> Value {
+        let raw = c.raw();
+        let s = std::str::from_utf8(&raw).unwrap();
+        let (head, rest) = s.split_once('\n').unwrap();
+        assert!(head.starts_with("event: "), "the event line stays: {s}");
+        serde_json::from_str(rest.trim().strip_prefix("data: ").unwrap()).unwrap()
+    }
+
+    fn the_end() -> Vec<Chunk> {
+        vec![
+            event(
+                "response.output_text.done",
+                r#"{"content_index":0,"item_id":"msg_1","logprobs":[],"output_index":0,"sequence_number":6,"text":"my secret plan","type":"response.output_text.done"}"#,
+            ),
+            event(
+                "response.content_part.done",
+                r#"{"content_index":0,"item_id":"msg_1","output_index":0,"part":{"annotations":[],"logprobs":[],"text":"my secret plan","type":"output_text"},"sequence_number":7,"type":"response.content_part.done"}"#,
+            ),
+            event(
+                "response.output_item.done",
+                r#"{"item":{"content":[{"annotations":[],"logprobs":[],"text":"my secret plan","type":"output_text"}],"id":"msg_1","role":"assistant","status":"completed","type":"message"},"output_index":0,"sequence_number":8,"type":"response.output_item.done"}"#,
+            ),
+            event(
+                "response.completed",
+                r#"{"response":{"id":"resp_1","output":[{"content":[{"annotations":[],"logprobs":[],"text":"my secret plan","type":"output_text"}],"id":"msg_1","role":"assistant","status":"completed","type":"message"}],"text":{"format":{"type":"text"}},"usage":{"input_tokens":3,"output_tokens":3}},"sequence_number":9,"type":"response.completed"}"#,
+            ),
+        ]
+    }
+
+    fn added() -> Chunk {
+        event(
+            "response.output_item.added",
+            r#"{"item":{"content":[],"id":"msg_1","role":"assistant","status":"in_progress","type":"message"},"output_index":0,"sequence_number":2,"type":"response.output_item.added"}"#,
+        )
+    }
+
+    #[test]
+    fn only_streamed_responses_answers_need_one() {
+        assert!(Transcript::of(Shape::OpenaiResponses, Kind::Event).is_some());
+        assert!(Transcript::of(Shape::OpenaiResponses, Kind::Whole).is_none());
+        assert!(Transcript::of(Shape::AnthropicMessages, Kind::Event).is_none());
+        assert!(Transcript::of(Shape::OpenaiChat, Kind::Event).is_none());
+    }
+
+    #[test]
+    fn copies_of_rewritten_text_say_what_was_sent() {
+        let mut t = Transcript::of(Shape::OpenaiResponses, Kind::Event).unwrap();
+        t.sent(&mut added());
+        let mut d = [delta(3, "my "), delta(4, "secret "), delta(5, "plan")];
+        assert!(d[1].set_text("[REDACTED] ".into()));
+        for c in &mut d {
+            t.sent(c);
+        }
+        let mut end = the_end();
+        for c in &mut end {
+            t.sent(c);
+        }
+        let sent = "my [REDACTED] plan";
+        assert_eq!(data(&end[0])["text"], sent);
+        assert_eq!(data(&end[1])["part"]["text"], sent);
+        assert_eq!(data(&end[2])["item"]["content"][0]["text"], sent);
+        let done = data(&end[3]);
+        assert_eq!(done["response"]["output"][0]["content"][0]["text"], sent);
+        assert_eq!(
+            done["response"]["text"]["format"]["type"], "text",
+            "not a text copy"
+        );
+        assert_eq!(done["response"]["usage"]["output_tokens"], 3);
+        for c in &end {
+            assert!(!c.raw().windows(6).any(|w| w == b"secret"));
+        }
+    }
+
+    #[test]
+    fn text_released_before_the_done_event_is_part_of_the_copies() {
+        let mut t = Transcript::of(Shape::OpenaiResponses, Kind::Event).unwrap();
+        t.sent(&mut added());
+        let mut d = [delta(3, "my "), delta(4, "secret "), delta(5, "plan")];
+        // A hook holds "secret plan" back, then releases it redacted at the
+        // done event, which has no place for text: it goes in a delta before.
+        d[1].set_text(String::new());
+        d[2].set_text(String::new());
+        for c in &mut d {
+            t.sent(c);
+        }
+        let mut end = the_end();
+        assert!(end[0].done());
+        assert!(end[0].set_text("[REDACTED]".into()));
+        let inserted = std::str::from_utf8(end[0].inserted().unwrap())
+            .unwrap()
+            .to_owned();
+        assert!(inserted.starts_with("event: response.output_text.delta\ndata: {\"content_index\":0,\"delta\":\"[REDACTED]\",\"item_id\":\"msg_1\""), "{inserted}");
+        for c in &mut end {
+            t.sent(c);
+        }
+        assert_eq!(data(&end[0])["text"], "my [REDACTED]");
+        assert_eq!(
+            data(&end[3])["response"]["output"][0]["content"][0]["text"],
+            "my [REDACTED]"
+        );
+    }
+
+    #[test]
+    fn untouched_answers_keep_their_bytes() {
+        let mut t = Transcript::of(Shape::OpenaiResponses, Kind::Event).unwrap();
+        t.sent(&mut added());
+        for c in &mut [delta(3, "my "), delta(4, "plan")] {
+            t.sent(c);
+        }
+        for c in &mut the_end() {
+            let before = c.raw();
+            t.sent(c);
+            assert_eq!(c.raw(), before);
+        }
+        assert_eq!(t.items, vec![("msg_1".into(), "my plan".into())]);
+    }
+}
