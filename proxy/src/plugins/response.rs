@@ -9,7 +9,7 @@
 //! answer with an error, `allow` leaves the plugin out for the rest of it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use wasmtime::Store;
 
@@ -18,7 +18,7 @@ use super::loader::LoadedPlugin;
 use super::response_world::{ResponseFilter, wit};
 use super::runtime::{CallState, wit as types};
 use super::stage::PluginStage;
-use super::stats::{CallOutcome, ChunkOutcome};
+use super::stats::ChunkOutcome;
 use crate::filter::OnError;
 use crate::response::{
     Chunk, Ended, ResponseContext, ResponseHooks, ResponseOutcome, ResponseStage, Stop, Usage,
@@ -76,6 +76,19 @@ fn wit_context(ctx: &ResponseContext) -> wit::ResponseContext {
         model: ctx.model.clone(),
         stream: ctx.stream,
         status: ctx.status,
+    }
+}
+
+/// A plugin's `end` as the stage's stop order.
+fn stop_of(r: types::Rejection) -> Stop {
+    Stop {
+        status: r.status,
+        message: r.message,
+        headers: r
+            .headers
+            .into_iter()
+            .map(|h| (h.name.to_ascii_lowercase(), h.value))
+            .collect(),
     }
 }
 
@@ -144,111 +157,82 @@ impl ResponseHooks for ResponseRun {
     fn on_chunks(&mut self, ctx: &ResponseContext, chunks: &mut [Chunk]) -> Result<(), Ended> {
         let chain = self.chain.clone();
         // The chunks still going out: a plugin that ends the answer cuts
-        // the batch for the plugins after it.
+        // them short for the plugins after it.
         let mut live = chunks.len();
         let mut ended = None;
         for (index, slot) in &mut self.slots {
-            if live == 0 {
-                break;
-            }
-            if matches!(
-                slot,
-                Slot::Off
-                    | Slot::Live {
-                        pass_rest: true,
-                        ..
-                    }
-            ) {
-                continue;
-            }
             let plugin = &chain.plugins[*index];
             let started = Instant::now();
-            let call = Self::live(&chain, plugin, slot).and_then(|()| {
+            let mut counts = [0u64; 4];
+            for (k, chunk) in chunks[..live].iter_mut().enumerate() {
+                if matches!(
+                    slot,
+                    Slot::Off
+                        | Slot::Live {
+                            pass_rest: true,
+                            ..
+                        }
+                ) {
+                    break;
+                }
+                if let Err(reason) = Self::live(&chain, plugin, slot) {
+                    counts[ChunkOutcome::Failure as usize] += 1;
+                    if let Err(stop) = Self::failed(plugin, slot, &reason) {
+                        (live, ended) = (k, Some(stop));
+                    }
+                    break;
+                }
                 let Slot::Live {
-                    store, instance, ..
+                    store,
+                    instance,
+                    pass_rest,
                 } = slot
                 else {
-                    return Ok(None);
+                    break;
                 };
                 chain.runtime.rearm(store);
                 let wctx = self.wctx.get_or_insert_with(|| wit_context(ctx));
-                // Each plugin sees the chunks as rewritten by the ones before it.
-                let wchunks: Vec<wit::Chunk> = chunks[..live]
-                    .iter()
-                    .map(|c| wit::Chunk {
-                        text: c.text().map(str::to_owned),
-                        raw: c.raw().to_vec(),
-                        done: c.done(),
-                    })
-                    .collect();
-                let actions = instance
-                    .kiln_filter_response()
-                    .call_on_response_chunks(&mut **store, wctx, &wchunks)
-                    .map_err(|e| describe_failure(&e, store))?;
-                if actions.len() != live {
-                    return Err(format!(
-                        "on-response-chunks returned {} actions for {live} chunks",
-                        actions.len()
-                    ));
-                }
-                Ok(Some(actions))
-            });
-            plugin.stats.add_time(started.elapsed());
-            let actions = match call {
-                Ok(Some(actions)) => actions,
-                Ok(None) => continue,
-                Err(reason) => {
-                    // The time is counted above.
-                    plugin.stats.record(CallOutcome::Failure, Duration::ZERO);
-                    plugin
-                        .stats
-                        .record_chunks(ChunkOutcome::Failure, live as u64);
-                    if let Err(stop) = Self::failed(plugin, slot, &reason) {
-                        // Nothing of this batch goes out: the plugin never passed it.
-                        return Err(Ended { sent: 0, stop });
+                // Each plugin sees the chunk as rewritten by the ones before it.
+                let wchunk = wit::Chunk {
+                    text: chunk.text().map(str::to_owned),
+                    raw: chunk.raw().to_vec(),
+                    done: chunk.done(),
+                };
+                let action = instance.kiln_filter_response().call_on_response_chunk(
+                    &mut **store,
+                    wctx,
+                    &wchunk,
+                );
+                let outcome = match action {
+                    Ok(wit::ChunkAction::Pass) => ChunkOutcome::Pass,
+                    Ok(wit::ChunkAction::PassRest) => {
+                        *pass_rest = true;
+                        ChunkOutcome::Pass
                     }
-                    continue;
-                }
-            };
-            let (mut passed, mut rewritten) = (0, 0);
-            for (k, action) in actions.into_iter().enumerate() {
-                match action {
-                    wit::ChunkAction::Pass => passed += 1,
-                    wit::ChunkAction::PassRest => {
-                        if let Slot::Live { pass_rest, .. } = slot {
-                            *pass_rest = true;
-                        }
-                        passed += live - k;
-                        break;
-                    }
-                    wit::ChunkAction::RewriteText(text) => {
-                        rewritten += 1;
-                        if !chunks[k].set_text(text) {
+                    Ok(wit::ChunkAction::RewriteText(text)) => {
+                        if !chunk.set_text(text) {
                             tracing::debug!(plugin = %plugin.name, path = %ctx.path, "response plugin rewrote text on a route whose chunks carry none; ignored");
                         }
+                        ChunkOutcome::Rewrite
                     }
-                    wit::ChunkAction::End(r) => {
-                        plugin.stats.record_chunks(ChunkOutcome::End, 1);
-                        live = k;
-                        ended = Some(Stop {
-                            status: r.status,
-                            message: r.message,
-                            headers: r
-                                .headers
-                                .into_iter()
-                                .map(|h: types::Header| (h.name.to_ascii_lowercase(), h.value))
-                                .collect(),
-                        });
-                        break;
+                    Ok(wit::ChunkAction::End(r)) => {
+                        (live, ended) = (k, Some(stop_of(r)));
+                        ChunkOutcome::End
                     }
+                    Err(e) => {
+                        let reason = describe_failure(&e, store);
+                        if let Err(stop) = Self::failed(plugin, slot, &reason) {
+                            (live, ended) = (k, Some(stop));
+                        }
+                        ChunkOutcome::Failure
+                    }
+                };
+                counts[outcome as usize] += 1;
+                if matches!(outcome, ChunkOutcome::End | ChunkOutcome::Failure) {
+                    break;
                 }
             }
-            plugin
-                .stats
-                .record_chunks(ChunkOutcome::Pass, passed as u64);
-            plugin
-                .stats
-                .record_chunks(ChunkOutcome::Rewrite, rewritten as u64);
+            plugin.stats.record_response(counts, started.elapsed());
         }
         match ended {
             Some(stop) => Err(Ended { sent: live, stop }),
@@ -296,13 +280,14 @@ impl ResponseHooks for ResponseRun {
                     &wctx,
                     &completion,
                 );
-                match result {
-                    Ok(()) => plugin.stats.add_time(started.elapsed()),
-                    Err(e) => {
-                        plugin.stats.record(CallOutcome::Failure, started.elapsed());
-                        let reason = describe_failure(&e, store);
-                        tracing::warn!(plugin = %plugin.name, reason, "response plugin failed at completion");
-                    }
+                let mut counts = [0; 4];
+                if result.is_err() {
+                    counts[ChunkOutcome::Failure as usize] = 1;
+                }
+                plugin.stats.record_response(counts, started.elapsed());
+                if let Err(e) = result {
+                    let reason = describe_failure(&e, store);
+                    tracing::warn!(plugin = %plugin.name, reason, "response plugin failed at completion");
                 }
             }
             // Instances are dropped with the answer; nothing is called twice.

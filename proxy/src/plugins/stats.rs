@@ -15,8 +15,7 @@ pub enum CallOutcome {
     Allow,
     Modify,
     Reject,
-    /// Trap, deadline, memory cap or an invalid decision; also counts
-    /// failed calls of the response hooks.
+    /// Trap, deadline, memory cap or an invalid decision.
     Failure,
 }
 
@@ -38,15 +37,16 @@ impl CallOutcome {
     }
 }
 
-/// What a response plugin did with a chunk, as a metric label.
+/// What a response-hook call did, as a metric label: one per chunk call,
+/// and a `failure` for a failed completion call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChunkOutcome {
-    /// Sent on as it came (`pass`, or not seen after `pass-rest`).
+    /// `pass` or `pass-rest`.
     Pass,
     Rewrite,
     /// The plugin ended the answer at this chunk.
     End,
-    /// The call failed (trap, deadline, memory cap, a wrong answer).
+    /// The call failed (trap, deadline, memory cap).
     Failure,
 }
 
@@ -71,7 +71,7 @@ impl ChunkOutcome {
 #[derive(Default)]
 pub struct PluginStats {
     calls: [AtomicU64; 4],
-    /// Response chunks seen, by what happened to them.
+    /// Response-hook calls, by [`ChunkOutcome`].
     chunks: [AtomicU64; 4],
     nanos: AtomicU64,
 }
@@ -86,15 +86,18 @@ impl PluginStats {
         self.calls[outcome as usize].load(Ordering::Relaxed)
     }
 
-    /// One call of a response hook: `chunks` chunks had `outcome` (the
-    /// completion hook counts time only).
-    pub fn record_chunks(&self, outcome: ChunkOutcome, chunks: u64) {
-        if chunks > 0 {
-            self.chunks[outcome as usize].fetch_add(chunks, Ordering::Relaxed);
+    /// Response-hook calls, counted by [`ChunkOutcome`] (indexes), and the
+    /// time they took.
+    pub fn record_response(&self, counts: [u64; 4], took: Duration) {
+        for (slot, n) in self.chunks.iter().zip(counts) {
+            if n > 0 {
+                slot.fetch_add(n, Ordering::Relaxed);
+            }
         }
+        self.add_time(took);
     }
 
-    pub fn add_time(&self, took: Duration) {
+    fn add_time(&self, took: Duration) {
         self.nanos.fetch_add(
             took.as_nanos().min(u64::MAX as u128) as u64,
             Ordering::Relaxed,
@@ -131,7 +134,7 @@ impl StatsStore {
         };
         let _ = writeln!(
             out,
-            "# HELP kiln_plugin_calls_total Request-hook calls by plugin and outcome; failure also counts failed response-hook calls."
+            "# HELP kiln_plugin_calls_total Request-hook calls, by plugin and outcome."
         );
         let _ = writeln!(out, "# TYPE kiln_plugin_calls_total counter");
         for (name, stats) in map.iter() {
@@ -147,14 +150,14 @@ impl StatsStore {
         }
         let _ = writeln!(
             out,
-            "# HELP kiln_plugin_response_chunks_total Response chunks seen by response plugins, by plugin and what happened to them."
+            "# HELP kiln_plugin_response_calls_total Response-hook calls (one per chunk, plus failed completion calls), by plugin and outcome."
         );
-        let _ = writeln!(out, "# TYPE kiln_plugin_response_chunks_total counter");
+        let _ = writeln!(out, "# TYPE kiln_plugin_response_calls_total counter");
         for (name, stats) in map.iter() {
             for outcome in ChunkOutcome::ALL {
                 let _ = writeln!(
                     out,
-                    "kiln_plugin_response_chunks_total{{plugin=\"{}\",outcome=\"{}\"}} {}",
+                    "kiln_plugin_response_calls_total{{plugin=\"{}\",outcome=\"{}\"}} {}",
                     label(name),
                     outcome.label(),
                     stats.chunks(outcome)
@@ -195,7 +198,7 @@ mod tests {
             .record(CallOutcome::Failure, Duration::from_millis(50));
         store
             .for_plugin("output-guard")
-            .record_chunks(ChunkOutcome::Rewrite, 3);
+            .record_response([0, 3, 0, 0], Duration::from_micros(5));
         let mut out = String::new();
         store.render(&mut out);
         assert!(
@@ -216,7 +219,7 @@ mod tests {
         );
         assert!(
             out.contains(
-                "kiln_plugin_response_chunks_total{plugin=\"output-guard\",outcome=\"rewrite\"} 3"
+                "kiln_plugin_response_calls_total{plugin=\"output-guard\",outcome=\"rewrite\"} 3"
             ),
             "{out}"
         );
