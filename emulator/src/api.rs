@@ -15,6 +15,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
+use crate::events;
 use crate::format;
 use crate::generation::{Generation, generate};
 use crate::models::{self, LocalModel};
@@ -74,6 +75,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/completions",
             post(|s, h, b| generate(s, h, b, Api::OpenaiCompletion)),
+        )
+        .route(
+            "/v1/responses",
+            post(|s, h, b| generate(s, h, b, Api::Responses)),
+        )
+        .route(
+            "/v1/messages",
+            post(|s, h, b| generate(s, h, b, Api::Messages)),
         )
         .route("/api/embed", post(|s, b| embed(s, b, Api::Embed)))
         .route("/api/embeddings", post(|s, b| embed(s, b, Api::Embeddings)))
@@ -160,6 +169,8 @@ pub(crate) enum Api {
     Chat,
     OpenaiChat,
     OpenaiCompletion,
+    Responses,
+    Messages,
     Embed,
     Embeddings,
     OpenaiEmbeddings,
@@ -169,18 +180,37 @@ impl Api {
     fn openai(self) -> bool {
         matches!(
             self,
-            Api::OpenaiChat | Api::OpenaiCompletion | Api::OpenaiEmbeddings
+            Api::OpenaiChat | Api::OpenaiCompletion | Api::OpenaiEmbeddings | Api::Responses
         )
     }
 }
 
 pub(crate) fn error(api: Api, status: StatusCode, message: &str) -> Response {
+    if api == Api::Messages {
+        let body = events::anthropic_error_body(status.as_u16(), message, 0);
+        let json = [(header::CONTENT_TYPE, "application/json; charset=utf-8")];
+        return (status, json, body).into_response();
+    }
     let body = if api.openai() {
         format::openai_error_body(status.as_u16(), message)
     } else {
         json!({ "error": message })
     };
     (status, axum::Json(body)).into_response()
+}
+
+/// An error the Responses or Messages writer turns Ollama's error into
+/// (`writeError`: its API's format, `json.Encoder`, so `\n`-terminated, and
+/// `application/json`). Errors their middlewares answer themselves
+/// (request validation) go out as [`error`] does, as gin's `c.JSON`.
+pub(crate) fn writer_error(api: Api, status: StatusCode, message: &str) -> Response {
+    let body = match api {
+        Api::Messages => events::anthropic_error_body(status.as_u16(), message, 1),
+        Api::Responses => events::openai_error_body(status.as_u16(), message),
+        _ => return error(api, status, message),
+    };
+    let json = [(header::CONTENT_TYPE, "application/json")];
+    (status, json, format!("{body}\n")).into_response()
 }
 
 pub(crate) fn header_num(headers: &HeaderMap, name: &str) -> Option<u64> {

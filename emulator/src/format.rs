@@ -6,6 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+use crate::events::{Messages, Responses};
+
 /// The completion text, one word per token. Deterministic, so tests can
 /// compare what came through a proxy with what the emulator sent.
 const WORDS: &[&str] = &[
@@ -74,8 +76,17 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 pub enum Shape {
     Generate,
     Chat,
-    OpenaiChat { id: String, include_usage: bool },
-    OpenaiCompletion { id: String },
+    OpenaiChat {
+        id: String,
+        include_usage: bool,
+    },
+    OpenaiCompletion {
+        id: String,
+    },
+    /// `/v1/responses`: typed events (see `events`).
+    Responses(Box<Responses>),
+    /// `/v1/messages`: typed events (see `events`).
+    Messages(Messages),
 }
 
 /// Numbers of the final chunk.
@@ -136,6 +147,8 @@ impl Shape {
     pub fn content_type(&self, stream: bool) -> &'static str {
         match (self, stream) {
             (Shape::Generate | Shape::Chat, true) => "application/x-ndjson",
+            // Their middlewares set it after gin's c.JSON did.
+            (Shape::Responses(_) | Shape::Messages(_), false) => "application/json",
             (_, false) => "application/json; charset=utf-8",
             (_, true) => "text/event-stream",
         }
@@ -162,6 +175,8 @@ impl Shape {
                 "system_fingerprint": "fp_ollama",
                 "choices": [{"text": tok, "index": 0, "finish_reason": null}],
             }))),
+            Shape::Responses(r) => Bytes::from(r.chunk(model, i)),
+            Shape::Messages(m) => Bytes::from(m.chunk(model, i)),
         }
     }
 
@@ -203,11 +218,22 @@ impl Shape {
                 out.push_str("data: [DONE]\n\n");
                 Bytes::from(out)
             }
+            Shape::Responses(r) => Bytes::from(r.last_chunk(model, t)),
+            Shape::Messages(m) => Bytes::from(m.last_chunk(model, t)),
         }
     }
 
-    /// The whole answer of a `stream:false` request.
-    pub fn whole(&self, model: &str, n: usize, t: &Totals) -> Value {
+    /// The whole answer of a `stream:false` request, as sent.
+    pub fn whole_body(&self, model: &str, n: usize, t: &Totals) -> Bytes {
+        match self {
+            Shape::Responses(r) => Bytes::from(r.whole(model, n, t)),
+            Shape::Messages(m) => Bytes::from(m.whole(model, n, t)),
+            _ => Bytes::from(self.whole(model, n, t).to_string()),
+        }
+    }
+
+    /// The whole answer of a `stream:false` request, as a tree.
+    fn whole(&self, model: &str, n: usize, t: &Totals) -> Value {
         let text = text(n);
         match self {
             Shape::Generate => {
@@ -232,6 +258,8 @@ impl Shape {
                 "choices": [{"text": text, "index": 0, "finish_reason": openai_finish(t)}],
                 "usage": openai_usage(t),
             }),
+            // Go structs, in their field order: see `whole_body`.
+            Shape::Responses(_) | Shape::Messages(_) => Value::Null,
         }
     }
 
@@ -239,6 +267,9 @@ impl Shape {
     pub fn stream_error(&self, message: &str) -> Bytes {
         match self {
             Shape::Generate | Shape::Chat => ndjson(&json!({"error": message})),
+            // Their writers read the error line as an empty chat chunk:
+            // nothing more is sent, and the stream ends without its end events.
+            Shape::Responses(_) | Shape::Messages(_) => Bytes::new(),
             _ => Bytes::from(sse(&openai_error_body(500, message))),
         }
     }

@@ -14,7 +14,9 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::api::{
     Api, AppState, Inner, ensure_loaded, error, header_num, keep_alive_expiry, parse_request,
+    writer_error,
 };
+use crate::events::{Messages, Responses};
 use crate::format::{self, Shape, Totals};
 use crate::stats::{Counter, Stats};
 
@@ -149,8 +151,29 @@ pub(crate) async fn generate(
     let started = Instant::now();
     let (req, model) = match parse_request(st, &body) {
         Ok(v) => v,
+        // A model that does not exist is the chat handler's error, which
+        // the Responses and Messages writers turn into their format.
+        Err((StatusCode::NOT_FOUND, msg)) => return writer_error(api, StatusCode::NOT_FOUND, &msg),
         Err((status, msg)) => return error(api, status, &msg),
     };
+    if api == Api::Messages {
+        // AnthropicMessagesMiddleware's own checks.
+        let max_tokens = req.get("max_tokens").and_then(|v| v.as_i64()).unwrap_or(0);
+        let no_messages = req
+            .get("messages")
+            .and_then(|m| m.as_array())
+            .is_none_or(|m| m.is_empty());
+        let refusal = if max_tokens <= 0 {
+            Some("max_tokens is required and must be positive")
+        } else if no_messages {
+            Some("messages is required")
+        } else {
+            None
+        };
+        if let Some(msg) = refusal {
+            return error(api, StatusCode::BAD_REQUEST, msg);
+        }
+    }
     // An empty prompt (or no messages) only loads or unloads the model.
     let load_only = match api {
         Api::Generate => req
@@ -184,7 +207,10 @@ pub(crate) async fn generate(
         .and_then(|s| s.as_bool())
         .unwrap_or(api == Api::Generate || api == Api::Chat);
     let limit = match api {
-        Api::OpenaiChat | Api::OpenaiCompletion => req.get("max_tokens").and_then(|v| v.as_u64()),
+        Api::OpenaiChat | Api::OpenaiCompletion | Api::Messages => {
+            req.get("max_tokens").and_then(|v| v.as_u64())
+        }
+        Api::Responses => req.get("max_output_tokens").and_then(|v| v.as_u64()),
         _ => req.pointer("/options/num_predict").and_then(|v| v.as_u64()),
     };
     let next = st
@@ -201,6 +227,8 @@ pub(crate) async fn generate(
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false),
         },
+        Api::Responses => Shape::Responses(Box::new(Responses::of_request(&req, next))),
+        Api::Messages => Shape::Messages(Messages::of_request(&req, next)),
         _ => Shape::OpenaiCompletion {
             id: format!("cmpl-{next}"),
         },
@@ -235,7 +263,7 @@ pub(crate) async fn generate(
             match chunk {
                 Ok(_) => text_len = run.i,
                 Err(_) => {
-                    return error(
+                    return writer_error(
                         api,
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "model runner has unexpectedly stopped",
@@ -243,8 +271,8 @@ pub(crate) async fn generate(
                 }
             }
         }
-        let v = run.shape.whole(&run.model, text_len, &run.totals());
-        return ([(header::CONTENT_TYPE, content_type)], axum::Json(v)).into_response();
+        let body = run.shape.whole_body(&run.model, text_len, &run.totals());
+        return ([(header::CONTENT_TYPE, content_type)], body).into_response();
     }
     // Ollama writes headers only with the first chunk: nothing reaches the
     // client while the request waits for a slot or a model load.

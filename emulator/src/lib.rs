@@ -1,7 +1,8 @@
 //! An emulator of Ollama's HTTP API, for tests and benchmarks.
 //!
 //! It reproduces the wire behaviour kiln depends on (DESIGN.md §5): NDJSON
-//! and SSE streaming with a configurable delay per token and a final metrics
+//! and SSE streaming (the typed events of `/v1/responses` and `/v1/messages`
+//! too) with a configurable delay per token and a final metrics
 //! chunk, `stream:false`, Ollama's and OpenAI's error bodies, the loopback
 //! `Host` check (403 with an empty body), unbounded waiting beyond
 //! `num_parallel` slots, cancellation when the client goes away, and
@@ -16,6 +17,7 @@
 //! `GET /emulator/stats`.
 
 mod api;
+mod events;
 mod format;
 mod generation;
 pub mod models;
