@@ -1,0 +1,317 @@
+//! Response plugins on `/v1/responses` (OpenAI Responses) and `/v1/messages`
+//! (Anthropic Messages), end to end: kiln-proxy with the example plugins
+//! `output-guard` and `token-budget` (built by scripts/build-plugins) in
+//! front of the Ollama emulator, which writes these APIs' events as
+//! Ollama's Go code does.
+//!
+//! The emulator's text is one word per token: "The ", "sky ", "is ",
+//! "blue ", … so the pattern "sky is" is always split across two deltas.
+
+mod example_plugins;
+mod harness;
+
+use std::path::PathBuf;
+
+use example_plugins::plugin;
+use harness::Stack;
+use kiln_proxy::filter::PluginSpec;
+use kiln_proxy::plugins::{PluginOptions, load_chain};
+use serde_json::{Value, json};
+
+async fn stack(specs: Vec<PluginSpec>) -> Stack {
+    let options = PluginOptions {
+        cache_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugin-cache-tests"),
+        ..PluginOptions::default()
+    };
+    let stage = load_chain(&specs, &options).expect("plugins load");
+    Stack::with_filter(|_, _| {}, stage).await
+}
+
+fn guard() -> PluginSpec {
+    plugin("output-guard", json!({"patterns": ["sky is"]}))
+}
+
+const REDACTED: &str = "The [REDACTED] blue because ";
+
+/// The events of an SSE body: each `event: NAME` line and its data.
+fn events(body: &str) -> Vec<(String, Value)> {
+    body.split_terminator("\n\n")
+        .map(|e| {
+            let (name, data) = e.split_once('\n').expect("event: and data: lines");
+            let name = name.strip_prefix("event: ").expect("the event line kept");
+            let data = data.strip_prefix("data: ").expect("one data line");
+            let v: Value = serde_json::from_str(data).unwrap_or_else(|e| panic!("{e}: {data}"));
+            (name.to_owned(), v)
+        })
+        .collect()
+}
+
+fn of<'a>(ev: &'a [(String, Value)], name: &str) -> Vec<&'a Value> {
+    ev.iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v)
+        .collect()
+}
+
+fn responses(stream: bool) -> Value {
+    json!({"model": "gemma3:4b", "input": "Why is the sky blue?", "stream": stream, "max_output_tokens": 5})
+}
+
+fn messages(stream: bool) -> Value {
+    json!({"model": "gemma3:4b", "max_tokens": 5, "stream": stream,
+           "messages": [{"role": "user", "content": "Why is the sky blue?"}]})
+}
+
+#[tokio::test]
+async fn a_pattern_split_across_messages_deltas_is_redacted() {
+    let stack = stack(vec![guard()]).await;
+    let resp = stack.post("/v1/messages", &messages(true)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let body = resp.text().await.unwrap();
+    assert!(!body.contains("sky is") && !body.contains("sky "), "{body}");
+    let ev = events(&body);
+    for (name, data) in &ev {
+        assert_eq!(&data["type"], name, "event line and data agree: {body}");
+    }
+    let text: String = of(&ev, "content_block_delta")
+        .iter()
+        .map(|d| d["delta"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, REDACTED);
+    let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.first(), Some(&"message_start"));
+    assert_eq!(
+        &names[names.len() - 3..],
+        ["content_block_stop", "message_delta", "message_stop"]
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_pattern_split_across_responses_deltas_is_redacted_in_every_copy() {
+    let stack = stack(vec![guard()]).await;
+    let resp = stack.post("/v1/responses", &responses(true)).await;
+    assert_eq!(resp.status(), 200);
+    let body = resp.text().await.unwrap();
+    assert!(
+        !body.contains("sky is") && !body.contains("sky "),
+        "leaked: {body}"
+    );
+    let ev = events(&body);
+    let deltas: String = of(&ev, "response.output_text.delta")
+        .iter()
+        .map(|d| d["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, REDACTED);
+    // Every copy of the text says what the deltas said.
+    assert_eq!(of(&ev, "response.output_text.done")[0]["text"], REDACTED);
+    assert_eq!(
+        of(&ev, "response.content_part.done")[0]["part"]["text"],
+        REDACTED
+    );
+    assert_eq!(
+        of(&ev, "response.output_item.done")[0]["item"]["content"][0]["text"],
+        REDACTED
+    );
+    let completed = of(&ev, "response.completed")[0];
+    assert_eq!(
+        completed["response"]["output"][0]["content"][0]["text"],
+        REDACTED
+    );
+    assert_eq!(completed["response"]["usage"]["output_tokens"], 5);
+    assert_eq!(
+        ev.last().map(|(n, _)| n.as_str()),
+        Some("response.completed")
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn text_held_to_the_end_is_released_before_the_text_closes() {
+    // The text ends "… blue because ": the guard holds "because " (it may
+    // become "because the") until the event that closes the text, which has
+    // no place for text, so the host sends it in a delta of the API's own
+    // just before — and the Responses copies include it.
+    let stack = stack(vec![plugin(
+        "output-guard",
+        json!({"patterns": ["because the"]}),
+    )])
+    .await;
+    let all = "The sky is blue because ";
+
+    let body = stack
+        .post("/v1/responses", &responses(true))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let ev = events(&body);
+    let deltas: String = of(&ev, "response.output_text.delta")
+        .iter()
+        .map(|d| d["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        deltas, all,
+        "nothing matched: all the text goes out, in order"
+    );
+    let done_at = ev
+        .iter()
+        .position(|(n, _)| n == "response.output_text.done")
+        .unwrap();
+    let (name, released) = &ev[done_at - 1];
+    assert_eq!(
+        (name.as_str(), released["delta"].as_str()),
+        ("response.output_text.delta", Some("because "))
+    );
+    assert_eq!(released["item_id"], ev[done_at].1["item_id"]);
+    assert_eq!(ev[done_at].1["text"], all);
+    assert_eq!(
+        of(&ev, "response.completed")[0]["response"]["output"][0]["content"][0]["text"],
+        all
+    );
+
+    let body = stack
+        .post("/v1/messages", &messages(true))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let ev = events(&body);
+    let stop_at = ev
+        .iter()
+        .position(|(n, _)| n == "content_block_stop")
+        .unwrap();
+    let (name, released) = &ev[stop_at - 1];
+    assert_eq!(name, "content_block_delta");
+    assert_eq!(released["delta"]["text"], "because ");
+    assert_eq!(released["index"], ev[stop_at].1["index"]);
+    let text: String = of(&ev, "content_block_delta")
+        .iter()
+        .map(|d| d["delta"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, all);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn answers_that_do_not_stream_are_redacted_whole() {
+    let stack = stack(vec![guard()]).await;
+    let resp = stack.post("/v1/responses", &responses(false)).await;
+    assert_eq!(resp.status(), 200);
+    let body = resp.text().await.unwrap();
+    assert!(!body.contains("sky is"), "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["output"][0]["content"][0]["text"], REDACTED);
+    assert_eq!(v["usage"]["output_tokens"], 5);
+    assert!(
+        body.starts_with("{\"id\":\"resp_"),
+        "the body keeps Ollama's field order (the text is spliced in): {body}"
+    );
+
+    let v: Value = stack
+        .post("/v1/messages", &messages(false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["content"][0]["text"], REDACTED);
+    assert_eq!(v["content"].as_array().unwrap().len(), 1);
+    assert_eq!(v["usage"]["output_tokens"], 5);
+    stack.shutdown().await;
+}
+
+/// The number in "used N of B tokens" of a token-budget refusal, whose body
+/// must be in the client's format (both APIs keep it in `error.message`).
+async fn refused_after(stack: &Stack, path: &str, caller: &str, body: &Value) -> u64 {
+    let resp = stack
+        .client
+        .post(stack.url(path))
+        .header("x-kiln-caller", caller)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429, "{caller}: the budget is spent");
+    let v: Value = resp.json().await.unwrap();
+    let msg = v["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("error in the client's format: {v}"));
+    msg.split("used ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {msg:?}"))
+}
+
+async fn send(stack: &Stack, path: &str, caller: &str, body: &Value) -> String {
+    let resp = stack
+        .client
+        .post(stack.url(path))
+        .header("x-kiln-caller", caller)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{caller}: the first request has budget");
+    resp.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn token_budgets_count_usage_on_both_routes() {
+    // A budget of 1 token: the first request of each caller runs and its
+    // usage is counted; the refusal says how much.
+    let stack = stack(vec![plugin("token-budget", json!({"budget": 1}))]).await;
+
+    // Responses, not streamed: `usage` in the body.
+    let v: Value =
+        serde_json::from_str(&send(&stack, "/v1/responses", "r-whole", &responses(false)).await)
+            .unwrap();
+    let want = v["usage"]["total_tokens"].as_u64().unwrap();
+    assert!(want > 5);
+    assert_eq!(
+        refused_after(&stack, "/v1/responses", "r-whole", &responses(false)).await,
+        want
+    );
+
+    // Responses, streamed: `response.completed`'s usage.
+    let body = send(&stack, "/v1/responses", "r-stream", &responses(true)).await;
+    let ev = events(&body);
+    let want = of(&ev, "response.completed")[0]["response"]["usage"]["total_tokens"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        refused_after(&stack, "/v1/responses", "r-stream", &responses(true)).await,
+        want
+    );
+
+    // Messages, not streamed.
+    let v: Value =
+        serde_json::from_str(&send(&stack, "/v1/messages", "m-whole", &messages(false)).await)
+            .unwrap();
+    let want = v["usage"]["input_tokens"].as_u64().unwrap() + 5;
+    assert_eq!(
+        refused_after(&stack, "/v1/messages", "m-whole", &messages(false)).await,
+        want
+    );
+
+    // Messages, streamed: input tokens from `message_start`, replaced by the
+    // final count in `message_delta` (Ollama's; the estimate differs), plus
+    // the output tokens.
+    let body = send(&stack, "/v1/messages", "m-stream", &messages(true)).await;
+    let ev = events(&body);
+    let estimate = of(&ev, "message_start")[0]["message"]["usage"]["input_tokens"]
+        .as_u64()
+        .unwrap();
+    let end = &of(&ev, "message_delta")[0]["usage"];
+    let input = end["input_tokens"].as_u64().unwrap();
+    assert_ne!(
+        estimate, input,
+        "the emulator's estimate differs, as Ollama's does"
+    );
+    assert_eq!(
+        refused_after(&stack, "/v1/messages", "m-stream", &messages(true)).await,
+        input + end["output_tokens"].as_u64().unwrap()
+    );
+    stack.shutdown().await;
+}
