@@ -13,7 +13,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use crate::routes::{ApiStyle, error_body};
+use crate::routes::{ApiStyle, error_body, sse_error};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ReqBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -245,9 +245,7 @@ impl<E: OnEnd> Passthrough<E> {
                 if self.last_two != [b'\n', b'\n'] {
                     line.extend_from_slice(b"\n\n");
                 }
-                line.extend_from_slice(b"data: ");
-                line.extend(error_body(self.style, 500, &message));
-                line.extend_from_slice(b"\n\n");
+                line.extend_from_slice(&sse_error(self.style, 500, &message));
             }
             Framing::Opaque => return Poll::Ready(Some(Err(message.into()))),
         }

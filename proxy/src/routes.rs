@@ -13,11 +13,17 @@ pub enum ApiStyle {
     Ollama,
     /// `{"error":{"message":…,"type":…,"param":null,"code":…}}` on `/v1/*`.
     OpenAi,
+    /// `{"type":"error","error":{"type":…,"message":…}}` on `/v1/messages`
+    /// (Anthropic's format, which Ollama uses there: anthropic.NewError);
+    /// streamed, an `error` event.
+    Anthropic,
 }
 
 impl ApiStyle {
     pub fn of_path(path: &str) -> ApiStyle {
-        if path.starts_with("/v1/") {
+        if path.trim_end_matches('/') == "/v1/messages" {
+            ApiStyle::Anthropic
+        } else if path.starts_with("/v1/") {
             ApiStyle::OpenAi
         } else {
             ApiStyle::Ollama
@@ -114,8 +120,36 @@ pub fn error_body(style: ApiStyle, status: u16, message: &str) -> Vec<u8> {
             };
             serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
         }
+        ApiStyle::Anthropic => {
+            let kind = match status {
+                400 | 405 => "invalid_request_error",
+                401 => "authentication_error",
+                403 => "permission_error",
+                404 => "not_found_error",
+                413 => "request_too_large",
+                429 => "rate_limit_error",
+                503 | 529 => "overloaded_error",
+                _ => "api_error",
+            };
+            serde_json::json!({"type": "error", "error": {"type": kind, "message": message}})
+        }
     };
     serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// An error as one more SSE event of a stream whose status is long sent:
+/// `data: {…}` (OpenAI's clients raise on a data `error`), or Anthropic's
+/// `event: error` (its clients dispatch on the event name and skip unnamed
+/// events).
+pub fn sse_error(style: ApiStyle, status: u16, message: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    if style == ApiStyle::Anthropic {
+        out.extend_from_slice(b"event: error\n");
+    }
+    out.extend_from_slice(b"data: ");
+    out.extend(error_body(style, status, message));
+    out.extend_from_slice(b"\n\n");
+    out
 }
 
 #[cfg(test)]
@@ -146,6 +180,17 @@ mod tests {
         assert_eq!(v["error"]["message"], "busy");
         assert_eq!(v["error"]["type"], "rate_limit_error");
         assert_eq!(ApiStyle::of_path("/v1/models"), ApiStyle::OpenAi);
+        assert_eq!(ApiStyle::of_path("/v1/responses"), ApiStyle::OpenAi);
+        assert_eq!(ApiStyle::of_path("/v1/messages"), ApiStyle::Anthropic);
+        let a: serde_json::Value =
+            serde_json::from_slice(&error_body(ApiStyle::Anthropic, 429, "busy")).unwrap();
+        assert_eq!(
+            a,
+            serde_json::json!({"type": "error", "error": {"type": "rate_limit_error", "message": "busy"}})
+        );
+        let e = sse_error(ApiStyle::Anthropic, 500, "boom");
+        assert!(e.starts_with(b"event: error\ndata: {") && e.ends_with(b"}\n\n"));
+        assert!(sse_error(ApiStyle::OpenAi, 500, "boom").starts_with(b"data: {\"error\""));
         assert_eq!(ApiStyle::of_path("/api/chat"), ApiStyle::Ollama);
     }
 }

@@ -234,6 +234,13 @@ async fn refused_after(stack: &Stack, path: &str, caller: &str, body: &Value) ->
         .unwrap();
     assert_eq!(resp.status(), 429, "{caller}: the budget is spent");
     let v: Value = resp.json().await.unwrap();
+    if path == "/v1/messages" {
+        assert_eq!(
+            (v["type"].as_str(), v["error"]["type"].as_str()),
+            (Some("error"), Some("rate_limit_error")),
+            "Anthropic's format: {v}"
+        );
+    }
     let msg = v["error"]["message"]
         .as_str()
         .unwrap_or_else(|| panic!("error in the client's format: {v}"));
@@ -312,6 +319,37 @@ async fn token_budgets_count_usage_on_both_routes() {
     assert_eq!(
         refused_after(&stack, "/v1/messages", "m-stream", &messages(true)).await,
         input + end["output_tokens"].as_u64().unwrap()
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stream_that_breaks_ends_with_an_error_event_of_the_clients_api() {
+    let stack = stack(vec![guard()]).await;
+    let body = stack
+        .client
+        .post(stack.url("/v1/messages"))
+        .header("x-emulator-fail-after", "2")
+        .json(&messages(true))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ev = events(&body);
+    let (name, last) = ev.last().unwrap();
+    assert_eq!(
+        name, "error",
+        "Anthropic clients dispatch on the event name: {body}"
+    );
+    assert_eq!(last["type"], "error");
+    assert_eq!(last["error"]["type"], "api_error");
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("broke off")
     );
     stack.shutdown().await;
 }

@@ -24,7 +24,7 @@ use super::transcript::Transcript;
 use super::{ResponseContext, ResponseHooks, ResponseOutcome};
 use crate::body::{BoxError, COALESCE_MAX, OnEnd, Outcome};
 use crate::framing::{Format, Framer};
-use crate::routes::{ApiStyle, error_body};
+use crate::routes::{ApiStyle, error_body, sse_error};
 
 /// How the streamed body is set up.
 pub struct StreamSetup {
@@ -213,9 +213,7 @@ impl<E: OnEnd> FilteredStream<E> {
                 if last_two != [b'\n', b'\n'] {
                     out.extend_from_slice(b"\n\n");
                 }
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(&error_body(self.style, 500, &message));
-                out.extend_from_slice(b"\n\n");
+                out.extend_from_slice(&sse_error(self.style, 500, &message));
             }
         }
         self.close(outcome, out)
