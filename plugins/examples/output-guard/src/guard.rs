@@ -2,21 +2,26 @@
 //! piece, redacted text comes out, and only the tail that could still become
 //! a match is held back.
 //!
-//! One lazy DFA does all the work, run anchored at each position of the held
-//! text (leftmost-first, like `find_iter`): a run that dies has either
-//! matched (the match is final: redact it) or not (the position is final:
-//! release it); a run still alive at the end of the text could become a
-//! match with more text, so everything from there on is held. Text that
-//! cannot start a match (most text) is released at once; the held tail is
-//! also capped at `window` characters, so a pattern that keeps matching
-//! (say `[0-9]+` on a long number) cannot hold the stream indefinitely.
+//! One lazy DFA does all the work. Every position that could start a match
+//! gets an anchored run of the DFA (leftmost-first, like `find_iter`); a
+//! run that dies has either matched (the match is final once no earlier
+//! run is still going: redact it) or not (the position is final: release
+//! it); a run still alive at the end of the text could become a match with
+//! more text, so everything from its start on is held. Runs keep their DFA
+//! state between pieces, so each byte is stepped once per run that covers
+//! it, never rescanned; a byte table skips positions no pattern can start
+//! at. Text that cannot start a match (most text) is released at once; the
+//! held tail is also capped at `window` characters, so a pattern that keeps
+//! matching (say `[0-9]+` on a long number) cannot hold the stream
+//! indefinitely.
 //!
 //! Only the DFA is compiled (no other regex engine), because a fresh plugin
 //! instance serves each answer and compiles the patterns again.
 
 use regex_automata::hybrid::LazyStateID;
 use regex_automata::hybrid::dfa::{Cache, DFA};
-use regex_automata::{Anchored, Input};
+use regex_automata::util::start;
+use regex_automata::{Anchored, MatchKind};
 
 /// Patterns for `pii = true`: email addresses, payment card numbers, US
 /// social security numbers and phone numbers (North American and
@@ -28,21 +33,50 @@ pub const PII_PATTERNS: &[&str] = &[
     r"(?:\+[0-9]{1,3}[ .-]?)?(?:\([0-9]{3}\)|[0-9]{3})[ .-]?[0-9]{3}[ .-]?[0-9]{4}(?-u:\b)",
 ];
 
+/// Look-behind bytes that stand for every start condition a pattern can
+/// ask about (none, a word byte, a non-word byte, line ends).
+const LOOK_BEHINDS: [Option<u8>; 5] = [None, Some(b'a'), Some(b' '), Some(b'\n'), Some(b'\r')];
+
 pub struct Guard {
     dfa: DFA,
     cache: Cache,
+    /// `can_start[b]`: some pattern can begin with byte `b`.
+    can_start: [bool; 256],
     window: usize,
     replacement: String,
+    /// The text not released yet.
     held: String,
+    /// The byte just before `held`, for look-behind (`\b`).
+    before_held: Option<u8>,
+    /// The anchored runs from positions of `held`, in order of position.
+    runs: Vec<Run>,
+    /// `cache.clear_count()` when the runs' states were taken: a cleared
+    /// cache invalidates them.
+    clears: usize,
+    /// What the last call released, kept to reuse its allocation.
+    out: String,
 }
 
-/// How an anchored run from one position ended.
-enum Run {
-    /// More text could still make (or extend) a match from here; the end
-    /// of the match found so far, if any.
-    Alive(Option<usize>),
-    /// Nothing more can match from here; the end of the match found, if any.
-    Dead(Option<usize>),
+/// An anchored run of the DFA from one position of the held text.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    /// Byte offset in `held`.
+    start: usize,
+    state: State,
+    /// End of the longest match found so far (leftmost-first).
+    found: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum State {
+    /// More text could still make (or extend) a match: the DFA state after
+    /// the held text.
+    Alive(LazyStateID),
+    /// The DFA gave up (a byte it cannot decide on, e.g. non-ASCII around a
+    /// Unicode `\b`): undecided until the end of the text.
+    Stuck,
+    /// Nothing more can match from here.
+    Done,
 }
 
 impl Guard {
@@ -50,9 +84,14 @@ impl Guard {
     pub fn new(patterns: &[String], window: usize, replacement: &str) -> Result<Guard, String> {
         let build = |ps: &[String]| {
             DFA::builder()
-                // Unicode \b works on ASCII text; on other text the DFA gives
-                // up, and the guard holds that text (up to the window).
-                .configure(DFA::config().unicode_word_boundary(true))
+                .configure(
+                    DFA::config()
+                        .match_kind(MatchKind::LeftmostFirst)
+                        // Unicode \b works on ASCII text; on other text the
+                        // DFA gives up, and the guard holds that text (up to
+                        // the window).
+                        .unicode_word_boundary(true),
+                )
                 .build_many(ps)
                 .map_err(Box::new)
         };
@@ -65,13 +104,20 @@ impl Guard {
                 None => format!("patterns do not compile: {e}"),
             }
         })?;
-        let cache = dfa.create_cache();
+        let mut cache = dfa.create_cache();
+        let can_start = start_bytes(&dfa, &mut cache);
+        let clears = cache.clear_count();
         Ok(Guard {
             dfa,
             cache,
+            can_start,
             window,
             replacement: replacement.to_owned(),
             held: String::new(),
+            before_held: None,
+            runs: Vec::new(),
+            clears,
+            out: String::new(),
         })
     }
 
@@ -81,134 +127,240 @@ impl Guard {
     }
 
     /// Takes the next piece of text; returns what can be sent now, redacted.
-    pub fn push(&mut self, text: &str) -> String {
+    pub fn push(&mut self, text: &str) -> &str {
+        self.out.clear();
+        let old = self.held.len();
         self.held.push_str(text);
-        let mut out = String::new();
-        let at = self.scan(&mut out, 0, false);
-        let held_chars = self.held[at..].chars().count();
-        let at = if held_chars > self.window {
+        for k in 0..self.runs.len() {
+            self.advance(k, old);
+        }
+        self.start_runs(old);
+        if self.cache.clear_count() != self.clears {
+            self.restart_runs();
+        }
+        let mut release = self.resolve(false);
+        let held_chars = self.held[release..].chars().count();
+        if held_chars > self.window {
             // Over the window: the oldest text goes out as it is now.
             let excess = held_chars - self.window;
-            let force_to = at
-                + self.held[at..]
+            let force_to = release
+                + self.held[release..]
                     .char_indices()
                     .nth(excess)
-                    .map_or(self.held.len() - at, |(i, _)| i);
-            self.scan_forced(&mut out, at, force_to)
-        } else {
-            at
-        };
-        self.held.drain(..at);
-        out
+                    .map_or(self.held.len() - release, |(i, _)| i);
+            release = self.force(release, force_to);
+        }
+        self.release(release);
+        &self.out
     }
 
     /// The end of the text: everything held, redacted.
-    pub fn finish(&mut self) -> String {
-        let mut out = String::new();
-        let at = self.scan(&mut out, 0, true);
-        self.held.drain(..at);
-        out
-    }
-
-    /// Walks the held text from `from`: final text and redactions go to
-    /// `out`; returns where the held tail starts (the end, at `at_end`).
-    fn scan(&mut self, out: &mut String, from: usize, at_end: bool) -> usize {
-        let (mut i, mut plain) = (from, from);
-        while i < self.held.len() {
-            match self.run(i, at_end) {
-                Run::Alive(_) => break,
-                Run::Dead(Some(end)) if end > i => {
-                    out.push_str(&self.held[plain..i]);
-                    out.push_str(&self.replacement);
-                    (i, plain) = (end, end);
+    pub fn finish(&mut self) -> &str {
+        self.out.clear();
+        let len = self.held.len();
+        for run in &mut self.runs {
+            if let State::Alive(sid) = run.state {
+                // A match may need the end of the text (`\b`, `$`).
+                if self
+                    .dfa
+                    .next_eoi_state(&mut self.cache, sid)
+                    .is_ok_and(|eoi| eoi.is_match())
+                {
+                    run.found = Some(len);
                 }
-                Run::Dead(_) => i = self.next_char(i),
             }
+            run.state = State::Done;
         }
-        out.push_str(&self.held[plain..i]);
-        i
+        let release = self.resolve(true);
+        debug_assert_eq!(release, len);
+        self.release(len);
+        &self.out
     }
 
-    /// Releases the held text from `from` to at least `to`, redacting
-    /// the matches already complete in it.
-    fn scan_forced(&mut self, out: &mut String, from: usize, to: usize) -> usize {
-        let (mut i, mut plain) = (from, from);
-        while i < to {
-            match self.run(i, false) {
-                // A match still growing is cut here: what matched so far goes.
-                Run::Dead(Some(end)) | Run::Alive(Some(end)) if end > i => {
-                    out.push_str(&self.held[plain..i]);
-                    out.push_str(&self.replacement);
-                    (i, plain) = (end, end);
-                }
-                _ => i = self.next_char(i),
+    /// Starts a run at every char boundary of `held[from..]` some pattern
+    /// can start at.
+    fn start_runs(&mut self, from: usize) {
+        let mut at = from;
+        while at < self.held.len() {
+            let b = self.held.as_bytes()[at];
+            let next = at + utf8_len(b);
+            if self.can_start[b as usize] {
+                let look_behind = match at {
+                    0 => self.before_held,
+                    _ => Some(self.held.as_bytes()[at - 1]),
+                };
+                let config = start::Config::new()
+                    .anchored(Anchored::Yes)
+                    .look_behind(look_behind);
+                let state = match self.dfa.start_state(&mut self.cache, &config) {
+                    Ok(sid) => State::Alive(sid),
+                    Err(_) => State::Stuck,
+                };
+                self.runs.push(Run {
+                    start: at,
+                    state,
+                    found: None,
+                });
+                let k = self.runs.len() - 1;
+                self.advance(k, at);
             }
+            at = next;
         }
-        out.push_str(&self.held[plain..i]);
-        i
     }
 
-    /// The char boundary after the char at `i`.
-    fn next_char(&self, i: usize) -> usize {
-        i + self.held[i..].chars().next().map_or(1, char::len_utf8)
-    }
-
-    /// Runs the DFA anchored at `start` over the held text.
-    fn run(&mut self, start: usize, at_end: bool) -> Run {
-        let (dfa, cache, hay) = (&self.dfa, &mut self.cache, self.held.as_bytes());
-        let input = Input::new(hay).range(start..).anchored(Anchored::Yes);
-        let Ok(mut sid) = dfa.start_state_forward(cache, &input) else {
-            return if at_end {
-                Run::Dead(None)
-            } else {
-                Run::Alive(None)
-            };
+    /// Steps run `k` over `held[from..]`.
+    fn advance(&mut self, k: usize, from: usize) {
+        let Run { state, found, .. } = &mut self.runs[k];
+        let State::Alive(mut sid) = *state else {
+            return;
         };
-        let mut found = None;
-        for (at, &b) in hay.iter().enumerate().skip(start) {
-            sid = match dfa.next_state(cache, sid, b) {
-                Ok(s) => s,
-                Err(_) => {
-                    return if at_end {
-                        Run::Dead(found)
-                    } else {
-                        Run::Alive(found)
-                    };
+        for (at, &b) in self.held.as_bytes().iter().enumerate().skip(from) {
+            sid = match self.dfa.next_state(&mut self.cache, sid, b) {
+                Ok(s) if !s.is_quit() => s,
+                _ => {
+                    *state = State::Stuck;
+                    return;
                 }
             };
             if sid.is_match() {
                 // Match states trail by one byte: this match ended at `at`.
-                found = Some(at);
+                *found = Some(at);
             } else if sid.is_dead() {
-                return Run::Dead(found);
-            } else if sid.is_quit() {
-                return if at_end {
-                    Run::Dead(found)
-                } else {
-                    Run::Alive(found)
-                };
+                *state = State::Done;
+                return;
             }
         }
-        if at_end {
-            if dfa
-                .next_eoi_state(cache, sid)
-                .is_ok_and(|eoi| eoi.is_match())
-            {
-                found = Some(hay.len());
-            }
-            return Run::Dead(found);
-        }
-        if sid.is_match() && !grows(dfa, cache, sid) {
-            return Run::Dead(found);
-        }
-        Run::Alive(found)
+        *state = if sid.is_match() && !grows(&self.dfa, &mut self.cache, sid) {
+            State::Done
+        } else {
+            State::Alive(sid)
+        };
     }
+
+    /// The cache was cleared, so the runs' states are stale: runs again
+    /// from every position of the held text. Should that clear the cache
+    /// again, the live runs wait for the end of the text instead.
+    fn restart_runs(&mut self) {
+        self.runs.clear();
+        self.clears = self.cache.clear_count();
+        self.start_runs(0);
+        if self.cache.clear_count() != self.clears {
+            for run in &mut self.runs {
+                if let State::Alive(_) = run.state {
+                    run.state = State::Stuck;
+                }
+            }
+            self.clears = self.cache.clear_count();
+        }
+    }
+
+    /// Releases what is decided, from the front: text no run covers goes
+    /// out, a finished match goes out redacted. Returns where the held text
+    /// now starts (the first undecided run). `at_end`: every run is done.
+    fn resolve(&mut self, at_end: bool) -> usize {
+        let mut plain = 0;
+        let mut k = 0;
+        while k < self.runs.len() {
+            let run = self.runs[k];
+            if run.start < plain {
+                k += 1; // inside a match already redacted
+                continue;
+            }
+            if !at_end && !matches!(run.state, State::Done) {
+                break;
+            }
+            if let Some(end) = run.found.filter(|&end| end > run.start) {
+                self.out.push_str(&self.held[plain..run.start]);
+                self.out.push_str(&self.replacement);
+                plain = end;
+            }
+            k += 1;
+        }
+        let release = self.runs.get(k).map_or(self.held.len(), |r| r.start);
+        self.runs.drain(..k);
+        let release = release.max(plain);
+        self.out.push_str(&self.held[plain..release]);
+        release
+    }
+
+    /// Releases the held text from `from` to at least `to`, redacting the
+    /// matches found so far in it: a match still growing is cut here, and
+    /// what matched so far goes. Returns where the held text now starts.
+    fn force(&mut self, from: usize, to: usize) -> usize {
+        let mut plain = from;
+        for run in &self.runs {
+            if run.start >= to.max(plain) {
+                break;
+            }
+            if run.start < plain {
+                continue;
+            }
+            if let Some(end) = run.found.filter(|&end| end > run.start) {
+                self.out.push_str(&self.held[plain..run.start]);
+                self.out.push_str(&self.replacement);
+                plain = end;
+            }
+        }
+        let release = to.max(plain);
+        self.out.push_str(&self.held[plain..release]);
+        release
+    }
+
+    /// Drops `held[..to]` (already written to `out`) and the runs in it.
+    fn release(&mut self, to: usize) {
+        if to == 0 {
+            return;
+        }
+        self.before_held = Some(self.held.as_bytes()[to - 1]);
+        self.held.drain(..to);
+        self.runs.retain(|r| r.start >= to);
+        for run in &mut self.runs {
+            run.start -= to;
+            run.found = run.found.map(|end| end - to);
+        }
+    }
+}
+
+/// The bytes some pattern can begin with, under any look-behind: a
+/// position starting with another byte needs no run.
+fn start_bytes(dfa: &DFA, cache: &mut Cache) -> [bool; 256] {
+    let mut can = [false; 256];
+    for look_behind in LOOK_BEHINDS {
+        let config = start::Config::new()
+            .anchored(Anchored::Yes)
+            .look_behind(look_behind);
+        let Ok(sid) = dfa.start_state(cache, &config) else {
+            return [true; 256];
+        };
+        if sid.is_match() {
+            return [true; 256]; // a pattern matches the empty string
+        }
+        for b in 0..=255u8 {
+            if dfa
+                .next_state(cache, sid, b)
+                .map_or(true, |next| !next.is_dead())
+            {
+                can[b as usize] = true;
+            }
+        }
+    }
+    can
 }
 
 /// Whether some next byte keeps the DFA going from `sid` (`[0-9]+` can
 /// grow; `sky is` cannot once matched).
 fn grows(dfa: &DFA, cache: &mut Cache, sid: LazyStateID) -> bool {
     (0..=255u8).any(|b| dfa.next_state(cache, sid, b).map_or(true, |n| !n.is_dead()))
+}
+
+/// The length of the UTF-8 sequence a leading byte starts.
+fn utf8_len(b: u8) -> usize {
+    match b {
+        0xF0..=0xFF => 4,
+        0xE0..=0xEF => 3,
+        0xC0..=0xDF => 2,
+        _ => 1,
+    }
 }
 
 #[cfg(test)]
@@ -222,8 +374,8 @@ mod tests {
 
     /// Feeds `pieces` and collects the output, flushed at the end.
     fn run(g: &mut Guard, pieces: &[&str]) -> String {
-        let mut out: String = pieces.iter().map(|p| g.push(p)).collect();
-        out.push_str(&g.finish());
+        let mut out: String = pieces.iter().map(|p| g.push(p).to_owned()).collect();
+        out.push_str(g.finish());
         out
     }
 
@@ -311,6 +463,52 @@ mod tests {
         let mut g = guard(&["ab", "abcd", "cde"]);
         // "ab" wins at 0 (first pattern), then "cde" from 2.
         assert_eq!(run(&mut g, &["xabcdex"]), "x[REDACTED][REDACTED]x");
+    }
+
+    /// The streamed output equals `find_iter` + replace on the whole text,
+    /// however the text is cut (pseudo-random texts and cuts, ASCII so the
+    /// reference regex never gives up on a Unicode `\b`).
+    #[test]
+    fn any_cut_gives_what_find_iter_gives_on_the_whole_text() {
+        let mut patterns: Vec<String> = PII_PATTERNS.iter().map(|s| s.to_string()).collect();
+        patterns.push(r"\bsky is\b".into());
+        patterns.push("ab+c".into());
+        let whole = regex_automata::hybrid::regex::Regex::builder()
+            .dfa(DFA::config().unicode_word_boundary(true))
+            .build_many(&patterns)
+            .unwrap();
+        let mut cache = whole.create_cache();
+        let alphabet = b"abc sky is 0123456789 @.-+() x\n";
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for round in 0..300 {
+            let len = 1 + next(120);
+            let text: String = (0..len)
+                .map(|_| alphabet[next(alphabet.len())] as char)
+                .collect();
+            let mut expected = String::new();
+            let mut last = 0;
+            for m in whole.find_iter(&mut cache, &text) {
+                expected.push_str(&text[last..m.start()]);
+                expected.push('#');
+                last = m.end();
+            }
+            expected.push_str(&text[last..]);
+            let mut g = Guard::new(&patterns, 10_000, "#").unwrap();
+            let mut pieces = Vec::new();
+            let mut at = 0;
+            while at < len {
+                let to = (at + 1 + next(12)).min(len);
+                pieces.push(&text[at..to]);
+                at = to;
+            }
+            assert_eq!(run(&mut g, &pieces), expected, "round {round}: {pieces:?}");
+        }
     }
 
     #[test]

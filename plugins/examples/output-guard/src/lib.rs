@@ -95,20 +95,26 @@ impl ResponsePlugin for OutputGuard {
 }
 
 /// One chunk through the guard: text that is unchanged passes as is (the
-/// host then re-encodes nothing).
+/// host then re-encodes nothing, and nothing is allocated here).
 pub fn filter_chunk(guard: &mut Guard, chunk: &Chunk) -> ChunkAction {
     let Some(text) = chunk.text.as_deref() else {
         // No text in this chunk. Held text must not outlive the stream: put
         // it before the end marker (`[DONE]`, an error line).
         if guard.held_chars() > 0 && (chunk.done || chunk.json().is_none() || is_error(chunk)) {
-            return ChunkAction::Rewrite(guard.finish());
+            return ChunkAction::Rewrite(guard.finish().to_owned());
         }
         return ChunkAction::Pass;
     };
-    let mut out = guard.push(text);
-    if chunk.done {
-        out.push_str(&guard.finish());
+    if !chunk.done {
+        let out = guard.push(text);
+        return if out == text {
+            ChunkAction::Pass
+        } else {
+            ChunkAction::Rewrite(out.to_owned())
+        };
     }
+    let mut out = guard.push(text).to_owned();
+    out.push_str(guard.finish());
     if out == text {
         ChunkAction::Pass
     } else {
