@@ -183,6 +183,12 @@ impl Chunk {
         self.info().text.as_deref()
     }
 
+    /// The text, when something read it already ([`Chunk::text`] parses on
+    /// first use; this never does).
+    pub fn text_read(&self) -> Option<&str> {
+        self.info.get()?.text.as_deref()
+    }
+
     /// True when generation ends with this chunk (see the WIT `chunk.done`).
     pub fn done(&self) -> bool {
         self.kind == Kind::Whole || self.info().done

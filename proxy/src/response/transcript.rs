@@ -12,8 +12,12 @@
 //! A [`Transcript`] follows one answer's chunks after the hooks, in the
 //! order they are sent: it keeps the text of each message item as sent and,
 //! once any text event was rewritten or inserted, rewrites the copies. Only
-//! streamed Responses answers get one; until a hook changes something it
-//! only appends each delta's text (already read for the hooks) to a string.
+//! streamed Responses answers get one. Until a hook changes something it
+//! parses nothing: it appends the text the hooks already read to a string,
+//! and tells events apart by their `event:` line. (A chunk no hook read
+//! went past hooks that had all stopped looking — `pass-rest`, or left out
+//! after a failure — and none of them can change a later chunk either, so
+//! nothing unread is missed before a change; after one, every delta is read.)
 //! Other APIs send their text once (a whole body too, where `set_text`
 //! places it), and pay nothing.
 
@@ -46,17 +50,20 @@ impl Transcript {
             self.item(&id).push_str(&inserted);
             self.diverged = true;
         }
-        if let Some(text) = chunk.text() {
-            let text = text.to_owned();
-            let current = match self.items.last_mut() {
-                Some((_, t)) => t,
+        let is_delta = if self.diverged {
+            chunk.text().is_some()
+        } else {
+            chunk.text_read().is_some()
+        };
+        if is_delta {
+            if self.items.is_empty() {
                 // A delta without its `output_item.added`: use the id it names.
-                None => {
-                    let (id, _) = events::responses_item(chunk.tree().map(|v| &*v));
-                    self.item(&id)
-                }
-            };
-            current.push_str(&text);
+                let (id, _) = events::responses_item(chunk.tree().map(|v| &*v));
+                self.item(&id);
+            }
+            if let (Some((_, sent)), Some(text)) = (self.items.last_mut(), chunk.text()) {
+                sent.push_str(text);
+            }
             self.diverged |= chunk.text_edited();
             return;
         }
@@ -191,6 +198,13 @@ mod tests {
         )
     }
 
+    /// What the hooks do to every chunk they see: read its text.
+    fn hooks_read(chunks: &[Chunk]) {
+        for c in chunks {
+            c.text();
+        }
+    }
+
     fn data(c: &Chunk) -> Value {
         let raw = c.raw();
         let s = std::str::from_utf8(&raw).unwrap();
@@ -240,6 +254,7 @@ mod tests {
         let mut t = Transcript::of(Shape::OpenaiResponses, Kind::Event).unwrap();
         t.sent(&mut added());
         let mut d = [delta(3, "my "), delta(4, "secret "), delta(5, "plan")];
+        hooks_read(&d);
         assert!(d[1].set_text("[REDACTED] ".into()));
         for c in &mut d {
             t.sent(c);
@@ -271,6 +286,7 @@ mod tests {
         let mut d = [delta(3, "my "), delta(4, "secret "), delta(5, "plan")];
         // A hook holds "secret plan" back, then releases it redacted at the
         // done event, which has no place for text: it goes in a delta before.
+        hooks_read(&d);
         d[1].set_text(String::new());
         d[2].set_text(String::new());
         for c in &mut d {
@@ -297,7 +313,9 @@ mod tests {
     fn untouched_answers_keep_their_bytes() {
         let mut t = Transcript::of(Shape::OpenaiResponses, Kind::Event).unwrap();
         t.sent(&mut added());
-        for c in &mut [delta(3, "my "), delta(4, "plan")] {
+        let mut d = [delta(3, "my "), delta(4, "plan")];
+        hooks_read(&d);
+        for c in &mut d {
             t.sent(c);
         }
         for c in &mut the_end() {
@@ -306,5 +324,21 @@ mod tests {
             assert_eq!(c.raw(), before);
         }
         assert_eq!(t.items, vec![("msg_1".into(), "my plan".into())]);
+    }
+
+    #[test]
+    fn chunks_no_hook_read_are_not_parsed() {
+        let mut t = Transcript::of(Shape::OpenaiResponses, Kind::Event).unwrap();
+        t.sent(&mut added());
+        let mut d = delta(3, "my ");
+        t.sent(&mut d);
+        assert!(
+            d.text_read().is_none(),
+            "hooks that stopped looking cost nothing"
+        );
+        let mut end = the_end();
+        let before = end[0].raw();
+        t.sent(&mut end[0]);
+        assert_eq!(end[0].raw(), before);
     }
 }
