@@ -202,6 +202,17 @@ fn find_event_end(data: &[u8], scanned: &mut usize, line_start: &mut usize) -> O
 /// `\n`, one leading space stripped from each (the SSE rules). `None` for an
 /// event without data (a comment, a lone `event:` or `id:`).
 pub fn sse_data(event: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+    // Most events are one `data:` line (all of Ollama's OpenAI events are):
+    // borrowed after one search for the line end.
+    if let Some(rest) = event.strip_prefix(b"data:") {
+        let end = memchr::memchr2(b'\n', b'\r', rest).unwrap_or(rest.len());
+        if rest[end..].iter().all(|b| matches!(b, b'\n' | b'\r')) {
+            let value = &rest[..end];
+            return Some(std::borrow::Cow::Borrowed(
+                value.strip_prefix(b" ").unwrap_or(value),
+            ));
+        }
+    }
     let mut lines = event
         .split(|b| *b == b'\n' || *b == b'\r')
         .filter_map(|line| {

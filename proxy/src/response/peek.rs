@@ -34,9 +34,36 @@ struct Peek<'a> {
     #[serde(default)]
     prompt_eval_count: Option<u64>,
     #[serde(borrow, default)]
-    choices: Option<Vec<Choice<'a>>>,
+    choices: Option<FirstChoice<'a>>,
     #[serde(default)]
     usage: Option<OpenaiUsage>,
+}
+
+/// `choices`, of which the hooks read only the first: the others are
+/// skipped without being collected (no allocation per chunk).
+struct FirstChoice<'a> {
+    first: Option<Choice<'a>>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for FirstChoice<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = FirstChoice<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of choices")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let first = seq.next_element::<Choice<'a>>()?;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(FirstChoice { first })
+            }
+        }
+        d.deserialize_seq(Visit(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
@@ -96,7 +123,7 @@ fn read_as<'a, P: Deserialize<'a> + Reading>(json: &'a [u8], kind: Kind, shape: 
 }
 
 fn from_peek(p: Peek, kind: Kind, shape: Shape) -> Info {
-    let first = p.choices.as_ref().and_then(|c| c.first());
+    let first = p.choices.as_ref().and_then(|c| c.first.as_ref());
     let text = match (shape, kind) {
         (Shape::OllamaGenerate, _) => p.response,
         (Shape::OllamaChat, _) => p.message.and_then(|m| m.content),
@@ -126,7 +153,7 @@ fn from_peek(p: Peek, kind: Kind, shape: Shape) -> Info {
     let usage_only = !ollama
         && kind == Kind::Event
         && p.usage.is_some()
-        && p.choices.as_ref().is_some_and(Vec::is_empty);
+        && p.choices.as_ref().is_some_and(|c| c.first.is_none());
     Info {
         text: text.map(Cow::into_owned),
         done,
