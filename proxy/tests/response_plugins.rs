@@ -314,7 +314,10 @@ async fn streamed_openai_usage_is_counted_even_when_the_client_did_not_ask() {
 /// A response-only plugin (world `response-filter`) in WAT: passes the first
 /// `pass` chunks, then traps (`unreachable`) on the next one.
 fn trapping_plugin(dir: &Path, pass: u32) -> PathBuf {
-    let params16 = "i32 ".repeat(16);
+    // Flattened: the context is 10 i32s, a chunk 6, a completion i32 i32
+    // i64 i64 i32 i32 (outcome, usage option, headers list).
+    let params10 = "i32 ".repeat(10);
+    let params6 = "i32 ".repeat(6);
     let wat = format!(
         r#"(module
   (memory (export "memory") 1)
@@ -327,13 +330,14 @@ fn trapping_plugin(dir: &Path, pass: u32) -> PathBuf {
     (local.get $p))
   (func (export "validate-config") (result i32)
     (i32.store8 (i32.const 16) (i32.const 0)) (i32.const 16))
-  (func (export "kiln:filter/response@0.1.0#on-response-chunk") (param {params16}) (result i32)
+  (func (export "kiln:filter/response@0.1.0#on-response-start") (param {params10}))
+  (func (export "kiln:filter/response@0.1.0#on-response-chunk") (param {params6}) (result i32)
     (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
     (if (i32.gt_u (global.get $calls) (i32.const {pass})) (then unreachable))
     (i32.store8 (i32.const 32) (i32.const 0))
     (i32.const 32))
   (func (export "kiln:filter/response@0.1.0#on-response-complete")
-    (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i64 i64 i32 i32)))"#
+    (param i32 i32 i64 i64 i32 i32)))"#
     );
     let mut module = wat::parse_str(wat).expect("fixture WAT parses");
     let mut resolve = wit_parser::Resolve::default();

@@ -5,7 +5,7 @@
 //! request hook ([`crate::Plugin`]), `export_plugin_with_response!`.
 //!
 //! One instance of the plugin serves one answer: [`ResponsePlugin::start`]
-//! builds the per-answer state at the first call, every chunk goes through
+//! builds the per-answer state when the answer starts, every chunk goes through
 //! [`ResponsePlugin::on_chunk`] in order, and [`ResponsePlugin::on_complete`]
 //! runs once at the end. The config is parsed once per answer, not per chunk.
 //!
@@ -338,18 +338,22 @@ macro_rules! export_plugin_with_response {
 macro_rules! __kiln_response_hooks {
     ($export:ident, $plugin:ty) => {
         impl $crate::response_bindings::hooks::exports::kiln::filter::response::Guest for $export {
-            fn on_response_chunk(
+            fn on_response_start(
                 context: $crate::response_bindings::hooks::exports::kiln::filter::response::ResponseContext,
+            ) {
+                $crate::response::glue::on_start::<$plugin>(context)
+            }
+
+            fn on_response_chunk(
                 chunk: $crate::response_bindings::hooks::exports::kiln::filter::response::Chunk,
             ) -> $crate::response_bindings::hooks::exports::kiln::filter::response::ChunkAction {
-                $crate::response::glue::on_chunk::<$plugin>(context, chunk)
+                $crate::response::glue::on_chunk::<$plugin>(chunk)
             }
 
             fn on_response_complete(
-                context: $crate::response_bindings::hooks::exports::kiln::filter::response::ResponseContext,
                 completion: $crate::response_bindings::hooks::exports::kiln::filter::response::Completion,
             ) {
-                $crate::response::glue::on_complete::<$plugin>(context, completion)
+                $crate::response::glue::on_complete::<$plugin>(completion)
             }
         }
 
@@ -368,9 +372,21 @@ pub mod glue {
     use std::any::Any;
     use std::cell::RefCell;
 
+    /// What one answer keeps from `on-response-start` on: the parsed
+    /// config, the plugin's state and the context, or why they could not be
+    /// made.
+    type Answer<P> = Result<
+        (
+            <P as ResponsePlugin>::Config,
+            <P as ResponsePlugin>::State,
+            ResponseContext,
+        ),
+        String,
+    >;
+
     std::thread_local! {
-        /// The config and state of the answer this instance serves. An
-        /// instance serves one answer, so this is set once, at the first call.
+        /// The answer this instance serves. An instance serves one answer,
+        /// so this is set once, by `on-response-start`.
         static ANSWER: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
     }
 
@@ -378,48 +394,43 @@ pub mod glue {
         super::parse_response_config::<P>(&crate::host::config()).map(|_| ())
     }
 
+    pub fn on_start<P: ResponsePlugin>(context: wit::ResponseContext) {
+        let ctx = ResponseContext::from(context);
+        let answer: Answer<P> =
+            super::parse_response_config::<P>(&crate::host::config()).map(|config| {
+                let state = P::start(&config, &ctx);
+                (config, state, ctx)
+            });
+        ANSWER.with(|slot| *slot.borrow_mut() = Some(Box::new(answer)));
+    }
+
     fn with_answer<P: ResponsePlugin, R>(
-        ctx: &ResponseContext,
-        f: impl FnOnce(&P::Config, &mut P::State) -> R,
+        f: impl FnOnce(&P::Config, &mut P::State, &ResponseContext) -> R,
     ) -> Result<R, String> {
         ANSWER.with(|slot| {
             let mut slot = slot.borrow_mut();
-            if slot.is_none() {
-                let config = super::parse_response_config::<P>(&crate::host::config())?;
-                let state = P::start(&config, ctx);
-                *slot = Some(Box::new((config, state)));
-            }
-            let (config, state) = slot
+            let answer = slot
                 .as_mut()
-                .and_then(|b| b.downcast_mut::<(P::Config, P::State)>())
-                .ok_or("response plugin state has an unexpected type")?;
-            Ok(f(config, state))
+                .and_then(|b| b.downcast_mut::<Answer<P>>())
+                .ok_or("on-response-start was not called first")?;
+            let (config, state, ctx) = answer.as_mut().map_err(|e| e.clone())?;
+            Ok(f(config, state, ctx))
         })
     }
 
-    pub fn on_chunk<P: ResponsePlugin>(
-        context: wit::ResponseContext,
-        chunk: wit::Chunk,
-    ) -> wit::ChunkAction {
-        let ctx = ResponseContext::from(context);
+    pub fn on_chunk<P: ResponsePlugin>(chunk: wit::Chunk) -> wit::ChunkAction {
         let chunk = super::Chunk::from(chunk);
-        let action = with_answer::<P, _>(&ctx, |config, state| {
-            P::on_chunk(config, state, &ctx, &chunk)
-        })
-        .unwrap_or_else(|e| {
-            ChunkAction::end(500, format!("plugin config rejected at response time: {e}"))
-        });
-        action.into()
+        with_answer::<P, _>(|config, state, ctx| P::on_chunk(config, state, ctx, &chunk))
+            .unwrap_or_else(|e| {
+                ChunkAction::end(500, format!("plugin config rejected at response time: {e}"))
+            })
+            .into()
     }
 
-    pub fn on_complete<P: ResponsePlugin>(
-        context: wit::ResponseContext,
-        completion: wit::Completion,
-    ) {
-        let ctx = ResponseContext::from(context);
+    pub fn on_complete<P: ResponsePlugin>(completion: wit::Completion) {
         let completion = super::Completion::from(completion);
-        if let Err(e) = with_answer::<P, _>(&ctx, |config, state| {
-            P::on_complete(config, state, &ctx, &completion)
+        if let Err(e) = with_answer::<P, _>(|config, state, ctx| {
+            P::on_complete(config, state, ctx, &completion)
         }) {
             crate::host::warn(&format!("on_complete skipped: {e}"));
         }

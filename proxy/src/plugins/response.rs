@@ -42,8 +42,8 @@ pub struct ResponseRun {
     chain: Arc<Chain>,
     /// Indexes into `chain.plugins`, in config order, with their slots.
     slots: Vec<(usize, Slot)>,
-    /// The context as the plugins get it, built at the first chunk (it does
-    /// not change during an answer).
+    /// The context as the plugins get it at their start, built when the
+    /// first one starts (it does not change during an answer).
     wctx: Option<wit::ResponseContext>,
 }
 
@@ -104,7 +104,12 @@ fn wit_outcome(o: ResponseOutcome) -> wit::ResponseOutcome {
 
 impl ResponseRun {
     /// The live instance of slot `k`, instantiated on first use.
-    fn live(chain: &Chain, plugin: &LoadedPlugin, slot: &mut Slot) -> Result<(), String> {
+    fn live(
+        chain: &Chain,
+        plugin: &LoadedPlugin,
+        slot: &mut Slot,
+        wctx: &wit::ResponseContext,
+    ) -> Result<(), String> {
         if !matches!(slot, Slot::Fresh) {
             return Ok(());
         }
@@ -113,7 +118,14 @@ impl ResponseRun {
             return Ok(());
         };
         let mut store = chain.runtime.store(plugin.context.clone());
-        match pre.instantiate(&mut store) {
+        // Instantiation and the start call share the first call's deadline.
+        let started = pre.instantiate(&mut store).and_then(|instance| {
+            instance
+                .kiln_filter_response()
+                .call_on_response_start(&mut store, wctx)?;
+            Ok(instance)
+        });
+        match started {
             Ok(instance) => {
                 *slot = Slot::Live {
                     store: Box::new(store),
@@ -175,7 +187,8 @@ impl ResponseHooks for ResponseRun {
                 ) {
                     break;
                 }
-                if let Err(reason) = Self::live(&chain, plugin, slot) {
+                let wctx = self.wctx.get_or_insert_with(|| wit_context(ctx));
+                if let Err(reason) = Self::live(&chain, plugin, slot, wctx) {
                     counts[ChunkOutcome::Failure as usize] += 1;
                     if let Err(stop) = Self::failed(plugin, slot, &reason) {
                         (live, ended) = (k, Some(stop));
@@ -191,18 +204,15 @@ impl ResponseHooks for ResponseRun {
                     break;
                 };
                 chain.runtime.rearm(store);
-                let wctx = self.wctx.get_or_insert_with(|| wit_context(ctx));
                 // Each plugin sees the chunk as rewritten by the ones before it.
                 let wchunk = wit::Chunk {
                     text: chunk.text().map(str::to_owned),
                     raw: chunk.raw().to_vec(),
                     done: chunk.done(),
                 };
-                let action = instance.kiln_filter_response().call_on_response_chunk(
-                    &mut **store,
-                    wctx,
-                    &wchunk,
-                );
+                let action = instance
+                    .kiln_filter_response()
+                    .call_on_response_chunk(&mut **store, &wchunk);
                 let outcome = match action {
                     Ok(wit::ChunkAction::Pass) => ChunkOutcome::Pass,
                     Ok(wit::ChunkAction::PassRest) => {
@@ -247,7 +257,7 @@ impl ResponseHooks for ResponseRun {
         usage: Option<Usage>,
     ) {
         let chain = self.chain.clone();
-        let wctx = wit_context(ctx);
+        let wctx = self.wctx.get_or_insert_with(|| wit_context(ctx));
         let completion = wit::Completion {
             outcome: wit_outcome(outcome),
             usage: usage.map(|u| wit::Usage {
@@ -265,7 +275,7 @@ impl ResponseHooks for ResponseRun {
         };
         for (index, slot) in &mut self.slots {
             let plugin = &chain.plugins[*index];
-            if let Err(reason) = Self::live(&chain, plugin, slot) {
+            if let Err(reason) = Self::live(&chain, plugin, slot, wctx) {
                 tracing::warn!(plugin = %plugin.name, reason, "response plugin could not be called at completion");
                 continue;
             }
@@ -275,11 +285,9 @@ impl ResponseHooks for ResponseRun {
             {
                 chain.runtime.rearm(store);
                 let started = Instant::now();
-                let result = instance.kiln_filter_response().call_on_response_complete(
-                    &mut **store,
-                    &wctx,
-                    &completion,
-                );
+                let result = instance
+                    .kiln_filter_response()
+                    .call_on_response_complete(&mut **store, &completion);
                 let mut counts = [0; 4];
                 if result.is_err() {
                     counts[ChunkOutcome::Failure as usize] = 1;
