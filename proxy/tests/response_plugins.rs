@@ -94,6 +94,24 @@ async fn a_pattern_split_across_ndjson_chunks_is_redacted() {
     assert_eq!(last["done"], true);
     assert_eq!(last["eval_count"], 6, "the final chunk keeps its metrics");
     assert!(lines.iter().all(|l| l.get("error").is_none()), "{lines:?}");
+
+    // One call per chunk, in /metrics: "sky " held (rewritten to ""), "is "
+    // rewritten, the other five passed.
+    let metrics = stack
+        .client
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (outcome, n) in [("pass", 5), ("rewrite", 2), ("end", 0), ("failure", 0)] {
+        let line = format!(
+            "kiln_plugin_response_calls_total{{plugin=\"output-guard\",outcome=\"{outcome}\"}} {n}\n"
+        );
+        assert!(metrics.contains(&line), "{line} not in {metrics}");
+    }
     stack.shutdown().await;
 }
 

@@ -9,7 +9,7 @@
 //! answer with an error, `allow` leaves the plugin out for the rest of it.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use wasmtime::Store;
 
@@ -38,10 +38,20 @@ enum Slot {
     Off,
 }
 
+/// Response-hook calls by [`ChunkOutcome`], and their time.
+#[derive(Clone, Copy, Default)]
+struct Tally {
+    calls: [u64; 4],
+    time: Duration,
+}
+
 pub struct ResponseRun {
     chain: Arc<Chain>,
     /// Indexes into `chain.plugins`, in config order, with their slots.
     slots: Vec<(usize, Slot)>,
+    /// Per slot: the calls and time of this answer, added to the plugin's
+    /// shared metrics once at completion rather than per chunk.
+    tallies: Vec<Tally>,
     /// The context as the plugins get it at their start, built when the
     /// first one starts (it does not change during an answer).
     wctx: Option<wit::ResponseContext>,
@@ -62,6 +72,7 @@ impl ResponseStage for PluginStage {
         }
         Some(Box::new(ResponseRun {
             chain,
+            tallies: vec![Tally::default(); slots.len()],
             slots,
             wctx: None,
         }))
@@ -77,6 +88,18 @@ fn wit_context(ctx: &ResponseContext) -> wit::ResponseContext {
         stream: ctx.stream,
         status: ctx.status,
     }
+}
+
+/// Whether a plugin takes no more chunks of this answer.
+fn done_with_chunks(slot: &Slot) -> bool {
+    matches!(
+        slot,
+        Slot::Off
+            | Slot::Live {
+                pass_rest: true,
+                ..
+            }
+    )
 }
 
 /// A plugin's `end` as the stage's stop order.
@@ -172,24 +195,19 @@ impl ResponseHooks for ResponseRun {
         // them short for the plugins after it.
         let mut live = chunks.len();
         let mut ended = None;
-        for (index, slot) in &mut self.slots {
+        for ((index, slot), tally) in self.slots.iter_mut().zip(&mut self.tallies) {
+            if done_with_chunks(slot) {
+                continue; // the common case after `pass-rest`: no clock, no counters
+            }
             let plugin = &chain.plugins[*index];
             let started = Instant::now();
-            let mut counts = [0u64; 4];
             for (k, chunk) in chunks[..live].iter_mut().enumerate() {
-                if matches!(
-                    slot,
-                    Slot::Off
-                        | Slot::Live {
-                            pass_rest: true,
-                            ..
-                        }
-                ) {
+                if done_with_chunks(slot) {
                     break;
                 }
                 let wctx = self.wctx.get_or_insert_with(|| wit_context(ctx));
                 if let Err(reason) = Self::live(&chain, plugin, slot, wctx) {
-                    counts[ChunkOutcome::Failure as usize] += 1;
+                    tally.calls[ChunkOutcome::Failure as usize] += 1;
                     if let Err(stop) = Self::failed(plugin, slot, &reason) {
                         (live, ended) = (k, Some(stop));
                     }
@@ -237,12 +255,12 @@ impl ResponseHooks for ResponseRun {
                         ChunkOutcome::Failure
                     }
                 };
-                counts[outcome as usize] += 1;
+                tally.calls[outcome as usize] += 1;
                 if matches!(outcome, ChunkOutcome::End | ChunkOutcome::Failure) {
                     break;
                 }
             }
-            plugin.stats.record_response(counts, started.elapsed());
+            tally.time += started.elapsed();
         }
         match ended {
             Some(stop) => Err(Ended { sent: live, stop }),
@@ -273,31 +291,33 @@ impl ResponseHooks for ResponseRun {
                 })
                 .collect(),
         };
-        for (index, slot) in &mut self.slots {
+        for ((index, slot), tally) in self.slots.iter_mut().zip(&mut self.tallies) {
             let plugin = &chain.plugins[*index];
-            if let Err(reason) = Self::live(&chain, plugin, slot, wctx) {
-                tracing::warn!(plugin = %plugin.name, reason, "response plugin could not be called at completion");
-                continue;
-            }
-            if let Slot::Live {
-                store, instance, ..
-            } = slot
-            {
-                chain.runtime.rearm(store);
-                let started = Instant::now();
-                let result = instance
-                    .kiln_filter_response()
-                    .call_on_response_complete(&mut **store, &completion);
-                let mut counts = [0; 4];
-                if result.is_err() {
-                    counts[ChunkOutcome::Failure as usize] = 1;
+            match Self::live(&chain, plugin, slot, wctx) {
+                Err(reason) => {
+                    tally.calls[ChunkOutcome::Failure as usize] += 1;
+                    tracing::warn!(plugin = %plugin.name, reason, "response plugin could not be called at completion");
                 }
-                plugin.stats.record_response(counts, started.elapsed());
-                if let Err(e) = result {
-                    let reason = describe_failure(&e, store);
-                    tracing::warn!(plugin = %plugin.name, reason, "response plugin failed at completion");
+                Ok(()) => {
+                    if let Slot::Live {
+                        store, instance, ..
+                    } = slot
+                    {
+                        chain.runtime.rearm(store);
+                        let started = Instant::now();
+                        let result = instance
+                            .kiln_filter_response()
+                            .call_on_response_complete(&mut **store, &completion);
+                        tally.time += started.elapsed();
+                        if let Err(e) = result {
+                            tally.calls[ChunkOutcome::Failure as usize] += 1;
+                            let reason = describe_failure(&e, store);
+                            tracing::warn!(plugin = %plugin.name, reason, "response plugin failed at completion");
+                        }
+                    }
                 }
             }
+            plugin.stats.record_response(tally.calls, tally.time);
             // Instances are dropped with the answer; nothing is called twice.
             *slot = Slot::Off;
         }
