@@ -18,8 +18,7 @@
 //! Needs `scripts/build-plugins` first. Prints a Markdown report.
 //!
 //! Then the same setups in-process ([`hooks`]): the response stage's CPU
-//! per chunk with no sockets in the way, for one chunk per read and for
-//! many.
+//! per chunk with no sockets in the way.
 //!
 //! Usage: kiln-bench-response [--quick] [--hooks-only]
 
@@ -247,12 +246,12 @@ async fn run(quick: bool, hooks_only: bool) -> anyhow::Result<()> {
 /// The in-process figures: CPU per chunk of the response stage alone.
 fn report_hooks(quick: bool, chains: &[(&'static str, Arc<dyn RequestFilter>)]) {
     let rounds = if quick { 21 } else { 101 };
-    let batches = [1, 8, 64];
     println!("### In-process: the response stage alone\n");
     println!(
-        "`cargo run --release -p kiln-bench-response -- --hooks-only` — one answer of 400 tokens \
-         read 1, 8 or 64 chunks at a time, median of {rounds} answers, CPU time of one thread, no sockets. \
-         `framing` is the host's share (cutting, reading and re-joining chunks) with hooks that do nothing.\n"
+        "`cargo run --release -p kiln-bench-response -- --hooks-only` — one answer of 400 tokens, \
+         one chunk per read (as hyper hands Ollama's body over), median of {rounds} answers, CPU time \
+         of one thread, no sockets. `framing` is the host's share (cutting, reading and re-joining \
+         chunks) with hooks that do nothing.\n"
     );
     let mut setups = vec![("framing", hooks::Hooks::Framing)];
     setups.extend(
@@ -260,24 +259,24 @@ fn report_hooks(quick: bool, chains: &[(&'static str, Arc<dyn RequestFilter>)]) 
             .iter()
             .map(|(name, c)| (*name, hooks::Hooks::Plugins(c.clone()))),
     );
-    for api in [hooks::Api::ndjson(400), hooks::Api::sse(400)] {
-        // Warm the compile caches and lazy DFAs.
+    let apis = [hooks::Api::ndjson(400), hooks::Api::sse(400)];
+    // Warm the compile caches and lazy DFAs.
+    for api in &apis {
         for (_, h) in &setups {
-            hooks::ns_per_chunk(h, &api, 8, 3);
+            hooks::ns_per_chunk(h, api, 1, 3);
         }
-        println!("{}, µs per chunk:\n", api.name);
-        let head: Vec<String> = batches.iter().map(|b| format!("{b} per read")).collect();
-        println!("| setup | {} |", head.join(" | "));
-        println!("|---|{}", "---:|".repeat(batches.len()));
-        for (name, h) in &setups {
-            let cells: Vec<String> = batches
-                .iter()
-                .map(|&b| format!("{:.2}", hooks::ns_per_chunk(h, &api, b, rounds) / 1000.0))
-                .collect();
-            println!("| {name} | {} |", cells.join(" | "));
-        }
-        println!();
     }
+    let head: Vec<&str> = apis.iter().map(|a| a.name).collect();
+    println!("| µs per chunk | {} |", head.join(" | "));
+    println!("|---|{}", "---:|".repeat(apis.len()));
+    for (name, h) in &setups {
+        let cells: Vec<String> = apis
+            .iter()
+            .map(|api| format!("{:.2}", hooks::ns_per_chunk(h, api, 1, rounds) / 1000.0))
+            .collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    }
+    println!();
 }
 
 /// The streaming figures: the emulator, proxies and client over loopback.
