@@ -100,7 +100,7 @@ pub fn read(json: &[u8], kind: Kind, shape: Shape) -> Info {
         Shape::AnthropicMessages => return read_as::<MessagesPeek>(json, kind, shape),
         _ => {}
     }
-    match serde_json::from_slice::<Peek>(json) {
+    match typed::<Peek>(json) {
         Ok(p) => from_peek(p, kind, shape),
         // A field of an unexpected type (say, OpenAI content parts): read
         // the slow way, field by field, so one odd field does not hide the rest.
@@ -111,9 +111,18 @@ pub fn read(json: &[u8], kind: Kind, shape: Shape) -> Info {
     }
 }
 
+/// A typed parse. Valid UTF-8 (every chunk Ollama writes) is checked once,
+/// so the parser does not check each string again.
+fn typed<'a, P: Deserialize<'a>>(json: &'a [u8]) -> serde_json::Result<P> {
+    match std::str::from_utf8(json) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(json),
+    }
+}
+
 /// The typed reading of the event APIs, with the same tree fallback.
 fn read_as<'a, P: Deserialize<'a> + Reading>(json: &'a [u8], kind: Kind, shape: Shape) -> Info {
-    match serde_json::from_slice::<P>(json) {
+    match typed::<P>(json) {
         Ok(p) => p.reading(kind),
         Err(_) => match serde_json::from_slice::<Value>(json) {
             Ok(v) if v.is_object() => from_value(&v, kind, shape),
