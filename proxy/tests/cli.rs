@@ -83,3 +83,28 @@ fn refused_configs_exit_2_with_the_key_to_fix() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("KILN_LIMITS_MAX_QUEUE"));
 }
+
+/// Where address space is limited (`ulimit -v`), guarded plugin memories
+/// (6 GiB of address space each) cannot be reserved: plugins still load,
+/// with bounds-checked memories, and the log says so.
+#[test]
+fn plugins_load_where_address_space_is_limited() {
+    let plugin =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/hello.wasm");
+    assert!(
+        plugin.exists(),
+        "{} is missing: run scripts/build-plugins first",
+        plugin.display()
+    );
+    let out = Command::new("sh")
+        .args(["-c", "ulimit -v 16000000 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_kiln-proxy"))
+        .args(["plugin", "check"])
+        .arg(&plugin)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("explicit bounds checks"), "{stderr}");
+}

