@@ -1,8 +1,8 @@
 //! In-process: what the response stage costs per chunk, with no sockets,
-//! client or emulator in the way. Each read of Ollama's body is simulated
-//! as `batch` whole chunks arriving at once; the work per read is what
-//! kiln-proxy's filtered stream does (framing, reading each chunk, the
-//! plugins' calls, joining the output), timed on one thread.
+//! client or emulator in the way. Each chunk of Ollama's body arrives on
+//! its own, as hyper hands it over, and goes through what kiln-proxy's
+//! filtered stream does with it (framing, reading it, the plugins' calls,
+//! the output), timed on one thread.
 //!
 //! `framing` runs the same path with hooks that do nothing: the host's
 //! share, which every response plugin pays.
@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kiln_proxy::filter::{RequestFilter, RouteKind};
 use kiln_proxy::framing::{Format, Framer};
 use kiln_proxy::response::chunk::Kind;
@@ -119,20 +119,6 @@ impl Api {
         }
     }
 
-    /// The body cut into reads of `batch` chunks each.
-    fn reads(&self, batch: usize) -> Vec<Bytes> {
-        self.chunks
-            .chunks(batch)
-            .map(|group| {
-                let mut read = BytesMut::new();
-                for c in group {
-                    read.extend_from_slice(c);
-                }
-                read.freeze()
-            })
-            .collect()
-    }
-
     fn context(&self) -> ResponseContext {
         ResponseContext {
             request_id: "0123456789abcdef0123456789abcdef".into(),
@@ -157,10 +143,9 @@ fn thread_cpu() -> Duration {
     Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
-/// CPU nanoseconds per chunk for one answer through `hooks`, its body read
-/// `batch` chunks at a time (median of `rounds` answers).
-pub fn ns_per_chunk(hooks: &Hooks, api: &Api, batch: usize, rounds: usize) -> f64 {
-    let reads = api.reads(batch);
+/// CPU nanoseconds per chunk for one answer through `hooks` (median of
+/// `rounds` answers).
+pub fn ns_per_chunk(hooks: &Hooks, api: &Api, rounds: usize) -> f64 {
     let ctx = api.context();
     let shape = Shape::of_path(api.path);
     let kind = match api.format {
@@ -172,25 +157,21 @@ pub fn ns_per_chunk(hooks: &Hooks, api: &Api, batch: usize, rounds: usize) -> f6
             let start = thread_cpu();
             let mut answer = hooks.begin(&ctx);
             let mut framer = Framer::new(api.format, 1 << 20);
-            let mut batch_chunks = Vec::with_capacity(batch);
-            for read in &reads {
+            for read in &api.chunks {
                 framer.push_bytes(read.clone());
-                while let Some(frame) = framer.next_frame().expect("well-formed") {
-                    let chunk = Chunk::new(frame, kind, shape);
-                    black_box(chunk.usage());
-                    batch_chunks.push(chunk);
-                }
+                let frame = framer
+                    .next_frame()
+                    .expect("well-formed")
+                    .expect("a whole chunk");
+                let mut chunk = [Chunk::new(frame, kind, shape)];
+                black_box(chunk[0].usage());
                 answer
-                    .on_chunks(&ctx, &mut batch_chunks)
+                    .on_chunks(&ctx, &mut chunk)
                     .expect("no plugin ends the answer");
-                let mut out = BytesMut::with_capacity(read.len());
-                for chunk in batch_chunks.drain(..) {
-                    if let Some(before) = chunk.inserted() {
-                        out.extend_from_slice(before);
-                    }
-                    out.extend_from_slice(&chunk.raw());
+                if let Some(before) = chunk[0].inserted() {
+                    black_box(before);
                 }
-                black_box(out);
+                black_box(chunk[0].raw());
             }
             answer.on_complete(&ctx, ResponseOutcome::Completed, None);
             thread_cpu().saturating_sub(start).as_nanos() as f64 / api.chunks.len() as f64

@@ -250,8 +250,8 @@ fn report_hooks(quick: bool, chains: &[(&'static str, Arc<dyn RequestFilter>)]) 
     println!(
         "`cargo run --release -p kiln-bench-response -- --hooks-only` — one answer of 400 tokens, \
          one chunk per read (as hyper hands Ollama's body over), median of {rounds} answers, CPU time \
-         of one thread, no sockets. `framing` is the host's share (cutting, reading and re-joining \
-         chunks) with hooks that do nothing.\n"
+         of one thread, no sockets. `framing` is the host's share (cutting chunks out of the body \
+         and checking them for usage) with hooks that do nothing.\n"
     );
     let mut setups = vec![("framing", hooks::Hooks::Framing)];
     setups.extend(
@@ -263,7 +263,7 @@ fn report_hooks(quick: bool, chains: &[(&'static str, Arc<dyn RequestFilter>)]) 
     // Warm the compile caches and lazy DFAs.
     for api in &apis {
         for (_, h) in &setups {
-            hooks::ns_per_chunk(h, api, 1, 3);
+            hooks::ns_per_chunk(h, api, 3);
         }
     }
     let head: Vec<&str> = apis.iter().map(|a| a.name).collect();
@@ -272,7 +272,7 @@ fn report_hooks(quick: bool, chains: &[(&'static str, Arc<dyn RequestFilter>)]) 
     for (name, h) in &setups {
         let cells: Vec<String> = apis
             .iter()
-            .map(|api| format!("{:.2}", hooks::ns_per_chunk(h, api, 1, rounds) / 1000.0))
+            .map(|api| format!("{:.2}", hooks::ns_per_chunk(h, api, rounds) / 1000.0))
             .collect();
         println!("| {name} | {} |", cells.join(" | "));
     }
@@ -307,7 +307,7 @@ async fn network(
     let scale = if quick { 4 } else { 1 };
     let loads = [
         (
-            "Burst: no token delay, many chunks per read (the worst case for per-chunk work)",
+            "Burst: no token delay, the proxy is the bottleneck (the worst case for per-chunk work)",
             Load {
                 streams: 8,
                 tokens: 1000 / scale,
