@@ -112,15 +112,59 @@ pub trait OnEnd: Send {
     fn on_end(&mut self, outcome: Outcome, bytes: u64, tokens: Option<(u64, u64)>);
 }
 
+/// The two clocks of a streamed answer: the request deadline, and the idle
+/// timeout between pieces of Ollama's body. The idle timer is not moved on
+/// every piece (a timer-wheel update per token); when it fires it checks
+/// when data last came and re-arms from there.
+pub struct StreamTimers {
+    deadline: Pin<Box<Sleep>>,
+    idle: Pin<Box<Sleep>>,
+    idle_after: Duration,
+    last_data: Instant,
+}
+
+impl StreamTimers {
+    pub fn new(deadline: Instant, idle_after: Duration) -> StreamTimers {
+        StreamTimers {
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            idle: Box::pin(tokio::time::sleep(idle_after)),
+            idle_after,
+            last_data: Instant::now(),
+        }
+    }
+
+    /// Ollama sent something.
+    pub fn data_came(&mut self) {
+        self.last_data = Instant::now();
+    }
+
+    /// Called when Ollama's body is pending: why the answer must end now,
+    /// if it must. Registers the task to be woken when a clock runs out.
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Option<String> {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return Some("request timed out (limits.request_timeout_s)".into());
+        }
+        while self.idle.as_mut().poll(cx).is_ready() {
+            let quiet_until = self.last_data + self.idle_after;
+            if Instant::now() >= quiet_until {
+                return Some(format!(
+                    "Ollama sent nothing for {:?} (limits.idle_timeout_s)",
+                    self.idle_after
+                ));
+            }
+            // Data came since the timer was set: re-arm from the last data.
+            self.idle.as_mut().reset(quiet_until);
+        }
+        None
+    }
+}
+
 /// Ollama's response, passed through frame by frame.
 pub struct Passthrough<E: OnEnd> {
     inner: Incoming,
     framing: Framing,
     style: ApiStyle,
-    deadline: Pin<Box<Sleep>>,
-    idle: Pin<Box<Sleep>>,
-    idle_after: Duration,
-    last_data: Instant,
+    timers: StreamTimers,
     tap: TokenTap,
     bytes: u64,
     last_two: [u8; 2],
@@ -163,10 +207,7 @@ impl<E: OnEnd> Passthrough<E> {
             inner,
             framing,
             style,
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
-            idle: Box::pin(tokio::time::sleep(idle_after)),
-            idle_after,
-            last_data: Instant::now(),
+            timers: StreamTimers::new(deadline, idle_after),
             tap: TokenTap::default(),
             bytes: 0,
             last_two: [b'\n', b'\n'],
@@ -210,9 +251,7 @@ impl<E: OnEnd> Passthrough<E> {
             1 => self.last_two = [self.last_two[1], data[0]],
             n => self.last_two = [data[n - 2], data[n - 1]],
         }
-        // The idle timer is not moved per chunk (that costs a timer-wheel
-        // update per token); when it fires, it is checked against this.
-        self.last_data = Instant::now();
+        self.timers.data_came();
     }
 
     fn end(&mut self, outcome: Outcome) {
@@ -309,27 +348,10 @@ impl<E: OnEnd + Unpin> Body for Passthrough<E> {
                 Outcome::UpstreamBroke,
                 format!("Ollama's response broke off mid-stream: {e}"),
             ),
-            Poll::Pending => {
-                if this.deadline.as_mut().poll(cx).is_ready() {
-                    return this.fail(
-                        Outcome::TimedOut,
-                        "request timed out (limits.request_timeout_s)".into(),
-                    );
-                }
-                while this.idle.as_mut().poll(cx).is_ready() {
-                    let quiet_until = this.last_data + this.idle_after;
-                    if Instant::now() >= quiet_until {
-                        let msg = format!(
-                            "Ollama sent nothing for {:?} (limits.idle_timeout_s)",
-                            this.idle_after
-                        );
-                        return this.fail(Outcome::TimedOut, msg);
-                    }
-                    // Data came since the timer was set: re-arm from the last data.
-                    this.idle.as_mut().reset(quiet_until);
-                }
-                Poll::Pending
-            }
+            Poll::Pending => match this.timers.poll_expired(cx) {
+                Some(why) => this.fail(Outcome::TimedOut, why),
+                None => Poll::Pending,
+            },
         }
     }
 

@@ -17,12 +17,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::chunk::{Chunk, Kind, Shape, Usage};
 use super::transcript::Transcript;
 use super::{ResponseContext, ResponseHooks, ResponseOutcome};
-use crate::body::{BoxError, COALESCE_MAX, OnEnd, Outcome};
+use crate::body::{BoxError, COALESCE_MAX, OnEnd, Outcome, StreamTimers};
 use crate::framing::{Format, Framer};
 use crate::routes::{ApiStyle, error_body, sse_error};
 
@@ -52,12 +52,7 @@ pub struct FilteredStream<E: OnEnd> {
     /// (kept to reuse its allocation).
     batch: Vec<Chunk>,
     ctx: ResponseContext,
-    deadline: Pin<Box<Sleep>>,
-    idle: Pin<Box<Sleep>>,
-    idle_after: Duration,
-    /// When Ollama last sent data: the idle timer is not moved per read
-    /// (a timer-wheel update each time); when it fires, it checks this.
-    last_data: Instant,
+    timers: StreamTimers,
     usage: Option<Usage>,
     bytes: u64,
     /// The last two bytes sent, to start an error chunk on a fresh line.
@@ -92,10 +87,7 @@ impl<E: OnEnd> FilteredStream<E> {
             transcript: Transcript::of(setup.shape, kind),
             batch: Vec::new(),
             ctx,
-            deadline: Box::pin(tokio::time::sleep_until(setup.deadline)),
-            idle: Box::pin(tokio::time::sleep(setup.idle_after)),
-            idle_after: setup.idle_after,
-            last_data: Instant::now(),
+            timers: StreamTimers::new(setup.deadline, setup.idle_after),
             usage: None,
             bytes: 0,
             last_two: [b'\n', b'\n'],
@@ -340,7 +332,7 @@ impl<E: OnEnd + Unpin> Body for FilteredStream<E> {
                 }
             }
             if read > 0 {
-                this.last_data = Instant::now();
+                this.timers.data_came();
             }
             // The whole chunks go out, also those before a break.
             let mut out = Output::default();
@@ -362,30 +354,12 @@ impl<E: OnEnd + Unpin> Body for FilteredStream<E> {
                 continue; // only part of a long chunk so far, and more is ready
             }
             // Pending, with nothing whole to send.
-            if this.deadline.as_mut().poll(cx).is_ready() {
-                return this.close_with_error(
-                    ResponseOutcome::TimedOut,
-                    "request timed out (limits.request_timeout_s)".into(),
-                    Output::default(),
-                );
-            }
-            while this.idle.as_mut().poll(cx).is_ready() {
-                let quiet_until = this.last_data + this.idle_after;
-                if Instant::now() >= quiet_until {
-                    let msg = format!(
-                        "Ollama sent nothing for {:?} (limits.idle_timeout_s)",
-                        this.idle_after
-                    );
-                    return this.close_with_error(
-                        ResponseOutcome::TimedOut,
-                        msg,
-                        Output::default(),
-                    );
+            return match this.timers.poll_expired(cx) {
+                Some(why) => {
+                    this.close_with_error(ResponseOutcome::TimedOut, why, Output::default())
                 }
-                // Data came since the timer was set: re-arm from the last data.
-                this.idle.as_mut().reset(quiet_until);
-            }
-            return Poll::Pending;
+                None => Poll::Pending,
+            };
         }
     }
 
