@@ -6,26 +6,16 @@
 //! "is ", "blue ", "because ", "air ", … so the pattern "sky is" is always
 //! split across two streamed chunks.
 
+mod example_plugins;
 mod harness;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use example_plugins::plugin;
 use harness::{Stack, ndjson};
 use kiln_proxy::filter::{OnError, PluginSpec};
-use kiln_proxy::plugins::{PluginOptions, load_chain};
 use serde_json::{Value, json};
-
-fn example(name: &str, config: Value) -> PluginSpec {
-    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("../target/plugins/{}.wasm", name.replace('-', "_")));
-    assert!(
-        file.exists(),
-        "{} is missing: run scripts/build-plugins first",
-        file.display()
-    );
-    spec(name, file, config)
-}
 
 fn spec(name: &str, path: PathBuf, config: Value) -> PluginSpec {
     PluginSpec {
@@ -39,17 +29,11 @@ fn spec(name: &str, path: PathBuf, config: Value) -> PluginSpec {
 }
 
 async fn stack(specs: Vec<PluginSpec>) -> Stack {
-    // Shared by the tests of this file: each plugin compiles once.
-    let options = PluginOptions {
-        cache_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugin-cache-tests"),
-        ..PluginOptions::default()
-    };
-    let stage = load_chain(&specs, &options).expect("plugins load");
-    Stack::with_filter(|_, _| {}, stage).await
+    Stack::with_plugins(&specs).await
 }
 
 fn guard() -> PluginSpec {
-    example("output-guard", json!({"patterns": ["sky is"]}))
+    plugin("output-guard", json!({"patterns": ["sky is"]}))
 }
 
 /// The `data:` payloads of an SSE body.
@@ -227,7 +211,7 @@ async fn send(stack: &Stack, path: &str, caller: &str, body: &Value) -> String {
 async fn token_budgets_count_ollama_and_openai_usage() {
     // A budget of 1 token: the first request of each caller runs, then its
     // usage is counted, and the refusal says how much was counted.
-    let stack = stack(vec![example("token-budget", json!({"budget": 1}))]).await;
+    let stack = stack(vec![plugin("token-budget", json!({"budget": 1}))]).await;
     let chat = |stream: bool| {
         json!({"model": "gemma3:4b", "stream": stream, "options": {"num_predict": 3},
                "messages": [{"role": "user", "content": "why is the sky blue?"}]})
@@ -311,7 +295,7 @@ async fn token_budgets_count_ollama_and_openai_usage() {
 
 #[tokio::test]
 async fn streamed_openai_usage_is_counted_even_when_the_client_did_not_ask() {
-    let stack = stack(vec![example(
+    let stack = stack(vec![plugin(
         "token-budget",
         json!({"budget": 1, "count": "completion"}),
     )])
@@ -469,7 +453,7 @@ async fn a_failing_response_plugin_with_on_error_allow_is_left_out() {
 #[tokio::test]
 async fn without_response_plugins_answers_pass_through_untouched() {
     // A request-only plugin chain: the response stage stays out of the way.
-    let stack = stack(vec![example("hello", Value::Null)]).await;
+    let stack = stack(vec![plugin("hello", Value::Null)]).await;
     let request = json!({"model": "gemma3:4b", "stream": true, "max_tokens": 3,
                          "messages": [{"role": "user", "content": "hi"}]});
     let body = stack

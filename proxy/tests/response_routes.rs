@@ -10,21 +10,13 @@
 mod example_plugins;
 mod harness;
 
-use std::path::PathBuf;
-
 use example_plugins::plugin;
 use harness::Stack;
 use kiln_proxy::filter::PluginSpec;
-use kiln_proxy::plugins::{PluginOptions, load_chain};
 use serde_json::{Value, json};
 
 async fn stack(specs: Vec<PluginSpec>) -> Stack {
-    let options = PluginOptions {
-        cache_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugin-cache-tests"),
-        ..PluginOptions::default()
-    };
-    let stage = load_chain(&specs, &options).expect("plugins load");
-    Stack::with_filter(|_, _| {}, stage).await
+    Stack::with_plugins(&specs).await
 }
 
 fn guard() -> PluginSpec {

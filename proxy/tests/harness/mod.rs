@@ -50,6 +50,18 @@ impl Stack {
         Stack::with_filter(tune, Arc::new(NoFilters)).await
     }
 
+    /// The proxy with the plugin chain `specs`. The tests share one compile
+    /// cache, so each plugin is compiled once, not once per test.
+    pub async fn with_plugins(specs: &[kiln_proxy::filter::PluginSpec]) -> Stack {
+        let options = kiln_proxy::plugins::PluginOptions {
+            cache_dir: std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/plugin-cache-tests"),
+            ..Default::default()
+        };
+        let stage = kiln_proxy::plugins::load_chain(specs, &options).expect("plugins load");
+        Stack::with_filter(|_, _| {}, stage).await
+    }
+
     pub async fn with_filter(
         tune: impl FnOnce(&mut ollama_emulator::Config, &mut Config),
         filter: Arc<dyn RequestFilter>,
