@@ -17,6 +17,12 @@ pub enum RouteKind {
     OpenaiCompletions,
     OpenaiEmbeddings,
     Other,
+    /// `/v1/responses`: OpenAI Responses body (`input`, `instructions`,
+    /// `max_output_tokens`).
+    OpenaiResponses,
+    /// `/v1/messages`: Anthropic Messages body (`messages`, top-level
+    /// `system`, `max_tokens`).
+    AnthropicMessages,
 }
 
 impl RouteKind {
@@ -30,15 +36,21 @@ impl RouteKind {
             "/v1/chat/completions" => RouteKind::OpenaiChat,
             "/v1/completions" => RouteKind::OpenaiCompletions,
             "/v1/embeddings" => RouteKind::OpenaiEmbeddings,
+            "/v1/responses" => RouteKind::OpenaiResponses,
+            "/v1/messages" => RouteKind::AnthropicMessages,
             _ => RouteKind::Other,
         }
     }
 
-    /// True for the OpenAI-compatible routes, whose errors use OpenAI's format.
+    /// True for the OpenAI-compatible routes, whose errors use OpenAI's format
+    /// (`/v1/messages` is not one: its errors are Anthropic's).
     pub fn is_openai(self) -> bool {
         matches!(
             self,
-            RouteKind::OpenaiChat | RouteKind::OpenaiCompletions | RouteKind::OpenaiEmbeddings
+            RouteKind::OpenaiChat
+                | RouteKind::OpenaiCompletions
+                | RouteKind::OpenaiEmbeddings
+                | RouteKind::OpenaiResponses
         )
     }
 }

@@ -78,6 +78,16 @@ mod tests {
 
         let v = parse(RouteKind::OpenaiChat, br#"{"model":"m","messages":[]}"#).unwrap();
         assert!(!v.stream, "OpenAI does not stream by default");
+        for route in [RouteKind::OpenaiResponses, RouteKind::AnthropicMessages] {
+            let v = parse(route, br#"{"model":"m","input":"hi","max_tokens":8}"#).unwrap();
+            assert_eq!(v.model, "m");
+            assert!(!v.stream, "{route:?} does not stream by default");
+            assert!(
+                parse(route, br#"{"model":"m","stream":true}"#)
+                    .unwrap()
+                    .stream
+            );
+        }
 
         let v = parse(
             RouteKind::OllamaChat,

@@ -85,9 +85,8 @@ pub fn classify(path: &str) -> Option<Route> {
         "/v1/chat/completions" => route("openai_chat", OpenaiChat, true, POST),
         "/v1/completions" => route("openai_completions", OpenaiCompletions, true, POST),
         "/v1/embeddings" => route("openai_embeddings", OpenaiEmbeddings, true, POST),
-        // Newer OpenAI- and Anthropic-style chat routes: inference all the same.
-        "/v1/responses" => route("openai_responses", OpenaiChat, true, POST),
-        "/v1/messages" => route("anthropic_messages", OpenaiChat, true, POST),
+        "/v1/responses" => route("openai_responses", OpenaiResponses, true, POST),
+        "/v1/messages" => route("anthropic_messages", AnthropicMessages, true, POST),
         "/v1/models" => route("openai_models", Other, false, GET),
         p if p.starts_with("/v1/models/") => route("openai_models", Other, false, GET),
         _ => return None,
@@ -164,6 +163,18 @@ mod tests {
             classify("/v1/chat/completions").unwrap().kind,
             RouteKind::OpenaiChat
         );
+        // Their bodies are not chat-completions bodies: plugins must know.
+        assert_eq!(
+            classify("/v1/responses").unwrap().kind,
+            RouteKind::OpenaiResponses
+        );
+        assert_eq!(
+            classify("/v1/messages").unwrap().kind,
+            RouteKind::AnthropicMessages
+        );
+        for path in ["/v1/responses", "/v1/messages", "/v1/chat/completions"] {
+            assert_eq!(classify(path).unwrap().kind, RouteKind::from_path(path));
+        }
         assert!(!classify("/api/tags").unwrap().inference);
         assert_eq!(classify("/api/blobs/sha256:abc").unwrap().label, "blobs");
         assert!(classify("/admin").is_none());

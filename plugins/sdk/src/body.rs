@@ -1,4 +1,5 @@
-//! Typed views of the request bodies of Ollama's and OpenAI's APIs.
+//! Typed views of the request bodies of Ollama's, OpenAI's and Anthropic's
+//! APIs.
 //!
 //! Every view keeps the fields it does not name in `extra`, so parsing and
 //! re-serializing a body never drops what a client sent: a plugin that only
@@ -53,17 +54,7 @@ impl Message {
 
     /// Visits every piece of text in the message, for rewriting in place.
     pub fn for_each_text_mut(&mut self, mut f: impl FnMut(&mut String)) {
-        match &mut self.content {
-            Value::String(s) => f(s),
-            Value::Array(parts) => {
-                for part in parts {
-                    if let Some(Value::String(s)) = part.get_mut("text") {
-                        f(s)
-                    }
-                }
-            }
-            _ => {}
-        }
+        for_each_content_text_mut(&mut self.content, &mut f)
     }
 }
 
@@ -138,6 +129,59 @@ pub struct OpenaiCompletionRequest {
     pub extra: Object,
 }
 
+/// `POST /v1/responses` (OpenAI Responses API). `input` is a string or a
+/// list of items (`{"role","content"}` or `{"type":"message",...}`, whose
+/// `content` is a string or `input_text` parts); the system prompt is the
+/// top-level `instructions`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OpenaiResponsesRequest {
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<String>,
+    /// The Responses API's token cap; it has no `max_tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u64>,
+    #[serde(flatten)]
+    pub extra: Object,
+}
+
+impl OpenaiResponsesRequest {
+    /// Visits the text of `input`: the string itself, or each item's
+    /// `content` (a string or the `text` of its parts).
+    pub fn for_each_input_text_mut(&mut self, f: &mut impl FnMut(&mut String)) {
+        match &mut self.input {
+            Some(Value::String(s)) => f(s),
+            Some(Value::Array(items)) => {
+                for item in items {
+                    if let Some(content) = item.get_mut("content") {
+                        for_each_content_text_mut(content, f);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `POST /v1/messages` (Anthropic Messages API). Messages have the roles
+/// `user` and `assistant` only; the system prompt is the top-level `system`
+/// (a string or `{"type":"text","text"}` blocks), never a message.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AnthropicMessagesRequest {
+    pub model: String,
+    #[serde(default)]
+    pub messages: Vec<Message>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<Value>,
+    /// Required by the API; a body without it is left for Ollama to refuse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    #[serde(flatten)]
+    pub extra: Object,
+}
+
 /// A request body in the typed view of its route.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Body {
@@ -147,12 +191,31 @@ pub enum Body {
     OpenaiChat(OpenaiChatRequest),
     OpenaiCompletions(OpenaiCompletionRequest),
     OpenaiEmbeddings(OpenaiCompletionRequest),
+    OpenaiResponses(OpenaiResponsesRequest),
+    AnthropicMessages(AnthropicMessagesRequest),
     /// A route without a typed view: the JSON as is.
     Other(Value),
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, BodyError> {
     serde_json::from_slice(bytes).map_err(|e| BodyError(e.to_string()))
+}
+
+/// Visits the text of a `content` (or Anthropic `system`) that is a string or
+/// a list of parts/blocks with a `text` each (parts without one, such as
+/// images, are skipped).
+fn for_each_content_text_mut(value: &mut Value, f: &mut impl FnMut(&mut String)) {
+    match value {
+        Value::String(s) => f(s),
+        Value::Array(parts) => {
+            for part in parts {
+                if let Some(Value::String(s)) = part.get_mut("text") {
+                    f(s)
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Visits the strings of a `prompt`/`input` that may be a string or a list.
@@ -174,6 +237,8 @@ impl Body {
             Route::OpenaiChat => Body::OpenaiChat(parse(bytes)?),
             Route::OpenaiCompletions => Body::OpenaiCompletions(parse(bytes)?),
             Route::OpenaiEmbeddings => Body::OpenaiEmbeddings(parse(bytes)?),
+            Route::OpenaiResponses => Body::OpenaiResponses(parse(bytes)?),
+            Route::AnthropicMessages => Body::AnthropicMessages(parse(bytes)?),
             Route::Other => Body::Other(parse(bytes)?),
         })
     }
@@ -186,6 +251,8 @@ impl Body {
             Body::OllamaEmbed(b) => serde_json::to_vec(b),
             Body::OpenaiChat(b) => serde_json::to_vec(b),
             Body::OpenaiCompletions(b) | Body::OpenaiEmbeddings(b) => serde_json::to_vec(b),
+            Body::OpenaiResponses(b) => serde_json::to_vec(b),
+            Body::AnthropicMessages(b) => serde_json::to_vec(b),
             Body::Other(v) => serde_json::to_vec(v),
         };
         // Serializing maps of JSON values with string keys cannot fail.
@@ -199,6 +266,8 @@ impl Body {
             Body::OllamaEmbed(b) => Some(&b.model),
             Body::OpenaiChat(b) => Some(&b.model),
             Body::OpenaiCompletions(b) | Body::OpenaiEmbeddings(b) => Some(&b.model),
+            Body::OpenaiResponses(b) => Some(&b.model),
+            Body::AnthropicMessages(b) => Some(&b.model),
             Body::Other(v) => v.get("model").and_then(Value::as_str),
         }
     }
@@ -210,6 +279,8 @@ impl Body {
             Body::OllamaEmbed(b) => b.model = model.into(),
             Body::OpenaiChat(b) => b.model = model.into(),
             Body::OpenaiCompletions(b) | Body::OpenaiEmbeddings(b) => b.model = model.into(),
+            Body::OpenaiResponses(b) => b.model = model.into(),
+            Body::AnthropicMessages(b) => b.model = model.into(),
             Body::Other(Value::Object(o)) => {
                 o.insert("model".into(), Value::String(model.into()));
             }
@@ -217,7 +288,17 @@ impl Body {
         }
     }
 
-    /// The chat messages, for chat routes.
+    /// The chat messages of the routes where a message may carry any role,
+    /// `system` included: Ollama's `/api/chat` and OpenAI's
+    /// `/v1/chat/completions`.
+    ///
+    /// `None` for every other route, on purpose also for the two whose system
+    /// prompt is not a message: `/v1/responses` (`input` may be a plain
+    /// string; the system prompt is `instructions`) and `/v1/messages`
+    /// (Anthropic refuses a `system` role; the prompt is the top-level
+    /// `system`). A plugin that inserts a system message therefore never
+    /// breaks them; to edit those bodies, match [`Body::OpenaiResponses`] or
+    /// [`Body::AnthropicMessages`].
     pub fn messages_mut(&mut self) -> Option<&mut Vec<Message>> {
         match self {
             Body::OllamaChat(b) => Some(&mut b.messages),
@@ -226,8 +307,9 @@ impl Body {
         }
     }
 
-    /// Visits every piece of user-supplied text: prompts, system prompts,
-    /// message contents and embedding inputs.
+    /// Visits every piece of user-supplied text: prompts, system prompts
+    /// (`system`, `instructions`), message contents, Responses `input` and
+    /// embedding inputs.
     pub fn for_each_text_mut(&mut self, mut f: impl FnMut(&mut String)) {
         match self {
             Body::OllamaGenerate(b) => {
@@ -256,6 +338,18 @@ impl Body {
                     .iter_mut()
                     .for_each(|v| for_each_string_mut(v, &mut f));
             }
+            Body::OpenaiResponses(b) => {
+                b.instructions.iter_mut().for_each(&mut f);
+                b.for_each_input_text_mut(&mut f);
+            }
+            Body::AnthropicMessages(b) => {
+                b.system
+                    .iter_mut()
+                    .for_each(|v| for_each_content_text_mut(v, &mut f));
+                b.messages
+                    .iter_mut()
+                    .for_each(|m| m.for_each_text_mut(&mut f));
+            }
             Body::Other(_) => {}
         }
     }
@@ -280,7 +374,9 @@ impl Body {
     }
 
     /// The cap on generated tokens the client asked for: `options.num_predict`
-    /// for Ollama, `max_completion_tokens` or `max_tokens` for OpenAI. Ollama's
+    /// for Ollama, `max_completion_tokens` or `max_tokens` for OpenAI chat,
+    /// `max_output_tokens` for OpenAI Responses, `max_tokens` for Anthropic
+    /// Messages. Ollama's
     /// `num_predict` of -1 (or any negative) means "no limit" and reads as `None`.
     pub fn max_tokens(&self) -> Option<u64> {
         match self {
@@ -290,6 +386,8 @@ impl Body {
             }
             Body::OpenaiChat(b) => b.max_completion_tokens.or(b.max_tokens),
             Body::OpenaiCompletions(b) => b.max_tokens,
+            Body::OpenaiResponses(b) => b.max_output_tokens,
+            Body::AnthropicMessages(b) => b.max_tokens,
             _ => None,
         }
     }
@@ -312,6 +410,8 @@ impl Body {
                 b.max_tokens = Some(n);
             }
             Body::OpenaiCompletions(b) => b.max_tokens = Some(n),
+            Body::OpenaiResponses(b) => b.max_output_tokens = Some(n),
+            Body::AnthropicMessages(b) => b.max_tokens = Some(n),
             _ => {}
         }
     }
@@ -324,6 +424,8 @@ impl Body {
                 | Body::OllamaChat(_)
                 | Body::OpenaiChat(_)
                 | Body::OpenaiCompletions(_)
+                | Body::OpenaiResponses(_)
+                | Body::AnthropicMessages(_)
         )
     }
 }
@@ -391,6 +493,119 @@ mod tests {
     }
 
     #[test]
+    fn responses_and_messages_bodies_survive_a_round_trip() {
+        let responses = json!({"model":"m","input":[{"type":"message","role":"user","content":[{"type":"input_text","text":"hi"}],"id":"x"}],"instructions":"s","max_output_tokens":5,"stream":true,"tools":[{"type":"function","name":"f"}],"reasoning":{"effort":"low"}});
+        let body = Body::parse(Route::OpenaiResponses, responses.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body.to_bytes()).unwrap(),
+            responses
+        );
+        let messages = json!({"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi","cache_control":{"type":"ephemeral"}},{"type":"image","source":{}}]}],"system":[{"type":"text","text":"s"}],"max_tokens":9,"temperature":0.2,"metadata":{"user_id":"u"}});
+        let body = Body::parse(Route::AnthropicMessages, messages.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body.to_bytes()).unwrap(),
+            messages
+        );
+    }
+
+    #[test]
+    fn responses_texts_cover_instructions_and_every_input_shape() {
+        let texts = |v: Value| {
+            Body::parse(Route::OpenaiResponses, v.to_string().as_bytes())
+                .unwrap()
+                .texts()
+        };
+        assert_eq!(texts(json!({"model":"m","input":"hi"})), vec!["hi"]);
+        assert_eq!(
+            texts(json!({"model":"m","instructions":"s","input":[
+                {"role":"user","content":"a"},
+                {"type":"message","role":"user","content":[{"type":"input_text","text":"b"},{"type":"input_image","image_url":"u"}]},
+                {"role":"assistant","content":[{"type":"output_text","text":"c"}]}
+            ]})),
+            vec!["s", "a", "b", "c"]
+        );
+        assert!(texts(json!({"model":"m"})).is_empty());
+
+        let mut b = Body::parse(
+            Route::OpenaiResponses,
+            br#"{"model":"m","input":[{"role":"user","content":[{"type":"input_text","text":"x"}]}]}"#,
+        )
+        .unwrap();
+        b.for_each_text_mut(|t| *t = t.to_uppercase());
+        let v: Value = serde_json::from_slice(&b.to_bytes()).unwrap();
+        assert_eq!(v["input"][0]["content"][0]["text"], "X");
+    }
+
+    #[test]
+    fn anthropic_texts_cover_system_and_content_blocks() {
+        let texts = |v: Value| {
+            Body::parse(Route::AnthropicMessages, v.to_string().as_bytes())
+                .unwrap()
+                .texts()
+        };
+        assert_eq!(
+            texts(json!({"model":"m","system":"s","messages":[{"role":"user","content":"a"}]})),
+            vec!["s", "a"]
+        );
+        assert_eq!(
+            texts(
+                json!({"model":"m","system":[{"type":"text","text":"s1"},{"type":"text","text":"s2"}],"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"image","source":{}}]},{"role":"assistant","content":"b"}]})
+            ),
+            vec!["s1", "s2", "a", "b"]
+        );
+    }
+
+    #[test]
+    fn responses_and_messages_caps_use_their_own_fields() {
+        let mut b = Body::parse(Route::OpenaiResponses, br#"{"model":"m","input":"x"}"#).unwrap();
+        assert!(b.generates());
+        assert_eq!(b.max_tokens(), None);
+        b.set_max_tokens(50);
+        let v: Value = serde_json::from_slice(&b.to_bytes()).unwrap();
+        assert_eq!(v["max_output_tokens"], 50);
+        assert!(
+            v.get("max_tokens").is_none(),
+            "the Responses API has no max_tokens"
+        );
+
+        let mut b = Body::parse(
+            Route::AnthropicMessages,
+            br#"{"model":"m","max_tokens":4096}"#,
+        )
+        .unwrap();
+        assert_eq!(b.max_tokens(), Some(4096));
+        b.set_max_tokens(50);
+        let v: Value = serde_json::from_slice(&b.to_bytes()).unwrap();
+        assert_eq!(v["max_tokens"], 50);
+    }
+
+    #[test]
+    fn only_chat_routes_with_a_system_role_expose_messages() {
+        for (route, body) in [
+            (Route::OllamaChat, r#"{"model":"m","messages":[]}"#),
+            (Route::OpenaiChat, r#"{"model":"m","messages":[]}"#),
+        ] {
+            assert!(
+                Body::parse(route, body.as_bytes())
+                    .unwrap()
+                    .messages_mut()
+                    .is_some()
+            );
+        }
+        for (route, body) in [
+            (Route::OpenaiResponses, r#"{"model":"m","input":"x"}"#),
+            (Route::AnthropicMessages, r#"{"model":"m","messages":[]}"#),
+        ] {
+            assert!(
+                Body::parse(route, body.as_bytes())
+                    .unwrap()
+                    .messages_mut()
+                    .is_none()
+            );
+        }
+    }
+
+    #[test]
     fn wrong_shapes_are_errors_not_panics() {
         assert!(Body::parse(Route::OllamaChat, b"not json").is_err());
         assert!(
@@ -398,5 +613,7 @@ mod tests {
             "model is required"
         );
         assert!(Body::parse(Route::OllamaChat, br#"{"model":"m","messages":"x"}"#).is_err());
+        assert!(Body::parse(Route::AnthropicMessages, br#"{"model":"m","messages":"x"}"#).is_err());
+        assert!(Body::parse(Route::OpenaiResponses, br#"{"model":"m","instructions":7}"#).is_err());
     }
 }

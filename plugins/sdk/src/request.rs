@@ -13,14 +13,22 @@ pub enum Route {
     OpenaiCompletions,
     OpenaiEmbeddings,
     Other,
+    /// `POST /v1/responses`: the OpenAI Responses API.
+    OpenaiResponses,
+    /// `POST /v1/messages`: the Anthropic Messages API.
+    AnthropicMessages,
 }
 
 impl Route {
-    /// True for the OpenAI-compatible routes under `/v1/`.
+    /// True for the OpenAI-compatible routes under `/v1/` (not
+    /// `/v1/messages`, which is Anthropic's API).
     pub fn is_openai(self) -> bool {
         matches!(
             self,
-            Route::OpenaiChat | Route::OpenaiCompletions | Route::OpenaiEmbeddings
+            Route::OpenaiChat
+                | Route::OpenaiCompletions
+                | Route::OpenaiEmbeddings
+                | Route::OpenaiResponses
         )
     }
 }
@@ -96,6 +104,8 @@ impl From<wit::RouteKind> for Route {
             wit::RouteKind::OpenaiCompletions => Route::OpenaiCompletions,
             wit::RouteKind::OpenaiEmbeddings => Route::OpenaiEmbeddings,
             wit::RouteKind::Other => Route::Other,
+            wit::RouteKind::OpenaiResponses => Route::OpenaiResponses,
+            wit::RouteKind::AnthropicMessages => Route::AnthropicMessages,
         }
     }
 }

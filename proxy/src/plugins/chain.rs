@@ -234,6 +234,8 @@ fn route_kind(r: wit::RouteKind) -> RouteKind {
         wit::RouteKind::OpenaiCompletions => RouteKind::OpenaiCompletions,
         wit::RouteKind::OpenaiEmbeddings => RouteKind::OpenaiEmbeddings,
         wit::RouteKind::Other => RouteKind::Other,
+        wit::RouteKind::OpenaiResponses => RouteKind::OpenaiResponses,
+        wit::RouteKind::AnthropicMessages => RouteKind::AnthropicMessages,
     }
 }
 
@@ -246,6 +248,8 @@ pub(super) fn wit_route(r: RouteKind) -> wit::RouteKind {
         RouteKind::OpenaiCompletions => wit::RouteKind::OpenaiCompletions,
         RouteKind::OpenaiEmbeddings => wit::RouteKind::OpenaiEmbeddings,
         RouteKind::Other => wit::RouteKind::Other,
+        RouteKind::OpenaiResponses => wit::RouteKind::OpenaiResponses,
+        RouteKind::AnthropicMessages => wit::RouteKind::AnthropicMessages,
     }
 }
 

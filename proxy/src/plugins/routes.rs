@@ -13,11 +13,14 @@ const NAMES: &[(&str, &[RouteKind])] = &[
             RouteKind::OpenaiChat,
             RouteKind::OpenaiCompletions,
             RouteKind::OpenaiEmbeddings,
+            RouteKind::OpenaiResponses,
         ],
     ),
     ("openai-chat", &[RouteKind::OpenaiChat]),
     ("openai-completions", &[RouteKind::OpenaiCompletions]),
     ("openai-embeddings", &[RouteKind::OpenaiEmbeddings]),
+    ("openai-responses", &[RouteKind::OpenaiResponses]),
+    ("anthropic-messages", &[RouteKind::AnthropicMessages]),
     ("other", &[RouteKind::Other]),
 ];
 
@@ -29,6 +32,8 @@ const INFERENCE: &[RouteKind] = &[
     RouteKind::OpenaiChat,
     RouteKind::OpenaiCompletions,
     RouteKind::OpenaiEmbeddings,
+    RouteKind::OpenaiResponses,
+    RouteKind::AnthropicMessages,
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,6 +108,14 @@ mod tests {
         assert!(!s.contains(RouteKind::OllamaGenerate));
 
         assert!(parse(&["other"]).unwrap().contains(RouteKind::Other));
+        assert!(default.contains(RouteKind::OpenaiResponses));
+        assert!(default.contains(RouteKind::AnthropicMessages));
+        let s = parse(&["openai-responses", "anthropic-messages"]).unwrap();
+        assert!(s.contains(RouteKind::OpenaiResponses) && s.contains(RouteKind::AnthropicMessages));
+        assert!(!s.contains(RouteKind::OpenaiChat));
+        let openai = parse(&["openai"]).unwrap();
+        assert!(openai.contains(RouteKind::OpenaiResponses));
+        assert!(!openai.contains(RouteKind::AnthropicMessages));
         assert_eq!(parse(&["inference"]).unwrap(), default);
     }
 

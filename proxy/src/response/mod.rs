@@ -102,6 +102,8 @@ pub fn generates(route: RouteKind) -> bool {
             | RouteKind::OllamaChat
             | RouteKind::OpenaiChat
             | RouteKind::OpenaiCompletions
+            | RouteKind::OpenaiResponses
+            | RouteKind::AnthropicMessages
     )
 }
 
