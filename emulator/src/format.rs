@@ -23,6 +23,7 @@ const WORDS: &[&str] = &[
     ". ",
 ];
 
+/// The text of token `i` of every answer.
 pub fn token(i: usize) -> &'static str {
     WORDS[i % WORDS.len()]
 }

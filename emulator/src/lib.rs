@@ -28,6 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use format::token;
 pub use stats::{Stats, StatsSnapshot};
 
 /// How the emulated server behaves.

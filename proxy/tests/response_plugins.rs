@@ -81,15 +81,7 @@ async fn a_pattern_split_across_ndjson_chunks_is_redacted() {
 
     // One call per chunk, in /metrics: "sky " held (rewritten to ""), "is "
     // rewritten, the other five passed.
-    let metrics = stack
-        .client
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = stack.metrics().await;
     for (outcome, n) in [("pass", 5), ("rewrite", 2), ("end", 0), ("failure", 0)] {
         let line = format!(
             "kiln_plugin_response_calls_total{{plugin=\"output-guard\",outcome=\"{outcome}\"}} {n}\n"
@@ -194,19 +186,6 @@ async fn refused_after(stack: &Stack, path: &str, caller: &str, body: Value) -> 
     used.unwrap_or_else(|| panic!("no count in {msg:?}"))
 }
 
-async fn send(stack: &Stack, path: &str, caller: &str, body: &Value) -> String {
-    let resp = stack
-        .client
-        .post(stack.url(path))
-        .header("x-kiln-caller", caller)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{caller}: the first request has budget");
-    resp.text().await.unwrap()
-}
-
 #[tokio::test]
 async fn token_budgets_count_ollama_and_openai_usage() {
     // A budget of 1 token: the first request of each caller runs, then its
@@ -218,9 +197,12 @@ async fn token_budgets_count_ollama_and_openai_usage() {
     };
 
     // Ollama, not streamed: the usage is in the body.
-    let v: Value =
-        serde_json::from_str(&send(&stack, "/api/chat", "ollama-whole", &chat(false)).await)
-            .unwrap();
+    let v: Value = serde_json::from_str(
+        &stack
+            .post_ok_as("/api/chat", "ollama-whole", &chat(false))
+            .await,
+    )
+    .unwrap();
     let want = v["prompt_eval_count"].as_u64().unwrap() + v["eval_count"].as_u64().unwrap();
     assert_eq!(
         refused_after(&stack, "/api/chat", "ollama-whole", chat(false)).await,
@@ -228,7 +210,9 @@ async fn token_budgets_count_ollama_and_openai_usage() {
     );
 
     // Ollama, streamed: the usage is in the final chunk.
-    let body = send(&stack, "/api/chat", "ollama-stream", &chat(true)).await;
+    let body = stack
+        .post_ok_as("/api/chat", "ollama-stream", &chat(true))
+        .await;
     let last = ndjson(body.as_bytes()).pop().unwrap();
     let want = last["prompt_eval_count"].as_u64().unwrap() + last["eval_count"].as_u64().unwrap();
     assert_eq!(
@@ -246,13 +230,13 @@ async fn token_budgets_count_ollama_and_openai_usage() {
     };
     // OpenAI, not streamed.
     let v: Value = serde_json::from_str(
-        &send(
-            &stack,
-            "/v1/chat/completions",
-            "openai-whole",
-            &openai(false, false),
-        )
-        .await,
+        &stack
+            .post_ok_as(
+                "/v1/chat/completions",
+                "openai-whole",
+                &openai(false, false),
+            )
+            .await,
     )
     .unwrap();
     let want = v["usage"]["total_tokens"].as_u64().unwrap();
@@ -267,13 +251,9 @@ async fn token_budgets_count_ollama_and_openai_usage() {
         want
     );
     // OpenAI, streamed, the client asked for usage: it sees the same count.
-    let body = send(
-        &stack,
-        "/v1/chat/completions",
-        "openai-stream",
-        &openai(true, true),
-    )
-    .await;
+    let body = stack
+        .post_ok_as("/v1/chat/completions", "openai-stream", &openai(true, true))
+        .await;
     let usage: Value = sse_data(&body)
         .iter()
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
@@ -302,7 +282,9 @@ async fn streamed_openai_usage_is_counted_even_when_the_client_did_not_ask() {
     .await;
     let body = json!({"model": "gemma3:4b", "stream": true, "max_tokens": 5,
                       "messages": [{"role": "user", "content": "hi"}]});
-    let answer = send(&stack, "/v1/chat/completions", "quiet", &body).await;
+    let answer = stack
+        .post_ok_as("/v1/chat/completions", "quiet", &body)
+        .await;
     assert!(!answer.contains("\"usage\""), "hidden: {answer}");
     assert_eq!(openai_text(&sse_data(&answer)), "The sky is blue because ");
     assert_eq!(

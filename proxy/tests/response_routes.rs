@@ -243,19 +243,6 @@ async fn refused_after(stack: &Stack, path: &str, caller: &str, body: &Value) ->
         .unwrap_or_else(|| panic!("no count in {msg:?}"))
 }
 
-async fn send(stack: &Stack, path: &str, caller: &str, body: &Value) -> String {
-    let resp = stack
-        .client
-        .post(stack.url(path))
-        .header("x-kiln-caller", caller)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{caller}: the first request has budget");
-    resp.text().await.unwrap()
-}
-
 #[tokio::test]
 async fn token_budgets_count_usage_on_both_routes() {
     // A budget of 1 token: the first request of each caller runs and its
@@ -263,9 +250,12 @@ async fn token_budgets_count_usage_on_both_routes() {
     let stack = stack(vec![plugin("token-budget", json!({"budget": 1}))]).await;
 
     // Responses, not streamed: `usage` in the body.
-    let v: Value =
-        serde_json::from_str(&send(&stack, "/v1/responses", "r-whole", &responses(false)).await)
-            .unwrap();
+    let v: Value = serde_json::from_str(
+        &stack
+            .post_ok_as("/v1/responses", "r-whole", &responses(false))
+            .await,
+    )
+    .unwrap();
     let want = v["usage"]["total_tokens"].as_u64().unwrap();
     assert!(want > 5);
     assert_eq!(
@@ -274,7 +264,9 @@ async fn token_budgets_count_usage_on_both_routes() {
     );
 
     // Responses, streamed: `response.completed`'s usage.
-    let body = send(&stack, "/v1/responses", "r-stream", &responses(true)).await;
+    let body = stack
+        .post_ok_as("/v1/responses", "r-stream", &responses(true))
+        .await;
     let ev = events(&body);
     let want = of(&ev, "response.completed")[0]["response"]["usage"]["total_tokens"]
         .as_u64()
@@ -285,9 +277,12 @@ async fn token_budgets_count_usage_on_both_routes() {
     );
 
     // Messages, not streamed.
-    let v: Value =
-        serde_json::from_str(&send(&stack, "/v1/messages", "m-whole", &messages(false)).await)
-            .unwrap();
+    let v: Value = serde_json::from_str(
+        &stack
+            .post_ok_as("/v1/messages", "m-whole", &messages(false))
+            .await,
+    )
+    .unwrap();
     let want = v["usage"]["input_tokens"].as_u64().unwrap() + 5;
     assert_eq!(
         refused_after(&stack, "/v1/messages", "m-whole", &messages(false)).await,
@@ -297,7 +292,9 @@ async fn token_budgets_count_usage_on_both_routes() {
     // Messages, streamed: input tokens from `message_start`, replaced by the
     // final count in `message_delta` (Ollama's; the estimate differs), plus
     // the output tokens.
-    let body = send(&stack, "/v1/messages", "m-stream", &messages(true)).await;
+    let body = stack
+        .post_ok_as("/v1/messages", "m-stream", &messages(true))
+        .await;
     let ev = events(&body);
     let estimate = of(&ev, "message_start")[0]["message"]["usage"]["input_tokens"]
         .as_u64()

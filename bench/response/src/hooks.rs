@@ -56,26 +56,13 @@ pub struct Api {
     chunks: Vec<Bytes>,
 }
 
-const WORDS: &[&str] = &[
-    "The ",
-    "sky ",
-    "is ",
-    "blue ",
-    "because ",
-    "air ",
-    "scatters ",
-    "short ",
-    "wavelengths",
-    ". ",
-];
-
 impl Api {
     /// `/api/generate`, NDJSON, `tokens` tokens and the final metrics line.
     pub fn ndjson(tokens: usize) -> Api {
         let mut chunks: Vec<Bytes> = (0..tokens)
             .map(|i| {
                 let v = json!({"model": "gemma3:4b", "created_at": "2026-11-27T07:35:01.123456789Z",
-                               "response": WORDS[i % WORDS.len()], "done": false});
+                               "response": ollama_emulator::token(i), "done": false});
                 Bytes::from(format!("{v}\n"))
             })
             .collect();
@@ -102,7 +89,7 @@ impl Api {
             Bytes::from(format!("data: {v}\n\n"))
         };
         let mut chunks: Vec<Bytes> = (0..tokens)
-            .map(|i| event(WORDS[i % WORDS.len()], serde_json::Value::Null))
+            .map(|i| event(ollama_emulator::token(i), serde_json::Value::Null))
             .collect();
         chunks.push(event("", json!("length")));
         let usage = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1_795_000_000,

@@ -116,6 +116,19 @@ impl Stack {
         req.send().await.expect("request to the proxy")
     }
 
+    /// POSTs `body` as caller `caller` (the `x-kiln-caller` header the
+    /// example plugins tell callers apart by); the answer must be a 200:
+    /// its text.
+    pub async fn post_ok_as(&self, path: &str, caller: &str, body: &serde_json::Value) -> String {
+        let req = self
+            .client
+            .post(self.url(path))
+            .header("x-kiln-caller", caller);
+        let resp = req.json(body).send().await.expect("request to the proxy");
+        assert_eq!(resp.status(), 200, "{caller}: {path}");
+        resp.text().await.expect("the answer's body")
+    }
+
     /// GETs from the proxy.
     pub async fn get(&self, path: &str) -> reqwest::Response {
         let req = self.client.get(self.url(path));
