@@ -156,6 +156,29 @@ mod tests {
     }
 
     #[test]
+    fn responses_and_messages_routes_are_checked_and_aliased() {
+        let body = r#"{"model":"gemma","max_tokens":9,"system":[{"type":"text","text":"s"}],"messages":[{"role":"user","content":"hi"}]}"#;
+        let r = Request::new(Route::AnthropicMessages, "/v1/messages", body);
+        let mut want: serde_json::Value = serde_json::from_str(body).unwrap();
+        want["model"] = "gemma3:4b".into();
+        assert_eq!(
+            ModelAllowlist::on_request(&config(), &r).rewritten_json(),
+            Some(want)
+        );
+        let r = Request::new(
+            Route::OpenaiResponses,
+            "/v1/responses",
+            r#"{"model":"llama3:70b","input":"hi"}"#,
+        );
+        assert_eq!(
+            ModelAllowlist::on_request(&config(), &r)
+                .as_rejection()
+                .map(|r| r.status),
+            Some(403)
+        );
+    }
+
+    #[test]
     fn other_models_are_refused_with_the_list() {
         let r = Request::new(
             Route::OllamaChat,

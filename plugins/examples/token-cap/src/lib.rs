@@ -1,9 +1,11 @@
 //! `token-cap`: bounds how much a request can generate, and removes runner
 //! options that would make Ollama reload the model.
 //!
-//! - The cap is `options.num_predict` on Ollama routes and `max_tokens` /
-//!   `max_completion_tokens` on OpenAI routes. A larger (or missing, or
-//!   unlimited `-1`) request is set to `max_tokens`.
+//! - The cap is `options.num_predict` on Ollama routes, `max_tokens` /
+//!   `max_completion_tokens` on OpenAI chat and completions,
+//!   `max_output_tokens` on `/v1/responses` and `max_tokens` on
+//!   `/v1/messages`. A larger (or missing, or unlimited `-1`) request is set
+//!   to `max_tokens`.
 //! - A request whose `num_ctx`, `num_gpu` or `num_batch` differs from the
 //!   loaded model's forces a reload (seconds of GPU time for every other
 //!   caller), so these are stripped by default.
@@ -147,6 +149,51 @@ mod tests {
             .rewritten_json()
             .unwrap();
         assert_eq!(v["max_tokens"], 256);
+    }
+
+    #[test]
+    fn responses_cap_max_output_tokens() {
+        let v = run(
+            Route::OpenaiResponses,
+            json!({"model":"m","input":"p","max_output_tokens":9000}),
+        )
+        .rewritten_json()
+        .unwrap();
+        assert_eq!(v["max_output_tokens"], 256);
+        assert!(
+            v.get("max_tokens").is_none(),
+            "the Responses API ignores max_tokens"
+        );
+        let v = run(Route::OpenaiResponses, json!({"model":"m","input":"p"}))
+            .rewritten_json()
+            .unwrap();
+        assert_eq!(v["max_output_tokens"], 256);
+        assert_eq!(
+            run(
+                Route::OpenaiResponses,
+                json!({"model":"m","input":"p","max_output_tokens":10})
+            ),
+            Decision::Allow
+        );
+    }
+
+    #[test]
+    fn anthropic_messages_cap_max_tokens() {
+        let v = run(
+            Route::AnthropicMessages,
+            json!({"model":"m","messages":[],"max_tokens":4096,"system":"s"}),
+        )
+        .rewritten_json()
+        .unwrap();
+        assert_eq!(v["max_tokens"], 256);
+        assert_eq!(v["system"], "s");
+        assert_eq!(
+            run(
+                Route::AnthropicMessages,
+                json!({"model":"m","messages":[],"max_tokens":10})
+            ),
+            Decision::Allow
+        );
     }
 
     #[test]
