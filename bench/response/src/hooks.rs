@@ -106,6 +106,11 @@ impl Api {
         }
     }
 
+    /// How many chunks the answer has (tokens, plus the API's closing ones).
+    pub fn chunks(&self) -> usize {
+        self.chunks.len()
+    }
+
     fn context(&self) -> ResponseContext {
         ResponseContext {
             request_id: "0123456789abcdef0123456789abcdef".into(),

@@ -248,10 +248,11 @@ fn report_hooks(quick: bool, chains: &[(&'static str, Arc<dyn RequestFilter>)]) 
     let rounds = if quick { 21 } else { 101 };
     println!("### In-process: the response stage alone\n");
     println!(
-        "`cargo run --release -p kiln-bench-response -- --hooks-only` — one answer of 400 tokens, \
-         one chunk per read (as hyper hands Ollama's body over), median of {rounds} answers, CPU time \
-         of one thread, no sockets. `framing` is the host's share (cutting chunks out of the body \
-         and checking them for usage) with hooks that do nothing.\n"
+        "`cargo run --release -p kiln-bench-response -- --hooks-only` — answers of 400 tokens, one \
+         chunk per read (as hyper hands Ollama's body over), median of {rounds} answers, CPU time of \
+         one thread, no sockets. `framing` is the host's share (cutting chunks out of the body and \
+         checking them for usage) with hooks that do nothing. The last column is a whole short \
+         answer (20 tokens), where what a plugin costs per answer (a fresh instance, its start) shows.\n"
     );
     let mut setups = vec![("framing", hooks::Hooks::Framing)];
     setups.extend(
@@ -259,21 +260,24 @@ fn report_hooks(quick: bool, chains: &[(&'static str, Arc<dyn RequestFilter>)]) 
             .iter()
             .map(|(name, c)| (*name, hooks::Hooks::Plugins(c.clone()))),
     );
+    let short = hooks::Api::ndjson(20);
     let apis = [hooks::Api::ndjson(400), hooks::Api::sse(400)];
     // Warm the compile caches and lazy DFAs.
-    for api in &apis {
+    for api in apis.iter().chain([&short]) {
         for (_, h) in &setups {
             hooks::ns_per_chunk(h, api, 3);
         }
     }
-    let head: Vec<&str> = apis.iter().map(|a| a.name).collect();
-    println!("| µs per chunk | {} |", head.join(" | "));
-    println!("|---|{}", "---:|".repeat(apis.len()));
+    let head: Vec<String> = apis.iter().map(|a| format!("{}, µs per chunk", a.name)).collect();
+    println!("| setup | {} | 20-token NDJSON answer, µs |", head.join(" | "));
+    println!("|---|{}---:|", "---:|".repeat(apis.len()));
     for (name, h) in &setups {
-        let cells: Vec<String> = apis
+        let mut cells: Vec<String> = apis
             .iter()
             .map(|api| format!("{:.2}", hooks::ns_per_chunk(h, api, rounds) / 1000.0))
             .collect();
+        let answer = hooks::ns_per_chunk(h, &short, rounds) * short.chunks() as f64 / 1000.0;
+        cells.push(format!("{answer:.0}"));
         println!("| {name} | {} |", cells.join(" | "));
     }
     println!();
