@@ -268,8 +268,14 @@ fn report_hooks(quick: bool, chains: &[(&'static str, Arc<dyn RequestFilter>)]) 
             hooks::ns_per_chunk(h, api, 3);
         }
     }
-    let head: Vec<String> = apis.iter().map(|a| format!("{}, µs per chunk", a.name)).collect();
-    println!("| setup | {} | 20-token NDJSON answer, µs |", head.join(" | "));
+    let head: Vec<String> = apis
+        .iter()
+        .map(|a| format!("{}, µs per chunk", a.name))
+        .collect();
+    println!(
+        "| setup | {} | 20-token NDJSON answer, µs |",
+        head.join(" | ")
+    );
     println!("|---|{}---:|", "---:|".repeat(apis.len()));
     for (name, h) in &setups {
         let mut cells: Vec<String> = apis
