@@ -121,6 +121,7 @@ impl<E: OnEnd> FilteredStream<E> {
             Ok(()) => self.batch.len(),
             Err(ended) => ended.sent,
         };
+        // Draining drops the chunks past `sent` too: they never go out.
         for mut chunk in self.batch.drain(..).take(sent) {
             if let Some(t) = &mut self.transcript {
                 t.sent(&mut chunk);
@@ -132,7 +133,6 @@ impl<E: OnEnd> FilteredStream<E> {
                 out.push(chunk.raw());
             }
         }
-        self.batch.clear();
         result.map_err(|ended| ended.stop.message)
     }
 
