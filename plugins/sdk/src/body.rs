@@ -149,7 +149,8 @@ pub struct OpenaiResponsesRequest {
 
 impl OpenaiResponsesRequest {
     /// Visits the text of `input`: the string itself, or each item's
-    /// `content` (a string or the `text` of its parts).
+    /// `content` (a string or the `text` of its parts), and the `output` a
+    /// client sends back for a tool call (`function_call_output`).
     pub fn for_each_input_text_mut(&mut self, f: &mut impl FnMut(&mut String)) {
         match &mut self.input {
             Some(Value::String(s)) => f(s),
@@ -157,6 +158,8 @@ impl OpenaiResponsesRequest {
                 for item in items {
                     if let Some(content) = item.get_mut("content") {
                         for_each_content_text_mut(content, f);
+                    } else if let Some(output) = item.get_mut("output") {
+                        for_each_content_text_mut(output, f);
                     }
                 }
             }
@@ -211,6 +214,9 @@ fn for_each_content_text_mut(value: &mut Value, f: &mut impl FnMut(&mut String))
             for part in parts {
                 if let Some(Value::String(s)) = part.get_mut("text") {
                     f(s)
+                } else if let Some(inner) = part.get_mut("content") {
+                    // Anthropic's `tool_result` block: its own string or blocks.
+                    for_each_content_text_mut(inner, f)
                 }
             }
         }
@@ -520,9 +526,10 @@ mod tests {
             texts(json!({"model":"m","instructions":"s","input":[
                 {"role":"user","content":"a"},
                 {"type":"message","role":"user","content":[{"type":"input_text","text":"b"},{"type":"input_image","image_url":"u"}]},
-                {"role":"assistant","content":[{"type":"output_text","text":"c"}]}
+                {"role":"assistant","content":[{"type":"output_text","text":"c"}]},
+                {"type":"function_call_output","call_id":"call_1","output":"d"}
             ]})),
-            vec!["s", "a", "b", "c"]
+            vec!["s", "a", "b", "c", "d"]
         );
         assert!(texts(json!({"model":"m"})).is_empty());
 
@@ -552,6 +559,13 @@ mod tests {
                 json!({"model":"m","system":[{"type":"text","text":"s1"},{"type":"text","text":"s2"}],"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"image","source":{}}]},{"role":"assistant","content":"b"}]})
             ),
             vec!["s1", "s2", "a", "b"]
+        );
+        // What a tool gave back is input too.
+        assert_eq!(
+            texts(
+                json!({"model":"m","messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":"r1"},{"type":"tool_result","tool_use_id":"t2","content":[{"type":"text","text":"r2"}]}]}]})
+            ),
+            vec!["r1", "r2"]
         );
     }
 
