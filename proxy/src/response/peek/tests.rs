@@ -1,0 +1,230 @@
+use super::*;
+
+/// The fast and the slow reading agree, on every shape.
+#[test]
+fn typed_and_tree_readings_agree() {
+    let cases: &[(&str, Kind, Shape)] = &[
+        (
+            r#"{"response":"a\"b","done":false}"#,
+            Kind::Line,
+            Shape::OllamaGenerate,
+        ),
+        (
+            r#"{"response":"","done":true,"prompt_eval_count":3,"eval_count":4}"#,
+            Kind::Line,
+            Shape::OllamaGenerate,
+        ),
+        (
+            r#"{"message":{"role":"assistant","content":"x"},"done":false}"#,
+            Kind::Line,
+            Shape::OllamaChat,
+        ),
+        (
+            r#"{"done":true,"eval_count":2}"#,
+            Kind::Line,
+            Shape::OllamaChat,
+        ),
+        (r#"{"error":"boom"}"#, Kind::Line, Shape::OllamaChat),
+        (
+            r#"{"choices":[{"index":0,"delta":{"content":"y"},"finish_reason":null}]}"#,
+            Kind::Event,
+            Shape::OpenaiChat,
+        ),
+        (
+            r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#,
+            Kind::Event,
+            Shape::OpenaiChat,
+        ),
+        (
+            r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
+            Kind::Event,
+            Shape::OpenaiChat,
+        ),
+        (
+            r#"{"choices":[{"message":{"content":"all"}}],"usage":{"prompt_tokens":5,"completion_tokens":6}}"#,
+            Kind::Whole,
+            Shape::OpenaiChat,
+        ),
+        (
+            r#"{"choices":[{"text":"t","finish_reason":"length"}]}"#,
+            Kind::Event,
+            Shape::OpenaiCompletions,
+        ),
+        (
+            r#"{"content_index":0,"delta":"Hi \"x\"","item_id":"msg_1","logprobs":[],"output_index":0,"sequence_number":4,"type":"response.output_text.delta"}"#,
+            Kind::Event,
+            Shape::OpenaiResponses,
+        ),
+        (
+            r#"{"delta":"{\"a\":1}","item_id":"fc_1","output_index":0,"sequence_number":3,"type":"response.function_call_arguments.delta"}"#,
+            Kind::Event,
+            Shape::OpenaiResponses,
+        ),
+        (
+            r#"{"content_index":0,"item_id":"msg_1","logprobs":[],"output_index":0,"sequence_number":6,"text":"Hi","type":"response.output_text.done"}"#,
+            Kind::Event,
+            Shape::OpenaiResponses,
+        ),
+        (
+            r#"{"response":{"output":[],"usage":null},"sequence_number":0,"type":"response.created"}"#,
+            Kind::Event,
+            Shape::OpenaiResponses,
+        ),
+        (
+            r#"{"response":{"output":[{"content":[{"text":"Hi","type":"output_text"}],"type":"message"}],"usage":{"input_tokens":7,"output_tokens":2,"total_tokens":9}},"sequence_number":9,"type":"response.completed"}"#,
+            Kind::Event,
+            Shape::OpenaiResponses,
+        ),
+        (
+            r#"{"id":"resp_1","object":"response","output":[{"id":"rs_1","type":"reasoning","summary":[{"type":"summary_text","text":"hmm"}]},{"id":"msg_1","type":"message","content":[{"type":"output_text","text":"a"},{"type":"output_text","text":"b"}]}],"text":{"format":{"type":"text"}},"usage":{"input_tokens":7,"output_tokens":2}}"#,
+            Kind::Whole,
+            Shape::OpenaiResponses,
+        ),
+        (
+            r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[],"usage":{"input_tokens":5,"output_tokens":0}}}"#,
+            Kind::Event,
+            Shape::AnthropicMessages,
+        ),
+        (
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#,
+            Kind::Event,
+            Shape::AnthropicMessages,
+        ),
+        (
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hmm"}}"#,
+            Kind::Event,
+            Shape::AnthropicMessages,
+        ),
+        (
+            r#"{"type":"content_block_stop","index":0}"#,
+            Kind::Event,
+            Shape::AnthropicMessages,
+        ),
+        (
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":9}}"#,
+            Kind::Event,
+            Shape::AnthropicMessages,
+        ),
+        (
+            r#"{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[{"type":"thinking","thinking":"hmm"},{"type":"text","text":"Hi"}],"stop_reason":"end_turn","usage":{"input_tokens":5,"output_tokens":9}}"#,
+            Kind::Whole,
+            Shape::AnthropicMessages,
+        ),
+        (
+            r#"{"type":"error","error":{"type":"api_error","message":"boom"}}"#,
+            Kind::Event,
+            Shape::AnthropicMessages,
+        ),
+    ];
+    for (json, kind, shape) in cases {
+        let v: Value = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            read(json.as_bytes(), *kind, *shape),
+            from_value(&v, *kind, *shape),
+            "{json}"
+        );
+    }
+    let info = read(cases[0].0.as_bytes(), Kind::Line, Shape::OllamaGenerate);
+    assert_eq!(info.text.as_deref(), Some("a\"b"), "escapes are decoded");
+}
+
+#[test]
+fn the_event_apis_name_text_done_and_usage() {
+    let read = |json: &str, kind, shape| read(json.as_bytes(), kind, shape);
+    let r = Shape::OpenaiResponses;
+    let d = read(
+        r#"{"delta":"Hi","item_id":"m","type":"response.output_text.delta"}"#,
+        Kind::Event,
+        r,
+    );
+    assert_eq!(
+        (d.text.as_deref(), d.done, d.usage),
+        (Some("Hi"), false, None)
+    );
+    let args = read(
+        r#"{"delta":"{}","type":"response.function_call_arguments.delta"}"#,
+        Kind::Event,
+        r,
+    );
+    assert_eq!(args.text, None, "tool arguments are not generated text");
+    let done = read(
+        r#"{"text":"Hi","type":"response.output_text.done"}"#,
+        Kind::Event,
+        r,
+    );
+    assert_eq!((done.text, done.done), (None, true), "a copy, not new text");
+    let completed = read(
+        r#"{"response":{"usage":{"input_tokens":7,"output_tokens":2}},"type":"response.completed"}"#,
+        Kind::Event,
+        r,
+    );
+    assert!(completed.done);
+    assert_eq!(
+        completed.usage,
+        Some(Usage {
+            prompt_tokens: 7,
+            completion_tokens: 2
+        })
+    );
+    let whole = read(
+        r#"{"object":"response","output":[{"type":"reasoning","summary":[{"type":"summary_text","text":"x"}]},{"type":"message","content":[{"type":"output_text","text":"a"},{"type":"output_text","text":"b"}]}],"usage":{"input_tokens":1,"output_tokens":2}}"#,
+        Kind::Whole,
+        r,
+    );
+    assert_eq!(whole.text.as_deref(), Some("ab"));
+    assert_eq!(whole.usage.map(|u| u.completion_tokens), Some(2));
+
+    let m = Shape::AnthropicMessages;
+    let start = read(
+        r#"{"type":"message_start","message":{"content":[],"usage":{"input_tokens":5,"output_tokens":0}}}"#,
+        Kind::Event,
+        m,
+    );
+    assert_eq!(start.usage.map(|u| u.prompt_tokens), Some(5));
+    let t = read(
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#,
+        Kind::Event,
+        m,
+    );
+    assert_eq!((t.text.as_deref(), t.done), (Some("Hi"), false));
+    assert!(read(r#"{"type":"content_block_stop","index":0}"#, Kind::Event, m).done);
+    let end = read(
+        r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":9}}"#,
+        Kind::Event,
+        m,
+    );
+    assert!(end.done);
+    assert_eq!(
+        end.usage,
+        Some(Usage {
+            prompt_tokens: 0,
+            completion_tokens: 9
+        })
+    );
+    assert!(!read(r#"{"type":"message_stop"}"#, Kind::Event, m).done);
+    let whole = read(
+        r#"{"type":"message","content":[{"type":"tool_use","id":"t","input":{}},{"type":"text","text":"Hi"}],"usage":{"input_tokens":5,"output_tokens":9}}"#,
+        Kind::Whole,
+        m,
+    );
+    assert_eq!(whole.text.as_deref(), Some("Hi"));
+    assert_eq!(whole.usage.map(|u| u.prompt_tokens), Some(5));
+    let none = read(r#"{"type":"message","content":[]}"#, Kind::Whole, m);
+    assert_eq!(none.text, None, "no text block, no text");
+}
+
+#[test]
+fn an_odd_field_falls_back_to_the_tree() {
+    // OpenAI content parts instead of a string: no text, but the
+    // finish reason and usage are still read.
+    let json = br#"{"choices":[{"delta":{"content":[{"type":"text"}]},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#;
+    let info = read(json, Kind::Event, Shape::OpenaiChat);
+    assert_eq!(info.text, None);
+    assert!(info.done);
+    assert!(info.usage.is_some());
+    assert_eq!(
+        read(b"[DONE]", Kind::Event, Shape::OpenaiChat),
+        Info::default()
+    );
+    assert_eq!(read(b"[1,2]", Kind::Line, Shape::OllamaChat).text, None);
+}
