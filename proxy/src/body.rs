@@ -159,6 +159,49 @@ impl StreamTimers {
     }
 }
 
+/// The last two bytes a stream sent to the client, so that an error chunk
+/// written after them starts on a fresh line (NDJSON) or event (SSE).
+#[derive(Clone, Copy, Debug)]
+pub struct SentTail([u8; 2]);
+
+impl Default for SentTail {
+    /// Nothing sent yet: as if after a complete line and event.
+    fn default() -> Self {
+        SentTail([b'\n', b'\n'])
+    }
+}
+
+impl SentTail {
+    /// `data` went out after what this tail ends.
+    pub fn follow(&mut self, data: &[u8]) {
+        let before = self.0;
+        self.0 = match data.len() {
+            0 => before,
+            1 => [before[1], data[0]],
+            n => [data[n - 2], data[n - 1]],
+        };
+    }
+
+    /// The chunk that ends the stream with `message` in the client's format:
+    /// an Ollama `{"error"}` line, or an SSE error event of `style`.
+    pub fn error_chunk(self, sse: bool, style: ApiStyle, message: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        if sse {
+            if self.0 != [b'\n', b'\n'] {
+                out.extend_from_slice(b"\n\n");
+            }
+            out.extend_from_slice(&sse_error(style, 500, message));
+        } else {
+            if self.0[1] != b'\n' {
+                out.push(b'\n');
+            }
+            out.extend(error_body(ApiStyle::Ollama, 500, message));
+            out.push(b'\n');
+        }
+        out
+    }
+}
+
 /// Ollama's response, passed through frame by frame.
 pub struct Passthrough<E: OnEnd> {
     inner: Incoming,
@@ -167,7 +210,7 @@ pub struct Passthrough<E: OnEnd> {
     timers: StreamTimers,
     tap: TokenTap,
     bytes: u64,
-    last_two: [u8; 2],
+    tail: SentTail,
     state: State,
     on_end: Option<E>,
     /// Held until the body ends or is dropped: the admission slot, typically.
@@ -210,7 +253,7 @@ impl<E: OnEnd> Passthrough<E> {
             timers: StreamTimers::new(deadline, idle_after),
             tap: TokenTap::default(),
             bytes: 0,
-            last_two: [b'\n', b'\n'],
+            tail: SentTail::default(),
             state: State::Streaming,
             on_end: Some(on_end),
             _guard: guard,
@@ -246,11 +289,7 @@ impl<E: OnEnd> Passthrough<E> {
     fn observe(&mut self, data: &[u8]) {
         self.bytes += data.len() as u64;
         self.tap.feed(data);
-        match data.len() {
-            0 => {}
-            1 => self.last_two = [self.last_two[1], data[0]],
-            n => self.last_two = [data[n - 2], data[n - 1]],
-        }
+        self.tail.follow(data);
         self.timers.data_came();
     }
 
@@ -271,23 +310,12 @@ impl<E: OnEnd> Passthrough<E> {
         message: String,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.end(outcome);
-        let mut line = Vec::new();
-        match self.framing {
-            Framing::Ndjson => {
-                if self.last_two[1] != b'\n' {
-                    line.push(b'\n');
-                }
-                line.extend(error_body(ApiStyle::Ollama, 500, &message));
-                line.push(b'\n');
-            }
-            Framing::Sse => {
-                if self.last_two != [b'\n', b'\n'] {
-                    line.extend_from_slice(b"\n\n");
-                }
-                line.extend_from_slice(&sse_error(self.style, 500, &message));
-            }
+        let sse = match self.framing {
+            Framing::Ndjson => false,
+            Framing::Sse => true,
             Framing::Opaque => return Poll::Ready(Some(Err(message.into()))),
-        }
+        };
+        let line = self.tail.error_chunk(sse, self.style, &message);
         self.state = State::Ending;
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(line)))))
     }

@@ -22,9 +22,9 @@ use tokio::time::Instant;
 use super::chunk::{Chunk, Kind, Shape, Usage};
 use super::transcript::Transcript;
 use super::{ResponseContext, ResponseHooks, ResponseOutcome};
-use crate::body::{BoxError, COALESCE_MAX, OnEnd, Outcome, StreamTimers};
+use crate::body::{BoxError, COALESCE_MAX, OnEnd, Outcome, SentTail, StreamTimers};
 use crate::framing::{Format, Framer};
-use crate::routes::{ApiStyle, error_body, sse_error};
+use crate::routes::ApiStyle;
 
 /// How the streamed body is set up.
 pub struct StreamSetup {
@@ -55,8 +55,7 @@ pub struct FilteredStream<E: OnEnd> {
     timers: StreamTimers,
     usage: Option<Usage>,
     bytes: u64,
-    /// The last two bytes sent, to start an error chunk on a fresh line.
-    last_two: [u8; 2],
+    tail: SentTail,
     done: bool,
     on_end: Option<E>,
     /// Held until the body ends or is dropped: the admission slot.
@@ -90,7 +89,7 @@ impl<E: OnEnd> FilteredStream<E> {
             timers: StreamTimers::new(setup.deadline, setup.idle_after),
             usage: None,
             bytes: 0,
-            last_two: [b'\n', b'\n'],
+            tail: SentTail::default(),
             done: false,
             on_end: Some(on_end),
             _guard: guard,
@@ -192,32 +191,15 @@ impl<E: OnEnd> FilteredStream<E> {
                 tracing::warn!(request_id = %self.ctx.request_id, reason = %message, "stream ended early")
             }
         }
-        let last_two = out.last_two(self.last_two);
-        match self.kind {
-            Kind::Line | Kind::Whole => {
-                if last_two[1] != b'\n' {
-                    out.extend_from_slice(b"\n");
-                }
-                out.extend_from_slice(&error_body(ApiStyle::Ollama, 500, &message));
-                out.extend_from_slice(b"\n");
-            }
-            Kind::Event => {
-                if last_two != [b'\n', b'\n'] {
-                    out.extend_from_slice(b"\n\n");
-                }
-                out.extend_from_slice(&sse_error(self.style, 500, &message));
-            }
-        }
+        let mut tail = self.tail;
+        tail.follow(out.bytes());
+        out.extend_from_slice(&tail.error_chunk(self.kind == Kind::Event, self.style, &message));
         self.close(outcome, out)
     }
 
     fn sent(&mut self, data: Bytes) -> Bytes {
         self.bytes += data.len() as u64;
-        match data.len() {
-            0 => {}
-            1 => self.last_two = [self.last_two[1], data[0]],
-            n => self.last_two = [data[n - 2], data[n - 1]],
-        }
+        self.tail.follow(&data);
         data
     }
 }
@@ -255,16 +237,10 @@ impl Output {
         self.len() == 0
     }
 
-    /// The last two bytes, or `before` shifted by what there is.
-    fn last_two(&self, before: [u8; 2]) -> [u8; 2] {
-        let tail: &[u8] = match &self.first {
+    fn bytes(&self) -> &[u8] {
+        match &self.first {
             Some(f) => f,
             None => &self.joined,
-        };
-        match tail.len() {
-            0 => before,
-            1 => [before[1], tail[0]],
-            n => [tail[n - 2], tail[n - 1]],
         }
     }
 
