@@ -8,6 +8,7 @@
 
 mod example_plugins;
 mod harness;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,6 +17,7 @@ use example_plugins::plugin;
 use harness::{Stack, ndjson};
 use kiln_proxy::filter::{OnError, PluginSpec};
 use serde_json::{Value, json};
+use support::fixtures;
 
 fn spec(name: &str, path: PathBuf, config: Value) -> PluginSpec {
     PluginSpec {
@@ -56,23 +58,30 @@ fn openai_text(events: &[String]) -> String {
         .collect()
 }
 
-#[tokio::test]
-async fn a_pattern_split_across_ndjson_chunks_is_redacted() {
-    let stack = stack(vec![guard()]).await;
+/// Streams `tokens` tokens from /api/generate: the NDJSON lines, and the
+/// generated text they carry.
+async fn generate(stack: &Stack, tokens: u32) -> (Vec<Value>, String) {
     let body = stack
         .post(
             "/api/generate",
-            &json!({"model": "gemma3:4b", "prompt": "why?", "options": {"num_predict": 6}}),
+            &json!({"model": "gemma3:4b", "prompt": "why?", "options": {"num_predict": tokens}}),
         )
         .await
         .bytes()
         .await
         .unwrap();
     let lines = ndjson(&body);
-    let text: String = lines
+    let text = lines
         .iter()
         .filter_map(|l| l["response"].as_str())
         .collect();
+    (lines, text)
+}
+
+#[tokio::test]
+async fn a_pattern_split_across_ndjson_chunks_is_redacted() {
+    let stack = stack(vec![guard()]).await;
+    let (lines, text) = generate(&stack, 6).await;
     assert_eq!(text, "The [REDACTED] blue because air ");
     let last = lines.last().unwrap();
     assert_eq!(last["done"], true);
@@ -323,24 +332,7 @@ fn trapping_plugin(dir: &Path, pass: u32) -> PathBuf {
   (func (export "kiln:filter/response@0.1.0#on-response-complete")
     (param i32 i32 i64 i64 i32 i32)))"#
     );
-    let mut module = wat::parse_str(wat).expect("fixture WAT parses");
-    let mut resolve = wit_parser::Resolve::default();
-    let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/wit/filter.wit");
-    let pkg = resolve.push_file(&wit).expect("filter.wit parses");
-    let world = resolve
-        .select_world(&[pkg], Some("response-filter"))
-        .expect("world `response-filter` exists");
-    wit_component::embed_component_metadata(
-        &mut module,
-        &resolve,
-        world,
-        wit_component::StringEncoding::UTF8,
-        false,
-    )
-    .expect("metadata embeds");
-    let path = dir.join("trap.wasm");
-    std::fs::write(&path, module).unwrap();
-    path
+    fixtures::write_bytes(dir, "trap", &fixtures::with_world(&wat, "response-filter"))
 }
 
 #[tokio::test]
@@ -410,20 +402,7 @@ async fn a_failing_response_plugin_with_on_error_allow_is_left_out() {
     let mut trap = spec("trap", trapping_plugin(dir.path(), 1), Value::Null);
     trap.on_error = OnError::Allow;
     let stack = stack(vec![trap, guard()]).await;
-    let body = stack
-        .post(
-            "/api/generate",
-            &json!({"model": "gemma3:4b", "prompt": "why?", "options": {"num_predict": 5}}),
-        )
-        .await
-        .bytes()
-        .await
-        .unwrap();
-    let lines = ndjson(&body);
-    let text: String = lines
-        .iter()
-        .filter_map(|l| l["response"].as_str())
-        .collect();
+    let (lines, text) = generate(&stack, 5).await;
     assert_eq!(
         text, "The [REDACTED] blue because ",
         "the answer goes on, through the other plugin"

@@ -198,15 +198,21 @@ pub fn wat(behaviour: &Behaviour, config_error: Option<&str>) -> String {
 
 /// The plugin as a core module with its world embedded.
 pub fn core_module(behaviour: &Behaviour, config_error: Option<&str>) -> Vec<u8> {
-    let mut module = wat::parse_str(wat(behaviour, config_error)).expect("fixture WAT parses");
+    with_world(&wat(behaviour, config_error), "filter")
+}
+
+/// The core module of `wat` with the world `world` of plugins/wit/filter.wit
+/// embedded, as wit-bindgen embeds it.
+pub fn with_world(wat: &str, world: &str) -> Vec<u8> {
+    let mut module = wat::parse_str(wat).expect("fixture WAT parses");
     let mut resolve = wit_parser::Resolve::default();
     let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/wit/filter.wit");
     let pkg = resolve
         .push_file(&wit)
         .expect("plugins/wit/filter.wit parses");
     let world = resolve
-        .select_world(&[pkg], Some("filter"))
-        .expect("world `filter` exists");
+        .select_world(&[pkg], Some(world))
+        .unwrap_or_else(|e| panic!("world `{world}` exists: {e}"));
     wit_component::embed_component_metadata(
         &mut module,
         &resolve,
