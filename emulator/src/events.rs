@@ -37,7 +37,16 @@ pub struct Messages {
     /// `message_start` reports this estimate (`EstimateInputTokens`: the
     /// request's characters / 4); the final count comes in `message_delta`.
     pub estimated_input: usize,
+    /// The request asked `thinking: {"type": "enabled"}`: the model thinks
+    /// ([`THINKING`]) before it answers, and the answer starts with a
+    /// `thinking` block. (Ollama would refuse a model without the thinking
+    /// capability; the emulator's models all think when asked.)
+    pub thinking: bool,
 }
+
+/// What the emulator's model thinks, when asked to: one thinking delta.
+/// Not counted in the output tokens.
+pub const THINKING: &str = "Rayleigh scattering, I think.";
 
 impl Responses {
     pub fn of_request(req: &Value, next: u64) -> Responses {
@@ -261,26 +270,66 @@ impl Messages {
             // GenerateMessageID: "msg_" and 24 hex digits.
             id: format!("msg_{:024x}", 0x5eed_0000 + next),
             estimated_input: if total / 4 == 0 && some { 1 } else { total / 4 },
+            thinking: req.pointer("/thinking/type").and_then(Value::as_str) == Some("enabled"),
         }
     }
 
-    /// The events for token `i`: the first also starts the message and its
-    /// text block.
+    /// The index of the text block: after the thinking block, if any
+    /// (`StreamConverter.contentIndex`).
+    fn text_index(&self) -> usize {
+        usize::from(self.thinking)
+    }
+
+    /// The thinking block, opened and given its one delta
+    /// (`StreamConverter.Process` for a response with `Thinking`).
+    fn think(&self, out: &mut String) {
+        event_raw(
+            out,
+            "content_block_start",
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":""}}"#,
+        );
+        event_raw(
+            out,
+            "content_block_delta",
+            &format!(
+                r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"thinking_delta","thinking":{}}}}}"#,
+                j(THINKING)
+            ),
+        );
+    }
+
+    fn stop(out: &mut String, index: usize) {
+        event_raw(
+            out,
+            "content_block_stop",
+            &format!(r#"{{"type":"content_block_stop","index":{index}}}"#),
+        );
+    }
+
+    /// The events for token `i`: the first also starts the message, the
+    /// thinking block (closed when the text starts) and the text block.
     pub fn chunk(&self, model: &str, i: usize) -> String {
         let mut out = String::new();
+        let index = self.text_index();
         if i == 0 {
             self.start(&mut out, model);
+            if self.thinking {
+                self.think(&mut out);
+                Self::stop(&mut out, 0);
+            }
             event_raw(
                 &mut out,
                 "content_block_start",
-                r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+                &format!(
+                    r#"{{"type":"content_block_start","index":{index},"content_block":{{"type":"text","text":""}}}}"#
+                ),
             );
         }
         event_raw(
             &mut out,
             "content_block_delta",
             &format!(
-                r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","text":{}}}}}"#,
+                r#"{{"type":"content_block_delta","index":{index},"delta":{{"type":"text_delta","text":{}}}}}"#,
                 j(token(i))
             ),
         );
@@ -309,18 +358,19 @@ impl Messages {
         );
     }
 
-    /// The end: the text block stops, `message_delta` has the stop reason
-    /// and the final counts (input and output), then `message_stop`.
+    /// The end: the text block stops (or, with no text, the thinking
+    /// block), `message_delta` has the stop reason and the final counts
+    /// (input and output), then `message_stop`.
     pub fn last_chunk(&self, model: &str, t: &Totals) -> String {
         let mut out = String::new();
         if t.eval_tokens == 0 {
             self.start(&mut out, model);
+            if self.thinking {
+                self.think(&mut out);
+                Self::stop(&mut out, 0);
+            }
         } else {
-            event_raw(
-                &mut out,
-                "content_block_stop",
-                r#"{"type":"content_block_stop","index":0}"#,
-            );
+            Self::stop(&mut out, self.text_index());
         }
         event_raw(
             &mut out,
@@ -336,12 +386,23 @@ impl Messages {
         out
     }
 
-    /// `ToMessagesResponse`; no text means a nil `content`, which Go writes as `null`.
+    /// `ToMessagesResponse`: the thinking block, then the text block; no
+    /// block means a nil `content`, which Go writes as `null`.
     pub fn whole(&self, model: &str, n: usize, t: &Totals) -> String {
-        let content = if n == 0 {
+        let mut blocks = Vec::new();
+        if self.thinking {
+            blocks.push(format!(
+                r#"{{"type":"thinking","thinking":{}}}"#,
+                j(THINKING)
+            ));
+        }
+        if n > 0 {
+            blocks.push(format!(r#"{{"type":"text","text":{}}}"#, j(text(n))));
+        }
+        let content = if blocks.is_empty() {
             "null".to_owned()
         } else {
-            format!(r#"[{{"type":"text","text":{}}}]"#, j(text(n)))
+            format!("[{}]", blocks.join(","))
         };
         let body = ordered(&[
             ("id", j(&self.id)),

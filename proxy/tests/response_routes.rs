@@ -342,3 +342,123 @@ async fn a_stream_that_breaks_ends_with_an_error_event_of_the_clients_api() {
     );
     stack.shutdown().await;
 }
+
+/// The `sequence_number` of every event, in the order sent.
+fn sequence_numbers(ev: &[(String, Value)]) -> Vec<u64> {
+    ev.iter()
+        .map(|(n, v)| {
+            v["sequence_number"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{n} has no sequence number: {v}"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_inserted_responses_delta_takes_its_own_sequence_number() {
+    // "because " is held to the end and released in a delta the host
+    // inserts before `response.output_text.done`: it takes that event's
+    // number and every later event moves up one, so the numbers still count
+    // 0, 1, 2… with no number twice.
+    let stack = stack(vec![plugin(
+        "output-guard",
+        json!({"patterns": ["sky is", "because the"]}),
+    )])
+    .await;
+    let body = stack
+        .post("/v1/responses", &responses(true))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let ev = events(&body);
+    let done_at = ev
+        .iter()
+        .position(|(n, _)| n == "response.output_text.done")
+        .unwrap();
+    assert_eq!(ev[done_at - 1].1["delta"], "because ", "{body}");
+    let numbers = sequence_numbers(&ev);
+    assert_eq!(numbers, (0..ev.len() as u64).collect::<Vec<_>>(), "{body}");
+    // The copies still say what was sent.
+    assert_eq!(ev[done_at].1["text"], REDACTED);
+    assert_eq!(
+        of(&ev, "response.completed")[0]["response"]["output"][0]["content"][0]["text"],
+        REDACTED
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn held_messages_text_waits_for_the_text_blocks_stop_not_the_thinking_blocks() {
+    // With `thinking`, Ollama's answer opens a thinking block (index 0) and
+    // closes it before the text block (index 1). Only the text block's stop
+    // ends the text: held text goes out there, in a delta of the text
+    // block, and never as text in the thinking block.
+    let stack = stack(vec![plugin(
+        "output-guard",
+        json!({"patterns": ["sky is", "because the"]}),
+    )])
+    .await;
+    let mut req = messages(true);
+    req["thinking"] = json!({"type": "enabled", "budget_tokens": 1024});
+    let body = stack.post("/v1/messages", &req).await.text().await.unwrap();
+    assert!(!body.contains("sky is"), "{body}");
+    let ev = events(&body);
+    let blocks: Vec<(&str, &str)> = ev
+        .iter()
+        .filter_map(|(n, v)| {
+            let kind = match n.as_str() {
+                "content_block_start" => v["content_block"]["type"].as_str()?,
+                "content_block_delta" => v["delta"]["type"].as_str()?,
+                "content_block_stop" => "stop",
+                _ => return None,
+            };
+            Some((kind, if v["index"] == 0 { "0" } else { "1" }))
+        })
+        .collect();
+    assert_eq!(
+        blocks,
+        [
+            ("thinking", "0"),
+            ("thinking_delta", "0"),
+            ("stop", "0"),
+            ("text", "1"),
+            ("text_delta", "1"),
+            ("text_delta", "1"),
+            ("text_delta", "1"),
+            ("text_delta", "1"),
+            ("text_delta", "1"),
+            ("text_delta", "1"),
+            ("stop", "1"),
+        ],
+        "the held text released once, by the text block's stop: {body}"
+    );
+    let stops: Vec<usize> = ev
+        .iter()
+        .enumerate()
+        .filter(|(_, (n, _))| n == "content_block_stop")
+        .map(|(i, _)| i)
+        .collect();
+    let released = &ev[stops[1] - 1].1;
+    assert_eq!(
+        (
+            released["index"].as_u64(),
+            released["delta"]["text"].as_str()
+        ),
+        (Some(1), Some("because "))
+    );
+    let text: String = ev
+        .iter()
+        .filter(|(_, v)| v["delta"]["type"] == "text_delta")
+        .map(|(_, v)| v["delta"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, REDACTED);
+
+    // Not streamed: the text block is redacted, the thinking block kept.
+    let mut req = messages(false);
+    req["thinking"] = json!({"type": "enabled"});
+    let v: Value = stack.post("/v1/messages", &req).await.json().await.unwrap();
+    assert_eq!(v["content"][0]["type"], "thinking");
+    assert_eq!(v["content"][1]["text"], REDACTED);
+    stack.shutdown().await;
+}

@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 use memchr::memmem::Finder;
 
 use super::events;
-use super::peek::{self, Info};
+use super::peek::{self, Block, Info};
 use crate::framing::sse_data;
 
 /// Only chunks with these bytes can carry token counts.
@@ -194,6 +194,20 @@ impl Chunk {
         self.kind == Kind::Whole || self.info().done
     }
 
+    /// Sets [`Chunk::done`], for what only the answer's earlier chunks tell
+    /// (the stop of a `/v1/messages` text block, see `blocks`).
+    pub(super) fn set_done(&mut self, done: bool) {
+        self.info();
+        if let Some(info) = self.info.get_mut() {
+            info.done = done;
+        }
+    }
+
+    /// The content block a `/v1/messages` event opens or closes.
+    pub(super) fn block(&self) -> Option<Block> {
+        self.info().block
+    }
+
     /// The token counts in this chunk: Ollama's final chunk
     /// (`prompt_eval_count` is omitted by Ollama when it is 0), or OpenAI's
     /// `usage`. Chunks that cannot hold them are not parsed to find out.
@@ -282,13 +296,35 @@ impl Chunk {
             self.info = OnceCell::from(info);
             return true;
         }
-        let synthetic = self.synthetic(&text);
-        let before = self.before.get_or_insert_with(Vec::new);
-        before.extend_from_slice(&synthetic);
-        self.before_text
-            .get_or_insert_with(String::new)
-            .push_str(&text);
+        let joined = self.before_text.get_or_insert_with(String::new);
+        joined.push_str(&text);
+        let joined = joined.clone();
+        if self.is_event_api() {
+            // One event carries all the text put here (by several hooks):
+            // a `/v1/responses` event inserted takes a sequence number.
+            self.before = Some(self.synthetic(&joined, None));
+        } else {
+            let synthetic = self.synthetic(&text, None);
+            self.before
+                .get_or_insert_with(Vec::new)
+                .extend_from_slice(&synthetic);
+        }
         true
+    }
+
+    fn is_event_api(&self) -> bool {
+        matches!(
+            self.shape,
+            Shape::OpenaiResponses | Shape::AnthropicMessages
+        )
+    }
+
+    /// Gives the `/v1/responses` event inserted before this chunk (see
+    /// [`Chunk::inserted`]) the sequence number `seq`.
+    pub(super) fn number_inserted(&mut self, seq: u64) {
+        if let (Some(text), Shape::OpenaiResponses) = (self.before_text.clone(), self.shape) {
+            self.before = Some(self.synthetic(&text, Some(seq)));
+        }
     }
 
     /// Marks the tree (see [`Chunk::tree`]) as changed: `raw` is rebuilt
@@ -329,13 +365,11 @@ impl Chunk {
         true
     }
 
-    /// A chunk of this API carrying `text`, to insert before this chunk.
-    fn synthetic(&self, text: &str) -> Vec<u8> {
-        if matches!(
-            self.shape,
-            Shape::OpenaiResponses | Shape::AnthropicMessages
-        ) {
-            return events::synthetic(self.value.as_ref(), self.shape, self.kind, text);
+    /// A chunk of this API carrying `text`, to insert before this chunk;
+    /// `seq`: its `/v1/responses` sequence number, when not this chunk's.
+    fn synthetic(&self, text: &str, seq: Option<u64>) -> Vec<u8> {
+        if self.is_event_api() {
+            return events::synthetic(self.value.as_ref(), self.shape, self.kind, text, seq);
         }
         let model = self
             .value

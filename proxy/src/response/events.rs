@@ -118,8 +118,16 @@ fn is_object_of(v: &Value, key: &str, value: &str) -> bool {
 /// tree is `v` (a `response.output_text.done` or `content_block_stop` when a
 /// hook releases held text at the end): it names the same item or block as
 /// that chunk. Fields in the order Ollama's Go marshals them (a map, so
-/// sorted, for Responses; the struct's order for Messages).
-pub fn synthetic(v: Option<&Value>, shape: Shape, kind: Kind, text: &str) -> Vec<u8> {
+/// sorted, for Responses; the struct's order for Messages). A Responses
+/// event takes `seq` as its `sequence_number`, or else that chunk's: the
+/// transcript renumbers the chunk and the ones after it.
+pub fn synthetic(
+    v: Option<&Value>,
+    shape: Shape,
+    kind: Kind,
+    text: &str,
+    seq: Option<u64>,
+) -> Vec<u8> {
     if kind != Kind::Event {
         return Vec::new();
     }
@@ -134,9 +142,7 @@ pub fn synthetic(v: Option<&Value>, shape: Shape, kind: Kind, text: &str) -> Vec
                 "{{\"content_index\":{},\"delta\":{text},\"item_id\":{item_id},\"logprobs\":[],\
                  \"output_index\":{output_index},\"sequence_number\":{},\"type\":\"response.output_text.delta\"}}",
                 n("/content_index").unwrap_or(0),
-                // The event it goes before keeps its number: clients read
-                // the order from the stream, not from this.
-                n("/sequence_number").unwrap_or(0),
+                seq.or_else(|| n("/sequence_number")).unwrap_or(0),
             );
             ("response.output_text.delta", json)
         }
@@ -255,7 +261,10 @@ mod tests {
             "content_block_stop",
             r#"{"type":"content_block_stop","index":1}"#,
         );
-        assert!(stop.done());
+        assert!(
+            !stop.done(),
+            "which kind of block it closes, only the answer's starts tell (see `blocks`)"
+        );
         assert!(stop.set_text("held".into()));
         assert_eq!(
             std::str::from_utf8(stop.inserted().unwrap()).unwrap(),

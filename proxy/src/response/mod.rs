@@ -10,8 +10,11 @@
 //!   rewriting.
 //! - `stream`: the streaming body (framing, hooks, errors in the client's format).
 //! - `whole`: non-streaming answers, buffered (bounded) and filtered once.
+//! - `transcript`, `blocks`: per-answer state of the two event APIs (the
+//!   text a `/v1/responses` answer sent; which `/v1/messages` blocks are text).
 //! - `usage`: asking Ollama for usage on streamed OpenAI requests.
 
+mod blocks;
 pub mod chunk;
 mod events;
 mod peek;

@@ -19,6 +19,19 @@ pub struct Info {
     pub usage: Option<Usage>,
     /// OpenAI's usage chunk: no choices, only usage.
     pub usage_only: bool,
+    /// A `/v1/messages` event that opens or closes a content block.
+    pub block: Option<Block>,
+}
+
+/// A content block opened or closed by a `/v1/messages` event. Whether a
+/// stop ends the text depends on what its start opened, which only the
+/// answer's earlier events tell (see `blocks`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Block {
+    /// `content_block_start`; `text`: its `content_block.type` is `text`.
+    Start { index: u64, text: bool },
+    /// `content_block_stop`.
+    Stop { index: u64 },
 }
 
 #[derive(Deserialize)]
@@ -168,6 +181,7 @@ fn from_peek(p: Peek, kind: Kind, shape: Shape) -> Info {
         done,
         usage,
         usage_only,
+        block: None,
     }
 }
 
@@ -222,6 +236,7 @@ pub fn from_value(v: &Value, kind: Kind, shape: Shape) -> Info {
         done,
         usage,
         usage_only,
+        block: None,
     }
 }
 
@@ -333,7 +348,7 @@ impl Reading for ResponsesPeek<'_> {
                 text: joined(parts, "output_text"),
                 done: true,
                 usage: self.usage.as_ref().map(TokenCounts::usage),
-                usage_only: false,
+                ..Info::default()
             };
         }
         let event = self.kind.as_deref().unwrap_or("");
@@ -348,7 +363,7 @@ impl Reading for ResponsesPeek<'_> {
                 .as_ref()
                 .and_then(|r| r.usage.as_ref())
                 .map(TokenCounts::usage),
-            usage_only: false,
+            ..Info::default()
         }
     }
 }
@@ -359,6 +374,12 @@ struct MessagesPeek<'a> {
     kind: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     delta: Option<Part<'a>>,
+    /// The block a `content_block_*` event is about.
+    #[serde(default)]
+    index: Option<u64>,
+    /// `content_block_start`'s block.
+    #[serde(borrow, default)]
+    content_block: Option<Part<'a>>,
     /// `message_start`'s message.
     #[serde(default)]
     message: Option<ResponsesObject>,
@@ -369,11 +390,27 @@ struct MessagesPeek<'a> {
     content: Option<Vec<Part<'a>>>,
 }
 
-/// The Messages events that end generation: `content_block_stop` closes a
-/// block (held text must go out before a text block closes; the event does
-/// not say which kind of block it closes), `message_delta` ends the message.
+/// The Messages event that ends generation by itself: `message_delta` ends
+/// the message. The `content_block_stop` of a text block ends the text too
+/// (held text must go out before it, as a delta of that block), but the
+/// event does not say which kind of block it closes: the stream's
+/// `blocks` marks it done, knowing what each `content_block_start` opened.
 fn messages_done(kind: &str) -> bool {
-    matches!(kind, "content_block_stop" | "message_delta")
+    kind == "message_delta"
+}
+
+/// The block event `event` (with the block's `index`, and for a start the
+/// type of the block it opens) is about.
+fn messages_block(event: &str, index: Option<u64>, opens: Option<&str>) -> Option<Block> {
+    let index = index?;
+    match event {
+        "content_block_start" => Some(Block::Start {
+            index,
+            text: opens == Some("text"),
+        }),
+        "content_block_stop" => Some(Block::Stop { index }),
+        _ => None,
+    }
 }
 
 impl Reading for MessagesPeek<'_> {
@@ -383,10 +420,12 @@ impl Reading for MessagesPeek<'_> {
                 text: joined(self.content.iter().flatten(), "text"),
                 done: true,
                 usage: self.usage.as_ref().map(TokenCounts::usage),
-                usage_only: false,
+                ..Info::default()
             };
         }
         let event = self.kind.as_deref().unwrap_or("");
+        let opens = self.content_block.as_ref().and_then(|b| b.kind.as_deref());
+        let block = messages_block(event, self.index, opens);
         let text = match (event, self.delta) {
             ("content_block_delta", Some(d)) if d.kind.as_deref() == Some("text_delta") => {
                 Some(d.text.map(Cow::into_owned).unwrap_or_default())
@@ -403,6 +442,7 @@ impl Reading for MessagesPeek<'_> {
             done: messages_done(event),
             usage: usage.as_ref().map(TokenCounts::usage),
             usage_only: false,
+            block,
         }
     }
 }
@@ -439,7 +479,7 @@ fn responses_from_value(v: &Value, kind: Kind) -> Info {
             text: joined_values(parts, "output_text"),
             done: true,
             usage: counts(v.get("usage")),
-            usage_only: false,
+            ..Info::default()
         };
     }
     let event = v.get("type").and_then(Value::as_str).unwrap_or("");
@@ -452,7 +492,7 @@ fn responses_from_value(v: &Value, kind: Kind) -> Info {
         },
         done: responses_done(event),
         usage: counts(v.pointer("/response/usage")),
-        usage_only: false,
+        ..Info::default()
     }
 }
 
@@ -462,7 +502,7 @@ fn messages_from_value(v: &Value, kind: Kind) -> Info {
             text: joined_values(list(v.get("content")), "text"),
             done: true,
             usage: counts(v.get("usage")),
-            usage_only: false,
+            ..Info::default()
         };
     }
     let event = v.get("type").and_then(Value::as_str).unwrap_or("");
@@ -484,11 +524,17 @@ fn messages_from_value(v: &Value, kind: Kind) -> Info {
         "message_delta" => counts(v.get("usage")),
         _ => None,
     };
+    let block = messages_block(
+        event,
+        v.get("index").and_then(Value::as_u64),
+        v.pointer("/content_block/type").and_then(Value::as_str),
+    );
     Info {
         text,
         done: messages_done(event),
         usage,
         usage_only: false,
+        block,
     }
 }
 

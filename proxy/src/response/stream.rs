@@ -19,6 +19,7 @@ use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::Instant;
 
+use super::blocks::Blocks;
 use super::chunk::{Chunk, Kind, Shape, Usage};
 use super::transcript::Transcript;
 use super::{ResponseContext, ResponseHooks, ResponseOutcome};
@@ -48,6 +49,9 @@ pub struct FilteredStream<E: OnEnd> {
     hooks: Box<dyn ResponseHooks>,
     /// The text sent, for an API that repeats it (see `transcript`).
     transcript: Option<Transcript>,
+    /// Which blocks hold text, for an API that does not say at their end
+    /// (see `blocks`).
+    blocks: Option<Blocks>,
     /// The chunks of the current read, on their way through the hooks
     /// (kept to reuse its allocation).
     batch: Vec<Chunk>,
@@ -84,6 +88,7 @@ impl<E: OnEnd> FilteredStream<E> {
             hide_usage_chunk: setup.hide_usage_chunk,
             hooks,
             transcript: Transcript::of(setup.shape, kind),
+            blocks: Blocks::of(setup.shape, kind),
             batch: Vec::new(),
             ctx,
             timers: StreamTimers::new(setup.deadline, setup.idle_after),
@@ -110,7 +115,10 @@ impl<E: OnEnd> FilteredStream<E> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        for chunk in &self.batch {
+        for chunk in &mut self.batch {
+            if let Some(b) = &mut self.blocks {
+                b.mark(chunk);
+            }
             if let Some(u) = chunk.usage() {
                 self.usage = Some(Usage::merged(self.usage, u));
             }

@@ -20,6 +20,11 @@
 //! nothing unread is missed before a change; after one, every delta is read.)
 //! Other APIs send their text once (a whole body too, where `set_text`
 //! places it), and pay nothing.
+//!
+//! Every event of a streamed Responses answer also has a `sequence_number`,
+//! counting up by one. A text event the host inserts (see `events`) takes
+//! the number of the event it goes before, and that event and every later
+//! one are renumbered one up; until an event is inserted, nothing is.
 
 use serde_json::Value;
 
@@ -32,6 +37,8 @@ pub struct Transcript {
     items: Vec<(String, String)>,
     /// A hook changed the text of the answer: the copies need rewriting.
     diverged: bool,
+    /// Events inserted so far: the later events' sequence numbers go up by as many.
+    shift: u64,
 }
 
 impl Transcript {
@@ -43,6 +50,9 @@ impl Transcript {
     /// One chunk on its way to the client, after the hooks: its text is
     /// recorded, and a copy of the text is made to match what was sent.
     pub fn sent(&mut self, chunk: &mut Chunk) {
+        if self.shift > 0 || chunk.inserted_text().is_some() {
+            self.renumber(chunk);
+        }
         if let Some(inserted) = chunk.inserted_text() {
             // Inserted before this chunk, in the item this chunk names.
             let inserted = inserted.to_owned();
@@ -94,6 +104,26 @@ impl Transcript {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// The sequence numbers of `chunk` and of the event inserted before it.
+    fn renumber(&mut self, chunk: &mut Chunk) {
+        let inserted = chunk.inserted_text().is_some();
+        let seq = chunk
+            .tree()
+            .and_then(|v| v.get("sequence_number"))
+            .and_then(Value::as_u64);
+        let Some(seq) = seq else {
+            return; // not a numbered event: nothing to follow
+        };
+        if inserted {
+            chunk.number_inserted(seq + self.shift);
+            self.shift += 1;
+        }
+        if let Some(v) = chunk.tree().and_then(Value::as_object_mut) {
+            v.insert("sequence_number".into(), (seq + self.shift).into());
+            chunk.tree_changed();
         }
     }
 
@@ -307,6 +337,74 @@ mod tests {
             data(&end[3])["response"]["output"][0]["content"][0]["text"],
             "my [REDACTED]"
         );
+    }
+
+    /// The sequence numbers of what goes out for `chunks`, inserted events included.
+    fn numbers(chunks: &[Chunk]) -> Vec<u64> {
+        let mut out = Vec::new();
+        for c in chunks {
+            let mut raw = c.inserted().map(<[u8]>::to_vec).unwrap_or_default();
+            raw.extend_from_slice(&c.raw());
+            for e in std::str::from_utf8(&raw).unwrap().split_terminator("\n\n") {
+                let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+                let v: Value = serde_json::from_str(data).unwrap();
+                out.push(v["sequence_number"].as_u64().unwrap());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn an_inserted_event_takes_the_number_of_the_next_and_the_rest_move_up() {
+        let mut t = Transcript::of(Shape::OpenaiResponses, Kind::Event).unwrap();
+        let mut chunks = vec![
+            added(),
+            delta(3, "my "),
+            delta(4, "secret "),
+            delta(5, "plan"),
+        ];
+        chunks.extend(the_end());
+        hooks_read(&chunks);
+        chunks[2].set_text(String::new());
+        chunks[3].set_text(String::new());
+        // Released at the text's end, by two hooks: one event carries both.
+        assert!(chunks[4].set_text("[REDACTED]".into()));
+        assert!(chunks[4].set_text(" ok".into()));
+        for c in &mut chunks {
+            t.sent(c);
+        }
+        assert_eq!(numbers(&chunks), (2..=10).collect::<Vec<_>>());
+        let inserted = std::str::from_utf8(chunks[4].inserted().unwrap()).unwrap();
+        assert_eq!(inserted.matches("event: ").count(), 1, "{inserted}");
+        assert!(
+            inserted.contains("\"delta\":\"[REDACTED] ok\""),
+            "{inserted}"
+        );
+        assert_eq!(data(&chunks[4])["text"], "my [REDACTED] ok");
+    }
+
+    #[test]
+    fn events_after_an_insertion_are_renumbered_even_when_nothing_else_changes() {
+        // Text put on an event early in the answer: the deltas after it,
+        // which nothing else rewrites, move up too.
+        let mut t = Transcript::of(Shape::OpenaiResponses, Kind::Event).unwrap();
+        let mut chunks = vec![
+            added(),
+            event(
+                "response.content_part.added",
+                r#"{"content_index":0,"item_id":"msg_1","output_index":0,"part":{"annotations":[],"logprobs":[],"text":"","type":"output_text"},"sequence_number":3,"type":"response.content_part.added"}"#,
+            ),
+            delta(4, "my "),
+            delta(5, "plan"),
+        ];
+        hooks_read(&chunks);
+        assert!(chunks[1].set_text("Note: ".into()));
+        for c in &mut chunks {
+            t.sent(c);
+        }
+        assert_eq!(numbers(&chunks), [2, 3, 4, 5, 6]);
+        assert_eq!(data(&chunks[3])["delta"], "plan", "only the number changed");
+        assert_eq!(t.items, vec![("msg_1".into(), "Note: my plan".into())]);
     }
 
     #[test]

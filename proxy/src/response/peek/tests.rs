@@ -101,6 +101,16 @@ fn typed_and_tree_readings_agree() {
             Shape::AnthropicMessages,
         ),
         (
+            r#"{"type":"content_block_start","index":1,"content_block":{"type":"text","text":""}}"#,
+            Kind::Event,
+            Shape::AnthropicMessages,
+        ),
+        (
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"t","name":"f","input":{}}}"#,
+            Kind::Event,
+            Shape::AnthropicMessages,
+        ),
+        (
             r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":9}}"#,
             Kind::Event,
             Shape::AnthropicMessages,
@@ -187,7 +197,37 @@ fn the_event_apis_name_text_done_and_usage() {
         m,
     );
     assert_eq!((t.text.as_deref(), t.done), (Some("Hi"), false));
-    assert!(read(r#"{"type":"content_block_stop","index":0}"#, Kind::Event, m).done);
+    let stop = read(r#"{"type":"content_block_stop","index":1}"#, Kind::Event, m);
+    assert_eq!(
+        (stop.done, stop.block),
+        (false, Some(Block::Stop { index: 1 })),
+        "a stop alone does not say whether it ends the text"
+    );
+    let opens = |block: &str| {
+        let json = format!(r#"{{"type":"content_block_start","index":2,"content_block":{block}}}"#);
+        read(&json, Kind::Event, m).block
+    };
+    assert_eq!(
+        opens(r#"{"type":"text","text":""}"#),
+        Some(Block::Start {
+            index: 2,
+            text: true
+        })
+    );
+    assert_eq!(
+        opens(r#"{"type":"thinking","thinking":""}"#),
+        Some(Block::Start {
+            index: 2,
+            text: false
+        })
+    );
+    assert_eq!(
+        opens(r#"{"type":"tool_use","id":"t","name":"f","input":{}}"#),
+        Some(Block::Start {
+            index: 2,
+            text: false
+        })
+    );
     let end = read(
         r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":9}}"#,
         Kind::Event,
