@@ -9,11 +9,13 @@
 
 mod example_plugins;
 mod harness;
+mod support;
 
 use example_plugins::plugin;
 use harness::Stack;
-use kiln_proxy::filter::PluginSpec;
+use kiln_proxy::filter::{OnError, PluginSpec};
 use serde_json::{Value, json};
+use support::fixtures;
 
 async fn stack(specs: Vec<PluginSpec>) -> Stack {
     Stack::with_plugins(&specs).await
@@ -460,5 +462,94 @@ async fn held_messages_text_waits_for_the_text_blocks_stop_not_the_thinking_bloc
     let v: Value = stack.post("/v1/messages", &req).await.json().await.unwrap();
     assert_eq!(v["content"][0]["type"], "thinking");
     assert_eq!(v["content"][1]["text"], REDACTED);
+    stack.shutdown().await;
+}
+
+/// A response-only plugin (world `response-filter`) in WAT that passes every
+/// chunk but the first with `done`, whose text it sets to `<end>`: it shows
+/// where the host says generation ends.
+fn end_marker_plugin(dir: &std::path::Path) -> PluginSpec {
+    // Flattened: the context is 10 i32s; a chunk is its text option (3),
+    // raw list (2) and `done` (the 6th); the action is returned through a
+    // pointer: discriminant byte, then the string's pointer and length.
+    let params10 = "i32 ".repeat(10);
+    let wat = format!(
+        r#"(module
+  (memory (export "memory") 1)
+  (global $marked (mut i32) (i32.const 0))
+  (global $heap (mut i32) (i32.const 1024))
+  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (i32.add (local.get 3) (i32.const 8))))
+    (local.get $p))
+  (func (export "validate-config") (result i32)
+    (i32.store8 (i32.const 16) (i32.const 0)) (i32.const 16))
+  (func (export "kiln:filter/response@0.1.0#on-response-start") (param {params10}))
+  (func (export "kiln:filter/response@0.1.0#on-response-chunk")
+    (param i32 i32 i32 i32 i32 i32) (result i32)
+    (i32.store8 (i32.const 32) (i32.const 0))
+    (if (i32.and (local.get 5) (i32.eqz (global.get $marked)))
+      (then
+        (global.set $marked (i32.const 1))
+        (i32.store8 (i32.const 32) (i32.const 2))
+        (i32.store (i32.const 36) (i32.const 64))
+        (i32.store (i32.const 40) (i32.const 5))))
+    (i32.const 32))
+  (func (export "kiln:filter/response@0.1.0#on-response-complete")
+    (param i32 i32 i64 i64 i32 i32))
+  (data (i32.const 64) "<end>"))"#
+    );
+    let bytes = fixtures::with_world(&wat, "response-filter");
+    PluginSpec {
+        name: "end-marker".into(),
+        path: fixtures::write_bytes(dir, "end_marker", &bytes),
+        sha256: None,
+        on_error: OnError::Deny,
+        routes: None,
+        config: Value::Null,
+    }
+}
+
+#[tokio::test]
+async fn a_thinking_blocks_stop_does_not_end_the_text() {
+    // The first chunk a plugin is told ends generation gets its text: it
+    // must be the text block's stop (index 1), not the thinking block's
+    // (index 0), which has no text to end.
+    let dir = tempfile::tempdir().unwrap();
+    let stack = stack(vec![end_marker_plugin(dir.path())]).await;
+    let mut req = messages(true);
+    req["thinking"] = json!({"type": "enabled"});
+    let body = stack.post("/v1/messages", &req).await.text().await.unwrap();
+    let ev = events(&body);
+    let stops: Vec<usize> = ev
+        .iter()
+        .enumerate()
+        .filter(|(_, (n, _))| n == "content_block_stop")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(stops.len(), 2, "{body}");
+    assert_eq!(ev[stops[0]].1["index"], 0);
+    assert_eq!(
+        ev[stops[0] - 1].1["delta"]["type"],
+        "thinking_delta",
+        "nothing inserted in the thinking block: {body}"
+    );
+    let marker = &ev[stops[1] - 1].1;
+    assert_eq!(
+        (
+            marker["index"].as_u64(),
+            marker["delta"]["type"].as_str(),
+            marker["delta"]["text"].as_str()
+        ),
+        (Some(1), Some("text_delta"), Some("<end>")),
+        "{body}"
+    );
+    let text: String = ev
+        .iter()
+        .filter(|(_, v)| v["delta"]["type"] == "text_delta")
+        .map(|(_, v)| v["delta"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, "The sky is blue because <end>");
     stack.shutdown().await;
 }
