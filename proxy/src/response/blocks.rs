@@ -17,6 +17,8 @@ use super::peek::Block;
 pub struct Blocks {
     /// The indexes of the blocks opened as text (a handful per answer).
     text: Vec<u64>,
+    /// The indexes of the blocks opened as thinking.
+    thinking: Vec<u64>,
 }
 
 impl Blocks {
@@ -37,16 +39,27 @@ impl Blocks {
             return;
         }
         match chunk.block() {
-            Some(Block::Start { index, text }) => {
+            Some(Block::Start {
+                index,
+                text,
+                thinking,
+            }) => {
                 // An index opened again (not Ollama's way) is what it opens now.
                 self.text.retain(|&i| i != index);
+                self.thinking.retain(|&i| i != index);
                 if text {
                     self.text.push(index);
+                }
+                if thinking {
+                    self.thinking.push(index);
                 }
             }
             Some(Block::Stop { index }) => {
                 let text = self.text.contains(&index);
                 chunk.set_done(text);
+                // The stop of a thinking block ends the thinking: held
+                // thinking goes out before it, in a delta of that block.
+                chunk.set_thinking_done(self.thinking.contains(&index));
             }
             None => {}
         }

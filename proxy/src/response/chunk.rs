@@ -18,6 +18,16 @@ use crate::framing::sse_data;
 /// Only chunks with these bytes can carry token counts.
 static EVAL_COUNT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"eval_count\""));
 static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+/// Only chunks with these bytes can carry thinking (Ollama's name, OpenAI's).
+static THINKING: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"thinking\""));
+static REASONING: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"reasoning\""));
+
+/// The two text channels of an answer: the text, and the model's thinking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channel {
+    Text,
+    Thinking,
+}
 
 /// The JSON shape of a route's answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,13 +117,29 @@ pub struct Chunk {
     value: Option<Value>,
     /// `value` was changed: `raw` is rebuilt from it.
     changed: bool,
+    /// [`Chunk::done`] and [`Chunk::thinking_done`] as the answer's earlier
+    /// chunks tell (see `blocks`, `thinking`), over what `info` reads from
+    /// the chunk alone (kept apart so a rewrite can compare readings).
+    done_mark: Option<bool>,
+    thinking_done_mark: Option<bool>,
     /// A hook changed the chunk's text (by either path).
     edited: bool,
+    /// A hook changed the chunk's thinking (by either path).
+    thinking_edited: bool,
+    /// What goes out before this one: `thinking_before`, then
+    /// `text_before`.
+    before: Option<Vec<u8>>,
     /// A text chunk to send before this one, when a hook put text on a chunk
     /// that has no place for it.
-    before: Option<Vec<u8>>,
-    /// The text of `before`.
+    text_before: Option<Vec<u8>>,
+    /// The text of `text_before`.
     before_text: Option<String>,
+    /// A thinking chunk to send before this one (and before any text
+    /// inserted: the model thinks first), when a hook put thinking on a
+    /// chunk that has no place for it.
+    thinking_before: Option<Vec<u8>>,
+    /// The thinking of `thinking_before`.
+    before_thinking: Option<String>,
 }
 
 impl Chunk {
@@ -125,9 +151,15 @@ impl Chunk {
             info: OnceCell::new(),
             value: None,
             changed: false,
+            done_mark: None,
+            thinking_done_mark: None,
             edited: false,
+            thinking_edited: false,
             before: None,
+            text_before: None,
             before_text: None,
+            thinking_before: None,
+            before_thinking: None,
         }
     }
 
@@ -166,6 +198,18 @@ impl Chunk {
         self.value.as_mut()
     }
 
+    /// Where this chunk's thinking lives, as a JSON pointer (Ollama's and
+    /// OpenAI's chat shapes; the event APIs place it in `events`).
+    fn thinking_pointer(&self) -> Option<&'static str> {
+        Some(match (self.shape, self.kind) {
+            (Shape::OllamaGenerate, _) => "/thinking",
+            (Shape::OllamaChat, _) => "/message/thinking",
+            (Shape::OpenaiChat, Kind::Whole) => "/choices/0/message/reasoning",
+            (Shape::OpenaiChat, _) => "/choices/0/delta/reasoning",
+            _ => return None,
+        })
+    }
+
     /// Where this chunk's generated text lives, as a JSON pointer.
     fn text_pointer(&self) -> Option<&'static str> {
         Some(match (self.shape, self.kind) {
@@ -189,18 +233,63 @@ impl Chunk {
         self.info.get()?.text.as_deref()
     }
 
+    /// The model's thinking (reasoning) in this chunk, if it carries any:
+    /// Ollama's `thinking` (`/api/generate`) or `message.thinking`
+    /// (`/api/chat`), OpenAI's `delta.reasoning` (`message.reasoning` whole),
+    /// a Responses `response.reasoning_summary_text.delta` (the `summary_text`
+    /// of the `reasoning` items whole), a Messages `thinking_delta` (the
+    /// `thinking` blocks whole). `/v1/completions` has none.
+    pub fn thinking(&self) -> Option<&str> {
+        self.info().thinking.as_deref()
+    }
+
+    /// The thinking, when something read the chunk already (never parses).
+    pub fn thinking_read(&self) -> Option<&str> {
+        self.info.get()?.thinking.as_deref()
+    }
+
+    /// True when the model's thinking ends with this chunk: thinking a hook
+    /// holds back must go out on this chunk at the latest. Generation's end
+    /// ends it; so do a Responses `response.reasoning_summary_text.done`,
+    /// the `content_block_stop` of a Messages thinking block (see `blocks`)
+    /// and, on Ollama's and OpenAI's chat shapes, the first chunk with text
+    /// or tool calls after thinking (see `thinking`). Always true whole.
+    pub fn thinking_done(&self) -> bool {
+        self.done()
+            || self
+                .thinking_done_mark
+                .unwrap_or_else(|| self.info().thinking_done)
+    }
+
+    /// Sets [`Chunk::thinking_done`], for what only the answer's earlier
+    /// chunks tell.
+    pub(super) fn set_thinking_done(&mut self, done: bool) {
+        self.thinking_done_mark = Some(done);
+    }
+
+    /// True when the chunk carries tool calls (the chat shapes).
+    pub(super) fn has_tool_calls(&self) -> bool {
+        self.info().tool_calls
+    }
+
+    /// False when the chunk's bytes show it carries no thinking (no parse).
+    pub(super) fn may_think(&self) -> bool {
+        let finder = match self.shape {
+            Shape::OpenaiChat => &*REASONING,
+            _ => &*THINKING,
+        };
+        finder.find(&self.raw).is_some()
+    }
+
     /// True when generation ends with this chunk (see the WIT `chunk.done`).
     pub fn done(&self) -> bool {
-        self.kind == Kind::Whole || self.info().done
+        self.kind == Kind::Whole || self.done_mark.unwrap_or_else(|| self.info().done)
     }
 
     /// Sets [`Chunk::done`], for what only the answer's earlier chunks tell
     /// (the stop of a `/v1/messages` text block, see `blocks`).
     pub(super) fn set_done(&mut self, done: bool) {
-        self.info();
-        if let Some(info) = self.info.get_mut() {
-            info.done = done;
-        }
+        self.done_mark = Some(done);
     }
 
     /// The content block a `/v1/messages` event opens or closes.
@@ -296,20 +385,88 @@ impl Chunk {
             self.info = OnceCell::from(info);
             return true;
         }
-        let joined = self.before_text.get_or_insert_with(String::new);
-        joined.push_str(&text);
+        self.insert_before(Channel::Text, &text);
+        true
+    }
+
+    /// Replaces the model's thinking, as [`Chunk::set_text`] the text: in
+    /// place when the chunk has thinking or a place for it (Ollama's
+    /// `thinking` / `message.thinking`, OpenAI's `reasoning`, created when
+    /// missing: thinking released on the first text chunk lands in it);
+    /// else in a thinking chunk or event of the API sent just before this
+    /// one (before any text inserted there). `false` where the API has no
+    /// thinking (`/v1/completions`, unknown shapes).
+    pub fn set_thinking(&mut self, thinking: String) -> bool {
+        if self.thinking() == Some(thinking.as_str()) {
+            return true;
+        }
+        if matches!(self.shape, Shape::Other | Shape::OpenaiCompletions) {
+            return false;
+        }
+        let mut info = self.info().clone();
+        if !self.changed && info.thinking.is_some() && self.splice_thinking(&thinking, &info) {
+            self.thinking_edited = true;
+            return true;
+        }
+        let placed = match self.thinking_pointer() {
+            Some(pointer) => match self.tree().and_then(|v| text_slot(v, pointer)) {
+                Some(slot) => {
+                    *slot = Value::String(thinking.clone());
+                    true
+                }
+                None => false,
+            },
+            None => {
+                let (shape, kind, has) = (self.shape, self.kind, info.thinking.is_some());
+                self.tree()
+                    .is_some_and(|v| events::place_thinking(v, shape, kind, has, &thinking))
+            }
+        };
+        if placed {
+            self.changed = true;
+            self.thinking_edited = true;
+            info.thinking = Some(thinking);
+            self.info = OnceCell::from(info);
+            return true;
+        }
+        self.insert_before(Channel::Thinking, &thinking);
+        true
+    }
+
+    /// Puts `text` of `channel` in a chunk of the API sent before this one.
+    fn insert_before(&mut self, channel: Channel, text: &str) {
+        let (joined, raw) = match channel {
+            Channel::Text => (&mut self.before_text, &mut self.text_before),
+            Channel::Thinking => (&mut self.before_thinking, &mut self.thinking_before),
+        };
+        let joined = joined.get_or_insert_with(String::new);
+        joined.push_str(text);
         let joined = joined.clone();
-        if self.is_event_api() {
+        let had = raw.take();
+        let synthetic = if self.is_event_api() {
             // One event carries all the text put here (by several hooks):
             // a `/v1/responses` event inserted takes a sequence number.
-            self.before = Some(self.synthetic(&joined, None));
+            self.synthetic(channel, &joined, None)
         } else {
-            let synthetic = self.synthetic(&text, None);
-            self.before
-                .get_or_insert_with(Vec::new)
-                .extend_from_slice(&synthetic);
+            let mut all = had.unwrap_or_default();
+            all.extend_from_slice(&self.synthetic(channel, text, None));
+            all
+        };
+        match channel {
+            Channel::Text => self.text_before = Some(synthetic),
+            Channel::Thinking => self.thinking_before = Some(synthetic),
         }
-        true
+        self.join_before();
+    }
+
+    /// `before`: the thinking inserted, then the text.
+    fn join_before(&mut self) {
+        let parts = [&self.thinking_before, &self.text_before];
+        let mut all: Option<Vec<u8>> = None;
+        for part in parts.into_iter().flatten() {
+            all.get_or_insert_with(Vec::new).extend_from_slice(part);
+        }
+        self.before = all;
     }
 
     fn is_event_api(&self) -> bool {
@@ -319,12 +476,24 @@ impl Chunk {
         )
     }
 
-    /// Gives the `/v1/responses` event inserted before this chunk (see
-    /// [`Chunk::inserted`]) the sequence number `seq`.
-    pub(super) fn number_inserted(&mut self, seq: u64) {
-        if let (Some(text), Shape::OpenaiResponses) = (self.before_text.clone(), self.shape) {
-            self.before = Some(self.synthetic(&text, Some(seq)));
+    /// Gives the `/v1/responses` events inserted before this chunk (see
+    /// [`Chunk::inserted`]) the sequence numbers from `seq` on, in the order
+    /// they go out (thinking, then text); returns how many there are.
+    pub(super) fn number_inserted(&mut self, seq: u64) -> u64 {
+        if self.shape != Shape::OpenaiResponses {
+            return 0;
         }
+        let mut n = 0;
+        if let Some(thinking) = self.before_thinking.clone() {
+            self.thinking_before = Some(self.synthetic(Channel::Thinking, &thinking, Some(seq)));
+            n += 1;
+        }
+        if let Some(text) = self.before_text.clone() {
+            self.text_before = Some(self.synthetic(Channel::Text, &text, Some(seq + n)));
+            n += 1;
+        }
+        self.join_before();
+        n
     }
 
     /// Marks the tree (see [`Chunk::tree`]) as changed: `raw` is rebuilt
@@ -351,12 +520,48 @@ impl Chunk {
         let Some(spliced) = splice_string(&self.raw, key, text) else {
             return false;
         };
+        self.take_splice(spliced, before, |after| {
+            after.text.as_deref() == Some(text) && after.thinking == before.thinking
+        })
+    }
+
+    /// The fast rewrite of the thinking, as [`Chunk::splice_text`]. Not for
+    /// a whole Responses body: its reasoning items repeat the thinking in
+    /// `encrypted_content`, which the tree rewrites too.
+    fn splice_thinking(&mut self, thinking: &str, before: &Info) -> bool {
+        let key: &[u8] = match (self.shape, self.kind) {
+            (Shape::OllamaGenerate | Shape::OllamaChat | Shape::AnthropicMessages, _) => {
+                b"\"thinking\":"
+            }
+            (Shape::OpenaiChat, _) => b"\"reasoning\":",
+            (Shape::OpenaiResponses, Kind::Event | Kind::Line) => b"\"delta\":",
+            _ => return false,
+        };
+        let Some(spliced) = splice_string(&self.raw, key, thinking) else {
+            return false;
+        };
+        self.take_splice(spliced, before, |after| {
+            after.thinking.as_deref() == Some(thinking) && after.text == before.text
+        })
+    }
+
+    /// Takes the `spliced` bytes when reading them back satisfies `wanted`
+    /// and everything else read is as `before`.
+    fn take_splice(
+        &mut self,
+        spliced: Vec<u8>,
+        before: &Info,
+        wanted: impl FnOnce(&Info) -> bool,
+    ) -> bool {
         let candidate = Chunk::new(Bytes::from(spliced), self.kind, self.shape);
         let after = candidate.info();
         let same_rest = after.done == before.done
+            && after.thinking_done == before.thinking_done
+            && after.tool_calls == before.tool_calls
             && after.usage == before.usage
-            && after.usage_only == before.usage_only;
-        if after.text.as_deref() != Some(text) || !same_rest {
+            && after.usage_only == before.usage_only
+            && after.block == before.block;
+        if !wanted(after) || !same_rest {
             return false;
         }
         self.info = OnceCell::from(after.clone());
@@ -365,11 +570,13 @@ impl Chunk {
         true
     }
 
-    /// A chunk of this API carrying `text`, to insert before this chunk;
-    /// `seq`: its `/v1/responses` sequence number, when not this chunk's.
-    fn synthetic(&self, text: &str, seq: Option<u64>) -> Vec<u8> {
+    /// A chunk of this API carrying `text` in `channel`, to insert before
+    /// this chunk; `seq`: its `/v1/responses` sequence number, when not
+    /// this chunk's.
+    fn synthetic(&self, channel: Channel, text: &str, seq: Option<u64>) -> Vec<u8> {
         if self.is_event_api() {
-            return events::synthetic(self.value.as_ref(), self.shape, self.kind, text, seq);
+            let v = self.value.as_ref();
+            return events::synthetic(v, self.shape, self.kind, channel, text, seq);
         }
         let model = self
             .value
@@ -383,18 +590,33 @@ impl Chunk {
             .and_then(|v| v.get("id"))
             .cloned()
             .unwrap_or_else(|| json!("chatcmpl-kiln"));
-        let v = match self.shape {
-            Shape::OllamaGenerate => json!({"model": model, "response": text, "done": false}),
-            Shape::OllamaChat => json!({
+        // Thinking chunks as Ollama writes them: with an empty text.
+        let v = match (self.shape, channel) {
+            (Shape::OllamaGenerate, Channel::Text) => {
+                json!({"model": model, "response": text, "done": false})
+            }
+            (Shape::OllamaGenerate, Channel::Thinking) => {
+                json!({"model": model, "response": "", "thinking": text, "done": false})
+            }
+            (Shape::OllamaChat, Channel::Text) => json!({
                 "model": model,
                 "message": {"role": "assistant", "content": text},
                 "done": false,
             }),
-            Shape::OpenaiChat => json!({
+            (Shape::OllamaChat, Channel::Thinking) => json!({
+                "model": model,
+                "message": {"role": "assistant", "content": "", "thinking": text},
+                "done": false,
+            }),
+            (Shape::OpenaiChat, Channel::Text) => json!({
                 "id": id, "object": "chat.completion.chunk", "created": unix_now(), "model": model,
                 "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": null}],
             }),
-            Shape::OpenaiCompletions => json!({
+            (Shape::OpenaiChat, Channel::Thinking) => json!({
+                "id": id, "object": "chat.completion.chunk", "created": unix_now(), "model": model,
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": "", "reasoning": text}, "finish_reason": null}],
+            }),
+            (Shape::OpenaiCompletions, Channel::Text) => json!({
                 "id": id, "object": "text_completion", "created": unix_now(), "model": model,
                 "choices": [{"index": 0, "text": text, "finish_reason": null}],
             }),
@@ -430,6 +652,11 @@ impl Chunk {
         self.edited
     }
 
+    /// True when a hook changed this chunk's own thinking.
+    pub fn thinking_edited(&self) -> bool {
+        self.thinking_edited
+    }
+
     /// The name on an SSE event's `event:` line, when it starts with one
     /// (the event APIs name every event, so the name is known unparsed).
     pub fn event_name(&self) -> Option<&str> {
@@ -441,6 +668,11 @@ impl Chunk {
     /// The text of the chunk inserted before this one, if any.
     pub fn inserted_text(&self) -> Option<&str> {
         self.before_text.as_deref()
+    }
+
+    /// The thinking of the chunk inserted before this one, if any.
+    pub fn inserted_thinking(&self) -> Option<&str> {
+        self.before_thinking.as_deref()
     }
 
     /// The JSON body of this (whole) chunk as it is now, for a rebuilt

@@ -8,7 +8,7 @@
 
 use serde_json::{Value, json};
 
-use super::chunk::{Kind, Shape, frame_event};
+use super::chunk::{Channel, Kind, Shape, frame_event};
 
 /// Puts `text` in the tree `v` of a chunk of `shape`: the text field of a
 /// text event (`has_text`: the chunk is one), or, in a whole body, the first
@@ -29,6 +29,131 @@ pub fn place_text(v: &mut Value, shape: Shape, kind: Kind, has_text: bool, text:
         (Shape::AnthropicMessages, Kind::Whole) => place_in_messages_body(v, text),
         _ => false,
     }
+}
+
+/// Puts `thinking` in the tree `v`, as [`place_text`] the text: the delta of
+/// a thinking event (`has_thinking`: the chunk is one), or in a whole body
+/// the first summary part of the `reasoning` items (Responses, with its
+/// `encrypted_content`) or the first `thinking` block (Messages), the others
+/// emptied, one added first when there is none. `false` when the chunk has
+/// no place for thinking.
+pub fn place_thinking(
+    v: &mut Value,
+    shape: Shape,
+    kind: Kind,
+    has_thinking: bool,
+    thinking: &str,
+) -> bool {
+    match (shape, kind) {
+        (Shape::OpenaiResponses, Kind::Event | Kind::Line) if has_thinking => {
+            set(v.as_object_mut().map(|o| o.entry("delta")), thinking)
+        }
+        (Shape::AnthropicMessages, Kind::Event | Kind::Line) if has_thinking => set(
+            v.pointer_mut("/delta")
+                .and_then(Value::as_object_mut)
+                .map(|o| o.entry("thinking")),
+            thinking,
+        ),
+        (Shape::OpenaiResponses, Kind::Whole) => think_in_responses_body(v, thinking),
+        (Shape::AnthropicMessages, Kind::Whole) => think_in_messages_body(v, thinking),
+        _ => false,
+    }
+}
+
+/// `output[]` items of type `reasoning`: their `summary_text` parts, and
+/// `encrypted_content`, where Ollama repeats the thinking in plain text
+/// (`ToResponse`): an item keeps it only with the thinking it now has, or
+/// the original would reach the client there.
+fn think_in_responses_body(v: &mut Value, thinking: &str) -> bool {
+    if !is_object_of(v, "object", "response") {
+        return false;
+    }
+    let Some(output) = array_mut(v, "output") else {
+        return false;
+    };
+    let is_part = |p: &Value| is_type(p, "summary_text");
+    let has_part = output
+        .iter()
+        .filter(|i| is_type(i, "reasoning"))
+        .any(|i| list(i.get("summary")).any(is_part));
+    if !has_part {
+        // A summary part in the first reasoning item, or a reasoning item
+        // first in `output`, as `ToResponse` writes it.
+        let part = json!({"type": "summary_text", "text": ""});
+        match output.iter_mut().find(|i| is_type(i, "reasoning")) {
+            Some(item) => match item.as_object_mut() {
+                Some(o) => o
+                    .entry("summary")
+                    .and_modify(|s| {
+                        if !s.is_array() {
+                            *s = json!([]);
+                        }
+                    })
+                    .or_insert_with(|| json!([]))
+                    .as_array_mut()
+                    .into_iter()
+                    .for_each(|s| s.push(part.clone())),
+                None => return false,
+            },
+            None => {
+                output.insert(
+                    0,
+                    json!({
+                        "id": "rs_kiln", "type": "reasoning",
+                        "summary": [{"type": "summary_text", "text": thinking}],
+                        "encrypted_content": thinking,
+                    }),
+                );
+                return true;
+            }
+        }
+    }
+    let mut placed = false;
+    for item in output.iter_mut().filter(|i| is_type(i, "reasoning")) {
+        let mut mine = String::new();
+        let parts = array_mut(item, "summary").into_iter().flatten();
+        for part in parts.filter(|p| is_part(p)) {
+            if let Some(o) = part.as_object_mut() {
+                let t = if placed { "" } else { thinking };
+                mine.push_str(t);
+                o.insert("text".into(), Value::String(t.into()));
+                placed = true;
+            }
+        }
+        if let Some(o) = item.as_object_mut() {
+            if o.contains_key("encrypted_content") {
+                o.insert("encrypted_content".into(), Value::String(mine));
+            }
+        }
+    }
+    placed
+}
+
+fn list(v: Option<&Value>) -> impl Iterator<Item = &Value> {
+    v.and_then(Value::as_array).into_iter().flatten()
+}
+
+/// `content[]` blocks of type `thinking`; a new one goes first (the model
+/// thinks before it answers).
+fn think_in_messages_body(v: &mut Value, thinking: &str) -> bool {
+    if !is_object_of(v, "type", "message") {
+        return false;
+    }
+    let Some(content) = array_mut(v, "content") else {
+        return false;
+    };
+    let mut first = true;
+    for block in content.iter_mut().filter(|b| is_type(b, "thinking")) {
+        if let Some(o) = block.as_object_mut() {
+            let t = if first { thinking } else { "" };
+            o.insert("thinking".into(), Value::String(t.into()));
+            first = false;
+        }
+    }
+    if first {
+        content.insert(0, json!({"type": "thinking", "thinking": thinking}));
+    }
+    true
 }
 
 fn set(slot: Option<serde_json::map::Entry<'_>>, text: &str) -> bool {
@@ -125,6 +250,7 @@ pub fn synthetic(
     v: Option<&Value>,
     shape: Shape,
     kind: Kind,
+    channel: Channel,
     text: &str,
     seq: Option<u64>,
 ) -> Vec<u8> {
@@ -134,19 +260,37 @@ pub fn synthetic(
     let n = |p: &str| v.and_then(|v| v.pointer(p)).and_then(Value::as_u64);
     // Serializing a str cannot fail.
     let text = serde_json::to_string(text).unwrap_or_default();
-    let (event, json) = match shape {
-        Shape::OpenaiResponses => {
+    let seq = seq.or_else(|| n("/sequence_number")).unwrap_or(0);
+    let (event, json) = match (shape, channel) {
+        (Shape::OpenaiResponses, Channel::Thinking) => {
+            // `processThinking`'s delta, keys sorted as Go marshals a map.
+            let (item_id, output_index) = responses_reasoning_item(v);
+            let item_id = serde_json::to_string(&item_id).unwrap_or_default();
+            let json = format!(
+                "{{\"delta\":{text},\"item_id\":{item_id},\"output_index\":{output_index},\
+                 \"sequence_number\":{seq},\"summary_index\":{},\"type\":\"response.reasoning_summary_text.delta\"}}",
+                n("/summary_index").unwrap_or(0),
+            );
+            ("response.reasoning_summary_text.delta", json)
+        }
+        (Shape::AnthropicMessages, Channel::Thinking) => {
+            let json = format!(
+                "{{\"type\":\"content_block_delta\",\"index\":{},\"delta\":{{\"type\":\"thinking_delta\",\"thinking\":{text}}}}}",
+                n("/index").unwrap_or(0)
+            );
+            ("content_block_delta", json)
+        }
+        (Shape::OpenaiResponses, Channel::Text) => {
             let (item_id, output_index) = responses_item(v);
             let item_id = serde_json::to_string(&item_id).unwrap_or_default();
             let json = format!(
                 "{{\"content_index\":{},\"delta\":{text},\"item_id\":{item_id},\"logprobs\":[],\
-                 \"output_index\":{output_index},\"sequence_number\":{},\"type\":\"response.output_text.delta\"}}",
+                 \"output_index\":{output_index},\"sequence_number\":{seq},\"type\":\"response.output_text.delta\"}}",
                 n("/content_index").unwrap_or(0),
-                seq.or_else(|| n("/sequence_number")).unwrap_or(0),
             );
             ("response.output_text.delta", json)
         }
-        Shape::AnthropicMessages => {
+        (Shape::AnthropicMessages, Channel::Text) => {
             let json = format!(
                 "{{\"type\":\"content_block_delta\",\"index\":{},\"delta\":{{\"type\":\"text_delta\",\"text\":{text}}}}}",
                 n("/index").unwrap_or(0)
@@ -168,14 +312,35 @@ pub fn synthetic(
 /// `output_index`, the item of an `output_item` event, or the last message
 /// of a response object's `output`.
 pub fn responses_item(v: Option<&Value>) -> (String, u64) {
+    item_of(v, "message", "msg_kiln", |_| true)
+}
+
+/// The reasoning item a Responses event is about, as [`responses_item`]:
+/// the event's own item only when it is a reasoning event or item (a text
+/// event names its message).
+pub fn responses_reasoning_item(v: Option<&Value>) -> (String, u64) {
+    item_of(v, "reasoning", "rs_kiln", |v| {
+        let event = v.get("type").and_then(Value::as_str).unwrap_or("");
+        event.starts_with("response.reasoning")
+            || is_type(v.get("item").unwrap_or(&Value::Null), "reasoning")
+    })
+}
+
+fn item_of(
+    v: Option<&Value>,
+    kind: &str,
+    default: &str,
+    own: impl Fn(&Value) -> bool,
+) -> (String, u64) {
     let Some(v) = v else {
-        return ("msg_kiln".into(), 0);
+        return (default.into(), 0);
     };
     let index = v.get("output_index").and_then(Value::as_u64);
     let id = v
         .get("item_id")
         .or_else(|| v.pointer("/item/id"))
-        .and_then(Value::as_str);
+        .and_then(Value::as_str)
+        .filter(|_| own(v));
     if let Some(id) = id {
         return (id.into(), index.unwrap_or(0));
     }
@@ -184,15 +349,15 @@ pub fn responses_item(v: Option<&Value>) -> (String, u64) {
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or_default();
-    match output.iter().rposition(|i| is_type(i, "message")) {
+    match output.iter().rposition(|i| is_type(i, kind)) {
         Some(at) => {
             let id = output[at]
                 .get("id")
                 .and_then(Value::as_str)
-                .unwrap_or("msg_kiln");
+                .unwrap_or(default);
             (id.into(), at as u64)
         }
-        None => ("msg_kiln".into(), output.len() as u64),
+        None => (default.into(), output.len() as u64),
     }
 }
 

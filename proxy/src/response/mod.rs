@@ -6,12 +6,14 @@
 //! answers `None` and the response takes the plain passthrough path: no
 //! framing, no parsing, no copies.
 //!
-//! - `chunk`: one frame of an API's stream, its normalized text, usage and
-//!   rewriting.
+//! - `chunk`: one frame of an API's stream, its normalized text and
+//!   thinking, usage and rewriting.
 //! - `stream`: the streaming body (framing, hooks, errors in the client's format).
 //! - `whole`: non-streaming answers, buffered (bounded) and filtered once.
 //! - `transcript`, `blocks`: per-answer state of the two event APIs (the
-//!   text a `/v1/responses` answer sent; which `/v1/messages` blocks are text).
+//!   text and thinking a `/v1/responses` answer sent; which `/v1/messages`
+//!   blocks are text or thinking).
+//! - `thinking`: per-answer state of the chat shapes: where thinking ends.
 //! - `usage`: asking Ollama for usage on streamed OpenAI requests.
 
 mod blocks;
@@ -19,6 +21,7 @@ pub mod chunk;
 mod events;
 mod peek;
 pub mod stream;
+mod thinking;
 pub mod transcript;
 pub mod usage;
 pub mod whole;

@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::Value;
 
 use super::chunk::{Kind, Shape, Usage};
@@ -15,7 +16,17 @@ use super::chunk::{Kind, Shape, Usage};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Info {
     pub text: Option<String>,
+    /// The model's thinking (reasoning) in this chunk: a second text
+    /// channel, read from the API's own field (see `Chunk::thinking`).
+    pub thinking: Option<String>,
     pub done: bool,
+    /// The thinking ends with this chunk, by what the chunk itself says
+    /// (a Responses `reasoning_summary_text.done`); what only earlier
+    /// chunks tell is marked by the stream (see `thinking`, `blocks`).
+    pub thinking_done: bool,
+    /// The chunk carries tool calls (Ollama's and OpenAI's chat shapes):
+    /// like text, they end the thinking before them.
+    pub tool_calls: bool,
     pub usage: Option<Usage>,
     /// OpenAI's usage chunk: no choices, only usage.
     pub usage_only: bool,
@@ -28,8 +39,13 @@ pub struct Info {
 /// answer's earlier events tell (see `blocks`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Block {
-    /// `content_block_start`; `text`: its `content_block.type` is `text`.
-    Start { index: u64, text: bool },
+    /// `content_block_start`; `text`, `thinking`: its `content_block.type`
+    /// is `text`, `thinking`.
+    Start {
+        index: u64,
+        text: bool,
+        thinking: bool,
+    },
     /// `content_block_stop`.
     Stop { index: u64 },
 }
@@ -38,6 +54,12 @@ pub enum Block {
 struct Peek<'a> {
     #[serde(borrow, default)]
     response: Option<Cow<'a, str>>,
+    /// `/api/generate`'s thinking.
+    #[serde(borrow, default)]
+    thinking: Option<Cow<'a, str>>,
+    /// `/api/generate`'s tool calls (only their presence is read).
+    #[serde(default)]
+    tool_calls: Option<IgnoredAny>,
     #[serde(borrow, default)]
     message: Option<Content<'a>>,
     #[serde(default)]
@@ -83,6 +105,26 @@ impl<'de: 'a, 'a> Deserialize<'de> for FirstChoice<'a> {
 struct Content<'a> {
     #[serde(borrow, default)]
     content: Option<Cow<'a, str>>,
+    /// Ollama's `message.thinking`.
+    #[serde(borrow, default)]
+    thinking: Option<Cow<'a, str>>,
+    /// OpenAI's `delta.reasoning` / `message.reasoning`.
+    #[serde(borrow, default)]
+    reasoning: Option<Cow<'a, str>>,
+    #[serde(default)]
+    tool_calls: Option<IgnoredAny>,
+}
+
+impl<'a> Content<'a> {
+    /// Text, thinking (Ollama's name or OpenAI's), whether tools are called.
+    fn parts(self, openai: bool) -> (Option<Cow<'a, str>>, Option<Cow<'a, str>>, bool) {
+        let thinking = if openai {
+            self.reasoning
+        } else {
+            self.thinking
+        };
+        (self.content, thinking, self.tool_calls.is_some())
+    }
 }
 
 #[derive(Deserialize)]
@@ -144,16 +186,29 @@ fn read_as<'a, P: Deserialize<'a> + Reading>(json: &'a [u8], kind: Kind, shape: 
     }
 }
 
-fn from_peek(p: Peek, kind: Kind, shape: Shape) -> Info {
-    let first = p.choices.as_ref().and_then(|c| c.first.as_ref());
-    let text = match (shape, kind) {
-        (Shape::OllamaGenerate, _) => p.response,
-        (Shape::OllamaChat, _) => p.message.and_then(|m| m.content),
-        (Shape::OpenaiChat, Kind::Whole) => first.and_then(|c| c.message.as_ref()?.content.clone()),
-        (Shape::OpenaiChat, _) => first.and_then(|c| c.delta.as_ref()?.content.clone()),
-        (Shape::OpenaiCompletions, _) => first.and_then(|c| c.text.clone()),
-        _ => None,
+fn from_peek(mut p: Peek, kind: Kind, shape: Shape) -> Info {
+    // Ollama writes thinking and text in one chunk (`/api/chat`:
+    // `message.thinking`, `message.content`); OpenAI in one delta
+    // (`reasoning`, `content`), which Ollama splits in two chunks.
+    let first = p.choices.as_mut().and_then(|c| c.first.as_mut());
+    let (text, thinking, tool_calls) = match (shape, kind) {
+        (Shape::OllamaGenerate, _) => {
+            (p.response.take(), p.thinking.take(), p.tool_calls.is_some())
+        }
+        (Shape::OllamaChat, _) => p
+            .message
+            .take()
+            .map_or((None, None, false), |m| m.parts(false)),
+        (Shape::OpenaiChat, Kind::Whole) => first
+            .and_then(|c| c.message.take())
+            .map_or((None, None, false), |m| m.parts(true)),
+        (Shape::OpenaiChat, _) => first
+            .and_then(|c| c.delta.take())
+            .map_or((None, None, false), |m| m.parts(true)),
+        (Shape::OpenaiCompletions, _) => (first.and_then(|c| c.text.take()), None, false),
+        _ => (None, None, false),
     };
+    let first = p.choices.as_ref().and_then(|c| c.first.as_ref());
     let ollama = matches!(shape, Shape::OllamaGenerate | Shape::OllamaChat);
     let done = kind == Kind::Whole
         || if ollama {
@@ -178,7 +233,10 @@ fn from_peek(p: Peek, kind: Kind, shape: Shape) -> Info {
         && p.choices.as_ref().is_some_and(|c| c.first.is_none());
     Info {
         text: text.map(Cow::into_owned),
+        thinking: thinking.map(Cow::into_owned),
         done,
+        thinking_done: false,
+        tool_calls,
         usage,
         usage_only,
         block: None,
@@ -192,13 +250,31 @@ pub fn from_value(v: &Value, kind: Kind, shape: Shape) -> Info {
         Shape::AnthropicMessages => return messages_from_value(v, kind),
         _ => {}
     }
-    let pointer = match (shape, kind) {
-        (Shape::OllamaGenerate, _) => "/response",
-        (Shape::OllamaChat, _) => "/message/content",
-        (Shape::OpenaiChat, Kind::Whole) => "/choices/0/message/content",
-        (Shape::OpenaiChat, _) => "/choices/0/delta/content",
-        (Shape::OpenaiCompletions, _) => "/choices/0/text",
+    let (pointer, thinking, tools) = match (shape, kind) {
+        (Shape::OllamaGenerate, _) => ("/response", "/thinking", "/tool_calls"),
+        (Shape::OllamaChat, _) => (
+            "/message/content",
+            "/message/thinking",
+            "/message/tool_calls",
+        ),
+        (Shape::OpenaiChat, Kind::Whole) => (
+            "/choices/0/message/content",
+            "/choices/0/message/reasoning",
+            "/choices/0/message/tool_calls",
+        ),
+        (Shape::OpenaiChat, _) => (
+            "/choices/0/delta/content",
+            "/choices/0/delta/reasoning",
+            "/choices/0/delta/tool_calls",
+        ),
+        (Shape::OpenaiCompletions, _) => ("/choices/0/text", "", ""),
         _ => return Info::default(),
+    };
+    let string = |p: &str| {
+        v.pointer(p)
+            .filter(|_| !p.is_empty())
+            .and_then(Value::as_str)
+            .map(str::to_owned)
     };
     let n = |p: &str| v.pointer(p).and_then(Value::as_u64);
     let ollama = matches!(shape, Shape::OllamaGenerate | Shape::OllamaChat);
@@ -229,11 +305,11 @@ pub fn from_value(v: &Value, kind: Kind, shape: Shape) -> Info {
             .and_then(Value::as_array)
             .is_some_and(Vec::is_empty);
     Info {
-        text: v
-            .pointer(pointer)
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        text: string(pointer),
+        thinking: string(thinking),
         done,
+        thinking_done: false,
+        tool_calls: !tools.is_empty() && v.pointer(tools).is_some_and(|t| !t.is_null()),
         usage,
         usage_only,
         block: None,
@@ -279,15 +355,27 @@ struct Part<'a> {
     kind: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     text: Option<Cow<'a, str>>,
+    /// An Anthropic `thinking` block's (or `thinking_delta`'s) thinking.
+    #[serde(borrow, default)]
+    thinking: Option<Cow<'a, str>>,
 }
 
 /// The text of the parts of type `kind`, joined; `None` when there are none.
 fn joined<'a>(parts: impl Iterator<Item = &'a Part<'a>>, kind: &str) -> Option<String> {
+    joined_field(parts, kind, |p| &p.text)
+}
+
+/// The `field` of the parts of type `kind`, joined; `None` when there are none.
+fn joined_field<'a>(
+    parts: impl Iterator<Item = &'a Part<'a>>,
+    kind: &str,
+    field: impl Fn(&'a Part<'a>) -> &'a Option<Cow<'a, str>>,
+) -> Option<String> {
     let mut texts = parts.filter(|p| p.kind.as_deref() == Some(kind));
-    let first = texts.next()?.text.as_deref().unwrap_or("");
+    let first = field(texts.next()?).as_deref().unwrap_or("");
     let mut text = first.to_owned();
     for p in texts {
-        text.push_str(p.text.as_deref().unwrap_or(""));
+        text.push_str(field(p).as_deref().unwrap_or(""));
     }
     Some(text)
 }
@@ -320,7 +408,27 @@ struct OutputItem<'a> {
     kind: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     content: Option<Vec<Part<'a>>>,
+    /// A `reasoning` item's summary parts (`summary_text`).
+    #[serde(borrow, default)]
+    summary: Option<Vec<Part<'a>>>,
 }
+
+/// The thinking of a whole Responses body: the `summary_text` parts of its
+/// `reasoning` items (Ollama's `ToResponse` writes one, and the same text
+/// again as `encrypted_content`, which is not read: a copy).
+fn responses_thinking<'a>(output: &'a [OutputItem<'a>]) -> Option<String> {
+    let parts = output
+        .iter()
+        .filter(|i| i.kind.as_deref() == Some("reasoning"))
+        .flat_map(|i| i.summary.iter().flatten());
+    joined(parts, "summary_text")
+}
+
+/// The Responses event that ends the thinking: the reasoning item's
+/// summary is complete (held thinking must go out before it, while its
+/// deltas are still allowed).
+const THINKING_DONE: &str = "response.reasoning_summary_text.done";
+const THINKING_DELTA: &str = "response.reasoning_summary_text.delta";
 
 /// The Responses events that end generation: `response.output_text.done`
 /// closes the text (held text must go out before it, while deltas are
@@ -346,18 +454,24 @@ impl Reading for ResponsesPeek<'_> {
                 .flat_map(|i| i.content.iter().flatten());
             return Info {
                 text: joined(parts, "output_text"),
+                thinking: responses_thinking(self.output.as_deref().unwrap_or_default()),
                 done: true,
+                thinking_done: true,
                 usage: self.usage.as_ref().map(TokenCounts::usage),
                 ..Info::default()
             };
         }
         let event = self.kind.as_deref().unwrap_or("");
+        let (text, thinking) = match event {
+            "response.output_text.delta" => (self.delta, None),
+            THINKING_DELTA => (None, self.delta),
+            _ => (None, None),
+        };
         Info {
-            text: match event {
-                "response.output_text.delta" => self.delta.map(Cow::into_owned),
-                _ => None,
-            },
+            text: text.map(Cow::into_owned),
+            thinking: thinking.map(Cow::into_owned),
             done: responses_done(event),
+            thinking_done: event == THINKING_DONE,
             usage: self
                 .response
                 .as_ref()
@@ -407,6 +521,7 @@ fn messages_block(event: &str, index: Option<u64>, opens: Option<&str>) -> Optio
         "content_block_start" => Some(Block::Start {
             index,
             text: opens == Some("text"),
+            thinking: opens == Some("thinking"),
         }),
         "content_block_stop" => Some(Block::Stop { index }),
         _ => None,
@@ -418,7 +533,9 @@ impl Reading for MessagesPeek<'_> {
         if kind == Kind::Whole {
             return Info {
                 text: joined(self.content.iter().flatten(), "text"),
+                thinking: joined_field(self.content.iter().flatten(), "thinking", |p| &p.thinking),
                 done: true,
+                thinking_done: true,
                 usage: self.usage.as_ref().map(TokenCounts::usage),
                 ..Info::default()
             };
@@ -426,11 +543,16 @@ impl Reading for MessagesPeek<'_> {
         let event = self.kind.as_deref().unwrap_or("");
         let opens = self.content_block.as_ref().and_then(|b| b.kind.as_deref());
         let block = messages_block(event, self.index, opens);
-        let text = match (event, self.delta) {
-            ("content_block_delta", Some(d)) if d.kind.as_deref() == Some("text_delta") => {
-                Some(d.text.map(Cow::into_owned).unwrap_or_default())
-            }
-            _ => None,
+        let (text, thinking) = match (event, self.delta) {
+            ("content_block_delta", Some(d)) => match d.kind.as_deref() {
+                Some("text_delta") => (Some(d.text.map(Cow::into_owned).unwrap_or_default()), None),
+                Some("thinking_delta") => (
+                    None,
+                    Some(d.thinking.map(Cow::into_owned).unwrap_or_default()),
+                ),
+                _ => (None, None),
+            },
+            _ => (None, None),
         };
         let usage = match event {
             "message_start" => self.message.and_then(|m| m.usage),
@@ -439,10 +561,11 @@ impl Reading for MessagesPeek<'_> {
         };
         Info {
             text,
+            thinking,
             done: messages_done(event),
             usage: usage.as_ref().map(TokenCounts::usage),
-            usage_only: false,
             block,
+            ..Info::default()
         }
     }
 }
@@ -458,9 +581,17 @@ fn counts(u: Option<&Value>) -> Option<Usage> {
 }
 
 fn joined_values<'a>(parts: impl Iterator<Item = &'a Value>, kind: &str) -> Option<String> {
+    joined_fields(parts, kind, "text")
+}
+
+fn joined_fields<'a>(
+    parts: impl Iterator<Item = &'a Value>,
+    kind: &str,
+    field: &str,
+) -> Option<String> {
     let mut texts = parts
         .filter(|p| p.get("type").and_then(Value::as_str) == Some(kind))
-        .map(|p| p.get("text").and_then(Value::as_str).unwrap_or(""))
+        .map(|p| p.get(field).and_then(Value::as_str).unwrap_or(""))
         .peekable();
     texts.peek()?;
     Some(texts.collect())
@@ -475,22 +606,31 @@ fn responses_from_value(v: &Value, kind: Kind) -> Info {
         let parts = list(v.get("output"))
             .filter(|i| i.get("type").and_then(Value::as_str) == Some("message"))
             .flat_map(|i| list(i.get("content")));
+        let summaries = list(v.get("output"))
+            .filter(|i| i.get("type").and_then(Value::as_str) == Some("reasoning"))
+            .flat_map(|i| list(i.get("summary")));
         return Info {
             text: joined_values(parts, "output_text"),
+            thinking: joined_values(summaries, "summary_text"),
             done: true,
+            thinking_done: true,
             usage: counts(v.get("usage")),
             ..Info::default()
         };
     }
     let event = v.get("type").and_then(Value::as_str).unwrap_or("");
+    let delta = || v.get("delta").and_then(Value::as_str).map(str::to_owned);
     Info {
         text: match event {
-            "response.output_text.delta" => {
-                v.get("delta").and_then(Value::as_str).map(str::to_owned)
-            }
+            "response.output_text.delta" => delta(),
+            _ => None,
+        },
+        thinking: match event {
+            THINKING_DELTA => delta(),
             _ => None,
         },
         done: responses_done(event),
+        thinking_done: event == THINKING_DONE,
         usage: counts(v.pointer("/response/usage")),
         ..Info::default()
     }
@@ -500,18 +640,19 @@ fn messages_from_value(v: &Value, kind: Kind) -> Info {
     if kind == Kind::Whole {
         return Info {
             text: joined_values(list(v.get("content")), "text"),
+            thinking: joined_fields(list(v.get("content")), "thinking", "thinking"),
             done: true,
+            thinking_done: true,
             usage: counts(v.get("usage")),
             ..Info::default()
         };
     }
     let event = v.get("type").and_then(Value::as_str).unwrap_or("");
-    let text = match event {
-        "content_block_delta"
-            if v.pointer("/delta/type").and_then(Value::as_str) == Some("text_delta") =>
-        {
+    let delta_of = |kind: &str, field: &str| match event {
+        "content_block_delta" if v.pointer("/delta/type").and_then(Value::as_str) == Some(kind) => {
             Some(
-                v.pointer("/delta/text")
+                v.pointer("/delta")
+                    .and_then(|d| d.get(field))
                     .and_then(Value::as_str)
                     .unwrap_or("")
                     .to_owned(),
@@ -519,6 +660,8 @@ fn messages_from_value(v: &Value, kind: Kind) -> Info {
         }
         _ => None,
     };
+    let text = delta_of("text_delta", "text");
+    let thinking = delta_of("thinking_delta", "thinking");
     let usage = match event {
         "message_start" => counts(v.pointer("/message/usage")),
         "message_delta" => counts(v.get("usage")),
@@ -531,10 +674,11 @@ fn messages_from_value(v: &Value, kind: Kind) -> Info {
     );
     Info {
         text,
+        thinking,
         done: messages_done(event),
         usage,
-        usage_only: false,
         block,
+        ..Info::default()
     }
 }
 

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use super::blocks::Blocks;
 use super::chunk::{Chunk, Kind, Shape, Usage};
+use super::thinking::ThinkingEnd;
 use super::transcript::Transcript;
 use super::{ResponseContext, ResponseHooks, ResponseOutcome};
 use crate::body::{BoxError, COALESCE_MAX, OnEnd, Outcome, SentTail, StreamTimers};
@@ -52,6 +53,8 @@ pub struct FilteredStream<E: OnEnd> {
     /// Which blocks hold text, for an API that does not say at their end
     /// (see `blocks`).
     blocks: Option<Blocks>,
+    /// Where the thinking ends, for an API that does not say (see `thinking`).
+    thinking_end: Option<ThinkingEnd>,
     /// The chunks of the current read, on their way through the hooks
     /// (kept to reuse its allocation).
     batch: Vec<Chunk>,
@@ -89,6 +92,7 @@ impl<E: OnEnd> FilteredStream<E> {
             hooks,
             transcript: Transcript::of(setup.shape, kind),
             blocks: Blocks::of(setup.shape, kind),
+            thinking_end: ThinkingEnd::of(setup.shape, kind),
             batch: Vec::new(),
             ctx,
             timers: StreamTimers::new(setup.deadline, setup.idle_after),
@@ -118,6 +122,9 @@ impl<E: OnEnd> FilteredStream<E> {
         for chunk in &mut self.batch {
             if let Some(b) = &mut self.blocks {
                 b.mark(chunk);
+            }
+            if let Some(t) = &mut self.thinking_end {
+                t.mark(chunk);
             }
             if let Some(u) = chunk.usage() {
                 self.usage = Some(Usage::merged(self.usage, u));

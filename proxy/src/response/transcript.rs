@@ -50,7 +50,7 @@ impl Transcript {
     /// One chunk on its way to the client, after the hooks: its text is
     /// recorded, and a copy of the text is made to match what was sent.
     pub fn sent(&mut self, chunk: &mut Chunk) {
-        if self.shift > 0 || chunk.inserted_text().is_some() {
+        if self.shift > 0 || chunk.inserted().is_some() {
             self.renumber(chunk);
         }
         if let Some(inserted) = chunk.inserted_text() {
@@ -109,7 +109,7 @@ impl Transcript {
 
     /// The sequence numbers of `chunk` and of the event inserted before it.
     fn renumber(&mut self, chunk: &mut Chunk) {
-        let inserted = chunk.inserted_text().is_some();
+        let inserted = chunk.inserted().is_some();
         let seq = chunk
             .tree()
             .and_then(|v| v.get("sequence_number"))
@@ -118,8 +118,7 @@ impl Transcript {
             return; // not a numbered event: nothing to follow
         };
         if inserted {
-            chunk.number_inserted(seq + self.shift);
-            self.shift += 1;
+            self.shift += chunk.number_inserted(seq + self.shift);
         }
         if let Some(v) = chunk.tree().and_then(Value::as_object_mut) {
             v.insert("sequence_number".into(), (seq + self.shift).into());

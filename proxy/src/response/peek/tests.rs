@@ -211,21 +211,24 @@ fn the_event_apis_name_text_done_and_usage() {
         opens(r#"{"type":"text","text":""}"#),
         Some(Block::Start {
             index: 2,
-            text: true
+            text: true,
+            thinking: false
         })
     );
     assert_eq!(
         opens(r#"{"type":"thinking","thinking":""}"#),
         Some(Block::Start {
             index: 2,
-            text: false
+            text: false,
+            thinking: true
         })
     );
     assert_eq!(
         opens(r#"{"type":"tool_use","id":"t","name":"f","input":{}}"#),
         Some(Block::Start {
             index: 2,
-            text: false
+            text: false,
+            thinking: false
         })
     );
     let end = read(
