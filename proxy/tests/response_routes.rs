@@ -469,9 +469,10 @@ async fn held_messages_text_waits_for_the_text_blocks_stop_not_the_thinking_bloc
 /// chunk but the first with `done`, whose text it sets to `<end>`: it shows
 /// where the host says generation ends.
 fn end_marker_plugin(dir: &std::path::Path) -> PluginSpec {
-    // Flattened: the context is 10 i32s; a chunk is its text option (3),
-    // raw list (2) and `done` (the 6th); the action is returned through a
-    // pointer: discriminant byte, then the string's pointer and length.
+    // Flattened: the context is 10 i32s; a chunk is its text and thinking
+    // options (3 each), raw list (2), `done` (the 9th) and `thinking-done`;
+    // the action is returned through a pointer: discriminant byte, then the
+    // string's pointer and length.
     let params10 = "i32 ".repeat(10);
     let wat = format!(
         r#"(module
@@ -487,9 +488,9 @@ fn end_marker_plugin(dir: &std::path::Path) -> PluginSpec {
     (i32.store8 (i32.const 16) (i32.const 0)) (i32.const 16))
   (func (export "kiln:filter/response@0.1.0#on-response-start") (param {params10}))
   (func (export "kiln:filter/response@0.1.0#on-response-chunk")
-    (param i32 i32 i32 i32 i32 i32) (result i32)
+    (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
     (i32.store8 (i32.const 32) (i32.const 0))
-    (if (i32.and (local.get 5) (i32.eqz (global.get $marked)))
+    (if (i32.and (local.get 8) (i32.eqz (global.get $marked)))
       (then
         (global.set $marked (i32.const 1))
         (i32.store8 (i32.const 32) (i32.const 2))

@@ -67,10 +67,17 @@ pub struct Chunk {
     /// The generated text, the same for every API (see the WIT); `None` for
     /// chunks without text (usage chunk, `[DONE]`, error lines).
     pub text: Option<String>,
+    /// The model's thinking (reasoning) in this chunk, kept apart from the
+    /// text as the API keeps it (see the WIT); `None` when there is none.
+    /// It reaches the client too: a filter of generated text must see it.
+    pub thinking: Option<String>,
     /// The chunk as Ollama sent it.
     pub raw: Vec<u8>,
     /// Generation ends with this chunk: release anything held back now.
     pub done: bool,
+    /// Thinking ends with this chunk (always when `done`): release any
+    /// thinking held back now.
+    pub thinking_done: bool,
 }
 
 impl Chunk {
@@ -78,8 +85,15 @@ impl Chunk {
     pub fn with_text(text: &str) -> Self {
         Chunk {
             text: Some(text.into()),
-            raw: Vec::new(),
-            done: false,
+            ..Chunk::default()
+        }
+    }
+
+    /// A chunk carrying only `thinking`; for tests.
+    pub fn with_thinking(thinking: &str) -> Self {
+        Chunk {
+            thinking: Some(thinking.into()),
+            ..Chunk::default()
         }
     }
 
@@ -87,6 +101,7 @@ impl Chunk {
     pub fn last(text: &str) -> Self {
         Chunk {
             done: true,
+            thinking_done: true,
             ..Chunk::with_text(text)
         }
     }
@@ -122,6 +137,12 @@ pub enum ChunkAction {
     PassRest,
     /// Replace its generated text (empty to hold the text back).
     Rewrite(String),
+    /// Replace its text and/or its thinking (`None` leaves that part as it
+    /// came; empty holds it back).
+    RewriteParts {
+        text: Option<String>,
+        thinking: Option<String>,
+    },
     /// Stop the answer with this error (status used only when not streaming).
     End(Rejection),
 }
@@ -249,8 +270,10 @@ impl From<wit::Chunk> for Chunk {
     fn from(c: wit::Chunk) -> Self {
         Chunk {
             text: c.text,
+            thinking: c.thinking,
             raw: c.raw,
             done: c.done,
+            thinking_done: c.thinking_done,
         }
     }
 }
@@ -261,6 +284,9 @@ impl From<ChunkAction> for wit::ChunkAction {
             ChunkAction::Pass => wit::ChunkAction::Pass,
             ChunkAction::PassRest => wit::ChunkAction::PassRest,
             ChunkAction::Rewrite(t) => wit::ChunkAction::RewriteText(t),
+            ChunkAction::RewriteParts { text, thinking } => {
+                wit::ChunkAction::RewriteParts(wit::Parts { text, thinking })
+            }
             ChunkAction::End(r) => wit::ChunkAction::End(types::Rejection {
                 status: r.status,
                 message: r.message,

@@ -115,6 +115,22 @@ fn stop_of(r: types::Rejection) -> Stop {
     }
 }
 
+/// A plugin's new thinking and text for `chunk` (thinking first: it comes
+/// before the text on the wire).
+fn rewrite(
+    chunk: &mut Chunk,
+    thinking: Option<String>,
+    text: Option<String>,
+    plugin: &str,
+    ctx: &ResponseContext,
+) {
+    let placed =
+        thinking.is_none_or(|t| chunk.set_thinking(t)) & text.is_none_or(|t| chunk.set_text(t));
+    if !placed {
+        tracing::debug!(plugin, path = %ctx.path, "response plugin rewrote text or thinking on a route whose chunks carry none; ignored");
+    }
+}
+
 fn wit_outcome(o: ResponseOutcome) -> wit::ResponseOutcome {
     match o {
         ResponseOutcome::Completed => wit::ResponseOutcome::Completed,
@@ -225,8 +241,10 @@ impl ResponseHooks for ResponseRun {
                 // Each plugin sees the chunk as rewritten by the ones before it.
                 let wchunk = wit::Chunk {
                     text: chunk.text().map(str::to_owned),
+                    thinking: chunk.thinking().map(str::to_owned),
                     raw: chunk.raw().to_vec(),
                     done: chunk.done(),
+                    thinking_done: chunk.thinking_done(),
                 };
                 let action = instance
                     .kiln_filter_response()
@@ -238,9 +256,11 @@ impl ResponseHooks for ResponseRun {
                         ChunkOutcome::Pass
                     }
                     Ok(wit::ChunkAction::RewriteText(text)) => {
-                        if !chunk.set_text(text) {
-                            tracing::debug!(plugin = %plugin.name, path = %ctx.path, "response plugin rewrote text on a route whose chunks carry none; ignored");
-                        }
+                        rewrite(chunk, None, Some(text), &plugin.name, ctx);
+                        ChunkOutcome::Rewrite
+                    }
+                    Ok(wit::ChunkAction::RewriteParts(parts)) => {
+                        rewrite(chunk, parts.thinking, parts.text, &plugin.name, ctx);
                         ChunkOutcome::Rewrite
                     }
                     Ok(wit::ChunkAction::End(r)) => {

@@ -121,6 +121,26 @@ impl Guard {
         })
     }
 
+    /// A guard with the same patterns and settings and nothing held, for
+    /// a second text (the model's thinking) without compiling again.
+    pub fn fresh(&self) -> Guard {
+        // The byte table was read off the DFA; only the cache is per guard.
+        let cache = self.dfa.create_cache();
+        let clears = cache.clear_count();
+        Guard {
+            dfa: self.dfa.clone(),
+            cache,
+            can_start: self.can_start,
+            window: self.window,
+            replacement: self.replacement.clone(),
+            held: String::new(),
+            before_held: None,
+            runs: Vec::new(),
+            clears,
+            out: String::new(),
+        }
+    }
+
     /// Characters held back right now.
     pub fn held_chars(&self) -> usize {
         self.held.chars().count()

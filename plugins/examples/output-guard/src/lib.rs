@@ -11,7 +11,10 @@
 //!
 //! Text that cannot start a match is sent at once; what is held is released
 //! (redacted) as soon as it cannot match, and at the latest at the chunk
-//! that ends generation.
+//! that ends generation. The model's thinking, which reaches the client
+//! too, gets the same treatment with a guard of its own (thinking and text
+//! are two texts: a match cannot span them), released at the latest where
+//! the thinking ends.
 
 pub mod guard;
 
@@ -56,9 +59,25 @@ impl Config {
 
 pub struct OutputGuard;
 
-/// Per answer: the guard, or why it could not be built (the config was
+/// The guards of one answer: one per text the model writes.
+pub struct Guards {
+    text: Guard,
+    /// Made from `text` (no second compile) when the first thinking comes.
+    thinking: Option<Guard>,
+}
+
+impl Guards {
+    pub fn new(text: Guard) -> Guards {
+        Guards {
+            text,
+            thinking: None,
+        }
+    }
+}
+
+/// Per answer: the guards, or why they could not be built (the config was
 /// checked at load, so this only happens if the host changed it).
-pub type State = Result<Guard, String>;
+pub type State = Result<Guards, String>;
 
 impl ResponsePlugin for OutputGuard {
     type Config = Config;
@@ -77,7 +96,7 @@ impl ResponsePlugin for OutputGuard {
     }
 
     fn start(config: &Config, _ctx: &ResponseContext) -> State {
-        config.guard()
+        config.guard().map(Guards::new)
     }
 
     fn on_chunk(
@@ -86,40 +105,57 @@ impl ResponsePlugin for OutputGuard {
         _ctx: &ResponseContext,
         chunk: &Chunk,
     ) -> ChunkAction {
-        let guard = match state {
+        let guards = match state {
             Ok(g) => g,
             Err(e) => return ChunkAction::end(500, format!("output-guard cannot run: {e}")),
         };
-        filter_chunk(guard, chunk)
+        filter_chunk(guards, chunk)
     }
 }
 
-/// One chunk through the guard: text that is unchanged passes as is (the
-/// host then re-encodes nothing, and nothing is allocated here).
-pub fn filter_chunk(guard: &mut Guard, chunk: &Chunk) -> ChunkAction {
-    let Some(text) = chunk.text.as_deref() else {
-        // No text in this chunk. Held text must not outlive the stream: put
-        // it before the end marker (`[DONE]`, an error line).
-        if guard.held_chars() > 0 && (chunk.done || chunk.json().is_none() || is_error(chunk)) {
-            return ChunkAction::Rewrite(guard.finish().to_owned());
+/// One chunk through the guards: a chunk whose text and thinking are
+/// unchanged passes as is (the host then re-encodes nothing, and nothing is
+/// allocated here).
+pub fn filter_chunk(guards: &mut Guards, chunk: &Chunk) -> ChunkAction {
+    let thinking = match chunk.thinking.as_deref() {
+        Some(thinking) => {
+            let guard = guards.thinking.get_or_insert_with(|| guards.text.fresh());
+            through(guard, thinking, chunk.thinking_done)
         }
-        return ChunkAction::Pass;
+        None => guards
+            .thinking
+            .as_mut()
+            .and_then(|guard| flush(guard, chunk, chunk.thinking_done)),
     };
-    if !chunk.done {
-        let out = guard.push(text);
-        return if out == text {
-            ChunkAction::Pass
-        } else {
-            ChunkAction::Rewrite(out.to_owned())
-        };
+    let text = match chunk.text.as_deref() {
+        Some(text) => through(&mut guards.text, text, chunk.done),
+        None => flush(&mut guards.text, chunk, chunk.done),
+    };
+    match (text, thinking) {
+        (None, None) => ChunkAction::Pass,
+        (Some(text), None) => ChunkAction::Rewrite(text),
+        (text, thinking) => ChunkAction::RewriteParts { text, thinking },
     }
-    let mut out = guard.push(text).to_owned();
+}
+
+/// `piece` through `guard` (everything held released when `ends`): the
+/// rewritten piece, or `None` when it goes out unchanged.
+fn through(guard: &mut Guard, piece: &str, ends: bool) -> Option<String> {
+    if !ends {
+        let out = guard.push(piece);
+        return (out != piece).then(|| out.to_owned());
+    }
+    let mut out = guard.push(piece).to_owned();
     out.push_str(guard.finish());
-    if out == text {
-        ChunkAction::Pass
-    } else {
-        ChunkAction::Rewrite(out)
-    }
+    (out != piece).then_some(out)
+}
+
+/// A chunk without this text: what `guard` holds must not outlive the text
+/// (`ends`) nor the stream, so it goes out (redacted) before an end marker
+/// (`[DONE]`, an error line) too.
+fn flush(guard: &mut Guard, chunk: &Chunk, ends: bool) -> Option<String> {
+    (guard.held_chars() > 0 && (ends || chunk.json().is_none() || is_error(chunk)))
+        .then(|| guard.finish().to_owned())
 }
 
 fn is_error(chunk: &Chunk) -> bool {
@@ -140,7 +176,7 @@ mod tests {
     #[test]
     fn chunks_are_rewritten_only_when_something_changes() {
         let c = config(r#"{"patterns":["sky is"]}"#);
-        let mut g = c.guard().unwrap();
+        let mut g = Guards::new(c.guard().unwrap());
         assert_eq!(
             filter_chunk(&mut g, &Chunk::with_text("The ")),
             ChunkAction::Pass
@@ -160,7 +196,7 @@ mod tests {
     #[test]
     fn held_text_is_flushed_at_the_end_of_generation() {
         let c = config(r#"{"patterns":["secret-\\d+"]}"#);
-        let mut g = c.guard().unwrap();
+        let mut g = Guards::new(c.guard().unwrap());
         assert_eq!(
             filter_chunk(&mut g, &Chunk::with_text("the secret-12")),
             ChunkAction::Rewrite("the ".into())
@@ -170,7 +206,7 @@ mod tests {
             ChunkAction::Rewrite("[REDACTED]".into())
         );
         // Without a text-carrying last chunk, the end marker flushes.
-        let mut g = c.guard().unwrap();
+        let mut g = Guards::new(c.guard().unwrap());
         filter_chunk(&mut g, &Chunk::with_text("so secr"));
         let done = Chunk {
             raw: b"data: [DONE]\n\n".to_vec(),
@@ -179,6 +215,67 @@ mod tests {
         assert_eq!(
             filter_chunk(&mut g, &done),
             ChunkAction::Rewrite("secr".into())
+        );
+    }
+
+    fn thinking(parts: ChunkAction) -> Option<String> {
+        match parts {
+            ChunkAction::RewriteParts { thinking, .. } => thinking,
+            other => panic!("expected a thinking rewrite, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn thinking_is_guarded_like_text_and_released_where_it_ends() {
+        let c = config(r#"{"patterns":["secret-\\d+"]}"#);
+        let mut g = Guards::new(c.guard().unwrap());
+        // Split across two thinking chunks: held, then redacted.
+        assert_eq!(
+            thinking(filter_chunk(&mut g, &Chunk::with_thinking("my secr"))),
+            Some("my ".into())
+        );
+        assert_eq!(
+            thinking(filter_chunk(&mut g, &Chunk::with_thinking("et-42 is."))),
+            Some("[REDACTED] is.".into())
+        );
+        assert_eq!(
+            filter_chunk(&mut g, &Chunk::with_thinking(" safe")),
+            ChunkAction::Pass
+        );
+        // Held thinking goes out on the chunk where thinking ends, even one
+        // that carries only text (which passes as it is).
+        thinking(filter_chunk(&mut g, &Chunk::with_thinking(" secret-7")));
+        let first_text = Chunk {
+            thinking_done: true,
+            ..Chunk::with_text("The answer")
+        };
+        assert_eq!(
+            filter_chunk(&mut g, &first_text),
+            ChunkAction::RewriteParts {
+                text: None,
+                thinking: Some("[REDACTED]".into())
+            }
+        );
+    }
+
+    #[test]
+    fn thinking_and_text_are_separate_texts() {
+        let c = config(r#"{"patterns":["secret"]}"#);
+        let mut g = Guards::new(c.guard().unwrap());
+        // One Ollama chunk may carry the end of the thinking and the start
+        // of the text: each is guarded on its own, and a match cannot span
+        // them.
+        let both = Chunk {
+            thinking: Some("a secret, and sec".into()),
+            thinking_done: true,
+            ..Chunk::with_text("ret secret.")
+        };
+        assert_eq!(
+            filter_chunk(&mut g, &both),
+            ChunkAction::RewriteParts {
+                text: Some("ret [REDACTED].".into()),
+                thinking: Some("a [REDACTED], and sec".into())
+            }
         );
     }
 
