@@ -387,10 +387,14 @@ async fn show(State(st): State<AppState>, body: Bytes) -> Response {
     };
     let name = models::normalize(&model);
     let m = local_models(st).into_iter().find(|m| m.name == name);
+    let mut capabilities = vec!["completion"];
+    if models::thinks(st.config.models_dir.as_deref(), &name) {
+        capabilities.push("thinking");
+    }
     axum::Json(json!({
         "license": "", "modelfile": format!("FROM {name}\n"), "parameters": "temperature 1", "template": "{{ .Prompt }}",
         "details": m.as_ref().map(details).unwrap_or_else(|| json!({})),
-        "model_info": {}, "capabilities": ["completion"],
+        "model_info": {}, "capabilities": capabilities,
     }))
     .into_response()
 }

@@ -14,7 +14,7 @@
 
 use serde_json::{Value, json};
 
-use crate::format::{Totals, text, token, unix_now};
+use crate::format::{Totals, text, thinking_text, thinking_token, token, unix_now};
 
 /// A `/v1/responses` answer: its ids and what the response object echoes
 /// from the request.
@@ -28,6 +28,11 @@ pub struct Responses {
     pub max_output_tokens: Option<u64>,
     pub truncation: String,
     pub background: bool,
+    /// The streamed reasoning item's id (`rs_%d`, random in Ollama).
+    pub reasoning_id: String,
+    /// `reasoning.effort` and `reasoning.summary`, echoed in `reasoning`.
+    pub effort: Option<String>,
+    pub summary: Option<String>,
 }
 
 /// A `/v1/messages` answer.
@@ -37,20 +42,27 @@ pub struct Messages {
     /// `message_start` reports this estimate (`EstimateInputTokens`: the
     /// request's characters / 4); the final count comes in `message_delta`.
     pub estimated_input: usize,
-    /// The request asked `thinking: {"type": "enabled"}`: the model thinks
-    /// ([`THINKING`]) before it answers, and the answer starts with a
-    /// `thinking` block. (Ollama would refuse a model without the thinking
-    /// capability; the emulator's models all think when asked.)
-    pub thinking: bool,
+    /// A model that cannot think was asked `thinking: {"type": "enabled"}`.
+    /// Ollama relaxes that to no thinking (middleware/anthropic.go sets
+    /// `relax_thinking`; routes.go ChatHandler drops `think`). The emulator
+    /// used to answer it with one `thinking_delta` ([`THINKING`]), and
+    /// proxy/tests/response_routes.rs still relies on that, so it stays
+    /// until those tests ask a thinking model. Not counted in the output tokens.
+    pub legacy_thinking: bool,
 }
 
-/// What the emulator's model thinks, when asked to: one thinking delta.
-/// Not counted in the output tokens.
+/// The single thinking delta of [`Messages::legacy_thinking`].
 pub const THINKING: &str = "Rayleigh scattering, I think.";
 
 impl Responses {
     pub fn of_request(req: &Value, next: u64) -> Responses {
         let f = |k: &str| req.get(k).and_then(Value::as_f64).unwrap_or(1.0);
+        let reasoning = |k: &str| {
+            req.pointer(&format!("/reasoning/{k}"))
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
         Responses {
             // Ollama: fmt.Sprintf("resp_%d", rand.Intn(999999)), "msg_%d".
             id: format!("resp_{}", 100_000 + next),
@@ -72,7 +84,33 @@ impl Responses {
                 .get("background")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
+            reasoning_id: format!("rs_{}", 300_000 + next),
+            effort: reasoning("effort"),
+            summary: reasoning("summary"),
         }
+    }
+
+    /// `buildResponseObject`'s `reasoning`: null, or a map with both keys.
+    fn reasoning_stream(&self) -> Value {
+        if self.effort.is_none() && self.summary.is_none() {
+            return Value::Null;
+        }
+        json!({"effort": self.effort, "summary": self.summary})
+    }
+
+    /// `ToResponse`'s `reasoning`: `*ResponsesReasoningOutput`, both fields omitempty.
+    fn reasoning_whole(&self) -> String {
+        if self.effort.is_none() && self.summary.is_none() {
+            return "null".into();
+        }
+        let mut fields = Vec::new();
+        if let Some(e) = &self.effort {
+            fields.push(("effort", j(e)));
+        }
+        if let Some(s) = &self.summary {
+            fields.push(("summary", j(s)));
+        }
+        ordered(&fields)
     }
 
     /// `buildResponseObject`: the response object of the lifecycle events.
@@ -84,7 +122,7 @@ impl Responses {
             "error": null, "tools": [], "tool_choice": "auto", "truncation": self.truncation,
             "parallel_tool_calls": true, "text": {"format": {"type": "text"}},
             "top_p": go_float(self.top_p), "presence_penalty": 0, "frequency_penalty": 0,
-            "top_logprobs": 0, "temperature": go_float(self.temperature), "reasoning": null,
+            "top_logprobs": 0, "temperature": go_float(self.temperature), "reasoning": self.reasoning_stream(),
             "usage": usage, "max_output_tokens": self.max_output_tokens, "max_tool_calls": null,
             "store": false, "background": self.background, "service_tier": "default",
             "metadata": {}, "safety_identifier": null, "prompt_cache_key": null,
@@ -98,58 +136,138 @@ impl Responses {
         })
     }
 
-    /// The events for token `i`: the first also opens the response, its
-    /// message item and its text part (sequence numbers 0–3).
-    pub fn chunk(&self, model: &str, i: usize) -> String {
+    /// The reasoning item as `finishReasoning` completes it (a Go map: keys
+    /// sorted); `encrypted_content` is the plain thinking.
+    fn reasoning_item(&self, thinking: &str) -> Value {
+        json!({
+            "id": self.reasoning_id, "type": "reasoning",
+            "summary": [{"type": "summary_text", "text": thinking}],
+            "encrypted_content": thinking,
+        })
+    }
+
+    /// Sequence number of the message item's `output_item.added`: after
+    /// created and in_progress, and after the reasoning item's added,
+    /// `think` deltas, summary done and item done.
+    fn message_seq(think: usize) -> usize {
+        if think == 0 { 2 } else { 5 + think }
+    }
+
+    /// The events for token `i` of an answer whose first `think` tokens are
+    /// thinking (`ResponsesStreamConverter.Process`). The first token opens
+    /// the response; thinking goes in a reasoning item (output 0,
+    /// `reasoning_summary_text.delta`), which the first text token closes
+    /// (`finishReasoning`) before opening the message item and its part.
+    pub fn chunk(&self, model: &str, i: usize, think: usize) -> String {
         let mut out = String::new();
         if i == 0 {
             let empty = |seq| json!({"response": self.object(model, "in_progress", json!([]), Value::Null), "sequence_number": seq});
             event(&mut out, "response.created", empty(0));
             event(&mut out, "response.in_progress", empty(1));
+        }
+        if i < think {
+            if i == 0 {
+                let item = json!({"id": self.reasoning_id, "type": "reasoning", "summary": []});
+                event(
+                    &mut out,
+                    "response.output_item.added",
+                    json!({"output_index": 0, "item": item, "sequence_number": 2}),
+                );
+            }
+            event(
+                &mut out,
+                "response.reasoning_summary_text.delta",
+                json!({
+                    "item_id": self.reasoning_id, "output_index": 0, "summary_index": 0,
+                    "delta": thinking_token(i), "sequence_number": 3 + i,
+                }),
+            );
+            return out;
+        }
+        let a = i - think;
+        let index = usize::from(think > 0);
+        let seq = Self::message_seq(think);
+        if a == 0 {
+            if think > 0 {
+                self.finish_reasoning(&mut out, think, seq - 2);
+            }
             let item = json!({"id": self.item_id, "type": "message", "status": "in_progress", "role": "assistant", "content": []});
             event(
                 &mut out,
                 "response.output_item.added",
-                json!({"output_index": 0, "item": item, "sequence_number": 2}),
+                json!({"output_index": index, "item": item, "sequence_number": seq}),
             );
             let part =
                 json!({"type": "output_text", "text": "", "annotations": [], "logprobs": []});
             event(
                 &mut out,
                 "response.content_part.added",
-                json!({"item_id": self.item_id, "output_index": 0, "content_index": 0, "part": part, "sequence_number": 3}),
+                json!({"item_id": self.item_id, "output_index": index, "content_index": 0, "part": part, "sequence_number": seq + 1}),
             );
         }
         event(
             &mut out,
             "response.output_text.delta",
             json!({
-                "item_id": self.item_id, "output_index": 0, "content_index": 0,
-                "delta": token(i), "logprobs": [], "sequence_number": 4 + i,
+                "item_id": self.item_id, "output_index": index, "content_index": 0,
+                "delta": token(a), "logprobs": [], "sequence_number": seq + 2 + a,
             }),
         );
         out
     }
 
-    /// `processCompletion` after `n` tokens: the text's done events (which
-    /// repeat the whole text), then `response.completed` with usage.
+    /// `finishReasoning` after `think` thinking tokens: the summary's done
+    /// event and the item's, numbered `seq` and `seq + 1`.
+    fn finish_reasoning(&self, out: &mut String, think: usize, seq: usize) {
+        let all = thinking_text(think);
+        event(
+            out,
+            "response.reasoning_summary_text.done",
+            json!({"item_id": self.reasoning_id, "output_index": 0, "summary_index": 0, "text": all, "sequence_number": seq}),
+        );
+        event(
+            out,
+            "response.output_item.done",
+            json!({"output_index": 0, "item": self.reasoning_item(&all), "sequence_number": seq + 1}),
+        );
+    }
+
+    /// `processCompletion`: the reasoning item's done events if the
+    /// thinking was not finished yet, the text's done events (which repeat
+    /// the whole text), then `response.completed` with every item and usage
+    /// (output tokens: `eval_count`, thinking included; reasoning_tokens 0,
+    /// as Ollama writes it).
     pub fn last_chunk(&self, model: &str, t: &Totals) -> String {
-        let n = t.eval_tokens;
+        let (think, n) = (t.thinking_tokens, t.answer_tokens());
         let mut out = String::new();
-        let mut seq = if n == 0 { 0 } else { 4 + n };
+        let mut seq = match (t.eval_tokens, n) {
+            (0, _) => 0,
+            (_, 0) => 3 + think,
+            _ => Self::message_seq(think) + 2 + n,
+        };
+        let mut output = Vec::new();
+        if t.eval_tokens == 0 {
+            // The done chunk is the first write: the response opens here.
+            let empty = |seq| json!({"response": self.object(model, "in_progress", json!([]), Value::Null), "sequence_number": seq});
+            event(&mut out, "response.created", empty(0));
+            event(&mut out, "response.in_progress", empty(1));
+            seq = 2;
+        }
+        if think > 0 {
+            if n == 0 {
+                self.finish_reasoning(&mut out, think, seq);
+                seq += 2;
+            }
+            output.push(self.reasoning_item(&thinking_text(think)));
+        }
         let mut next = || {
             seq += 1;
             seq - 1
         };
-        let mut output = json!([]);
-        if n == 0 {
-            // The done chunk is the first write: the response opens here.
-            let empty = |seq| json!({"response": self.object(model, "in_progress", json!([]), Value::Null), "sequence_number": seq});
-            event(&mut out, "response.created", empty(next()));
-            event(&mut out, "response.in_progress", empty(next()));
-        } else {
+        if n > 0 {
             let all = text(n);
-            let common = |seq: usize| json!({"item_id": self.item_id, "output_index": 0, "content_index": 0, "sequence_number": seq});
+            let index = usize::from(think > 0);
+            let common = |seq: usize| json!({"item_id": self.item_id, "output_index": index, "content_index": 0, "sequence_number": seq});
             let mut done = common(next());
             done["text"] = json!(all);
             done["logprobs"] = json!([]);
@@ -162,15 +280,16 @@ impl Responses {
             event(
                 &mut out,
                 "response.output_item.done",
-                json!({"output_index": 0, "item": item, "sequence_number": next()}),
+                json!({"output_index": index, "item": item, "sequence_number": next()}),
             );
-            output = json!([item]);
+            output.push(item);
         }
+        let e = t.eval_tokens;
         let usage = json!({
-            "input_tokens": t.prompt_tokens, "output_tokens": n, "total_tokens": t.prompt_tokens + n,
+            "input_tokens": t.prompt_tokens, "output_tokens": e, "total_tokens": t.prompt_tokens + e,
             "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0},
         });
-        let mut response = self.object(model, "completed", output, usage);
+        let mut response = self.object(model, "completed", json!(output), usage);
         response["completed_at"] = json!(unix_now());
         event(
             &mut out,
@@ -181,9 +300,26 @@ impl Responses {
     }
 
     /// `ToResponse`, a Go struct: fields in declared order.
-    pub fn whole(&self, model: &str, n: usize, t: &Totals) -> String {
-        let all = text(n);
-        let item = ordered(&[
+    pub fn whole(&self, model: &str, t: &Totals) -> String {
+        let all = text(t.answer_tokens());
+        let thinking = thinking_text(t.thinking_tokens);
+        let mut items = Vec::new();
+        if !thinking.is_empty() {
+            // ResponsesOutputItem: status, role and content are omitempty.
+            items.push(ordered(&[
+                ("id", j(format!("rs_{}", self.id))),
+                ("type", j("reasoning")),
+                (
+                    "summary",
+                    format!(
+                        "[{}]",
+                        ordered(&[("type", j("summary_text")), ("text", j(&thinking))])
+                    ),
+                ),
+                ("encrypted_content", j(&thinking)),
+            ]));
+        }
+        items.push(ordered(&[
             ("id", j(&self.item_id)),
             ("type", j("message")),
             ("status", j("completed")),
@@ -200,11 +336,12 @@ impl Responses {
                     ])
                 ),
             ),
-        ]);
+        ]));
+        let e = t.eval_tokens;
         let usage = ordered(&[
             ("input_tokens", j(t.prompt_tokens)),
-            ("output_tokens", j(n)),
-            ("total_tokens", j(t.prompt_tokens + n)),
+            ("output_tokens", j(e)),
+            ("total_tokens", j(t.prompt_tokens + e)),
             ("input_tokens_details", r#"{"cached_tokens":0}"#.into()),
             ("output_tokens_details", r#"{"reasoning_tokens":0}"#.into()),
         ]);
@@ -219,7 +356,7 @@ impl Responses {
             ("model", j(model)),
             ("previous_response_id", "null".into()),
             ("instructions", j(&self.instructions)),
-            ("output", format!("[{item}]")),
+            ("output", format!("[{}]", items.join(","))),
             ("error", "null".into()),
             ("tools", "[]".into()),
             ("tool_choice", j("auto")),
@@ -231,7 +368,7 @@ impl Responses {
             ("frequency_penalty", "0".into()),
             ("top_logprobs", "0".into()),
             ("temperature", j(go_float(self.temperature))),
-            ("reasoning", "null".into()),
+            ("reasoning", self.reasoning_whole()),
             ("usage", usage),
             ("max_output_tokens", j(self.max_output_tokens)),
             ("max_tool_calls", "null".into()),
@@ -270,19 +407,18 @@ impl Messages {
             // GenerateMessageID: "msg_" and 24 hex digits.
             id: format!("msg_{:024x}", 0x5eed_0000 + next),
             estimated_input: if total / 4 == 0 && some { 1 } else { total / 4 },
-            thinking: req.pointer("/thinking/type").and_then(Value::as_str) == Some("enabled"),
+            legacy_thinking: false,
         }
     }
 
     /// The index of the text block: after the thinking block, if any
     /// (`StreamConverter.contentIndex`).
-    fn text_index(&self) -> usize {
-        usize::from(self.thinking)
+    fn text_index(&self, think: usize) -> usize {
+        usize::from(self.legacy_thinking || think > 0)
     }
 
-    /// The thinking block, opened and given its one delta
-    /// (`StreamConverter.Process` for a response with `Thinking`).
-    fn think(&self, out: &mut String) {
+    /// The legacy thinking block, opened and given its one delta.
+    fn legacy_think(&self, out: &mut String) {
         event_raw(
             out,
             "content_block_start",
@@ -306,15 +442,41 @@ impl Messages {
         );
     }
 
-    /// The events for token `i`: the first also starts the message, the
-    /// thinking block (closed when the text starts) and the text block.
-    pub fn chunk(&self, model: &str, i: usize) -> String {
+    /// The events for token `i` of an answer whose first `think` tokens are
+    /// thinking (`StreamConverter.Process`): the first also starts the
+    /// message; thinking goes in a thinking block (index 0), one
+    /// `thinking_delta` per token, closed when the text block opens.
+    pub fn chunk(&self, model: &str, i: usize, think: usize) -> String {
         let mut out = String::new();
-        let index = self.text_index();
+        let index = self.text_index(think);
         if i == 0 {
             self.start(&mut out, model);
-            if self.thinking {
-                self.think(&mut out);
+            if self.legacy_thinking {
+                self.legacy_think(&mut out);
+                Self::stop(&mut out, 0);
+            }
+        }
+        if i < think {
+            if i == 0 {
+                event_raw(
+                    &mut out,
+                    "content_block_start",
+                    r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":""}}"#,
+                );
+            }
+            event_raw(
+                &mut out,
+                "content_block_delta",
+                &format!(
+                    r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"thinking_delta","thinking":{}}}}}"#,
+                    j(thinking_token(i))
+                ),
+            );
+            return out;
+        }
+        let a = i - think;
+        if a == 0 {
+            if think > 0 {
                 Self::stop(&mut out, 0);
             }
             event_raw(
@@ -330,7 +492,7 @@ impl Messages {
             "content_block_delta",
             &format!(
                 r#"{{"type":"content_block_delta","index":{index},"delta":{{"type":"text_delta","text":{}}}}}"#,
-                j(token(i))
+                j(token(a))
             ),
         );
         out
@@ -365,12 +527,15 @@ impl Messages {
         let mut out = String::new();
         if t.eval_tokens == 0 {
             self.start(&mut out, model);
-            if self.thinking {
-                self.think(&mut out);
+            if self.legacy_thinking {
+                self.legacy_think(&mut out);
                 Self::stop(&mut out, 0);
             }
+        } else if t.answer_tokens() > 0 {
+            Self::stop(&mut out, self.text_index(t.thinking_tokens));
         } else {
-            Self::stop(&mut out, self.text_index());
+            // Only thinking: its block is still open.
+            Self::stop(&mut out, 0);
         }
         event_raw(
             &mut out,
@@ -388,12 +553,18 @@ impl Messages {
 
     /// `ToMessagesResponse`: the thinking block, then the text block; no
     /// block means a nil `content`, which Go writes as `null`.
-    pub fn whole(&self, model: &str, n: usize, t: &Totals) -> String {
+    pub fn whole(&self, model: &str, t: &Totals) -> String {
+        let n = t.answer_tokens();
         let mut blocks = Vec::new();
-        if self.thinking {
+        let thinking = if self.legacy_thinking {
+            THINKING.to_owned()
+        } else {
+            thinking_text(t.thinking_tokens)
+        };
+        if !thinking.is_empty() {
             blocks.push(format!(
                 r#"{{"type":"thinking","thinking":{}}}"#,
-                j(THINKING)
+                j(thinking)
             ));
         }
         if n > 0 {
@@ -415,7 +586,7 @@ impl Messages {
                 "usage",
                 format!(
                     r#"{{"input_tokens":{},"output_tokens":{}}}"#,
-                    t.prompt_tokens, n
+                    t.prompt_tokens, t.eval_tokens
                 ),
             ),
         ]);

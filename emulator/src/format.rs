@@ -32,6 +32,38 @@ pub fn text(n: usize) -> String {
     (0..n).map(token).collect()
 }
 
+/// What a thinking model thinks before every answer, one piece per token,
+/// so a phrase ("Rayleigh scattering") spans two streamed chunks.
+const THINKING_WORDS: &[&str] = &[
+    "Hmm",
+    ", ",
+    "light ",
+    "from ",
+    "the ",
+    "sun ",
+    "meets ",
+    "air",
+    ". ",
+    "Rayleigh ",
+    "scattering ",
+    "explains ",
+    "it",
+    ".",
+];
+
+/// How many tokens a thinking model thinks (unless its limit stops it first).
+pub const THINKING_TOKENS: usize = THINKING_WORDS.len();
+
+/// Thinking token `i` (`i < THINKING_TOKENS`).
+pub fn thinking_token(i: usize) -> &'static str {
+    THINKING_WORDS[i % THINKING_WORDS.len()]
+}
+
+/// The first `n` thinking tokens.
+pub fn thinking_text(n: usize) -> String {
+    (0..n.min(THINKING_TOKENS)).map(thinking_token).collect()
+}
+
 /// RFC 3339 UTC with nanoseconds, as Go's `time.Time` marshals.
 pub fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -93,7 +125,11 @@ pub enum Shape {
 /// Numbers of the final chunk.
 pub struct Totals {
     pub prompt_tokens: usize,
+    /// Every generated token, thinking included: Ollama's `eval_count` is
+    /// the runner's count, which knows nothing of thinking.
     pub eval_tokens: usize,
+    /// How many of `eval_tokens` were thinking (the first ones).
+    pub thinking_tokens: usize,
     pub elapsed: Duration,
     pub load: Duration,
     pub done_reason: &'static str,
@@ -136,6 +172,13 @@ fn openai_usage(t: &Totals) -> Value {
     })
 }
 
+impl Totals {
+    /// Tokens of the answer proper, after the thinking.
+    pub fn answer_tokens(&self) -> usize {
+        self.eval_tokens - self.thinking_tokens
+    }
+}
+
 fn openai_finish(t: &Totals) -> &'static str {
     if t.done_reason == "length" {
         "length"
@@ -155,9 +198,20 @@ impl Shape {
         }
     }
 
-    /// One streamed token.
-    pub fn chunk(&self, model: &str, i: usize) -> Bytes {
-        let tok = token(i);
+    /// Streamed token `i` of an answer whose first `think` tokens are
+    /// thinking. Ollama's parser gives each chunk either thinking or
+    /// content (`response`/`content` empty, `thinking` set).
+    pub fn chunk(&self, model: &str, i: usize, think: usize) -> Bytes {
+        if let Shape::Responses(r) = self {
+            return Bytes::from(r.chunk(model, i, think));
+        }
+        if let Shape::Messages(m) = self {
+            return Bytes::from(m.chunk(model, i, think));
+        }
+        if i < think {
+            return self.thinking_chunk(model, thinking_token(i));
+        }
+        let tok = token(i - think);
         match self {
             Shape::Generate => ndjson(
                 &json!({"model": model, "created_at": now(), "response": tok, "done": false}),
@@ -176,8 +230,34 @@ impl Shape {
                 "system_fingerprint": "fp_ollama",
                 "choices": [{"text": tok, "index": 0, "finish_reason": null}],
             }))),
-            Shape::Responses(r) => Bytes::from(r.chunk(model, i)),
-            Shape::Messages(m) => Bytes::from(m.chunk(model, i)),
+            Shape::Responses(_) | Shape::Messages(_) => Bytes::new(),
+        }
+    }
+
+    /// A chunk of thinking: GenerateResponse/ChatResponse with `thinking`
+    /// (omitempty, so only here); for OpenAI chat a reasoning-only chunk
+    /// (`ToStreamChunks`: `content` is the empty string, not omitted); a
+    /// completion chunk drops thinking (`ToCompleteChunk`: text only).
+    fn thinking_chunk(&self, model: &str, tok: &str) -> Bytes {
+        match self {
+            Shape::Generate => ndjson(&json!({
+                "model": model, "created_at": now(), "response": "", "thinking": tok, "done": false,
+            })),
+            Shape::Chat => ndjson(&json!({
+                "model": model, "created_at": now(),
+                "message": {"role": "assistant", "content": "", "thinking": tok}, "done": false,
+            })),
+            Shape::OpenaiChat { id, .. } => Bytes::from(sse(&json!({
+                "id": id, "object": "chat.completion.chunk", "created": unix_now(), "model": model,
+                "system_fingerprint": "fp_ollama",
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": "", "reasoning": tok}, "finish_reason": null}],
+            }))),
+            Shape::OpenaiCompletion { id } => Bytes::from(sse(&json!({
+                "id": id, "object": "text_completion", "created": unix_now(), "model": model,
+                "system_fingerprint": "fp_ollama",
+                "choices": [{"text": "", "index": 0, "finish_reason": null}],
+            }))),
+            Shape::Responses(_) | Shape::Messages(_) => Bytes::new(),
         }
     }
 
@@ -225,34 +305,49 @@ impl Shape {
     }
 
     /// The whole answer of a `stream:false` request, as sent.
-    pub fn whole_body(&self, model: &str, n: usize, t: &Totals) -> Bytes {
+    pub fn whole_body(&self, model: &str, t: &Totals) -> Bytes {
         match self {
-            Shape::Responses(r) => Bytes::from(r.whole(model, n, t)),
-            Shape::Messages(m) => Bytes::from(m.whole(model, n, t)),
-            _ => Bytes::from(self.whole(model, n, t).to_string()),
+            Shape::Responses(r) => Bytes::from(r.whole(model, t)),
+            Shape::Messages(m) => Bytes::from(m.whole(model, t)),
+            _ => Bytes::from(self.whole(model, t).to_string()),
         }
     }
 
-    /// The whole answer of a `stream:false` request, as a tree.
-    fn whole(&self, model: &str, n: usize, t: &Totals) -> Value {
-        let text = text(n);
+    /// The whole answer of a `stream:false` request, as a tree: the handler
+    /// joins the chunks' thinking and content (routes.go, `sbThinking`).
+    fn whole(&self, model: &str, t: &Totals) -> Value {
+        let text = text(t.answer_tokens());
+        let thinking = thinking_text(t.thinking_tokens);
         match self {
             Shape::Generate => {
                 let mut v = json!({"model": model, "created_at": now(), "response": text, "context": [1, 2, 3]});
+                if !thinking.is_empty() {
+                    v["thinking"] = json!(thinking);
+                }
                 ollama_metrics(&mut v, t);
                 v
             }
             Shape::Chat => {
                 let mut v = json!({"model": model, "created_at": now(), "message": {"role": "assistant", "content": text}});
+                if !thinking.is_empty() {
+                    v["message"]["thinking"] = json!(thinking);
+                }
                 ollama_metrics(&mut v, t);
                 v
             }
-            Shape::OpenaiChat { id, .. } => json!({
-                "id": id, "object": "chat.completion", "created": unix_now(), "model": model,
-                "system_fingerprint": "fp_ollama",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": openai_finish(t)}],
-                "usage": openai_usage(t),
-            }),
+            Shape::OpenaiChat { id, .. } => {
+                let mut message = json!({"role": "assistant", "content": text});
+                if !thinking.is_empty() {
+                    // `Message.Reasoning`, omitempty.
+                    message["reasoning"] = json!(thinking);
+                }
+                json!({
+                    "id": id, "object": "chat.completion", "created": unix_now(), "model": model,
+                    "system_fingerprint": "fp_ollama",
+                    "choices": [{"index": 0, "message": message, "finish_reason": openai_finish(t)}],
+                    "usage": openai_usage(t),
+                })
+            }
             Shape::OpenaiCompletion { id } => json!({
                 "id": id, "object": "text_completion", "created": unix_now(), "model": model,
                 "system_fingerprint": "fp_ollama",

@@ -17,7 +17,8 @@ use crate::api::{
     writer_error,
 };
 use crate::events::{Messages, Responses};
-use crate::format::{self, Shape, Totals};
+use crate::format::{self, Shape, THINKING_TOKENS, Totals};
+use crate::models;
 use crate::stats::{Counter, Stats};
 
 /// The life of one generation, as the stats see it. Dropping it before
@@ -80,6 +81,8 @@ struct Run {
     model: String,
     i: usize,
     n: usize,
+    /// The first `think` of the `n` tokens are thinking.
+    think: usize,
     delay: Duration,
     fail_after: Option<usize>,
     error_after: Option<usize>,
@@ -123,7 +126,7 @@ impl Run {
         }
         if self.i < self.n {
             self.i += 1;
-            return Some(Ok(self.shape.chunk(&self.model, self.i - 1)));
+            return Some(Ok(self.shape.chunk(&self.model, self.i - 1, self.think)));
         }
         self.finished = true;
         self.generation.finish(Counter::Completed);
@@ -134,6 +137,7 @@ impl Run {
         Totals {
             prompt_tokens: self.prompt_tokens,
             eval_tokens: self.i,
+            thinking_tokens: self.i.min(self.think),
             elapsed: self.started.elapsed(),
             load: self.load,
             done_reason: self.done_reason,
@@ -174,6 +178,11 @@ pub(crate) async fn generate(
             return error(api, StatusCode::BAD_REQUEST, msg);
         }
     }
+    let requested = match requested_think(api, &req) {
+        Ok(t) => t,
+        Err(msg) => return error(api, StatusCode::BAD_REQUEST, &msg),
+    };
+    let thinks = models::thinks(st.config.models_dir.as_deref(), &model);
     // An empty prompt (or no messages) only loads or unloads the model.
     let load_only = match api {
         Api::Generate => req
@@ -187,6 +196,22 @@ pub(crate) async fn generate(
             .is_none_or(|m| m.is_empty()),
         _ => false,
     };
+    // routes.go: a model with the thinking capability thinks unless told
+    // not to (`req.Think == nil` becomes true); asking one without it to
+    // think is a 400, checked after the unload shortcut and before the
+    // load one. /v1/messages relaxes it to no thinking instead.
+    let unload = load_only && keep_alive_expiry(&req).is_none();
+    let mut legacy_thinking = false;
+    if !thinks && requested == Some(true) && !unload {
+        if api == Api::Messages {
+            legacy_thinking =
+                req.pointer("/thinking/type").and_then(|t| t.as_str()) == Some("enabled");
+        } else {
+            let msg = format!("{model:?} does not support thinking");
+            return writer_error(api, StatusCode::BAD_REQUEST, &msg);
+        }
+    }
+    let think = thinks && requested.unwrap_or(true);
     if load_only {
         ensure_loaded(st, &model, &req).await;
         let reason = if keep_alive_expiry(&req).is_none() {
@@ -228,7 +253,11 @@ pub(crate) async fn generate(
                 .unwrap_or(false),
         },
         Api::Responses => Shape::Responses(Box::new(Responses::of_request(&req, next))),
-        Api::Messages => Shape::Messages(Messages::of_request(&req, next)),
+        Api::Messages => {
+            let mut m = Messages::of_request(&req, next);
+            m.legacy_thinking = legacy_thinking;
+            Shape::Messages(m)
+        }
         _ => Shape::OpenaiCompletion {
             id: format!("cmpl-{next}"),
         },
@@ -236,6 +265,14 @@ pub(crate) async fn generate(
     let generation = Generation::admit(st).await;
     let load = ensure_loaded(st, &model, &req).await;
     let header_ms = |n| header_num(&headers, n).map(|v| v as usize);
+    // A thinking model thinks THINKING_TOKENS tokens, then answers. The
+    // limit (num_predict) caps every token the runner generates, thinking
+    // included, so a small one can stop it mid-thought.
+    let thinking = if think {
+        limit.map_or(THINKING_TOKENS, |l| (l as usize).min(THINKING_TOKENS))
+    } else {
+        0
+    };
     let mut run = Run {
         generation,
         shape,
@@ -243,7 +280,8 @@ pub(crate) async fn generate(
         i: 0,
         n: limit
             .map(|l| l as usize)
-            .unwrap_or(st.config.default_tokens),
+            .unwrap_or(thinking + st.config.default_tokens),
+        think: thinking,
         delay: header_num(&headers, "x-emulator-delay-ms")
             .map(Duration::from_millis)
             .unwrap_or(st.config.token_delay),
@@ -258,10 +296,9 @@ pub(crate) async fn generate(
     };
     let content_type = HeaderValue::from_static(run.shape.content_type(stream));
     if !stream {
-        let mut text_len = 0;
         while let Some(chunk) = run.next_chunk().await {
             match chunk {
-                Ok(_) => text_len = run.i,
+                Ok(_) => {}
                 Err(_) => {
                     return writer_error(
                         api,
@@ -271,7 +308,7 @@ pub(crate) async fn generate(
                 }
             }
         }
-        let body = run.shape.whole_body(&run.model, text_len, &run.totals());
+        let body = run.shape.whole_body(&run.model, &run.totals());
         return ([(header::CONTENT_TYPE, content_type)], body).into_response();
     }
     // Ollama writes headers only with the first chunk: nothing reaches the
@@ -286,4 +323,58 @@ pub(crate) async fn generate(
         Body::from_stream(body),
     )
         .into_response()
+}
+
+/// What the request asks of thinking; `None` leaves it to the model (which
+/// thinks if it can). Each API has its own field:
+/// - /api/generate, /api/chat: `think`, a bool or "high"/"medium"/"low"/"max"
+///   (api/types.go `ThinkValue.UnmarshalJSON`; a level means true);
+/// - /v1/chat/completions: `reasoning.effort`, else `reasoning_effort`;
+///   /v1/responses: `reasoning.effort` (openai.go `thinkFromReasoningEffort`);
+/// - /v1/messages: `thinking.type` enabled/disabled, else
+///   `output_config.effort` (anthropic.go `FromMessagesRequest`).
+fn requested_think(api: Api, req: &serde_json::Value) -> Result<Option<bool>, String> {
+    use serde_json::Value;
+    let str_at = |p: &str| req.pointer(p).and_then(Value::as_str).unwrap_or("");
+    match api {
+        Api::Generate | Api::Chat => match req.get("think") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(Value::String(s)) if ["high", "medium", "low", "max"].contains(&s.as_str()) => {
+                Ok(Some(true))
+            }
+            Some(Value::String(s)) => Err(format!(
+                "invalid think value: {s:?} (must be \"high\", \"medium\", \"low\", \"max\", true, or false)"
+            )),
+            Some(_) => Err(
+                "think must be a boolean or string (\"high\", \"medium\", \"low\", \"max\", true, or false)".into(),
+            ),
+        },
+        Api::OpenaiChat | Api::Responses => {
+            let effort = if api == Api::Responses || req.get("reasoning").is_some_and(|r| !r.is_null()) {
+                str_at("/reasoning/effort")
+            } else {
+                str_at("/reasoning_effort")
+            };
+            match effort {
+                "" => Ok(None),
+                "none" => Ok(Some(false)),
+                "minimal" | "low" | "medium" | "high" | "max" | "xhigh" | "ultra" => Ok(Some(true)),
+                e => Err(format!(
+                    "invalid reasoning value: {e:?} (must be \"minimal\", \"low\", \"medium\", \"high\", \"xhigh\", \"ultra\", \"max\", or \"none\")"
+                )),
+            }
+        }
+        Api::Messages => match str_at("/thinking/type") {
+            "enabled" => Ok(Some(true)),
+            "disabled" => Ok(Some(false)),
+            _ => {
+                let effort = str_at("/output_config/effort").trim().to_ascii_lowercase();
+                Ok(["high", "medium", "low", "max", "xhigh"]
+                    .contains(&effort.as_str())
+                    .then_some(true))
+            }
+        },
+        _ => Ok(None),
+    }
 }

@@ -6,10 +6,14 @@
 //! chunk, `stream:false`, Ollama's and OpenAI's error bodies, the loopback
 //! `Host` check (403 with an empty body), unbounded waiting beyond
 //! `num_parallel` slots, cancellation when the client goes away, and
-//! `/api/tags` / `/api/ps` built from a real `OLLAMA_MODELS` directory.
+//! `/api/tags` / `/api/ps` built from a real `OLLAMA_MODELS` directory,
+//! and thinking: a model with the thinking capability (`qwen3:…`, see
+//! [`models::thinks`]) thinks [`THINKING_TOKENS`] tokens before it answers,
+//! unless the request turns it off, in each API's shape; asking a model
+//! without it to think is Ollama's 400.
 //!
 //! Tests steer single requests with headers that pass through a proxy
-//! unchanged: `x-emulator-delay-ms`, `x-emulator-fail-after` (abort the
+//! unchanged (token counts include thinking tokens): `x-emulator-delay-ms`, `x-emulator-fail-after` (abort the
 //! connection after N tokens, as a crashing server would) and
 //! `x-emulator-error-after` (send Ollama's mid-stream error line after N
 //! tokens) and `x-emulator-stall-after` (go silent after N tokens, keeping
@@ -28,7 +32,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use format::token;
+pub use events::THINKING as LEGACY_THINKING;
+pub use format::{THINKING_TOKENS, thinking_text, thinking_token, token};
 pub use stats::{Stats, StatsSnapshot};
 
 /// How the emulated server behaves.

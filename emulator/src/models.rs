@@ -22,7 +22,38 @@ pub struct LocalModel {
     pub family: String,
     pub parameter_size: String,
     pub quantization_level: String,
+    /// Ollama's `thinking` capability (server/images.go `Capabilities`): the
+    /// template has thinking tags. Here: the template blob has `<think>`.
+    pub thinking: bool,
 }
+
+/// Whether a model of this name thinks, for an emulator without a models
+/// directory (every name exists) and for [`write_fake_model`]: the
+/// families Ollama ships with thinking templates. gemma3 does not think.
+pub fn thinks_by_name(name: &str) -> bool {
+    let short = normalize(name);
+    let base = short.rsplit('/').next().unwrap_or(&short);
+    ["qwen3", "deepseek-r1", "gpt-oss", "magistral"]
+        .iter()
+        .any(|f| base.starts_with(f))
+}
+
+/// Whether `name` can think: from its template on disk when there is a
+/// models directory, else by name.
+pub fn thinks(root: Option<&Path>, name: &str) -> bool {
+    match root {
+        Some(root) => {
+            let want = normalize(name);
+            scan(root).iter().any(|m| m.name == want && m.thinking)
+        }
+        None => thinks_by_name(name),
+    }
+}
+
+/// The template of a thinking model (qwen3's, shortened): the thinking
+/// tags Ollama infers the capability from.
+const THINKING_TEMPLATE: &[u8] =
+    b"{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ .Prompt }}";
 
 /// Canonical short form of a model name as a client writes it:
 /// `gemma3` → `gemma3:latest`, `registry.ollama.ai/library/gemma3:4b` → `gemma3:4b`.
@@ -122,12 +153,22 @@ fn read_model(root: &Path, host: &Path, ns: &Path, model: &Path, tag: &Path) -> 
         family: text("model_family"),
         parameter_size: text("model_type"),
         quantization_level: text("file_type"),
+        thinking: layers.iter().any(|l| {
+            l.get("mediaType").and_then(|t| t.as_str())
+                == Some("application/vnd.ollama.image.template")
+                && l.get("digest")
+                    .and_then(|d| d.as_str())
+                    .and_then(|d| std::fs::read(root.join("blobs").join(d.replace(':', "-"))).ok())
+                    .is_some_and(|t| t.windows(7).any(|w| w == b"<think>"))
+        }),
     })
 }
 
 /// Writes a small but well-formed model into an `OLLAMA_MODELS` directory:
 /// config, weights (`weights_len` bytes), template and params blobs, and the
 /// manifest, with the layout and permissions Ollama uses. For tests.
+/// A name [`thinks_by_name`] gets its family and a thinking template
+/// (e.g. `qwen3:0.6b`); any other name is a gemma3.
 pub fn write_fake_model(
     root: &Path,
     name: &str,
@@ -155,9 +196,16 @@ pub fn write_fake_model(
             serde_json::json!({"mediaType": media_type, "digest": format!("sha256:{hex}"), "size": bytes.len()}),
         )
     };
+    let thinking = thinks_by_name(&short);
+    let family = if thinking {
+        model.split(['-', '.']).next().unwrap_or(model)
+    } else {
+        "gemma3"
+    };
     let config = serde_json::json!({
-        "model_format": "gguf", "model_family": "gemma3", "model_families": ["gemma3"],
-        "model_type": "4.3B", "file_type": "Q4_K_M", "architecture": "amd64", "os": "linux",
+        "model_format": "gguf", "model_family": family, "model_families": [family],
+        "model_type": if thinking { "751.63M" } else { "4.3B" }, "file_type": "Q4_K_M",
+        "architecture": "amd64", "os": "linux",
     });
     let config = put(
         &serde_json::to_vec(&config).map_err(std::io::Error::other)?,
@@ -167,7 +215,14 @@ pub fn write_fake_model(
     weights.resize(weights_len.max(4), 0);
     let layers = vec![
         put(&weights, "application/vnd.ollama.image.model")?,
-        put(b"{{ .Prompt }}", "application/vnd.ollama.image.template")?,
+        put(
+            if thinking {
+                THINKING_TEMPLATE
+            } else {
+                b"{{ .Prompt }}"
+            },
+            "application/vnd.ollama.image.template",
+        )?,
         put(
             br#"{"temperature":1,"top_k":64,"top_p":0.95}"#,
             "application/vnd.ollama.image.params",
@@ -224,7 +279,13 @@ mod tests {
         let names: Vec<_> = found.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["gemma3:4b", "user/tiny:latest"]);
         assert_eq!(m.family, "gemma3");
+        assert!(!m.thinking);
         assert!(m.size > 64);
+        let q = write_fake_model(dir.path(), "qwen3:0.6b", 8).unwrap();
+        assert_eq!((q.family.as_str(), q.thinking), ("qwen3", true));
+        assert!(thinks(Some(dir.path()), "qwen3:0.6b"));
+        assert!(!thinks(Some(dir.path()), "gemma3:4b"));
+        assert!(!thinks(Some(dir.path()), "qwen3:8b"), "not on disk");
         assert_eq!(m.digest.len(), 64);
     }
 }
