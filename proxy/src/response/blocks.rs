@@ -144,6 +144,49 @@ mod tests {
     }
 
     #[test]
+    fn the_stop_of_a_thinking_block_ends_the_thinking() {
+        // Thinking, text, thinking again (after a tool call), as Ollama's
+        // StreamConverter opens and closes them.
+        let mut chunks = [
+            start(0, r#"{"type":"thinking","thinking":""}"#),
+            delta(0, r#"{"type":"thinking_delta","thinking":"hmm"}"#),
+            stop(0),
+            start(1, r#"{"type":"text","text":""}"#),
+            delta(1, r#"{"type":"text_delta","text":"Hi"}"#),
+            stop(1),
+            start(2, r#"{"type":"thinking","thinking":""}"#),
+            stop(2),
+            event(
+                "message_delta",
+                r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":9}}"#,
+            ),
+        ];
+        let mut b = Blocks::of(Shape::AnthropicMessages, Kind::Event).unwrap();
+        let got: Vec<(bool, bool)> = chunks
+            .iter_mut()
+            .map(|c| {
+                b.mark(c);
+                (c.done(), c.thinking_done())
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (false, false),
+                (false, false),
+                (false, true),
+                (false, false),
+                (false, false),
+                (true, true),
+                (false, false),
+                (false, true),
+                (true, true),
+            ]
+        );
+        assert_eq!(chunks[1].thinking(), Some("hmm"));
+    }
+
+    #[test]
     fn a_stop_without_its_start_is_not_the_end_of_the_text() {
         assert_eq!(marked(&mut [stop(0)]), [false]);
     }

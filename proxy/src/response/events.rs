@@ -518,6 +518,208 @@ mod tests {
     }
 
     #[test]
+    fn thinking_deltas_are_rewritten_in_place() {
+        let mut r = event(
+            Shape::OpenaiResponses,
+            "response.reasoning_summary_text.delta",
+            r#"{"delta":"my secret","item_id":"rs_1","output_index":0,"sequence_number":3,"summary_index":0,"type":"response.reasoning_summary_text.delta"}"#,
+        );
+        assert_eq!((r.thinking(), r.text()), (Some("my secret"), None));
+        assert!(!r.thinking_done());
+        assert!(r.set_thinking("my [R]".into()));
+        assert_eq!(
+            text(&r),
+            "event: response.reasoning_summary_text.delta\ndata: {\"delta\":\"my [R]\",\"item_id\":\"rs_1\",\"output_index\":0,\"sequence_number\":3,\"summary_index\":0,\"type\":\"response.reasoning_summary_text.delta\"}\n\n"
+        );
+        assert!(r.thinking_edited() && !r.text_edited());
+        // Twice: the tree, the event line kept.
+        assert!(r.set_thinking("a".into()));
+        assert!(r.set_thinking("b".into()));
+        assert!(text(&r).starts_with("event: response.reasoning_summary_text.delta\ndata: {"));
+        assert_eq!(json(&r)["delta"], "b");
+
+        let mut m = event(
+            Shape::AnthropicMessages,
+            "content_block_delta",
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"my secret"}}"#,
+        );
+        assert_eq!(m.thinking(), Some("my secret"));
+        assert!(m.set_thinking("".into()));
+        assert_eq!(
+            text(&m),
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"\"}}\n\n"
+        );
+        assert!(m.set_thinking("x".into()));
+        assert!(m.set_thinking("y".into()));
+        assert_eq!(json(&m)["delta"]["thinking"], "y");
+        assert_eq!(json(&m)["delta"]["type"], "thinking_delta");
+    }
+
+    #[test]
+    fn thinking_released_at_its_end_goes_in_a_delta_of_its_item_or_block() {
+        let mut done = event(
+            Shape::OpenaiResponses,
+            "response.reasoning_summary_text.done",
+            r#"{"item_id":"rs_7","output_index":1,"sequence_number":9,"summary_index":0,"text":"x","type":"response.reasoning_summary_text.done"}"#,
+        );
+        assert!(done.thinking_done() && !done.done());
+        assert_eq!(done.thinking(), None, "a copy, not new thinking");
+        assert!(done.set_thinking("held".into()));
+        assert_eq!(
+            std::str::from_utf8(done.inserted().unwrap()).unwrap(),
+            "event: response.reasoning_summary_text.delta\ndata: {\"delta\":\"held\",\"item_id\":\"rs_7\",\"output_index\":1,\"sequence_number\":9,\"summary_index\":0,\"type\":\"response.reasoning_summary_text.delta\"}\n\n"
+        );
+        assert_eq!(done.inserted_thinking(), Some("held"));
+        assert!(!done.thinking_edited(), "its own bytes are unchanged");
+
+        // A text event names its message: the thinking's item is not it.
+        let mut text_delta = event(
+            Shape::OpenaiResponses,
+            "response.output_text.delta",
+            r#"{"content_index":0,"delta":"Hi","item_id":"msg_1","logprobs":[],"output_index":1,"sequence_number":7,"type":"response.output_text.delta"}"#,
+        );
+        assert!(text_delta.set_thinking("late".into()));
+        let inserted = std::str::from_utf8(text_delta.inserted().unwrap()).unwrap();
+        assert!(inserted.contains("\"item_id\":\"rs_kiln\""), "{inserted}");
+        assert_eq!(text_delta.text(), Some("Hi"));
+
+        let mut stop = event(
+            Shape::AnthropicMessages,
+            "content_block_stop",
+            r#"{"type":"content_block_stop","index":0}"#,
+        );
+        assert!(stop.set_thinking("held".into()));
+        assert_eq!(
+            std::str::from_utf8(stop.inserted().unwrap()).unwrap(),
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"held\"}}\n\n"
+        );
+    }
+
+    #[test]
+    fn thinking_and_text_inserted_before_one_event_go_out_thinking_first() {
+        let mut stop = event(
+            Shape::AnthropicMessages,
+            "content_block_stop",
+            r#"{"type":"content_block_stop","index":2}"#,
+        );
+        assert!(stop.set_text("x".into()));
+        assert!(stop.set_thinking("t".into()));
+        assert!(stop.set_text("y".into()));
+        let inserted = std::str::from_utf8(stop.inserted().unwrap()).unwrap();
+        let events: Vec<&str> = inserted.split_terminator("\n\n").collect();
+        assert_eq!(events.len(), 2, "one event per channel: {inserted}");
+        assert!(
+            events[0].contains("\"thinking_delta\",\"thinking\":\"t\""),
+            "{inserted}"
+        );
+        assert!(
+            events[1].contains("\"text_delta\",\"text\":\"xy\""),
+            "{inserted}"
+        );
+    }
+
+    #[test]
+    fn whole_bodies_get_the_thinking_once() {
+        // Ollama's ToResponse: the thinking in the summary and again in
+        // encrypted_content; neither may keep the original.
+        let mut r = body(
+            Shape::OpenaiResponses,
+            r#"{"id":"resp_1","object":"response","output":[{"id":"rs_resp_1","type":"reasoning","summary":[{"type":"summary_text","text":"my secret"}],"encrypted_content":"my secret"},{"id":"msg_1","type":"message","status":"completed","role":"assistant","content":[{"type":"output_text","text":"a secret","annotations":[],"logprobs":[]}]}],"usage":{"input_tokens":1,"output_tokens":2}}"#,
+        );
+        assert_eq!(
+            (r.thinking(), r.text()),
+            (Some("my secret"), Some("a secret"))
+        );
+        assert!(r.thinking_done());
+        assert!(r.set_text("a [R]".into()));
+        assert!(r.set_thinking("my [R]".into()));
+        let v = json(&r);
+        assert_eq!(v["output"][0]["summary"][0]["text"], "my [R]");
+        assert_eq!(v["output"][0]["encrypted_content"], "my [R]");
+        assert_eq!(v["output"][1]["content"][0]["text"], "a [R]");
+        assert!(!text(&r).contains("secret"));
+        assert_eq!((r.thinking(), r.text()), (Some("my [R]"), Some("a [R]")));
+
+        // Several parts: the first gets it, the others none.
+        let mut two = body(
+            Shape::OpenaiResponses,
+            r#"{"object":"response","output":[{"id":"rs_1","type":"reasoning","summary":[{"type":"summary_text","text":"a "},{"type":"summary_text","text":"secret"}],"encrypted_content":"a secret"}]}"#,
+        );
+        assert_eq!(two.thinking(), Some("a secret"));
+        two.set_thinking("a [R]".into());
+        let v = json(&two);
+        assert_eq!(
+            (
+                v["output"][0]["summary"][0]["text"].as_str(),
+                v["output"][0]["summary"][1]["text"].as_str()
+            ),
+            (Some("a [R]"), Some(""))
+        );
+        assert_eq!(v["output"][0]["encrypted_content"], "a [R]");
+        assert_eq!(two.thinking(), Some("a [R]"));
+
+        // No reasoning item: one goes first.
+        let mut none = body(
+            Shape::OpenaiResponses,
+            r#"{"object":"response","output":[{"id":"msg_1","type":"message","content":[{"type":"output_text","text":"Hi"}]}]}"#,
+        );
+        assert_eq!(none.thinking(), None);
+        none.set_thinking("note".into());
+        let v = json(&none);
+        assert_eq!(v["output"][0]["type"], "reasoning");
+        assert_eq!(v["output"][0]["summary"][0]["text"], "note");
+        assert_eq!(v["output"][1]["content"][0]["text"], "Hi");
+        assert_eq!(none.thinking(), Some("note"));
+
+        // Messages: a single thinking block is spliced, bytes kept.
+        let mut m = body(
+            Shape::AnthropicMessages,
+            r#"{"id":"msg_1","type":"message","role":"assistant","model":"qwen3","content":[{"type":"thinking","thinking":"my secret"},{"type":"text","text":"Hi"}],"stop_reason":"end_turn","usage":{"input_tokens":5,"output_tokens":9}}"#,
+        );
+        assert!(m.set_thinking("my [R]".into()));
+        assert_eq!(
+            text(&m),
+            "{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"qwen3\",\"content\":[{\"type\":\"thinking\",\"thinking\":\"my [R]\"},{\"type\":\"text\",\"text\":\"Hi\"}],\"stop_reason\":\"end_turn\",\"usage\":{\"input_tokens\":5,\"output_tokens\":9}}\n"
+        );
+        // Several blocks: the first gets it; none: one goes first.
+        let mut two = body(
+            Shape::AnthropicMessages,
+            r#"{"type":"message","content":[{"type":"thinking","thinking":"a "},{"type":"text","text":"Hi"},{"type":"thinking","thinking":"secret"}]}"#,
+        );
+        assert_eq!(two.thinking(), Some("a secret"));
+        two.set_thinking("a [R]".into());
+        let v = json(&two);
+        assert_eq!(
+            (
+                v["content"][0]["thinking"].as_str(),
+                v["content"][2]["thinking"].as_str()
+            ),
+            (Some("a [R]"), Some(""))
+        );
+        let mut none = body(
+            Shape::AnthropicMessages,
+            r#"{"type":"message","content":[{"type":"text","text":"Hi"}]}"#,
+        );
+        none.set_thinking("note".into());
+        let v = json(&none);
+        assert_eq!(
+            (
+                v["content"][0]["thinking"].as_str(),
+                v["content"][1]["text"].as_str()
+            ),
+            (Some("note"), Some("Hi"))
+        );
+        // An error body has no place for it.
+        let mut err = body(
+            Shape::AnthropicMessages,
+            r#"{"type":"error","error":{"type":"api_error","message":"x"}}"#,
+        );
+        err.set_thinking("note".into());
+        assert_eq!(json(&err)["error"]["message"], "x");
+        assert!(!text(&err).contains("note"));
+    }
+
+    #[test]
     fn anthropic_usage_adds_up_over_its_two_events() {
         let start = event(
             Shape::AnthropicMessages,

@@ -21,6 +21,15 @@
 //! Other APIs send their text once (a whole body too, where `set_text`
 //! places it), and pay nothing.
 //!
+//! The thinking is repeated the same way: sent in
+//! `response.reasoning_summary_text.delta` events, then whole in
+//! `response.reasoning_summary_text.done` (`text`), the reasoning item of
+//! `response.output_item.done` (`item.summary[].text` and
+//! `item.encrypted_content`, where Ollama puts the plain thinking) and of
+//! `response.completed` (`finishReasoning`, `processCompletion`). The
+//! transcript keeps each reasoning item's thinking as sent too, and
+//! rewrites those copies once a hook changed or inserted thinking.
+//!
 //! Every event of a streamed Responses answer also has a `sequence_number`,
 //! counting up by one. A text event the host inserts (see `events`) takes
 //! the number of the event it goes before, and that event and every later
@@ -37,6 +46,10 @@ pub struct Transcript {
     items: Vec<(String, String)>,
     /// A hook changed the text of the answer: the copies need rewriting.
     diverged: bool,
+    /// The reasoning items in the order they were added: id, thinking sent.
+    thoughts: Vec<(String, String)>,
+    /// A hook changed the thinking: its copies need rewriting.
+    thoughts_diverged: bool,
     /// Events inserted so far: the later events' sequence numbers go up by as many.
     shift: u64,
 }
@@ -53,12 +66,36 @@ impl Transcript {
         if self.shift > 0 || chunk.inserted().is_some() {
             self.renumber(chunk);
         }
+        if let Some(inserted) = chunk.inserted_thinking() {
+            // Inserted before this chunk, in the reasoning item it names.
+            let inserted = inserted.to_owned();
+            let (id, _) = events::responses_reasoning_item(chunk.tree().map(|v| &*v));
+            entry(&mut self.thoughts, &id).push_str(&inserted);
+            self.thoughts_diverged = true;
+        }
         if let Some(inserted) = chunk.inserted_text() {
             // Inserted before this chunk, in the item this chunk names.
             let inserted = inserted.to_owned();
             let (id, _) = events::responses_item(chunk.tree().map(|v| &*v));
             self.item(&id).push_str(&inserted);
             self.diverged = true;
+        }
+        let is_thought = if self.thoughts_diverged {
+            chunk.thinking().is_some()
+        } else {
+            chunk.thinking_read().is_some()
+        };
+        if is_thought {
+            if self.thoughts.is_empty() {
+                // A delta without its `output_item.added`: use the id it names.
+                let (id, _) = events::responses_reasoning_item(chunk.tree().map(|v| &*v));
+                entry(&mut self.thoughts, &id);
+            }
+            if let (Some((_, sent)), Some(t)) = (self.thoughts.last_mut(), chunk.thinking()) {
+                sent.push_str(t);
+            }
+            self.thoughts_diverged |= chunk.thinking_edited();
+            return;
         }
         let is_delta = if self.diverged {
             chunk.text().is_some()
@@ -79,24 +116,30 @@ impl Transcript {
         }
         match chunk.event_name() {
             Some("response.output_item.added") => {
-                let id = chunk
-                    .tree()
-                    .filter(|v| v.pointer("/item/type").and_then(Value::as_str) == Some("message"))
-                    .and_then(|v| v.pointer("/item/id"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                if let Some(id) = id {
-                    self.item(&id);
+                let item = chunk.tree().and_then(|v| {
+                    let kind = v.pointer("/item/type").and_then(Value::as_str)?;
+                    let id = v.pointer("/item/id").and_then(Value::as_str)?;
+                    Some((kind == "reasoning", id.to_owned()))
+                });
+                match item {
+                    Some((false, id)) => {
+                        self.item(&id);
+                    }
+                    Some((true, id)) => {
+                        entry(&mut self.thoughts, &id);
+                    }
+                    None => {}
                 }
             }
             Some(
                 name @ ("response.output_text.done"
                 | "response.content_part.done"
+                | "response.reasoning_summary_text.done"
                 | "response.output_item.done"
                 | "response.completed"
                 | "response.incomplete"
                 | "response.failed"),
-            ) if self.diverged => {
+            ) if self.diverged || self.thoughts_diverged => {
                 let name = name.to_owned();
                 if let Some(v) = chunk.tree() {
                     self.patch(&name, v);
@@ -128,29 +171,28 @@ impl Transcript {
 
     /// The text sent for item `id`, added (empty) when new.
     fn item(&mut self, id: &str) -> &mut String {
-        let at = match self.items.iter().position(|(i, _)| i == id) {
-            Some(at) => at,
-            None => {
-                self.items.push((id.to_owned(), String::new()));
-                self.items.len() - 1
-            }
-        };
-        &mut self.items[at].1
+        entry(&mut self.items, id)
     }
 
     /// The text sent for item `id`: nothing, for an item no text event
     /// named (its text never reached the client).
     fn text_of(&self, id: Option<&str>) -> &str {
-        self.items
-            .iter()
-            .find(|(i, _)| Some(i.as_str()) == id)
-            .map_or("", |(_, t)| t.as_str())
+        sent_of(&self.items, id)
     }
 
-    /// Rewrites the copies of the text in the tree `v` of event `name`.
+    /// Rewrites the copies of the text and thinking in the tree `v` of
+    /// event `name`: each only when a hook changed it.
     fn patch(&self, name: &str, v: &mut Value) {
         let id = v.get("item_id").and_then(Value::as_str).map(str::to_owned);
+        let (text, thinking) = (self.diverged, self.thoughts_diverged);
         match name {
+            "response.reasoning_summary_text.done" => {
+                if thinking {
+                    let sent = sent_of(&self.thoughts, id.as_deref()).to_owned();
+                    set_text(v, &sent);
+                }
+            }
+            "response.output_text.done" | "response.content_part.done" if !text => {}
             "response.output_text.done" => {
                 let text = self.text_of(id.as_deref()).to_owned();
                 set_text(v, &text);
@@ -178,9 +220,29 @@ impl Transcript {
     }
 
     /// A message item: its first `output_text` part gets the text sent, the
-    /// others none.
+    /// others none. A reasoning item: its first `summary_text` part and its
+    /// `encrypted_content` get the thinking sent, the other parts none.
     fn patch_item(&self, item: &mut Value) {
-        if item.get("type").and_then(Value::as_str) != Some("message") {
+        let kind = item.get("type").and_then(Value::as_str);
+        if kind == Some("reasoning") && self.thoughts_diverged {
+            let sent = sent_of(&self.thoughts, item.get("id").and_then(Value::as_str)).to_owned();
+            let parts = item
+                .get_mut("summary")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+                .filter(|p| p.get("type").and_then(Value::as_str) == Some("summary_text"));
+            for (i, part) in parts.enumerate() {
+                set_text(part, if i == 0 { &sent } else { "" });
+            }
+            if let Some(o) = item.as_object_mut() {
+                if o.contains_key("encrypted_content") {
+                    o.insert("encrypted_content".into(), Value::String(sent));
+                }
+            }
+            return;
+        }
+        if kind != Some("message") || !self.diverged {
             return;
         }
         let text = self
@@ -196,6 +258,27 @@ impl Transcript {
             set_text(part, if i == 0 { &text } else { "" });
         }
     }
+}
+
+/// What was sent for item `id` in `items`, added (empty) when new.
+fn entry<'a>(items: &'a mut Vec<(String, String)>, id: &str) -> &'a mut String {
+    let at = match items.iter().position(|(i, _)| i == id) {
+        Some(at) => at,
+        None => {
+            items.push((id.to_owned(), String::new()));
+            items.len() - 1
+        }
+    };
+    &mut items[at].1
+}
+
+/// What was sent for item `id`: nothing, for an item no event named (its
+/// text never reached the client).
+fn sent_of<'a>(items: &'a [(String, String)], id: Option<&str>) -> &'a str {
+    items
+        .iter()
+        .find(|(i, _)| Some(i.as_str()) == id)
+        .map_or("", |(_, t)| t.as_str())
 }
 
 fn set_text(v: &mut Value, text: &str) {
@@ -404,6 +487,169 @@ mod tests {
         assert_eq!(numbers(&chunks), [2, 3, 4, 5, 6]);
         assert_eq!(data(&chunks[3])["delta"], "plan", "only the number changed");
         assert_eq!(t.items, vec![("msg_1".into(), "Note: my plan".into())]);
+    }
+
+    fn thought(seq: u32, thinking: &str) -> Chunk {
+        event(
+            "response.reasoning_summary_text.delta",
+            &format!(
+                r#"{{"delta":{},"item_id":"rs_1","output_index":0,"sequence_number":{seq},"summary_index":0,"type":"response.reasoning_summary_text.delta"}}"#,
+                serde_json::to_string(thinking).unwrap()
+            ),
+        )
+    }
+
+    /// A thinking answer as `ResponsesStreamConverter` sends it: the
+    /// reasoning item (2..=6), then the message (7..=13).
+    fn thinking_answer() -> Vec<Chunk> {
+        let reasoning = r#"{"encrypted_content":"my secret plan","id":"rs_1","summary":[{"text":"my secret plan","type":"summary_text"}],"type":"reasoning"}"#;
+        let message = r#"{"content":[{"annotations":[],"logprobs":[],"text":"ok","type":"output_text"}],"id":"msg_1","role":"assistant","status":"completed","type":"message"}"#;
+        vec![
+            event(
+                "response.output_item.added",
+                r#"{"item":{"id":"rs_1","summary":[],"type":"reasoning"},"output_index":0,"sequence_number":2,"type":"response.output_item.added"}"#,
+            ),
+            thought(3, "my "),
+            thought(4, "secret "),
+            thought(5, "plan"),
+            event(
+                "response.reasoning_summary_text.done",
+                r#"{"item_id":"rs_1","output_index":0,"sequence_number":6,"summary_index":0,"text":"my secret plan","type":"response.reasoning_summary_text.done"}"#,
+            ),
+            event(
+                "response.output_item.done",
+                &format!(
+                    r#"{{"item":{reasoning},"output_index":0,"sequence_number":7,"type":"response.output_item.done"}}"#
+                ),
+            ),
+            event(
+                "response.output_item.added",
+                r#"{"item":{"content":[],"id":"msg_1","role":"assistant","status":"in_progress","type":"message"},"output_index":1,"sequence_number":8,"type":"response.output_item.added"}"#,
+            ),
+            event(
+                "response.output_text.delta",
+                r#"{"content_index":0,"delta":"ok","item_id":"msg_1","logprobs":[],"output_index":1,"sequence_number":9,"type":"response.output_text.delta"}"#,
+            ),
+            event(
+                "response.output_text.done",
+                r#"{"content_index":0,"item_id":"msg_1","logprobs":[],"output_index":1,"sequence_number":10,"text":"ok","type":"response.output_text.done"}"#,
+            ),
+            event(
+                "response.output_item.done",
+                &format!(
+                    r#"{{"item":{message},"output_index":1,"sequence_number":11,"type":"response.output_item.done"}}"#
+                ),
+            ),
+            event(
+                "response.completed",
+                &format!(
+                    r#"{{"response":{{"id":"resp_1","output":[{reasoning},{message}],"usage":{{"input_tokens":3,"output_tokens":3}}}},"sequence_number":12,"type":"response.completed"}}"#
+                ),
+            ),
+        ]
+    }
+
+    fn hooks_read_thinking(chunks: &[Chunk]) {
+        for c in chunks {
+            c.thinking();
+        }
+    }
+
+    #[test]
+    fn copies_of_rewritten_thinking_say_what_was_sent() {
+        let mut t = Transcript::of(Shape::OpenaiResponses, Kind::Event).unwrap();
+        let mut chunks = thinking_answer();
+        hooks_read_thinking(&chunks);
+        assert!(chunks[2].set_thinking("[REDACTED] ".into()));
+        for c in &mut chunks {
+            t.sent(c);
+        }
+        let sent = "my [REDACTED] plan";
+        assert_eq!(data(&chunks[4])["text"], sent);
+        let item = &data(&chunks[5])["item"];
+        assert_eq!(
+            (
+                item["summary"][0]["text"].as_str(),
+                item["encrypted_content"].as_str()
+            ),
+            (Some(sent), Some(sent))
+        );
+        let done = data(&chunks[10]);
+        let output = &done["response"]["output"];
+        assert_eq!(output[0]["summary"][0]["text"], sent);
+        assert_eq!(output[0]["encrypted_content"], sent);
+        assert_eq!(
+            output[1]["content"][0]["text"], "ok",
+            "the text was not changed"
+        );
+        assert_eq!(done["response"]["usage"]["output_tokens"], 3);
+        for c in &chunks {
+            assert!(!c.raw().windows(6).any(|w| w == b"secret"));
+        }
+        // The text's copies were left as they came.
+        assert_eq!(chunks[8].raw(), thinking_answer()[8].raw());
+        assert_eq!(chunks[9].raw(), thinking_answer()[9].raw());
+        assert_eq!(t.thoughts, vec![("rs_1".into(), sent.into())]);
+    }
+
+    #[test]
+    fn changed_text_leaves_the_thinking_copies_alone() {
+        let mut t = Transcript::of(Shape::OpenaiResponses, Kind::Event).unwrap();
+        let mut chunks = thinking_answer();
+        hooks_read_thinking(&chunks);
+        assert!(chunks[7].set_text("OK".into()));
+        for c in &mut chunks {
+            t.sent(c);
+        }
+        let output = &data(&chunks[10])["response"]["output"];
+        assert_eq!(output[0]["summary"][0]["text"], "my secret plan");
+        assert_eq!(output[1]["content"][0]["text"], "OK");
+        assert_eq!(chunks[5].raw(), thinking_answer()[5].raw());
+    }
+
+    #[test]
+    fn thinking_released_at_its_end_is_numbered_and_part_of_the_copies() {
+        let mut t = Transcript::of(Shape::OpenaiResponses, Kind::Event).unwrap();
+        let mut chunks = thinking_answer();
+        hooks_read_thinking(&chunks);
+        // Held back, then released redacted at the summary's end, and a
+        // note put before the answer's end in the text, on the same event.
+        chunks[2].set_thinking(String::new());
+        chunks[3].set_thinking(String::new());
+        assert!(chunks[4].thinking_done());
+        assert!(chunks[4].set_text("note".into()));
+        assert!(chunks[4].set_thinking("[REDACTED]".into()));
+        for c in &mut chunks {
+            t.sent(c);
+        }
+        assert_eq!(numbers(&chunks), (2..=14).collect::<Vec<_>>());
+        let inserted = std::str::from_utf8(chunks[4].inserted().unwrap()).unwrap();
+        let events: Vec<&str> = inserted.split_terminator("\n\n").collect();
+        assert!(events[0].starts_with("event: response.reasoning_summary_text.delta\ndata: {\"delta\":\"[REDACTED]\",\"item_id\":\"rs_1\""), "{inserted}");
+        assert!(
+            events[1].starts_with("event: response.output_text.delta\n"),
+            "{inserted}"
+        );
+        let sent = "my [REDACTED]";
+        assert_eq!(data(&chunks[4])["text"], sent);
+        assert_eq!(data(&chunks[5])["item"]["encrypted_content"], sent);
+        assert_eq!(
+            data(&chunks[10])["response"]["output"][0]["summary"][0]["text"],
+            sent
+        );
+    }
+
+    #[test]
+    fn answers_whose_thinking_is_untouched_keep_their_bytes() {
+        let mut t = Transcript::of(Shape::OpenaiResponses, Kind::Event).unwrap();
+        let mut chunks = thinking_answer();
+        hooks_read_thinking(&chunks);
+        for c in &mut chunks {
+            let before = c.raw();
+            t.sent(c);
+            assert_eq!(c.raw(), before);
+        }
+        assert_eq!(t.thoughts, vec![("rs_1".into(), "my secret plan".into())]);
     }
 
     #[test]

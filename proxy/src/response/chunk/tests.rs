@@ -220,3 +220,218 @@ fn text_on_a_chunk_without_a_place_for_it_goes_before_it() {
 
     assert!(!event(Shape::Other, "{}").set_text("x".into()));
 }
+
+fn chat_line(json: &str) -> Chunk {
+    Chunk::new(
+        Bytes::from(format!("{json}\n")),
+        Kind::Line,
+        Shape::OllamaChat,
+    )
+}
+
+fn text_of(c: &Chunk) -> String {
+    let mut out = BytesMut::new();
+    c.write_to(&mut out);
+    String::from_utf8(out.to_vec()).unwrap()
+}
+
+#[test]
+fn thinking_is_spliced_in_place_keeping_the_bytes() {
+    let mut g = line(
+        r#"{"model":"qwen3","created_at":"t","response":"","thinking":"my secret","done":false}"#,
+    );
+    assert_eq!(g.thinking(), Some("my secret"));
+    assert!(g.set_thinking("my [REDACTED]".into()));
+    assert_eq!(
+        text_of(&g),
+        "{\"model\":\"qwen3\",\"created_at\":\"t\",\"response\":\"\",\"thinking\":\"my [REDACTED]\",\"done\":false}\n"
+    );
+    assert!(g.thinking_edited() && !g.text_edited());
+    assert_eq!((g.thinking(), g.text()), (Some("my [REDACTED]"), Some("")));
+
+    let mut c = chat_line(
+        r#"{"model":"qwen3","created_at":"t","message":{"role":"assistant","content":"","thinking":"se\"cret"},"done":false}"#,
+    );
+    assert!(c.set_thinking("x".into()));
+    assert_eq!(
+        text_of(&c),
+        "{\"model\":\"qwen3\",\"created_at\":\"t\",\"message\":{\"role\":\"assistant\",\"content\":\"\",\"thinking\":\"x\"},\"done\":false}\n"
+    );
+
+    let mut o = event(
+        Shape::OpenaiChat,
+        r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"qwen3","system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":{"role":"assistant","content":"","reasoning":"secret"},"finish_reason":null}]}"#,
+    );
+    assert!(o.set_thinking("".into()));
+    assert_eq!(
+        text_of(&o),
+        "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"qwen3\",\"system_fingerprint\":\"fp_ollama\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\",\"reasoning\":\"\"},\"finish_reason\":null}]}\n\n"
+    );
+    // Setting the same thinking is no change.
+    let mut same = line(r#"{"response":"","thinking":"a","done":false}"#);
+    assert!(same.set_thinking("a".into()));
+    assert!(!same.thinking_edited());
+    // `/v1/completions` has no thinking, nor do unknown shapes.
+    assert!(
+        !event(Shape::OpenaiCompletions, r#"{"choices":[{"text":"x"}]}"#).set_thinking("t".into())
+    );
+    assert!(!event(Shape::Other, "{}").set_thinking("t".into()));
+}
+
+#[test]
+fn thinking_without_a_field_is_set_in_the_tree() {
+    // Released on the first text chunk: it lands in that chunk.
+    let mut c = chat_line(
+        r#"{"model":"qwen3","created_at":"t","message":{"role":"assistant","content":"Hi"},"done":false}"#,
+    );
+    assert_eq!(c.thinking(), None);
+    assert!(c.set_thinking("held".into()));
+    let v = json_of(&c.raw());
+    assert_eq!(v["message"]["thinking"], "held");
+    assert_eq!(v["message"]["content"], "Hi");
+    assert!(c.inserted().is_none());
+    assert_eq!(c.thinking(), Some("held"));
+
+    // Ollama's done chunk without a message gets one.
+    let mut d = chat_line(r#"{"model":"qwen3","done":true,"eval_count":1}"#);
+    assert!(d.set_thinking("tail".into()));
+    assert_eq!(json_of(&d.raw())["message"]["thinking"], "tail");
+
+    let mut g = line(r#"{"model":"qwen3","response":"Hi","done":false}"#);
+    assert!(g.set_thinking("held".into()));
+    assert_eq!(json_of(&g.raw())["thinking"], "held");
+
+    // OpenAI: a finish chunk with an empty delta gets `reasoning`.
+    let mut f = event(
+        Shape::OpenaiChat,
+        r#"{"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+    );
+    assert!(f.set_thinking("held".into()));
+    assert_eq!(
+        json_of(&f.raw())["choices"][0]["delta"]["reasoning"],
+        "held"
+    );
+
+    // A whole OpenAI answer: `message.reasoning`.
+    let mut w = Chunk::new(
+        Bytes::from_static(br#"{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}]}"#),
+        Kind::Whole,
+        Shape::OpenaiChat,
+    );
+    assert!(w.set_thinking("why".into()));
+    assert_eq!(
+        json_of(&w.into_whole_body())["choices"][0]["message"]["reasoning"],
+        "why"
+    );
+
+    // A look-alike key first: the splice refuses, the tree does it.
+    let mut l =
+        chat_line(r#"{"message":{"x_thinking":"no","thinking":"old","content":""},"done":false}"#);
+    assert!(l.set_thinking("new".into()));
+    let v = json_of(&l.raw());
+    assert_eq!(
+        (
+            v["message"]["thinking"].as_str(),
+            v["message"]["x_thinking"].as_str()
+        ),
+        (Some("new"), Some("no"))
+    );
+}
+
+#[test]
+fn thinking_on_a_chunk_without_a_place_goes_before_it() {
+    let mut done = event(Shape::OpenaiChat, "[DONE]");
+    assert!(done.set_thinking("late".into()));
+    let s = text_of(&done);
+    let (first, rest) = s.split_once("\n\n").unwrap();
+    assert_eq!(rest, "data: [DONE]\n\n");
+    let v = json_of(first.as_bytes());
+    assert_eq!(v["choices"][0]["delta"]["reasoning"], "late");
+    assert_eq!(v["choices"][0]["delta"]["content"], "");
+    assert_eq!(done.inserted_thinking(), Some("late"));
+
+    let mut err = chat_line(r#"{"error":"boom"}"#);
+    assert!(err.set_thinking("late".into()));
+    let s = text_of(&err);
+    let lines: Vec<&str> = s.lines().collect();
+    assert_eq!(json_of(lines[0].as_bytes())["message"]["thinking"], "late");
+    assert_eq!(lines[1], r#"{"error":"boom"}"#);
+
+    let mut gen_err = line(r#"{"error":"boom"}"#);
+    gen_err.set_thinking("late".into());
+    assert_eq!(
+        json_of(text_of(&gen_err).lines().next().unwrap().as_bytes())["thinking"],
+        "late"
+    );
+}
+
+#[test]
+fn text_and_thinking_set_on_one_chunk_both_survive() {
+    let raw = r#"{"model":"qwen3","created_at":"t","message":{"role":"assistant","content":"a secret","thinking":"my secret"},"done":false}"#;
+    // Text then thinking, both spliced.
+    let mut a = chat_line(raw);
+    assert!(a.set_text("a [R]".into()));
+    assert!(a.set_thinking("my [R]".into()));
+    assert_eq!(
+        text_of(&a),
+        "{\"model\":\"qwen3\",\"created_at\":\"t\",\"message\":{\"role\":\"assistant\",\"content\":\"a [R]\",\"thinking\":\"my [R]\"},\"done\":false}\n"
+    );
+    assert_eq!((a.text(), a.thinking()), (Some("a [R]"), Some("my [R]")));
+    assert!(a.text_edited() && a.thinking_edited());
+    // Thinking then text, twice each (two plugins): the tree takes over.
+    let mut b = chat_line(raw);
+    b.set_thinking("t1".into());
+    b.set_text("x1".into());
+    b.set_thinking("t2".into());
+    b.set_text("x2".into());
+    let v = json_of(&b.raw());
+    assert_eq!(
+        (
+            v["message"]["content"].as_str(),
+            v["message"]["thinking"].as_str()
+        ),
+        (Some("x2"), Some("t2"))
+    );
+    // A tree first (a created field), then a splice is not taken: both stay.
+    let mut c = chat_line(
+        r#"{"model":"qwen3","message":{"role":"assistant","content":"Hi"},"done":false}"#,
+    );
+    c.set_thinking("held".into());
+    c.set_text("Hey".into());
+    let v = json_of(&c.raw());
+    assert_eq!(
+        (
+            v["message"]["content"].as_str(),
+            v["message"]["thinking"].as_str()
+        ),
+        (Some("Hey"), Some("held"))
+    );
+
+    // Nothing has a place: thinking goes out first, whatever the order.
+    for thinking_first in [true, false] {
+        let mut d = event(Shape::OpenaiChat, "[DONE]");
+        if thinking_first {
+            d.set_thinking("t".into());
+            d.set_text("x".into());
+        } else {
+            d.set_text("x".into());
+            d.set_thinking("t".into());
+        }
+        let s = text_of(&d);
+        let events: Vec<&str> = s.split_terminator("\n\n").collect();
+        assert_eq!(events.len(), 3, "{s}");
+        assert_eq!(
+            json_of(events[0].as_bytes())["choices"][0]["delta"]["reasoning"],
+            "t"
+        );
+        assert_eq!(
+            json_of(events[1].as_bytes())["choices"][0]["delta"]["content"],
+            "x"
+        );
+        assert_eq!(events[2], "data: [DONE]");
+        assert_eq!(
+            (d.inserted_text(), d.inserted_thinking()),
+            (Some("x"), Some("t"))
+        );
+    }
+}

@@ -126,6 +126,12 @@ fn typed_and_tree_readings_agree() {
             Shape::AnthropicMessages,
         ),
     ];
+    assert_agree(cases);
+    let info = read(cases[0].0.as_bytes(), Kind::Line, Shape::OllamaGenerate);
+    assert_eq!(info.text.as_deref(), Some("a\"b"), "escapes are decoded");
+}
+
+fn assert_agree(cases: &[(&str, Kind, Shape)]) {
     for (json, kind, shape) in cases {
         let v: Value = serde_json::from_str(json).unwrap();
         assert_eq!(
@@ -134,8 +140,163 @@ fn typed_and_tree_readings_agree() {
             "{json}"
         );
     }
-    let info = read(cases[0].0.as_bytes(), Kind::Line, Shape::OllamaGenerate);
-    assert_eq!(info.text.as_deref(), Some("a\"b"), "escapes are decoded");
+}
+
+/// Thinking chunks as Ollama writes them (field order of its Go structs;
+/// Go maps, the Responses events, marshal sorted).
+const THINKING: &[(&str, Kind, Shape)] = &[
+    (
+        r#"{"model":"qwen3","created_at":"2025-01-01T00:00:00Z","response":"","thinking":"Let \"me\"","done":false}"#,
+        Kind::Line,
+        Shape::OllamaGenerate,
+    ),
+    (
+        r#"{"model":"qwen3","created_at":"2025-01-01T00:00:00Z","response":"Hi","thinking":"done.","done":false}"#,
+        Kind::Line,
+        Shape::OllamaGenerate,
+    ),
+    (
+        r#"{"model":"qwen3","created_at":"2025-01-01T00:00:00Z","response":"","thinking":"hmm","done":true,"done_reason":"stop","eval_count":3}"#,
+        Kind::Whole,
+        Shape::OllamaGenerate,
+    ),
+    (
+        r#"{"model":"qwen3","created_at":"2025-01-01T00:00:00Z","message":{"role":"assistant","content":"","thinking":"Let me"},"done":false}"#,
+        Kind::Line,
+        Shape::OllamaChat,
+    ),
+    (
+        r#"{"model":"qwen3","created_at":"2025-01-01T00:00:00Z","message":{"role":"assistant","content":"Hi","thinking":"so."},"done":false}"#,
+        Kind::Line,
+        Shape::OllamaChat,
+    ),
+    (
+        r#"{"model":"qwen3","created_at":"2025-01-01T00:00:00Z","message":{"role":"assistant","content":"","tool_calls":[{"id":"call_1","function":{"index":0,"name":"f","arguments":{}}}]},"done":false}"#,
+        Kind::Line,
+        Shape::OllamaChat,
+    ),
+    (
+        r#"{"model":"qwen3","created_at":"2025-01-01T00:00:00Z","message":{"role":"assistant","content":"","tool_calls":null},"done":false}"#,
+        Kind::Line,
+        Shape::OllamaChat,
+    ),
+    (
+        r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"qwen3","system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":{"role":"assistant","content":"","reasoning":"Let me"},"finish_reason":null}]}"#,
+        Kind::Event,
+        Shape::OpenaiChat,
+    ),
+    (
+        r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"qwen3","system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":{"content":"Hi","reasoning":"both"},"finish_reason":null}]}"#,
+        Kind::Event,
+        Shape::OpenaiChat,
+    ),
+    (
+        r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"qwen3","system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":{"tool_calls":[{"id":"call_1","index":0,"type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":null}]}"#,
+        Kind::Event,
+        Shape::OpenaiChat,
+    ),
+    (
+        r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"qwen3","system_fingerprint":"fp_ollama","choices":[{"index":0,"message":{"role":"assistant","content":"Hi","reasoning":"hmm"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
+        Kind::Whole,
+        Shape::OpenaiChat,
+    ),
+    (
+        r#"{"id":"cmpl-1","object":"text_completion","created":1,"model":"qwen3","system_fingerprint":"fp_ollama","choices":[{"text":"Hi","index":0,"finish_reason":null}]}"#,
+        Kind::Event,
+        Shape::OpenaiCompletions,
+    ),
+    (
+        r#"{"delta":"Let me","item_id":"rs_1","output_index":0,"sequence_number":3,"summary_index":0,"type":"response.reasoning_summary_text.delta"}"#,
+        Kind::Event,
+        Shape::OpenaiResponses,
+    ),
+    (
+        r#"{"item_id":"rs_1","output_index":0,"sequence_number":5,"summary_index":0,"text":"Let me think","type":"response.reasoning_summary_text.done"}"#,
+        Kind::Event,
+        Shape::OpenaiResponses,
+    ),
+    (
+        r#"{"item":{"encrypted_content":"Let me think","id":"rs_1","summary":[{"text":"Let me think","type":"summary_text"}],"type":"reasoning"},"output_index":0,"sequence_number":6,"type":"response.output_item.done"}"#,
+        Kind::Event,
+        Shape::OpenaiResponses,
+    ),
+    (
+        r#"{"id":"resp_1","object":"response","output":[{"id":"rs_1","type":"reasoning","summary":[{"type":"summary_text","text":"a"},{"type":"summary_text","text":"b"}],"encrypted_content":"ab"},{"id":"msg_1","type":"message","status":"completed","role":"assistant","content":[{"type":"output_text","text":"Hi","annotations":[],"logprobs":[]}]}],"usage":{"input_tokens":1,"output_tokens":2}}"#,
+        Kind::Whole,
+        Shape::OpenaiResponses,
+    ),
+    (
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Let \"me\""}}"#,
+        Kind::Event,
+        Shape::AnthropicMessages,
+    ),
+    (
+        r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":""}}"#,
+        Kind::Event,
+        Shape::AnthropicMessages,
+    ),
+    (
+        r#"{"id":"msg_1","type":"message","role":"assistant","model":"qwen3","content":[{"type":"thinking","thinking":"a"},{"type":"text","text":"Hi"},{"type":"thinking","thinking":"b"}],"stop_reason":"end_turn","usage":{"input_tokens":5,"output_tokens":9}}"#,
+        Kind::Whole,
+        Shape::AnthropicMessages,
+    ),
+];
+
+#[test]
+fn typed_and_tree_readings_of_thinking_agree() {
+    assert_agree(THINKING);
+    // An odd field on the typed path falls back to the tree, which still
+    // reads the thinking.
+    let odd = r#"{"choices":[{"delta":{"content":[{"type":"text"}],"reasoning":"hmm"},"finish_reason":null}]}"#;
+    assert_eq!(
+        read(odd.as_bytes(), Kind::Event, Shape::OpenaiChat)
+            .thinking
+            .as_deref(),
+        Some("hmm")
+    );
+}
+
+#[test]
+fn thinking_is_read_where_each_api_puts_it() {
+    let got: Vec<(Option<String>, Option<String>, bool, bool)> = THINKING
+        .iter()
+        .map(|(json, kind, shape)| {
+            let i = read(json.as_bytes(), *kind, *shape);
+            (i.text, i.thinking, i.thinking_done, i.tool_calls)
+        })
+        .collect();
+    let s = |t: &str| Some(t.to_owned());
+    assert_eq!(
+        got,
+        [
+            (s(""), s("Let \"me\""), false, false),
+            (s("Hi"), s("done."), false, false),
+            (s(""), s("hmm"), false, false),
+            (s(""), s("Let me"), false, false),
+            (s("Hi"), s("so."), false, false),
+            (s(""), None, false, true),
+            (s(""), None, false, false),
+            (s(""), s("Let me"), false, false),
+            (s("Hi"), s("both"), false, false),
+            (None, None, false, true),
+            (s("Hi"), s("hmm"), false, false),
+            (s("Hi"), None, false, false),
+            (None, s("Let me"), false, false),
+            (None, None, true, false),
+            (None, None, false, false),
+            (s("Hi"), s("ab"), true, false),
+            (None, s("Let \"me\""), false, false),
+            (None, None, false, false),
+            (s("Hi"), s("ab"), true, false),
+        ]
+    );
+    // Plain chunks carry none.
+    let plain = read(
+        br#"{"model":"m","response":"Hi","done":false}"#,
+        Kind::Line,
+        Shape::OllamaGenerate,
+    );
+    assert_eq!(plain.thinking, None);
 }
 
 #[test]
