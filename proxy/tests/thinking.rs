@@ -1,0 +1,385 @@
+//! Response plugins see the model's thinking, end to end: `output-guard`
+//! (built by scripts/build-plugins) in front of the Ollama emulator's
+//! thinking model, on every generating route, streamed and not.
+//!
+//! Before this, a plugin saw only the answer text: a pattern that a thinking
+//! model wrote in its thinking reached the client untouched (`thinking`,
+//! `message.thinking`, `reasoning`, a Responses reasoning item, an Anthropic
+//! thinking block). The emulator's model thinks one piece per chunk:
+//! "Hmm", ", ", "light ", …, "Rayleigh ", "scattering ", … so the pattern
+//! "Rayleigh scattering" is always split across two streamed chunks, and
+//! the answer ("The sky is blue because …") does not contain it.
+
+mod example_plugins;
+mod harness;
+
+use example_plugins::plugin;
+use harness::{Stack, ndjson};
+use ollama_emulator::{THINKING_TOKENS, thinking_text, token};
+use serde_json::{Value, json};
+
+/// A model with the thinking capability (its template has thinking tags).
+const THINKER: &str = "qwen3:0.6b";
+const PHRASE: &str = "Rayleigh scattering";
+/// Tokens the emulator answers with after thinking (its default).
+const ANSWER_TOKENS: usize = 8;
+
+/// The proxy with output-guard redacting `PHRASE`, and a thinking model
+/// next to the harness's gemma3 models.
+async fn stack() -> Stack {
+    let stack = Stack::with_plugins(&[plugin("output-guard", json!({"patterns": [PHRASE]}))]).await;
+    ollama_emulator::models::write_fake_model(stack.models.path(), THINKER, 128)
+        .expect("write the thinking model");
+    stack
+}
+
+/// What the model thinks, whole.
+fn thinking() -> String {
+    thinking_text(THINKING_TOKENS)
+}
+
+/// What the client must see of the thinking: the phrase redacted, nothing
+/// else changed.
+fn redacted_thinking() -> String {
+    thinking().replace(PHRASE, "[REDACTED]")
+}
+
+fn answer() -> String {
+    (0..ANSWER_TOKENS).map(token).collect()
+}
+
+fn user() -> Value {
+    json!([{"role": "user", "content": "Why is the sky blue?"}])
+}
+
+/// The request each route gets; each asks for thinking its own way, or
+/// (/api/generate) leaves it to the model, which thinks by default.
+fn request(path: &str, stream: bool) -> Value {
+    match path {
+        "/api/generate" => {
+            json!({"model": THINKER, "prompt": "Why is the sky blue?", "stream": stream})
+        }
+        "/api/chat" => {
+            json!({"model": THINKER, "messages": user(), "stream": stream, "think": true})
+        }
+        "/v1/chat/completions" => {
+            json!({"model": THINKER, "messages": user(), "stream": stream, "reasoning_effort": "high"})
+        }
+        "/v1/responses" => json!({"model": THINKER, "input": "Why is the sky blue?",
+                                  "stream": stream, "reasoning": {"effort": "medium"}}),
+        "/v1/messages" => json!({"model": THINKER, "messages": user(), "stream": stream,
+                                 // The limit counts thinking tokens too.
+                                 "max_tokens": THINKING_TOKENS + ANSWER_TOKENS,
+                                 "thinking": {"type": "enabled", "budget_tokens": 1024}}),
+        _ => unreachable!("{path}"),
+    }
+}
+
+const ROUTES: [&str; 5] = [
+    "/api/generate",
+    "/api/chat",
+    "/v1/chat/completions",
+    "/v1/responses",
+    "/v1/messages",
+];
+
+/// The events of an SSE body: each `event: NAME` line and its data.
+fn events(body: &str) -> Vec<(String, Value)> {
+    body.split_terminator("\n\n")
+        .map(|e| {
+            let (name, data) = e.split_once('\n').expect("event: and data: lines");
+            let name = name.strip_prefix("event: ").expect("the event line kept");
+            let data = data.strip_prefix("data: ").expect("one data line");
+            let v: Value = serde_json::from_str(data).unwrap_or_else(|e| panic!("{e}: {data}"));
+            (name.to_owned(), v)
+        })
+        .collect()
+}
+
+/// The JSON payloads of an OpenAI chat SSE body (`[DONE]` left out).
+fn sse_json(body: &str) -> Vec<Value> {
+    body.split_terminator("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("{e}: {d}")))
+        .collect()
+}
+
+/// The thinking and the answer of one streamed part, in the order sent.
+enum Piece {
+    Thinking(String),
+    Answer(String),
+}
+
+/// The thinking and answer pieces a client got, in order, from a streamed
+/// body; for a whole body, the one thinking and the one answer.
+fn pieces(path: &str, stream: bool, body: &str) -> Vec<Piece> {
+    let mut out = Vec::new();
+    let mut push = |t: Option<&str>, a: Option<&str>| {
+        if let Some(t) = t.filter(|t| !t.is_empty()) {
+            out.push(Piece::Thinking(t.to_owned()));
+        }
+        if let Some(a) = a.filter(|a| !a.is_empty()) {
+            out.push(Piece::Answer(a.to_owned()));
+        }
+    };
+    let s = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_owned);
+    match (path, stream) {
+        ("/api/generate", true) => {
+            for v in ndjson(body.as_bytes()) {
+                push(s(&v, "/thinking").as_deref(), s(&v, "/response").as_deref());
+            }
+        }
+        ("/api/chat", true) => {
+            for v in ndjson(body.as_bytes()) {
+                push(
+                    s(&v, "/message/thinking").as_deref(),
+                    s(&v, "/message/content").as_deref(),
+                );
+            }
+        }
+        ("/v1/chat/completions", true) => {
+            for v in sse_json(body) {
+                push(
+                    s(&v, "/choices/0/delta/reasoning").as_deref(),
+                    s(&v, "/choices/0/delta/content").as_deref(),
+                );
+            }
+        }
+        ("/v1/responses", true) => {
+            for (name, v) in events(body) {
+                match name.as_str() {
+                    "response.reasoning_summary_text.delta" => {
+                        push(s(&v, "/delta").as_deref(), None)
+                    }
+                    "response.output_text.delta" => push(None, s(&v, "/delta").as_deref()),
+                    _ => {}
+                }
+            }
+        }
+        ("/v1/messages", true) => {
+            for (name, v) in events(body) {
+                if name == "content_block_delta" {
+                    push(
+                        s(&v, "/delta/thinking").as_deref(),
+                        s(&v, "/delta/text").as_deref(),
+                    );
+                }
+            }
+        }
+        (_, false) => {
+            let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+            let (t, a) = match path {
+                "/api/generate" => (s(&v, "/thinking"), s(&v, "/response")),
+                "/api/chat" => (s(&v, "/message/thinking"), s(&v, "/message/content")),
+                "/v1/chat/completions" => (
+                    s(&v, "/choices/0/message/reasoning"),
+                    s(&v, "/choices/0/message/content"),
+                ),
+                // ToResponse: the reasoning item, then the message.
+                "/v1/responses" => (
+                    s(&v, "/output/0/summary/0/text"),
+                    s(&v, "/output/1/content/0/text"),
+                ),
+                // ToMessagesResponse: the thinking block, then the text.
+                "/v1/messages" => (s(&v, "/content/0/thinking"), s(&v, "/content/1/text")),
+                _ => unreachable!(),
+            };
+            push(t.as_deref(), a.as_deref());
+        }
+        _ => unreachable!(),
+    }
+    out
+}
+
+/// The checks every route shares: the phrase (or either half of it) is
+/// nowhere in the body; the thinking the client got, joined, is the
+/// emulator's with the phrase redacted; the answer is intact; all the
+/// thinking comes before the answer.
+fn check_route(path: &str, stream: bool, body: &str) {
+    let what = format!("{path} stream={stream}");
+    assert!(
+        !body.contains("Rayleigh") && !body.contains("scattering"),
+        "{what}: the phrase leaked: {body}"
+    );
+    let got = pieces(path, stream, body);
+    let thinking: String = got
+        .iter()
+        .filter_map(|p| match p {
+            Piece::Thinking(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    let answer_got: String = got
+        .iter()
+        .filter_map(|p| match p {
+            Piece::Answer(a) => Some(a.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        thinking,
+        redacted_thinking(),
+        "{what}: the thinking, redacted, nothing lost or repeated: {body}"
+    );
+    assert_eq!(answer_got, answer(), "{what}: the answer intact: {body}");
+    let first_answer = got.iter().position(|p| matches!(p, Piece::Answer(_)));
+    let last_thinking = got.iter().rposition(|p| matches!(p, Piece::Thinking(_)));
+    assert!(
+        last_thinking < first_answer,
+        "{what}: all thinking before the answer: {body}"
+    );
+    if stream {
+        assert!(
+            got.iter()
+                .filter(|p| matches!(p, Piece::Thinking(_)))
+                .count()
+                > 1,
+            "{what}: the thinking still streams in pieces: {body}"
+        );
+    }
+}
+
+async fn post_ok(stack: &Stack, path: &str, body: &Value) -> String {
+    stack.post_ok_as(path, "thinking-test", body).await
+}
+
+#[tokio::test]
+async fn the_emulator_splits_the_phrase_across_two_thinking_chunks() {
+    // Without the proxy: the phrase is there, split, so the tests below
+    // test something.
+    let stack = stack().await;
+    let resp = stack
+        .client
+        .post(stack.direct("/api/generate"))
+        .json(&request("/api/generate", true))
+        .send()
+        .await
+        .unwrap();
+    let body = resp.text().await.unwrap();
+    let lines = ndjson(body.as_bytes());
+    let parts: Vec<&str> = lines
+        .iter()
+        .filter_map(|v| v["thinking"].as_str())
+        .collect();
+    assert_eq!(parts.concat(), thinking());
+    assert!(thinking().contains(PHRASE));
+    assert!(
+        parts.iter().all(|p| !p.contains(PHRASE)),
+        "no single chunk holds the phrase: {parts:?}"
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn thinking_is_redacted_on_every_route_streamed() {
+    let stack = stack().await;
+    for path in ROUTES {
+        let body = post_ok(&stack, path, &request(path, true)).await;
+        check_route(path, true, &body);
+    }
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn thinking_is_redacted_on_every_route_whole() {
+    let stack = stack().await;
+    for path in ROUTES {
+        let body = post_ok(&stack, path, &request(path, false)).await;
+        check_route(path, false, &body);
+    }
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_copy_of_the_responses_reasoning_is_redacted() {
+    // /v1/responses repeats the thinking: in reasoning_summary_text.done,
+    // in the reasoning item of output_item.done (summary and
+    // encrypted_content, which Ollama fills with the plain thinking) and in
+    // response.completed. Every copy says what the deltas said.
+    let stack = stack().await;
+    let body = post_ok(&stack, "/v1/responses", &request("/v1/responses", true)).await;
+    let ev = events(&body);
+    let want = redacted_thinking();
+    let done: Vec<&Value> = ev
+        .iter()
+        .filter(|(n, _)| n == "response.reasoning_summary_text.done")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(done.len(), 1, "{body}");
+    assert_eq!(done[0]["text"], want, "{body}");
+    let items: Vec<&Value> = ev
+        .iter()
+        .filter(|(n, v)| n == "response.output_item.done" && v["item"]["type"] == "reasoning")
+        .map(|(_, v)| &v["item"])
+        .collect();
+    assert_eq!(items.len(), 1, "{body}");
+    assert_eq!(items[0]["summary"][0]["text"], want, "{body}");
+    assert_eq!(items[0]["encrypted_content"], want, "{body}");
+    let completed = &ev.last().expect("events").1;
+    assert_eq!(ev.last().unwrap().0, "response.completed", "{body}");
+    let output = &completed["response"]["output"];
+    assert_eq!(output[0]["type"], "reasoning", "{body}");
+    assert_eq!(output[0]["summary"][0]["text"], want, "{body}");
+    assert_eq!(output[0]["encrypted_content"], want, "{body}");
+    assert_eq!(output[1]["content"][0]["text"], answer(), "{body}");
+    // The answer's copies are intact too.
+    let text_done: Vec<&Value> = ev
+        .iter()
+        .filter(|(n, _)| n == "response.output_text.done")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(text_done[0]["text"], answer(), "{body}");
+    // The sequence numbers still count up by one from 0.
+    let numbers: Vec<u64> = ev
+        .iter()
+        .map(|(n, v)| {
+            v["sequence_number"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{n} has no sequence number: {body}"))
+        })
+        .collect();
+    assert_eq!(numbers, (0..ev.len() as u64).collect::<Vec<_>>(), "{body}");
+
+    // The whole body: the reasoning item's encrypted_content too.
+    let body = post_ok(&stack, "/v1/responses", &request("/v1/responses", false)).await;
+    assert!(!body.contains("Rayleigh"), "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["output"][0]["encrypted_content"], want, "{body}");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_model_that_cannot_think_gets_ollamas_error_through_the_proxy() {
+    let stack = stack().await;
+    let refusal = r#""gemma3:4b" does not support thinking"#;
+    let resp = stack
+        .post(
+            "/api/generate",
+            &json!({"model": "gemma3:4b", "prompt": "Hi", "think": true}),
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v, json!({"error": refusal}));
+    let resp = stack
+        .post(
+            "/api/chat",
+            &json!({"model": "gemma3:4b", "messages": user(), "think": "high"}),
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v, json!({"error": refusal}));
+    let resp = stack
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "gemma3:4b", "messages": user(), "reasoning_effort": "low"}),
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["message"], refusal);
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    stack.shutdown().await;
+}
