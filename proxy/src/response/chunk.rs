@@ -1,7 +1,8 @@
 //! One chunk of an Ollama or OpenAI-compatible answer, as the response hooks
-//! see it: its generated text in one normalized form whatever the API, its
-//! token usage, whether generation ends with it — and rewriting that text
-//! back into the API's own JSON.
+//! see it: its generated text and the model's thinking (two text channels,
+//! each in one normalized form whatever the API), its token usage, whether
+//! generation (or the thinking) ends with it — and rewriting that text and
+//! thinking back into the API's own JSON.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{Value, json};
@@ -32,22 +33,26 @@ pub enum Channel {
 /// The JSON shape of a route's answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Shape {
-    /// `/api/generate`: text in `response`.
+    /// `/api/generate`: text in `response`, thinking in `thinking`.
     OllamaGenerate,
-    /// `/api/chat`: text in `message.content`.
+    /// `/api/chat`: text in `message.content`, thinking in
+    /// `message.thinking` (both may come in one chunk).
     OllamaChat,
     /// `/v1/chat/completions`: `choices[0].delta.content` streamed,
-    /// `choices[0].message.content` whole.
+    /// `choices[0].message.content` whole; thinking in `reasoning` there.
     OpenaiChat,
-    /// `/v1/completions`: `choices[0].text`.
+    /// `/v1/completions`: `choices[0].text`; no thinking.
     OpenaiCompletions,
     /// `/v1/responses` (OpenAI Responses API): `delta` of
     /// `response.output_text.delta` events streamed, the `output_text` parts
     /// of `output[]` whole. Later events repeat the text: see `transcript`.
+    /// Thinking: `response.reasoning_summary_text.delta` events, the
+    /// `summary_text` parts of `reasoning` items whole.
     OpenaiResponses,
     /// `/v1/messages` (Anthropic Messages API): `delta.text` of
     /// `content_block_delta` events with a `text_delta` streamed, the `text`
-    /// blocks of `content[]` whole.
+    /// blocks of `content[]` whole. Thinking: `thinking_delta`s, `thinking`
+    /// blocks.
     AnthropicMessages,
     /// Anything else: chunks are passed to the hooks raw, without text or
     /// usage.

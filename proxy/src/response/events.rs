@@ -1,6 +1,7 @@
-//! Where a hook's text goes in the two APIs whose answers are typed events,
-//! `/v1/responses` (OpenAI Responses) and `/v1/messages` (Anthropic
-//! Messages), when it cannot simply replace the JSON string it came from:
+//! Where a hook's text (or thinking) goes in the two APIs whose answers are
+//! typed events, `/v1/responses` (OpenAI Responses) and `/v1/messages`
+//! (Anthropic Messages), when it cannot simply replace the JSON string it
+//! came from:
 //! into a tree of the chunk, or into an event of the API's own made to carry
 //! it. Ollama's Go code that writes these answers: openai/responses.go
 //! (`ResponsesStreamConverter`, `ToResponse`) and anthropic/anthropic.go
