@@ -483,14 +483,17 @@ impl Chunk {
 
     /// Gives the `/v1/responses` events inserted before this chunk (see
     /// [`Chunk::inserted`]) the sequence numbers from `seq` on, in the order
-    /// they go out (thinking, then text); returns how many there are.
-    pub(super) fn number_inserted(&mut self, seq: u64) -> u64 {
+    /// they go out (thinking, then text); returns how many there are. A
+    /// thinking event names `reasoning` (the answer's reasoning item, as
+    /// the transcript knows it) when this chunk names no reasoning item.
+    pub(super) fn number_inserted(&mut self, seq: u64, reasoning: Option<(&str, u64)>) -> u64 {
         if self.shape != Shape::OpenaiResponses {
             return 0;
         }
         let mut n = 0;
         if let Some(thinking) = self.before_thinking.clone() {
-            self.thinking_before = Some(self.synthetic(Channel::Thinking, &thinking, Some(seq)));
+            self.thinking_before =
+                Some(self.synthetic_in(Channel::Thinking, &thinking, Some(seq), reasoning));
             n += 1;
         }
         if let Some(text) = self.before_text.clone() {
@@ -579,9 +582,21 @@ impl Chunk {
     /// this chunk; `seq`: its `/v1/responses` sequence number, when not
     /// this chunk's.
     fn synthetic(&self, channel: Channel, text: &str, seq: Option<u64>) -> Vec<u8> {
+        self.synthetic_in(channel, text, seq, None)
+    }
+
+    /// [`Chunk::synthetic`]; a Responses thinking event names `reasoning`
+    /// (the answer's reasoning item) when this chunk names none.
+    fn synthetic_in(
+        &self,
+        channel: Channel,
+        text: &str,
+        seq: Option<u64>,
+        reasoning: Option<(&str, u64)>,
+    ) -> Vec<u8> {
         if self.is_event_api() {
             let v = self.value.as_ref();
-            return events::synthetic(v, self.shape, self.kind, channel, text, seq);
+            return events::synthetic(v, self.shape, self.kind, channel, text, seq, reasoning);
         }
         let model = self
             .value

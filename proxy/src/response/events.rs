@@ -254,6 +254,7 @@ pub fn synthetic(
     channel: Channel,
     text: &str,
     seq: Option<u64>,
+    reasoning: Option<(&str, u64)>,
 ) -> Vec<u8> {
     if kind != Kind::Event {
         return Vec::new();
@@ -265,7 +266,7 @@ pub fn synthetic(
     let (event, json) = match (shape, channel) {
         (Shape::OpenaiResponses, Channel::Thinking) => {
             // `processThinking`'s delta, keys sorted as Go marshals a map.
-            let (item_id, output_index) = responses_reasoning_item(v);
+            let (item_id, output_index) = responses_reasoning_item(v, reasoning);
             let item_id = serde_json::to_string(&item_id).unwrap_or_default();
             let json = format!(
                 "{{\"delta\":{text},\"item_id\":{item_id},\"output_index\":{output_index},\
@@ -318,13 +319,20 @@ pub fn responses_item(v: Option<&Value>) -> (String, u64) {
 
 /// The reasoning item a Responses event is about, as [`responses_item`]:
 /// the event's own item only when it is a reasoning event or item (a text
-/// event names its message).
-pub fn responses_reasoning_item(v: Option<&Value>) -> (String, u64) {
-    item_of(v, "reasoning", "rs_kiln", |v| {
-        let event = v.get("type").and_then(Value::as_str).unwrap_or("");
-        event.starts_with("response.reasoning")
-            || is_type(v.get("item").unwrap_or(&Value::Null), "reasoning")
-    })
+/// event names its message), else `known` (the answer's last reasoning
+/// item, when the caller knows it).
+pub fn responses_reasoning_item(v: Option<&Value>, known: Option<(&str, u64)>) -> (String, u64) {
+    if let (false, Some((id, index))) = (v.is_some_and(names_reasoning), known) {
+        return (id.to_owned(), index);
+    }
+    item_of(v, "reasoning", "rs_kiln", names_reasoning)
+}
+
+/// A reasoning event, or an `output_item` event of a reasoning item.
+fn names_reasoning(v: &Value) -> bool {
+    let event = v.get("type").and_then(Value::as_str).unwrap_or("");
+    event.starts_with("response.reasoning")
+        || is_type(v.get("item").unwrap_or(&Value::Null), "reasoning")
 }
 
 fn item_of(

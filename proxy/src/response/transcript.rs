@@ -50,6 +50,9 @@ pub struct Transcript {
     thoughts: Vec<(String, String)>,
     /// A hook changed the thinking: its copies need rewriting.
     thoughts_diverged: bool,
+    /// The last reasoning item added: id, `output_index` (the item thinking
+    /// inserted before an event that names none goes to).
+    reasoning: Option<(String, u64)>,
     /// Events inserted so far: the later events' sequence numbers go up by as many.
     shift: u64,
 }
@@ -69,7 +72,8 @@ impl Transcript {
         if let Some(inserted) = chunk.inserted_thinking() {
             // Inserted before this chunk, in the reasoning item it names.
             let inserted = inserted.to_owned();
-            let (id, _) = events::responses_reasoning_item(chunk.tree().map(|v| &*v));
+            let known = self.reasoning.as_ref().map(|(i, n)| (i.as_str(), *n));
+            let (id, _) = events::responses_reasoning_item(chunk.tree().map(|v| &*v), known);
             entry(&mut self.thoughts, &id).push_str(&inserted);
             self.thoughts_diverged = true;
         }
@@ -88,7 +92,7 @@ impl Transcript {
         if is_thought {
             if self.thoughts.is_empty() {
                 // A delta without its `output_item.added`: use the id it names.
-                let (id, _) = events::responses_reasoning_item(chunk.tree().map(|v| &*v));
+                let (id, _) = events::responses_reasoning_item(chunk.tree().map(|v| &*v), None);
                 entry(&mut self.thoughts, &id);
             }
             if let (Some((_, sent)), Some(t)) = (self.thoughts.last_mut(), chunk.thinking()) {
@@ -119,14 +123,16 @@ impl Transcript {
                 let item = chunk.tree().and_then(|v| {
                     let kind = v.pointer("/item/type").and_then(Value::as_str)?;
                     let id = v.pointer("/item/id").and_then(Value::as_str)?;
-                    Some((kind == "reasoning", id.to_owned()))
+                    let index = v.get("output_index").and_then(Value::as_u64).unwrap_or(0);
+                    Some((kind == "reasoning", id.to_owned(), index))
                 });
                 match item {
-                    Some((false, id)) => {
+                    Some((false, id, _)) => {
                         self.item(&id);
                     }
-                    Some((true, id)) => {
+                    Some((true, id, index)) => {
                         entry(&mut self.thoughts, &id);
+                        self.reasoning = Some((id, index));
                     }
                     None => {}
                 }
@@ -161,7 +167,8 @@ impl Transcript {
             return; // not a numbered event: nothing to follow
         };
         if inserted {
-            self.shift += chunk.number_inserted(seq + self.shift);
+            let known = self.reasoning.as_ref().map(|(i, n)| (i.as_str(), *n));
+            self.shift += chunk.number_inserted(seq + self.shift, known);
         }
         if let Some(v) = chunk.tree().and_then(Value::as_object_mut) {
             v.insert("sequence_number".into(), (seq + self.shift).into());
@@ -636,6 +643,31 @@ mod tests {
         assert_eq!(
             data(&chunks[10])["response"]["output"][0]["summary"][0]["text"],
             sent
+        );
+    }
+
+    #[test]
+    fn thinking_released_on_an_event_of_another_item_names_the_reasoning_item() {
+        // A hook that missed `thinking_done` releases at the message's
+        // first delta: the event inserted names the answer's reasoning item.
+        let mut t = Transcript::of(Shape::OpenaiResponses, Kind::Event).unwrap();
+        let mut chunks = thinking_answer();
+        hooks_read_thinking(&chunks);
+        chunks[3].set_thinking(String::new());
+        assert!(chunks[7].set_thinking("[P]".into()));
+        for c in &mut chunks {
+            t.sent(c);
+        }
+        let inserted = std::str::from_utf8(chunks[7].inserted().unwrap()).unwrap();
+        assert!(
+            inserted.contains("\"item_id\":\"rs_1\",\"output_index\":0,\"sequence_number\":9,"),
+            "{inserted}"
+        );
+        assert_eq!(numbers(&chunks), (2..=13).collect::<Vec<_>>());
+        assert_eq!(t.thoughts, vec![("rs_1".into(), "my secret [P]".into())]);
+        assert_eq!(
+            data(&chunks[10])["response"]["output"][0]["encrypted_content"],
+            "my secret [P]"
         );
     }
 
