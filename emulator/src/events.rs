@@ -42,17 +42,7 @@ pub struct Messages {
     /// `message_start` reports this estimate (`EstimateInputTokens`: the
     /// request's characters / 4); the final count comes in `message_delta`.
     pub estimated_input: usize,
-    /// A model that cannot think was asked `thinking: {"type": "enabled"}`.
-    /// Ollama relaxes that to no thinking (middleware/anthropic.go sets
-    /// `relax_thinking`; routes.go ChatHandler drops `think`). The emulator
-    /// used to answer it with one `thinking_delta` ([`THINKING`]), and
-    /// proxy/tests/response_routes.rs still relies on that, so it stays
-    /// until those tests ask a thinking model. Not counted in the output tokens.
-    pub legacy_thinking: bool,
 }
-
-/// The single thinking delta of [`Messages::legacy_thinking`].
-pub const THINKING: &str = "Rayleigh scattering, I think.";
 
 impl Responses {
     pub fn of_request(req: &Value, next: u64) -> Responses {
@@ -407,31 +397,13 @@ impl Messages {
             // GenerateMessageID: "msg_" and 24 hex digits.
             id: format!("msg_{:024x}", 0x5eed_0000 + next),
             estimated_input: if total / 4 == 0 && some { 1 } else { total / 4 },
-            legacy_thinking: false,
         }
     }
 
     /// The index of the text block: after the thinking block, if any
     /// (`StreamConverter.contentIndex`).
     fn text_index(&self, think: usize) -> usize {
-        usize::from(self.legacy_thinking || think > 0)
-    }
-
-    /// The legacy thinking block, opened and given its one delta.
-    fn legacy_think(&self, out: &mut String) {
-        event_raw(
-            out,
-            "content_block_start",
-            r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":""}}"#,
-        );
-        event_raw(
-            out,
-            "content_block_delta",
-            &format!(
-                r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"thinking_delta","thinking":{}}}}}"#,
-                j(THINKING)
-            ),
-        );
+        usize::from(think > 0)
     }
 
     fn stop(out: &mut String, index: usize) {
@@ -451,10 +423,6 @@ impl Messages {
         let index = self.text_index(think);
         if i == 0 {
             self.start(&mut out, model);
-            if self.legacy_thinking {
-                self.legacy_think(&mut out);
-                Self::stop(&mut out, 0);
-            }
         }
         if i < think {
             if i == 0 {
@@ -527,10 +495,6 @@ impl Messages {
         let mut out = String::new();
         if t.eval_tokens == 0 {
             self.start(&mut out, model);
-            if self.legacy_thinking {
-                self.legacy_think(&mut out);
-                Self::stop(&mut out, 0);
-            }
         } else if t.answer_tokens() > 0 {
             Self::stop(&mut out, self.text_index(t.thinking_tokens));
         } else {
@@ -556,11 +520,7 @@ impl Messages {
     pub fn whole(&self, model: &str, t: &Totals) -> String {
         let n = t.answer_tokens();
         let mut blocks = Vec::new();
-        let thinking = if self.legacy_thinking {
-            THINKING.to_owned()
-        } else {
-            thinking_text(t.thinking_tokens)
-        };
+        let thinking = thinking_text(t.thinking_tokens);
         if !thinking.is_empty() {
             blocks.push(format!(
                 r#"{{"type":"thinking","thinking":{}}}"#,

@@ -199,17 +199,12 @@ pub(crate) async fn generate(
     // routes.go: a model with the thinking capability thinks unless told
     // not to (`req.Think == nil` becomes true); asking one without it to
     // think is a 400, checked after the unload shortcut and before the
-    // load one. /v1/messages relaxes it to no thinking instead.
+    // load one. /v1/messages relaxes it to no thinking instead
+    // (middleware/anthropic.go sets `relax_thinking`).
     let unload = load_only && keep_alive_expiry(&req).is_none();
-    let mut legacy_thinking = false;
-    if !thinks && requested == Some(true) && !unload {
-        if api == Api::Messages {
-            legacy_thinking =
-                req.pointer("/thinking/type").and_then(|t| t.as_str()) == Some("enabled");
-        } else {
-            let msg = format!("{model:?} does not support thinking");
-            return writer_error(api, StatusCode::BAD_REQUEST, &msg);
-        }
+    if !thinks && requested == Some(true) && !unload && api != Api::Messages {
+        let msg = format!("{model:?} does not support thinking");
+        return writer_error(api, StatusCode::BAD_REQUEST, &msg);
     }
     let think = thinks && requested.unwrap_or(true);
     if load_only {
@@ -253,11 +248,7 @@ pub(crate) async fn generate(
                 .unwrap_or(false),
         },
         Api::Responses => Shape::Responses(Box::new(Responses::of_request(&req, next))),
-        Api::Messages => {
-            let mut m = Messages::of_request(&req, next);
-            m.legacy_thinking = legacy_thinking;
-            Shape::Messages(m)
-        }
+        Api::Messages => Shape::Messages(Messages::of_request(&req, next)),
         _ => Shape::OpenaiCompletion {
             id: format!("cmpl-{next}"),
         },

@@ -32,7 +32,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use events::THINKING as LEGACY_THINKING;
 pub use format::{THINKING_TOKENS, thinking_text, thinking_token, token};
 pub use stats::{Stats, StatsSnapshot};
 

@@ -51,6 +51,18 @@ fn responses(stream: bool) -> Value {
     json!({"model": "gemma3:4b", "input": "Why is the sky blue?", "stream": stream, "max_output_tokens": 5})
 }
 
+/// A /v1/messages request to the emulator's thinking model (written into
+/// the stack's models directory): it thinks, in a thinking block (index 0),
+/// then answers the usual 5 tokens (the limit counts the thinking too).
+async fn thinking_messages(stack: &Stack, stream: bool) -> Value {
+    ollama_emulator::models::write_fake_model(stack.models.path(), "qwen3:0.6b", 128)
+        .expect("write the thinking model");
+    let mut req = messages(stream);
+    req["model"] = json!("qwen3:0.6b");
+    req["max_tokens"] = json!(ollama_emulator::THINKING_TOKENS + 5);
+    req
+}
+
 fn messages(stream: bool) -> Value {
     json!({"model": "gemma3:4b", "max_tokens": 5, "stream": stream,
            "messages": [{"role": "user", "content": "Why is the sky blue?"}]})
@@ -401,7 +413,7 @@ async fn held_messages_text_waits_for_the_text_blocks_stop_not_the_thinking_bloc
         json!({"patterns": ["sky is", "because the"]}),
     )])
     .await;
-    let mut req = messages(true);
+    let mut req = thinking_messages(&stack, true).await;
     req["thinking"] = json!({"type": "enabled", "budget_tokens": 1024});
     let body = stack.post("/v1/messages", &req).await.text().await.unwrap();
     assert!(!body.contains("sky is"), "{body}");
@@ -418,11 +430,21 @@ async fn held_messages_text_waits_for_the_text_blocks_stop_not_the_thinking_bloc
             Some((kind, if v["index"] == 0 { "0" } else { "1" }))
         })
         .collect();
+    let thinking_deltas = ollama_emulator::THINKING_TOKENS;
     assert_eq!(
-        blocks,
+        blocks[..=thinking_deltas],
+        [("thinking", "0")]
+            .into_iter()
+            .chain(std::iter::repeat_n(
+                ("thinking_delta", "0"),
+                thinking_deltas
+            ))
+            .collect::<Vec<_>>(),
+        "{body}"
+    );
+    assert_eq!(
+        blocks[thinking_deltas + 1..],
         [
-            ("thinking", "0"),
-            ("thinking_delta", "0"),
             ("stop", "0"),
             ("text", "1"),
             ("text_delta", "1"),
@@ -457,7 +479,7 @@ async fn held_messages_text_waits_for_the_text_blocks_stop_not_the_thinking_bloc
     assert_eq!(text, REDACTED);
 
     // Not streamed: the text block is redacted, the thinking block kept.
-    let mut req = messages(false);
+    let mut req = thinking_messages(&stack, false).await;
     req["thinking"] = json!({"type": "enabled"});
     let v: Value = stack.post("/v1/messages", &req).await.json().await.unwrap();
     assert_eq!(v["content"][0]["type"], "thinking");
@@ -519,7 +541,7 @@ async fn a_thinking_blocks_stop_does_not_end_the_text() {
     // (index 0), which has no text to end.
     let dir = tempfile::tempdir().unwrap();
     let stack = stack(vec![end_marker_plugin(dir.path())]).await;
-    let mut req = messages(true);
+    let mut req = thinking_messages(&stack, true).await;
     req["thinking"] = json!({"type": "enabled"});
     let body = stack.post("/v1/messages", &req).await.text().await.unwrap();
     let ev = events(&body);
