@@ -2,63 +2,24 @@
 //! writes them (openai/responses.go, anthropic/anthropic.go and their
 //! middleware writers): typed SSE events, Go's field order, usage, errors.
 
-use std::time::Duration;
+mod common;
 
-use ollama_emulator::{Config, Emulator};
+use common::{deltas, names, post, post_with_headers};
+use ollama_emulator::Emulator;
 use serde_json::{Value, json};
 
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
-}
-
 async fn start() -> (Emulator, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    ollama_emulator::models::write_fake_model(dir.path(), "gemma3:4b", 64).unwrap();
-    let c = Config {
-        models_dir: Some(dir.path().into()),
-        token_delay: Duration::from_millis(1),
-        ..Default::default()
-    };
-    (Emulator::start(c).await.unwrap(), dir)
-}
-
-/// POSTs and returns status, content type and body.
-async fn post(
-    emu: &Emulator,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Value,
-) -> (u16, String, String) {
-    let mut r = client().post(format!("{}{path}", emu.url())).json(&body);
-    for (n, v) in headers {
-        r = r.header(*n, *v);
-    }
-    let r = r.send().await.unwrap();
-    let ct = r
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    (r.status().as_u16(), ct, r.text().await.unwrap())
+    common::start_with(&["gemma3:4b"], |_| {}).await
 }
 
 /// The events of an SSE body: name, data; each exactly `event: N\ndata: D\n\n`.
 fn events(body: &str) -> Vec<(String, Value)> {
     assert!(body.is_empty() || body.ends_with("\n\n"), "{body}");
-    body.split_terminator("\n\n")
-        .map(|e| {
-            let (name, data) = e.split_once('\n').unwrap();
-            let name = name.strip_prefix("event: ").expect("an event line first");
-            let data: Value = serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
-            assert_eq!(data["type"], name, "the data names its event");
-            (name.to_owned(), data)
-        })
-        .collect()
-}
-
-fn names(ev: &[(String, Value)]) -> Vec<&str> {
-    ev.iter().map(|(n, _)| n.as_str()).collect()
+    let ev = common::events(body);
+    for (name, data) in &ev {
+        assert_eq!(data["type"], name.as_str(), "the data names its event");
+    }
+    ev
 }
 
 /// The top-level keys of a JSON object, in the order written.
@@ -103,7 +64,6 @@ async fn responses_stream_as_ollamas_converter_writes_it() {
     let (status, ct, body) = post(
         &emu,
         "/v1/responses",
-        &[],
         json!({"model": "gemma3:4b", "input": "Why is the sky blue?", "stream": true, "max_output_tokens": 3}),
     )
     .await;
@@ -137,11 +97,7 @@ async fn responses_stream_as_ollamas_converter_writes_it() {
             "event: response.output_text.delta\ndata: {{\"content_index\":0,\"delta\":\"The \",\"item_id\":\"{item}\",\"logprobs\":[],\"output_index\":0,\"sequence_number\":4,\"type\":\"response.output_text.delta\"}}"
         )
     );
-    let deltas: String = ev
-        .iter()
-        .filter(|(n, _)| n == "response.output_text.delta")
-        .map(|(_, d)| d["delta"].as_str().unwrap())
-        .collect();
+    let deltas = deltas(&ev, "response.output_text.delta");
     assert_eq!(deltas, "The sky is ");
     // The whole text, again, four times.
     assert_eq!(ev[7].1["text"], deltas);
@@ -171,7 +127,6 @@ async fn responses_whole_body_follows_the_struct() {
     let (status, ct, body) = post(
         &emu,
         "/v1/responses",
-        &[],
         json!({"model": "gemma3:4b", "input": "hi", "max_output_tokens": 2, "instructions": "be brief", "temperature": 0.5}),
     )
     .await;
@@ -233,7 +188,6 @@ async fn messages_stream_as_ollamas_converter_writes_it() {
     let (status, ct, body) = post(
         &emu,
         "/v1/messages",
-        &[],
         json!({"model": "gemma3:4b", "max_tokens": 3, "stream": true, "messages": [{"role": "user", "content": "Why is the sky blue?"}]}),
     )
     .await;
@@ -289,7 +243,6 @@ async fn messages_whole_body_follows_the_struct() {
     let (status, ct, body) = post(
         &emu,
         "/v1/messages",
-        &[],
         json!({"model": "gemma3:4b", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}),
     )
     .await;
@@ -322,7 +275,7 @@ async fn errors_come_in_each_apis_format() {
         }
         b
     };
-    let (status, _, body) = post(&emu, "/v1/messages", &[], msg(json!({"max_tokens": 0}))).await;
+    let (status, _, body) = post(&emu, "/v1/messages", msg(json!({"max_tokens": 0}))).await;
     assert_eq!(status, 400);
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["type"], "error");
@@ -333,8 +286,7 @@ async fn errors_come_in_each_apis_format() {
     );
     assert!(v["request_id"].as_str().unwrap().starts_with("req_"));
 
-    let (status, ct, body) =
-        post(&emu, "/v1/messages", &[], msg(json!({"model": "nope:1b"}))).await;
+    let (status, ct, body) = post(&emu, "/v1/messages", msg(json!({"model": "nope:1b"}))).await;
     assert_eq!((status, ct.as_str()), (404, "application/json"));
     assert!(body.starts_with(r#"{"type":"error","error":{"type":"not_found_error","message":"model 'nope:1b' not found"},"request_id":"req_"#), "{body}");
     assert!(body.ends_with("}\n"));
@@ -342,7 +294,6 @@ async fn errors_come_in_each_apis_format() {
     let (status, _, body) = post(
         &emu,
         "/v1/responses",
-        &[],
         json!({"model": "nope:1b", "input": "x"}),
     )
     .await;
@@ -359,7 +310,7 @@ async fn an_error_mid_stream_just_ends_the_events() {
     // nothing more is written, no end events.
     let (emu, _dir) = start().await;
     let h = [("x-emulator-error-after", "2")];
-    let (status, _, body) = post(
+    let (status, _, body) = post_with_headers(
         &emu,
         "/v1/messages",
         &h,
@@ -376,7 +327,7 @@ async fn an_error_mid_stream_just_ends_the_events() {
             "content_block_delta"
         ]
     );
-    let (_, _, body) = post(
+    let (_, _, body) = post_with_headers(
         &emu,
         "/v1/responses",
         &h,
@@ -398,7 +349,7 @@ async fn a_model_that_cannot_think_is_not_refused_but_does_not_think() {
     let req = json!({"model": "gemma3:4b", "max_tokens": 2, "stream": true,
                      "thinking": {"type": "enabled", "budget_tokens": 1024},
                      "messages": [{"role": "user", "content": "Why is the sky blue?"}]});
-    let (status, _, body) = post(&emu, "/v1/messages", &[], req).await;
+    let (status, _, body) = post(&emu, "/v1/messages", req).await;
     assert_eq!(status, 200);
     assert!(!body.contains("thinking"), "{body}");
     assert_eq!(events(&body)[1].1["content_block"]["type"], "text");

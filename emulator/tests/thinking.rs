@@ -3,44 +3,16 @@
 //! "does not support thinking"), each API's request field, and the wire
 //! shapes of the thinking, streamed token by token before the answer.
 
-use std::time::Duration;
+mod common;
 
-use ollama_emulator::{Config, Emulator, THINKING_TOKENS, thinking_text, token};
+use common::{deltas, events, names, post};
+use ollama_emulator::{Emulator, THINKING_TOKENS, thinking_text, token};
 use serde_json::{Value, json};
 
 const QWEN: &str = "qwen3:0.6b";
 
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
-}
-
 async fn start() -> (Emulator, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    ollama_emulator::models::write_fake_model(dir.path(), "gemma3:4b", 64).unwrap();
-    ollama_emulator::models::write_fake_model(dir.path(), QWEN, 64).unwrap();
-    let c = Config {
-        models_dir: Some(dir.path().into()),
-        token_delay: Duration::from_millis(1),
-        default_tokens: 3,
-        ..Default::default()
-    };
-    (Emulator::start(c).await.unwrap(), dir)
-}
-
-async fn post(emu: &Emulator, path: &str, body: Value) -> (u16, String, String) {
-    let r = client()
-        .post(format!("{}{path}", emu.url()))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let ct = r
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    (r.status().as_u16(), ct, r.text().await.unwrap())
+    common::start_with(&["gemma3:4b", QWEN], |c| c.default_tokens = 3).await
 }
 
 fn lines(body: &str) -> Vec<Value> {
@@ -55,20 +27,6 @@ fn sse_data(body: &str) -> Vec<Value> {
         .filter_map(|l| l.strip_prefix("data: "))
         .filter(|d| *d != "[DONE]")
         .map(|d| serde_json::from_str(d).unwrap())
-        .collect()
-}
-
-/// Name and data of each event of a typed SSE body.
-fn events(body: &str) -> Vec<(String, Value)> {
-    body.split_terminator("\n\n")
-        .map(|e| {
-            let (name, data) = e.split_once('\n').unwrap();
-            let name = name.strip_prefix("event: ").unwrap().to_owned();
-            (
-                name,
-                serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap(),
-            )
-        })
         .collect()
 }
 
@@ -237,7 +195,6 @@ async fn responses_stream_a_reasoning_item_before_the_message() {
     .await;
     assert_eq!(status, 200, "{body}");
     let ev = events(&body);
-    let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
     let mut want = vec![
         "response.created",
         "response.in_progress",
@@ -260,7 +217,7 @@ async fn responses_stream_a_reasoning_item_before_the_message() {
         "response.output_item.done",
         "response.completed",
     ]);
-    assert_eq!(names, want);
+    assert_eq!(names(&ev), want);
     for (i, (_, data)) in ev.iter().enumerate() {
         assert_eq!(data["sequence_number"], i, "numbered in order");
     }
@@ -278,11 +235,7 @@ async fn responses_stream_a_reasoning_item_before_the_message() {
             "event: response.reasoning_summary_text.delta\ndata: {{\"delta\":\"Hmm\",\"item_id\":\"{rs}\",\"output_index\":0,\"sequence_number\":3,\"summary_index\":0,\"type\":\"response.reasoning_summary_text.delta\"}}"
         )
     );
-    let thinking: String = ev
-        .iter()
-        .filter(|(n, _)| n == "response.reasoning_summary_text.delta")
-        .map(|(_, d)| d["delta"].as_str().unwrap())
-        .collect();
+    let thinking = deltas(&ev, "response.reasoning_summary_text.delta");
     assert_eq!(thinking, all_thinking());
     let t = THINKING_TOKENS;
     assert_eq!(ev[3 + t].1["text"], all_thinking());
@@ -352,9 +305,8 @@ async fn a_limit_can_stop_the_model_mid_thought() {
     )
     .await;
     let ev = events(&body);
-    let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
-        names,
+        names(&ev),
         [
             "response.created",
             "response.in_progress",
@@ -381,9 +333,8 @@ async fn a_limit_can_stop_the_model_mid_thought() {
     )
     .await;
     let ev = events(&body);
-    let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
-        names,
+        names(&ev),
         [
             "message_start",
             "content_block_start",
