@@ -133,6 +133,66 @@ pub struct Totals {
     pub elapsed: Duration,
     pub load: Duration,
     pub done_reason: &'static str,
+    /// `logprobs` asked for: how many `top_logprobs` alternatives each
+    /// token gets (see [`logprobs`]).
+    pub logprobs: Option<usize>,
+    /// `/api/generate` sends `context` (not with `raw: true`).
+    pub context: bool,
+}
+
+/// The text of token `i` of an answer whose first `think` tokens are thinking.
+fn any_token(i: usize, think: usize) -> &'static str {
+    if i < think {
+        thinking_token(i)
+    } else {
+        token(i - think)
+    }
+}
+
+/// Ollama's `logprobs` for generated token `i` (text `tok`), as api/types.go
+/// `Logprob` marshals: the token, its log probability (deterministic:
+/// exact eighths), its bytes and, when asked, `top` alternatives
+/// (`top_logprobs`, omitempty), the token itself first. The alternatives
+/// are made of the token (`"blue "`, `"BLUE "`, `"blue 2"`…), so they name
+/// nothing the chunk's own text does not.
+pub fn logprob(i: usize, tok: &str, top: usize) -> Value {
+    let lp = -(((i % 7) + 1) as f64) / 8.0;
+    let entry = |t: &str, lp: f64| json!({"token": t, "logprob": lp, "bytes": t.as_bytes()});
+    let mut v = entry(tok, lp);
+    if top > 0 {
+        let alts: Vec<Value> = (0..top)
+            .map(|k| {
+                let t = match k {
+                    0 => tok.to_owned(),
+                    1 => tok.to_uppercase(),
+                    k => format!("{}{k}", tok.trim_end()),
+                };
+                entry(&t, lp - k as f64)
+            })
+            .collect();
+        v["top_logprobs"] = json!(alts);
+    }
+    v
+}
+
+/// The `logprobs` of the first `n` tokens of an answer that thinks
+/// `think` of them: a whole body carries them all (routes.go appends every
+/// chunk's to `allLogprobs`, thinking tokens included).
+fn logprobs(n: usize, think: usize, top: usize) -> Value {
+    Value::Array(
+        (0..n)
+            .map(|i| logprob(i, any_token(i, think), top))
+            .collect(),
+    )
+}
+
+/// `context` of `/api/generate`: the token ids of the prompt and of all it
+/// generated (routes.go tokenizes `prompt + sb.String()`, thinking
+/// included). Made-up ids, one per token.
+fn context(t: &Totals) -> Value {
+    let prompt = (0..t.prompt_tokens as u64).map(|k| 1 + k % 1000);
+    let generated = (0..t.eval_tokens as u64).map(|k| 2000 + k);
+    Value::Array(prompt.chain(generated).map(Value::from).collect())
 }
 
 fn ndjson(v: &Value) -> Bytes {
@@ -200,31 +260,47 @@ impl Shape {
 
     /// Streamed token `i` of an answer whose first `think` tokens are
     /// thinking. Ollama's parser gives each chunk either thinking or
-    /// content (`response`/`content` empty, `thinking` set).
-    pub fn chunk(&self, model: &str, i: usize, think: usize) -> Bytes {
+    /// content (`response`/`content` empty, `thinking` set). With
+    /// `logprobs` asked (`Some(top)`), the chunk carries its token's: the
+    /// native APIs in `logprobs`, OpenAI chat in `choices[0].logprobs.content`
+    /// (openai.go `toChunk`); `/v1/completions` drops them
+    /// (`ToCompleteChunk` sets no `Logprobs`), and the event APIs have none.
+    pub fn chunk(&self, model: &str, i: usize, think: usize, logprobs: Option<usize>) -> Bytes {
         if let Shape::Responses(r) = self {
             return Bytes::from(r.chunk(model, i, think));
         }
         if let Shape::Messages(m) = self {
             return Bytes::from(m.chunk(model, i, think));
         }
+        let lp = logprobs.map(|top| json!([logprob(i, any_token(i, think), top)]));
         if i < think {
-            return self.thinking_chunk(model, thinking_token(i));
+            return self.thinking_chunk(model, thinking_token(i), lp);
         }
         let tok = token(i - think);
         match self {
-            Shape::Generate => ndjson(
-                &json!({"model": model, "created_at": now(), "response": tok, "done": false}),
-            ),
-            Shape::Chat => ndjson(&json!({
-                "model": model, "created_at": now(),
-                "message": {"role": "assistant", "content": tok}, "done": false,
-            })),
-            Shape::OpenaiChat { id, .. } => Bytes::from(sse(&json!({
-                "id": id, "object": "chat.completion.chunk", "created": unix_now(), "model": model,
-                "system_fingerprint": "fp_ollama",
-                "choices": [{"index": 0, "delta": {"role": "assistant", "content": tok}, "finish_reason": null}],
-            }))),
+            Shape::Generate => {
+                let mut v =
+                    json!({"model": model, "created_at": now(), "response": tok, "done": false});
+                with_logprobs(&mut v, lp);
+                ndjson(&v)
+            }
+            Shape::Chat => {
+                let mut v = json!({
+                    "model": model, "created_at": now(),
+                    "message": {"role": "assistant", "content": tok}, "done": false,
+                });
+                with_logprobs(&mut v, lp);
+                ndjson(&v)
+            }
+            Shape::OpenaiChat { id, .. } => {
+                let mut v = json!({
+                    "id": id, "object": "chat.completion.chunk", "created": unix_now(), "model": model,
+                    "system_fingerprint": "fp_ollama",
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": tok}, "finish_reason": null}],
+                });
+                with_choice_logprobs(&mut v, lp);
+                Bytes::from(sse(&v))
+            }
             Shape::OpenaiCompletion { id } => Bytes::from(sse(&json!({
                 "id": id, "object": "text_completion", "created": unix_now(), "model": model,
                 "system_fingerprint": "fp_ollama",
@@ -238,20 +314,32 @@ impl Shape {
     /// (omitempty, so only here); for OpenAI chat a reasoning-only chunk
     /// (`ToStreamChunks`: `content` is the empty string, not omitted); a
     /// completion chunk drops thinking (`ToCompleteChunk`: text only).
-    fn thinking_chunk(&self, model: &str, tok: &str) -> Bytes {
+    fn thinking_chunk(&self, model: &str, tok: &str, lp: Option<Value>) -> Bytes {
         match self {
-            Shape::Generate => ndjson(&json!({
-                "model": model, "created_at": now(), "response": "", "thinking": tok, "done": false,
-            })),
-            Shape::Chat => ndjson(&json!({
-                "model": model, "created_at": now(),
-                "message": {"role": "assistant", "content": "", "thinking": tok}, "done": false,
-            })),
-            Shape::OpenaiChat { id, .. } => Bytes::from(sse(&json!({
-                "id": id, "object": "chat.completion.chunk", "created": unix_now(), "model": model,
-                "system_fingerprint": "fp_ollama",
-                "choices": [{"index": 0, "delta": {"role": "assistant", "content": "", "reasoning": tok}, "finish_reason": null}],
-            }))),
+            Shape::Generate => {
+                let mut v = json!({
+                    "model": model, "created_at": now(), "response": "", "thinking": tok, "done": false,
+                });
+                with_logprobs(&mut v, lp);
+                ndjson(&v)
+            }
+            Shape::Chat => {
+                let mut v = json!({
+                    "model": model, "created_at": now(),
+                    "message": {"role": "assistant", "content": "", "thinking": tok}, "done": false,
+                });
+                with_logprobs(&mut v, lp);
+                ndjson(&v)
+            }
+            Shape::OpenaiChat { id, .. } => {
+                let mut v = json!({
+                    "id": id, "object": "chat.completion.chunk", "created": unix_now(), "model": model,
+                    "system_fingerprint": "fp_ollama",
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": "", "reasoning": tok}, "finish_reason": null}],
+                });
+                with_choice_logprobs(&mut v, lp);
+                Bytes::from(sse(&v))
+            }
             Shape::OpenaiCompletion { id } => Bytes::from(sse(&json!({
                 "id": id, "object": "text_completion", "created": unix_now(), "model": model,
                 "system_fingerprint": "fp_ollama",
@@ -266,7 +354,10 @@ impl Shape {
     pub fn last_chunk(&self, model: &str, t: &Totals) -> Bytes {
         match self {
             Shape::Generate => {
-                let mut v = json!({"model": model, "created_at": now(), "response": "", "context": [1, 2, 3]});
+                let mut v = json!({"model": model, "created_at": now(), "response": ""});
+                if t.context {
+                    v["context"] = context(t);
+                }
                 ollama_metrics(&mut v, t);
                 ndjson(&v)
             }
@@ -318,12 +409,21 @@ impl Shape {
     fn whole(&self, model: &str, t: &Totals) -> Value {
         let text = text(t.answer_tokens());
         let thinking = thinking_text(t.thinking_tokens);
+        let lp = t
+            .logprobs
+            .map(|top| logprobs(t.eval_tokens, t.thinking_tokens, top))
+            .filter(|all| all.as_array().is_some_and(|a| !a.is_empty()));
         match self {
             Shape::Generate => {
-                let mut v = json!({"model": model, "created_at": now(), "response": text, "context": [1, 2, 3]});
+                let mut v = json!({"model": model, "created_at": now(), "response": text});
                 if !thinking.is_empty() {
                     v["thinking"] = json!(thinking);
                 }
+                // The last chunk's `context`.
+                if t.context {
+                    v["context"] = context(t);
+                }
+                with_logprobs(&mut v, lp);
                 ollama_metrics(&mut v, t);
                 v
             }
@@ -332,6 +432,7 @@ impl Shape {
                 if !thinking.is_empty() {
                     v["message"]["thinking"] = json!(thinking);
                 }
+                with_logprobs(&mut v, lp);
                 ollama_metrics(&mut v, t);
                 v
             }
@@ -341,12 +442,14 @@ impl Shape {
                     // `Message.Reasoning`, omitempty.
                     message["reasoning"] = json!(thinking);
                 }
-                json!({
+                let mut v = json!({
                     "id": id, "object": "chat.completion", "created": unix_now(), "model": model,
                     "system_fingerprint": "fp_ollama",
                     "choices": [{"index": 0, "message": message, "finish_reason": openai_finish(t)}],
                     "usage": openai_usage(t),
-                })
+                });
+                with_choice_logprobs(&mut v, lp);
+                v
             }
             Shape::OpenaiCompletion { id } => json!({
                 "id": id, "object": "text_completion", "created": unix_now(), "model": model,
@@ -368,6 +471,21 @@ impl Shape {
             Shape::Responses(_) | Shape::Messages(_) => Bytes::new(),
             _ => Bytes::from(sse(&openai_error_body(500, message))),
         }
+    }
+}
+
+/// Ollama's `logprobs` (omitempty: only when there are some).
+fn with_logprobs(v: &mut Value, lp: Option<Value>) {
+    if let Some(lp) = lp {
+        v["logprobs"] = lp;
+    }
+}
+
+/// OpenAI's `choices[0].logprobs` (`ChoiceLogprobs{Content}`, a pointer
+/// with omitempty: only when there are some).
+fn with_choice_logprobs(v: &mut Value, lp: Option<Value>) {
+    if let (Some(lp), Some(choice)) = (lp, v.pointer_mut("/choices/0")) {
+        choice["logprobs"] = json!({"content": lp});
     }
 }
 

@@ -91,6 +91,9 @@ struct Run {
     load: Duration,
     prompt_tokens: usize,
     done_reason: &'static str,
+    /// `logprobs` asked for, with how many alternatives (see `Totals`).
+    logprobs: Option<usize>,
+    context: bool,
     finished: bool,
 }
 
@@ -126,7 +129,12 @@ impl Run {
         }
         if self.i < self.n {
             self.i += 1;
-            return Some(Ok(self.shape.chunk(&self.model, self.i - 1, self.think)));
+            return Some(Ok(self.shape.chunk(
+                &self.model,
+                self.i - 1,
+                self.think,
+                self.logprobs,
+            )));
         }
         self.finished = true;
         self.generation.finish(Counter::Completed);
@@ -141,6 +149,8 @@ impl Run {
             elapsed: self.started.elapsed(),
             load: self.load,
             done_reason: self.done_reason,
+            logprobs: self.logprobs,
+            context: self.context,
         }
     }
 }
@@ -207,6 +217,10 @@ pub(crate) async fn generate(
         return writer_error(api, StatusCode::BAD_REQUEST, &msg);
     }
     let think = thinks && requested.unwrap_or(true);
+    let logprobs = match requested_logprobs(api, &req) {
+        Ok(l) => l,
+        Err(msg) => return writer_error(api, StatusCode::BAD_REQUEST, &msg),
+    };
     if load_only {
         ensure_loaded(st, &model, &req).await;
         let reason = if keep_alive_expiry(&req).is_none() {
@@ -283,6 +297,9 @@ pub(crate) async fn generate(
         load,
         prompt_tokens: body.len() / 4 + 1,
         done_reason: if limit.is_some() { "length" } else { "stop" },
+        logprobs,
+        // routes.go: `if !req.Raw { … res.Context = tokens }`.
+        context: api == Api::Generate && !req.get("raw").and_then(|r| r.as_bool()).unwrap_or(false),
         finished: false,
     };
     let content_type = HeaderValue::from_static(run.shape.content_type(stream));
@@ -314,6 +331,34 @@ pub(crate) async fn generate(
         Body::from_stream(body),
     )
         .into_response()
+}
+
+/// Whether the request asks for `logprobs`, and how many alternatives
+/// (`top_logprobs`) each token gets: `logprobs: true` and `top_logprobs: n`
+/// on /api/generate, /api/chat and /v1/chat/completions (api/types.go,
+/// openai.go `FromChatRequest`); `logprobs: n` (n > 0) on /v1/completions
+/// (openai.go `FromCompleteRequest`: it becomes `Logprobs` and
+/// `TopLogprobs`). routes.go refuses a `top_logprobs` outside 0..=20.
+fn requested_logprobs(api: Api, req: &serde_json::Value) -> Result<Option<usize>, String> {
+    let (on, top) = match api {
+        Api::Generate | Api::Chat | Api::OpenaiChat => (
+            req.get("logprobs")
+                .and_then(|l| l.as_bool())
+                .unwrap_or(false),
+            req.get("top_logprobs")
+                .and_then(|t| t.as_i64())
+                .unwrap_or(0),
+        ),
+        Api::OpenaiCompletion => {
+            let n = req.get("logprobs").and_then(|l| l.as_i64()).unwrap_or(0);
+            (n > 0, n.max(0))
+        }
+        _ => return Ok(None),
+    };
+    if !(0..=20).contains(&top) {
+        return Err("top_logprobs must be between 0 and 20".into());
+    }
+    Ok(on.then_some(top as usize))
 }
 
 /// What the request asks of thinking; `None` leaves it to the model (which
