@@ -307,31 +307,16 @@ async fn streamed_openai_usage_is_counted_even_when_the_client_did_not_ask() {
 /// A response-only plugin (world `response-filter`) in WAT: passes the first
 /// `pass` chunks, then traps (`unreachable`) on the next one.
 fn trapping_plugin(dir: &Path, pass: u32) -> PathBuf {
-    // Flattened: the context and a chunk are 10 i32s each, a completion
-    // i32 i32 i64 i64 i32 i32 (outcome, usage option, headers list).
-    let params10 = "i32 ".repeat(10);
-    let wat = format!(
-        r#"(module
-  (memory (export "memory") 1)
-  (global $calls (mut i32) (i32.const 0))
-  (global $heap (mut i32) (i32.const 1024))
-  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $heap))
-    (global.set $heap (i32.add (global.get $heap) (i32.add (local.get 3) (i32.const 8))))
-    (local.get $p))
-  (func (export "validate-config") (result i32)
-    (i32.store8 (i32.const 16) (i32.const 0)) (i32.const 16))
-  (func (export "kiln:filter/response@0.1.0#on-response-start") (param {params10}))
-  (func (export "kiln:filter/response@0.1.0#on-response-chunk") (param {params10}) (result i32)
-    (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+    let module = fixtures::response_filter(
+        "(global $calls (mut i32) (i32.const 0))",
+        &format!(
+            "(global.set $calls (i32.add (global.get $calls) (i32.const 1)))
     (if (i32.gt_u (global.get $calls) (i32.const {pass})) (then unreachable))
     (i32.store8 (i32.const 32) (i32.const 0))
-    (i32.const 32))
-  (func (export "kiln:filter/response@0.1.0#on-response-complete")
-    (param i32 i32 i64 i64 i32 i32)))"#
+    (i32.const 32)"
+        ),
     );
-    fixtures::write_bytes(dir, "trap", &fixtures::with_world(&wat, "response-filter"))
+    fixtures::write_bytes(dir, "trap", &module)
 }
 
 #[tokio::test]

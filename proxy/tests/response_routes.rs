@@ -12,7 +12,7 @@ mod harness;
 mod support;
 
 use example_plugins::plugin;
-use harness::Stack;
+use harness::{Stack, events, named, sequence_numbers};
 use kiln_proxy::filter::{OnError, PluginSpec};
 use serde_json::{Value, json};
 use support::fixtures;
@@ -22,28 +22,39 @@ async fn stack(specs: Vec<PluginSpec>) -> Stack {
 }
 
 fn guard() -> PluginSpec {
-    plugin("output-guard", json!({"patterns": ["sky is"]}))
+    guard_of(&["sky is"])
+}
+
+/// output-guard redacting `patterns`.
+fn guard_of(patterns: &[&str]) -> PluginSpec {
+    plugin("output-guard", json!({ "patterns": patterns }))
 }
 
 const REDACTED: &str = "The [REDACTED] blue because ";
 
-/// The events of an SSE body: each `event: NAME` line and its data.
-fn events(body: &str) -> Vec<(String, Value)> {
-    body.split_terminator("\n\n")
-        .map(|e| {
-            let (name, data) = e.split_once('\n').expect("event: and data: lines");
-            let name = name.strip_prefix("event: ").expect("the event line kept");
-            let data = data.strip_prefix("data: ").expect("one data line");
-            let v: Value = serde_json::from_str(data).unwrap_or_else(|e| panic!("{e}: {data}"));
-            (name.to_owned(), v)
-        })
+/// The strings at `pointer` in the events named `name`, joined.
+fn joined(ev: &[(String, Value)], name: &str, pointer: &str) -> String {
+    named(ev, name)
+        .iter()
+        .map(|d| d.pointer(pointer).and_then(Value::as_str).unwrap())
         .collect()
 }
 
-fn of<'a>(ev: &'a [(String, Value)], name: &str) -> Vec<&'a Value> {
+/// The text of a /v1/messages stream's text deltas, joined (the thinking
+/// block's deltas left out).
+fn text_deltas(ev: &[(String, Value)]) -> String {
     ev.iter()
-        .filter(|(n, _)| n == name)
-        .map(|(_, v)| v)
+        .filter(|(_, v)| v["delta"]["type"] == "text_delta")
+        .map(|(_, v)| v["delta"]["text"].as_str().unwrap())
+        .collect()
+}
+
+/// Where the events named `name` are.
+fn positions(ev: &[(String, Value)], name: &str) -> Vec<usize> {
+    ev.iter()
+        .enumerate()
+        .filter(|(_, (n, _))| n == name)
+        .map(|(i, _)| i)
         .collect()
 }
 
@@ -80,10 +91,7 @@ async fn a_pattern_split_across_messages_deltas_is_redacted() {
     for (name, data) in &ev {
         assert_eq!(&data["type"], name, "event line and data agree: {body}");
     }
-    let text: String = of(&ev, "content_block_delta")
-        .iter()
-        .map(|d| d["delta"]["text"].as_str().unwrap())
-        .collect();
+    let text = joined(&ev, "content_block_delta", "/delta/text");
     assert_eq!(text, REDACTED);
     let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names.first(), Some(&"message_start"));
@@ -105,22 +113,19 @@ async fn a_pattern_split_across_responses_deltas_is_redacted_in_every_copy() {
         "leaked: {body}"
     );
     let ev = events(&body);
-    let deltas: String = of(&ev, "response.output_text.delta")
-        .iter()
-        .map(|d| d["delta"].as_str().unwrap())
-        .collect();
+    let deltas = joined(&ev, "response.output_text.delta", "/delta");
     assert_eq!(deltas, REDACTED);
     // Every copy of the text says what the deltas said.
-    assert_eq!(of(&ev, "response.output_text.done")[0]["text"], REDACTED);
+    assert_eq!(named(&ev, "response.output_text.done")[0]["text"], REDACTED);
     assert_eq!(
-        of(&ev, "response.content_part.done")[0]["part"]["text"],
+        named(&ev, "response.content_part.done")[0]["part"]["text"],
         REDACTED
     );
     assert_eq!(
-        of(&ev, "response.output_item.done")[0]["item"]["content"][0]["text"],
+        named(&ev, "response.output_item.done")[0]["item"]["content"][0]["text"],
         REDACTED
     );
-    let completed = of(&ev, "response.completed")[0];
+    let completed = named(&ev, "response.completed")[0];
     assert_eq!(
         completed["response"]["output"][0]["content"][0]["text"],
         REDACTED
@@ -139,32 +144,17 @@ async fn text_held_to_the_end_is_released_before_the_text_closes() {
     // become "because the") until the event that closes the text, which has
     // no place for text, so the host sends it in a delta of the API's own
     // just before — and the Responses copies include it.
-    let stack = stack(vec![plugin(
-        "output-guard",
-        json!({"patterns": ["because the"]}),
-    )])
-    .await;
+    let stack = stack(vec![guard_of(&["because the"])]).await;
     let all = "The sky is blue because ";
 
-    let body = stack
-        .post("/v1/responses", &responses(true))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let body = stack.post_text("/v1/responses", &responses(true)).await;
     let ev = events(&body);
-    let deltas: String = of(&ev, "response.output_text.delta")
-        .iter()
-        .map(|d| d["delta"].as_str().unwrap())
-        .collect();
+    let deltas = joined(&ev, "response.output_text.delta", "/delta");
     assert_eq!(
         deltas, all,
         "nothing matched: all the text goes out, in order"
     );
-    let done_at = ev
-        .iter()
-        .position(|(n, _)| n == "response.output_text.done")
-        .unwrap();
+    let done_at = positions(&ev, "response.output_text.done")[0];
     let (name, released) = &ev[done_at - 1];
     assert_eq!(
         (name.as_str(), released["delta"].as_str()),
@@ -173,29 +163,18 @@ async fn text_held_to_the_end_is_released_before_the_text_closes() {
     assert_eq!(released["item_id"], ev[done_at].1["item_id"]);
     assert_eq!(ev[done_at].1["text"], all);
     assert_eq!(
-        of(&ev, "response.completed")[0]["response"]["output"][0]["content"][0]["text"],
+        named(&ev, "response.completed")[0]["response"]["output"][0]["content"][0]["text"],
         all
     );
 
-    let body = stack
-        .post("/v1/messages", &messages(true))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let body = stack.post_text("/v1/messages", &messages(true)).await;
     let ev = events(&body);
-    let stop_at = ev
-        .iter()
-        .position(|(n, _)| n == "content_block_stop")
-        .unwrap();
+    let stop_at = positions(&ev, "content_block_stop")[0];
     let (name, released) = &ev[stop_at - 1];
     assert_eq!(name, "content_block_delta");
     assert_eq!(released["delta"]["text"], "because ");
     assert_eq!(released["index"], ev[stop_at].1["index"]);
-    let text: String = of(&ev, "content_block_delta")
-        .iter()
-        .map(|d| d["delta"]["text"].as_str().unwrap())
-        .collect();
+    let text = joined(&ev, "content_block_delta", "/delta/text");
     assert_eq!(text, all);
     stack.shutdown().await;
 }
@@ -282,7 +261,7 @@ async fn token_budgets_count_usage_on_both_routes() {
         .post_ok_as("/v1/responses", "r-stream", &responses(true))
         .await;
     let ev = events(&body);
-    let want = of(&ev, "response.completed")[0]["response"]["usage"]["total_tokens"]
+    let want = named(&ev, "response.completed")[0]["response"]["usage"]["total_tokens"]
         .as_u64()
         .unwrap();
     assert_eq!(
@@ -310,10 +289,10 @@ async fn token_budgets_count_usage_on_both_routes() {
         .post_ok_as("/v1/messages", "m-stream", &messages(true))
         .await;
     let ev = events(&body);
-    let estimate = of(&ev, "message_start")[0]["message"]["usage"]["input_tokens"]
+    let estimate = named(&ev, "message_start")[0]["message"]["usage"]["input_tokens"]
         .as_u64()
         .unwrap();
-    let end = &of(&ev, "message_delta")[0]["usage"];
+    let end = &named(&ev, "message_delta")[0]["usage"];
     let input = end["input_tokens"].as_u64().unwrap();
     assert_ne!(
         estimate, input,
@@ -357,46 +336,23 @@ async fn a_stream_that_breaks_ends_with_an_error_event_of_the_clients_api() {
     stack.shutdown().await;
 }
 
-/// The `sequence_number` of every event, in the order sent.
-fn sequence_numbers(ev: &[(String, Value)]) -> Vec<u64> {
-    ev.iter()
-        .map(|(n, v)| {
-            v["sequence_number"]
-                .as_u64()
-                .unwrap_or_else(|| panic!("{n} has no sequence number: {v}"))
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn an_inserted_responses_delta_takes_its_own_sequence_number() {
     // "because " is held to the end and released in a delta the host
     // inserts before `response.output_text.done`: it takes that event's
     // number and every later event moves up one, so the numbers still count
     // 0, 1, 2… with no number twice.
-    let stack = stack(vec![plugin(
-        "output-guard",
-        json!({"patterns": ["sky is", "because the"]}),
-    )])
-    .await;
-    let body = stack
-        .post("/v1/responses", &responses(true))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let stack = stack(vec![guard_of(&["sky is", "because the"])]).await;
+    let body = stack.post_text("/v1/responses", &responses(true)).await;
     let ev = events(&body);
-    let done_at = ev
-        .iter()
-        .position(|(n, _)| n == "response.output_text.done")
-        .unwrap();
+    let done_at = positions(&ev, "response.output_text.done")[0];
     assert_eq!(ev[done_at - 1].1["delta"], "because ", "{body}");
     let numbers = sequence_numbers(&ev);
     assert_eq!(numbers, (0..ev.len() as u64).collect::<Vec<_>>(), "{body}");
     // The copies still say what was sent.
     assert_eq!(ev[done_at].1["text"], REDACTED);
     assert_eq!(
-        of(&ev, "response.completed")[0]["response"]["output"][0]["content"][0]["text"],
+        named(&ev, "response.completed")[0]["response"]["output"][0]["content"][0]["text"],
         REDACTED
     );
     stack.shutdown().await;
@@ -408,14 +364,10 @@ async fn held_messages_text_waits_for_the_text_blocks_stop_not_the_thinking_bloc
     // closes it before the text block (index 1). Only the text block's stop
     // ends the text: held text goes out there, in a delta of the text
     // block, and never as text in the thinking block.
-    let stack = stack(vec![plugin(
-        "output-guard",
-        json!({"patterns": ["sky is", "because the"]}),
-    )])
-    .await;
+    let stack = stack(vec![guard_of(&["sky is", "because the"])]).await;
     let mut req = thinking_messages(&stack, true).await;
     req["thinking"] = json!({"type": "enabled", "budget_tokens": 1024});
-    let body = stack.post("/v1/messages", &req).await.text().await.unwrap();
+    let body = stack.post_text("/v1/messages", &req).await;
     assert!(!body.contains("sky is"), "{body}");
     let ev = events(&body);
     let blocks: Vec<(&str, &str)> = ev
@@ -457,12 +409,7 @@ async fn held_messages_text_waits_for_the_text_blocks_stop_not_the_thinking_bloc
         ],
         "the held text released once, by the text block's stop: {body}"
     );
-    let stops: Vec<usize> = ev
-        .iter()
-        .enumerate()
-        .filter(|(_, (n, _))| n == "content_block_stop")
-        .map(|(i, _)| i)
-        .collect();
+    let stops = positions(&ev, "content_block_stop");
     let released = &ev[stops[1] - 1].1;
     assert_eq!(
         (
@@ -471,11 +418,7 @@ async fn held_messages_text_waits_for_the_text_blocks_stop_not_the_thinking_bloc
         ),
         (Some(1), Some("because "))
     );
-    let text: String = ev
-        .iter()
-        .filter(|(_, v)| v["delta"]["type"] == "text_delta")
-        .map(|(_, v)| v["delta"]["text"].as_str().unwrap())
-        .collect();
+    let text = text_deltas(&ev);
     assert_eq!(text, REDACTED);
 
     // Not streamed: the text block is redacted, the thinking block kept.
@@ -491,39 +434,20 @@ async fn held_messages_text_waits_for_the_text_blocks_stop_not_the_thinking_bloc
 /// chunk but the first with `done`, whose text it sets to `<end>`: it shows
 /// where the host says generation ends.
 fn end_marker_plugin(dir: &std::path::Path) -> PluginSpec {
-    // Flattened: the context is 10 i32s; a chunk is its text and thinking
-    // options (3 each), raw list (2), `done` (the 9th) and `thinking-done`;
-    // the action is returned through a pointer: discriminant byte, then the
-    // string's pointer and length.
-    let params10 = "i32 ".repeat(10);
-    let wat = format!(
-        r#"(module
-  (memory (export "memory") 1)
-  (global $marked (mut i32) (i32.const 0))
-  (global $heap (mut i32) (i32.const 1024))
-  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $heap))
-    (global.set $heap (i32.add (global.get $heap) (i32.add (local.get 3) (i32.const 8))))
-    (local.get $p))
-  (func (export "validate-config") (result i32)
-    (i32.store8 (i32.const 16) (i32.const 0)) (i32.const 16))
-  (func (export "kiln:filter/response@0.1.0#on-response-start") (param {params10}))
-  (func (export "kiln:filter/response@0.1.0#on-response-chunk")
-    (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
-    (i32.store8 (i32.const 32) (i32.const 0))
+    // The action at 32: `pass` (0), but for the first chunk with `done`
+    // (the 9th param) `rewrite-text` (2) with the string "<end>" at 64.
+    let bytes = fixtures::response_filter(
+        r#"(global $marked (mut i32) (i32.const 0))
+  (data (i32.const 64) "<end>")"#,
+        "(i32.store8 (i32.const 32) (i32.const 0))
     (if (i32.and (local.get 8) (i32.eqz (global.get $marked)))
       (then
         (global.set $marked (i32.const 1))
         (i32.store8 (i32.const 32) (i32.const 2))
         (i32.store (i32.const 36) (i32.const 64))
         (i32.store (i32.const 40) (i32.const 5))))
-    (i32.const 32))
-  (func (export "kiln:filter/response@0.1.0#on-response-complete")
-    (param i32 i32 i64 i64 i32 i32))
-  (data (i32.const 64) "<end>"))"#
+    (i32.const 32)",
     );
-    let bytes = fixtures::with_world(&wat, "response-filter");
     PluginSpec {
         name: "end-marker".into(),
         path: fixtures::write_bytes(dir, "end_marker", &bytes),
@@ -543,14 +467,9 @@ async fn a_thinking_blocks_stop_does_not_end_the_text() {
     let stack = stack(vec![end_marker_plugin(dir.path())]).await;
     let mut req = thinking_messages(&stack, true).await;
     req["thinking"] = json!({"type": "enabled"});
-    let body = stack.post("/v1/messages", &req).await.text().await.unwrap();
+    let body = stack.post_text("/v1/messages", &req).await;
     let ev = events(&body);
-    let stops: Vec<usize> = ev
-        .iter()
-        .enumerate()
-        .filter(|(_, (n, _))| n == "content_block_stop")
-        .map(|(i, _)| i)
-        .collect();
+    let stops = positions(&ev, "content_block_stop");
     assert_eq!(stops.len(), 2, "{body}");
     assert_eq!(ev[stops[0]].1["index"], 0);
     assert_eq!(
@@ -568,11 +487,7 @@ async fn a_thinking_blocks_stop_does_not_end_the_text() {
         (Some(1), Some("text_delta"), Some("<end>")),
         "{body}"
     );
-    let text: String = ev
-        .iter()
-        .filter(|(_, v)| v["delta"]["type"] == "text_delta")
-        .map(|(_, v)| v["delta"]["text"].as_str().unwrap())
-        .collect();
+    let text = text_deltas(&ev);
     assert_eq!(text, "The sky is blue because <end>");
     stack.shutdown().await;
 }

@@ -14,7 +14,7 @@ mod example_plugins;
 mod harness;
 
 use example_plugins::plugin;
-use harness::{Stack, ndjson};
+use harness::{Stack, events, named, ndjson, sequence_numbers};
 use ollama_emulator::{THINKING_TOKENS, thinking_text, token};
 use serde_json::{Value, json};
 
@@ -27,7 +27,13 @@ const ANSWER_TOKENS: usize = 8;
 /// The proxy with output-guard redacting `PHRASE`, and a thinking model
 /// next to the harness's gemma3 models.
 async fn stack() -> Stack {
-    let stack = Stack::with_plugins(&[plugin("output-guard", json!({"patterns": [PHRASE]}))]).await;
+    guarded_stack(PHRASE).await
+}
+
+/// The proxy with output-guard redacting `pattern`, and the thinking model.
+async fn guarded_stack(pattern: &str) -> Stack {
+    let stack =
+        Stack::with_plugins(&[plugin("output-guard", json!({"patterns": [pattern]}))]).await;
     ollama_emulator::models::write_fake_model(stack.models.path(), THINKER, 128)
         .expect("write the thinking model");
     stack
@@ -82,19 +88,6 @@ const ROUTES: [&str; 5] = [
     "/v1/responses",
     "/v1/messages",
 ];
-
-/// The events of an SSE body: each `event: NAME` line and its data.
-fn events(body: &str) -> Vec<(String, Value)> {
-    body.split_terminator("\n\n")
-        .map(|e| {
-            let (name, data) = e.split_once('\n').expect("event: and data: lines");
-            let name = name.strip_prefix("event: ").expect("the event line kept");
-            let data = data.strip_prefix("data: ").expect("one data line");
-            let v: Value = serde_json::from_str(data).unwrap_or_else(|e| panic!("{e}: {data}"));
-            (name.to_owned(), v)
-        })
-        .collect()
-}
 
 /// The JSON payloads of an OpenAI chat SSE body (`[DONE]` left out).
 fn sse_json(body: &str) -> Vec<Value> {
@@ -280,24 +273,24 @@ async fn the_emulator_splits_the_phrase_across_two_thinking_chunks() {
     stack.shutdown().await;
 }
 
-#[tokio::test]
-async fn thinking_is_redacted_on_every_route_streamed() {
+/// Every route, streamed or not, through output-guard: `check_route`.
+async fn check_every_route(stream: bool) {
     let stack = stack().await;
     for path in ROUTES {
-        let body = post_ok(&stack, path, &request(path, true)).await;
-        check_route(path, true, &body);
+        let body = post_ok(&stack, path, &request(path, stream)).await;
+        check_route(path, stream, &body);
     }
     stack.shutdown().await;
 }
 
 #[tokio::test]
+async fn thinking_is_redacted_on_every_route_streamed() {
+    check_every_route(true).await;
+}
+
+#[tokio::test]
 async fn thinking_is_redacted_on_every_route_whole() {
-    let stack = stack().await;
-    for path in ROUTES {
-        let body = post_ok(&stack, path, &request(path, false)).await;
-        check_route(path, false, &body);
-    }
-    stack.shutdown().await;
+    check_every_route(false).await;
 }
 
 #[tokio::test]
@@ -310,11 +303,7 @@ async fn every_copy_of_the_responses_reasoning_is_redacted() {
     let body = post_ok(&stack, "/v1/responses", &request("/v1/responses", true)).await;
     let ev = events(&body);
     let want = redacted_thinking();
-    let done: Vec<&Value> = ev
-        .iter()
-        .filter(|(n, _)| n == "response.reasoning_summary_text.done")
-        .map(|(_, v)| v)
-        .collect();
+    let done = named(&ev, "response.reasoning_summary_text.done");
     assert_eq!(done.len(), 1, "{body}");
     assert_eq!(done[0]["text"], want, "{body}");
     let items: Vec<&Value> = ev
@@ -333,21 +322,10 @@ async fn every_copy_of_the_responses_reasoning_is_redacted() {
     assert_eq!(output[0]["encrypted_content"], want, "{body}");
     assert_eq!(output[1]["content"][0]["text"], answer(), "{body}");
     // The answer's copies are intact too.
-    let text_done: Vec<&Value> = ev
-        .iter()
-        .filter(|(n, _)| n == "response.output_text.done")
-        .map(|(_, v)| v)
-        .collect();
+    let text_done = named(&ev, "response.output_text.done");
     assert_eq!(text_done[0]["text"], answer(), "{body}");
     // The sequence numbers still count up by one from 0.
-    let numbers: Vec<u64> = ev
-        .iter()
-        .map(|(n, v)| {
-            v["sequence_number"]
-                .as_u64()
-                .unwrap_or_else(|| panic!("{n} has no sequence number: {body}"))
-        })
-        .collect();
+    let numbers = sequence_numbers(&ev);
     assert_eq!(numbers, (0..ev.len() as u64).collect::<Vec<_>>(), "{body}");
 
     // The whole body: the reasoning item's encrypted_content too.
@@ -362,32 +340,28 @@ async fn every_copy_of_the_responses_reasoning_is_redacted() {
 async fn a_model_that_cannot_think_gets_ollamas_error_through_the_proxy() {
     let stack = stack().await;
     let refusal = r#""gemma3:4b" does not support thinking"#;
-    let resp = stack
-        .post(
-            "/api/generate",
-            &json!({"model": "gemma3:4b", "prompt": "Hi", "think": true}),
-        )
-        .await;
-    assert_eq!(resp.status(), 400);
-    let v: Value = resp.json().await.unwrap();
+    let refused = async |path: &str, body: Value| {
+        let resp = stack.post(path, &body).await;
+        assert_eq!(resp.status(), 400);
+        resp.json::<Value>().await.unwrap()
+    };
+    let v = refused(
+        "/api/generate",
+        json!({"model": "gemma3:4b", "prompt": "Hi", "think": true}),
+    )
+    .await;
     assert_eq!(v, json!({"error": refusal}));
-    let resp = stack
-        .post(
-            "/api/chat",
-            &json!({"model": "gemma3:4b", "messages": user(), "think": "high"}),
-        )
-        .await;
-    assert_eq!(resp.status(), 400);
-    let v: Value = resp.json().await.unwrap();
+    let v = refused(
+        "/api/chat",
+        json!({"model": "gemma3:4b", "messages": user(), "think": "high"}),
+    )
+    .await;
     assert_eq!(v, json!({"error": refusal}));
-    let resp = stack
-        .post(
-            "/v1/chat/completions",
-            &json!({"model": "gemma3:4b", "messages": user(), "reasoning_effort": "low"}),
-        )
-        .await;
-    assert_eq!(resp.status(), 400);
-    let v: Value = resp.json().await.unwrap();
+    let v = refused(
+        "/v1/chat/completions",
+        json!({"model": "gemma3:4b", "messages": user(), "reasoning_effort": "low"}),
+    )
+    .await;
     assert_eq!(v["error"]["message"], refusal);
     assert_eq!(v["error"]["type"], "invalid_request_error");
     stack.shutdown().await;
@@ -398,12 +372,7 @@ async fn thinking_held_for_a_possible_match_is_released_where_the_thinking_ends(
     // The pattern starts at the thinking's last words and would go on into
     // the answer: thinking and answer are two texts, so it matches neither,
     // and the held "explains it." goes out whole, before the answer.
-    let stack = Stack::with_plugins(&[plugin(
-        "output-guard",
-        json!({"patterns": ["explains it\\. The sky"]}),
-    )])
-    .await;
-    ollama_emulator::models::write_fake_model(stack.models.path(), THINKER, 128).unwrap();
+    let stack = guarded_stack("explains it\\. The sky").await;
     for stream in [true, false] {
         for path in ROUTES {
             let body = post_ok(&stack, path, &request(path, stream)).await;

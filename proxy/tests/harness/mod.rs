@@ -129,6 +129,12 @@ impl Stack {
         resp.text().await.expect("the answer's body")
     }
 
+    /// POSTs JSON to the proxy and reads the answer's body, whatever its status.
+    pub async fn post_text(&self, path: &str, body: &serde_json::Value) -> String {
+        let resp = self.post(path, body).await;
+        resp.text().await.expect("the answer's body")
+    }
+
     /// GETs from the proxy.
     pub async fn get(&self, path: &str) -> reqwest::Response {
         let req = self.client.get(self.url(path));
@@ -184,6 +190,39 @@ pub fn ndjson(body: &[u8]) -> Vec<serde_json::Value> {
         .map(|l| {
             serde_json::from_slice(l)
                 .unwrap_or_else(|e| panic!("bad NDJSON line {:?}: {e}", String::from_utf8_lossy(l)))
+        })
+        .collect()
+}
+
+/// The events of a typed SSE body (`/v1/responses`, `/v1/messages`): each
+/// `event: NAME` line and its data.
+pub fn events(body: &str) -> Vec<(String, serde_json::Value)> {
+    body.split_terminator("\n\n")
+        .map(|e| {
+            let (name, data) = e.split_once('\n').expect("event: and data: lines");
+            let name = name.strip_prefix("event: ").expect("the event line kept");
+            let data = data.strip_prefix("data: ").expect("one data line");
+            let v = serde_json::from_str(data).unwrap_or_else(|e| panic!("{e}: {data}"));
+            (name.to_owned(), v)
+        })
+        .collect()
+}
+
+/// The data of the events named `name`, in order.
+pub fn named<'a>(ev: &'a [(String, serde_json::Value)], name: &str) -> Vec<&'a serde_json::Value> {
+    ev.iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v)
+        .collect()
+}
+
+/// The `sequence_number` of every Responses event, in the order sent.
+pub fn sequence_numbers(ev: &[(String, serde_json::Value)]) -> Vec<u64> {
+    ev.iter()
+        .map(|(n, v)| {
+            v["sequence_number"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{n} has no sequence number: {v}"))
         })
         .collect()
 }

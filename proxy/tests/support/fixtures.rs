@@ -234,3 +234,38 @@ pub fn write_bytes(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     std::fs::write(&path, bytes).expect("fixture written");
     path
 }
+
+/// A response-only plugin (world `response-filter`) as a core module with
+/// the world embedded: one page of memory, a bump `cabi_realloc` from 1024,
+/// a `validate-config` that accepts, and an `on-response-start` and an
+/// `on-response-complete` that do nothing. `on_chunk` is the body of
+/// `on-response-chunk`, which must return the address of the action it
+/// stores (discriminant byte, then a string's pointer and length);
+/// `fields` adds module fields (globals, data).
+///
+/// Flattened, the context and a chunk are 10 i32s each (a chunk: its text
+/// and thinking options, 3 each, raw list, 2, `done`, the 9th, and
+/// `thinking-done`), a completion i32 i32 i64 i64 i32 i32 (outcome, usage
+/// option, headers list).
+pub fn response_filter(fields: &str, on_chunk: &str) -> Vec<u8> {
+    let params10 = "i32 ".repeat(10);
+    let wat = format!(
+        r#"(module
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 1024))
+  {fields}
+  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (i32.add (local.get 3) (i32.const 8))))
+    (local.get $p))
+  (func (export "validate-config") (result i32)
+    (i32.store8 (i32.const 16) (i32.const 0)) (i32.const 16))
+  (func (export "kiln:filter/response@0.1.0#on-response-start") (param {params10}))
+  (func (export "kiln:filter/response@0.1.0#on-response-chunk") (param {params10}) (result i32)
+    {on_chunk})
+  (func (export "kiln:filter/response@0.1.0#on-response-complete")
+    (param i32 i32 i64 i64 i32 i32)))"#
+    );
+    with_world(&wat, "response-filter")
+}
