@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{deltas, events, names, post};
+use common::{deltas, events, lines, names, post, post_json, sse_data};
 use ollama_emulator::{Emulator, THINKING_TOKENS, thinking_text, token};
 use serde_json::{Value, json};
 
@@ -13,21 +13,6 @@ const QWEN: &str = "qwen3:0.6b";
 
 async fn start() -> (Emulator, tempfile::TempDir) {
     common::start_with(&["gemma3:4b", QWEN], |c| c.default_tokens = 3).await
-}
-
-fn lines(body: &str) -> Vec<Value> {
-    body.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-/// The data of each `data:` line of an SSE body (`[DONE]` left out).
-fn sse_data(body: &str) -> Vec<Value> {
-    body.lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect()
 }
 
 fn all_thinking() -> String {
@@ -79,13 +64,12 @@ async fn generate_streams_thinking_token_by_token_before_the_response() {
     // eval_count is the runner's: thinking tokens count too.
     assert_eq!(last["eval_count"], THINKING_TOKENS + 3);
 
-    let (_, _, body) = post(
+    let v = post_json(
         &emu,
         "/api/generate",
         json!({"model": QWEN, "prompt": "Why?", "stream": false}),
     )
     .await;
-    let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["thinking"], all_thinking());
     assert_eq!(v["response"], answer(3));
     assert_eq!(v["eval_count"], THINKING_TOKENS + 3);
@@ -114,24 +98,22 @@ async fn chat_puts_thinking_in_the_message() {
     assert_eq!(l[0]["message"]["content"], "");
     assert!(l[THINKING_TOKENS]["message"].get("thinking").is_none());
 
-    let (_, _, body) = post(
+    let v = post_json(
         &emu,
         "/api/chat",
         json!({"model": QWEN, "messages": msgs, "stream": false, "think": "high"}),
     )
     .await;
-    let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["message"]["thinking"], all_thinking());
     assert_eq!(v["message"]["content"], answer(3));
 
     // think: false turns it off.
-    let (_, _, body) = post(
+    let v = post_json(
         &emu,
         "/api/chat",
         json!({"model": QWEN, "messages": msgs, "stream": false, "think": false}),
     )
     .await;
-    let v: Value = serde_json::from_str(&body).unwrap();
     assert!(v["message"].get("thinking").is_none(), "{v}");
     assert_eq!(v["eval_count"], 3);
 }
@@ -165,8 +147,7 @@ async fn openai_chat_sends_reasoning_in_chunks_of_its_own() {
     let usage = &chunks.last().unwrap()["usage"];
     assert_eq!(usage["completion_tokens"], THINKING_TOKENS + 3);
 
-    let (_, _, body) = post(&emu, "/v1/chat/completions", req(false)).await;
-    let v: Value = serde_json::from_str(&body).unwrap();
+    let v = post_json(&emu, "/v1/chat/completions", req(false)).await;
     let msg = &v["choices"][0]["message"];
     assert_eq!(msg["reasoning"], all_thinking());
     assert_eq!(msg["content"], answer(3));
@@ -174,12 +155,10 @@ async fn openai_chat_sends_reasoning_in_chunks_of_its_own() {
     // reasoning_effort "none" (and reasoning.effort, which wins) turn it off.
     let mut off = req(false);
     off["reasoning_effort"] = json!("none");
-    let (_, _, body) = post(&emu, "/v1/chat/completions", off.clone()).await;
-    let v: Value = serde_json::from_str(&body).unwrap();
+    let v = post_json(&emu, "/v1/chat/completions", off.clone()).await;
     assert!(v["choices"][0]["message"].get("reasoning").is_none(), "{v}");
     off["reasoning"] = json!({"effort": "low"});
-    let (_, _, body) = post(&emu, "/v1/chat/completions", off).await;
-    let v: Value = serde_json::from_str(&body).unwrap();
+    let v = post_json(&emu, "/v1/chat/completions", off).await;
     assert_eq!(v["choices"][0]["message"]["reasoning"], all_thinking());
 }
 
@@ -286,13 +265,12 @@ async fn responses_stream_a_reasoning_item_before_the_message() {
 async fn a_limit_can_stop_the_model_mid_thought() {
     // num_predict caps every token the runner makes, thinking included.
     let (emu, _dir) = start().await;
-    let (_, _, body) = post(
+    let v = post_json(
         &emu,
         "/api/generate",
         json!({"model": QWEN, "prompt": "Why?", "stream": false, "options": {"num_predict": 4}}),
     )
     .await;
-    let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         (&v["thinking"], &v["response"], &v["done_reason"]),
         (&json!(thinking_text(4)), &json!(""), &json!("length"))
@@ -393,8 +371,7 @@ async fn messages_think_by_default_with_one_delta_per_token() {
     let delta = &ev.iter().find(|(n, _)| n == "message_delta").unwrap().1;
     assert_eq!(delta["usage"]["output_tokens"], 100);
 
-    let (_, _, body) = post(&emu, "/v1/messages", req(false)).await;
-    let v: Value = serde_json::from_str(&body).unwrap();
+    let v = post_json(&emu, "/v1/messages", req(false)).await;
     assert_eq!(
         v["content"][0],
         json!({"type": "thinking", "thinking": all_thinking()})
@@ -519,10 +496,8 @@ async fn bad_think_values_are_refused() {
 #[tokio::test]
 async fn show_lists_the_thinking_capability() {
     let (emu, _dir) = start().await;
-    let (_, _, body) = post(&emu, "/api/show", json!({"model": QWEN})).await;
-    let v: Value = serde_json::from_str(&body).unwrap();
+    let v = post_json(&emu, "/api/show", json!({"model": QWEN})).await;
     assert_eq!(v["capabilities"], json!(["completion", "thinking"]));
-    let (_, _, body) = post(&emu, "/api/show", json!({"model": "gemma3:4b"})).await;
-    let v: Value = serde_json::from_str(&body).unwrap();
+    let v = post_json(&emu, "/api/show", json!({"model": "gemma3:4b"})).await;
     assert_eq!(v["capabilities"], json!(["completion"]));
 }

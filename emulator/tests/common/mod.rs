@@ -84,3 +84,25 @@ pub fn deltas(ev: &[(String, Value)], name: &str) -> String {
         .map(|(_, d)| d["delta"].as_str().unwrap())
         .collect()
 }
+
+/// POSTs and parses the JSON answer, whatever the status.
+pub async fn post_json(emu: &Emulator, path: &str, body: Value) -> Value {
+    let (_, _, text) = post(emu, path, body).await;
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The lines of an NDJSON body, parsed.
+pub fn lines(body: &str) -> Vec<Value> {
+    body.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The data of each `data:` line of an SSE body (`[DONE]` left out).
+pub fn sse_data(body: &str) -> Vec<Value> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
