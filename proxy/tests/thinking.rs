@@ -104,6 +104,22 @@ enum Piece {
     Answer(String),
 }
 
+impl Piece {
+    fn thinking(&self) -> Option<&str> {
+        match self {
+            Piece::Thinking(t) => Some(t),
+            Piece::Answer(_) => None,
+        }
+    }
+
+    fn answer(&self) -> Option<&str> {
+        match self {
+            Piece::Answer(a) => Some(a),
+            Piece::Thinking(_) => None,
+        }
+    }
+}
+
 /// The thinking and answer pieces a client got, in order, from a streamed
 /// body; for a whole body, the one thinking and the one answer.
 fn pieces(path: &str, stream: bool, body: &str) -> Vec<Piece> {
@@ -204,20 +220,8 @@ fn check_route(path: &str, stream: bool, body: &str) {
 fn check_pieces(path: &str, stream: bool, body: &str, thinking: &str, answer: &str) {
     let what = format!("{path} stream={stream}");
     let got = pieces(path, stream, body);
-    let thinking_got: String = got
-        .iter()
-        .filter_map(|p| match p {
-            Piece::Thinking(t) => Some(t.as_str()),
-            _ => None,
-        })
-        .collect();
-    let answer_got: String = got
-        .iter()
-        .filter_map(|p| match p {
-            Piece::Answer(a) => Some(a.as_str()),
-            _ => None,
-        })
-        .collect();
+    let thinking_got: String = got.iter().filter_map(Piece::thinking).collect();
+    let answer_got: String = got.iter().filter_map(Piece::answer).collect();
     assert_eq!(
         thinking_got, thinking,
         "{what}: the thinking, nothing lost or repeated: {body}"
