@@ -22,6 +22,10 @@ static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage
 /// Only chunks with these bytes can carry thinking (Ollama's name, OpenAI's).
 static THINKING: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"thinking\""));
 static REASONING: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"reasoning\""));
+/// Only chunks with these bytes can carry the fields that describe the
+/// text token by token (see [`Chunk::drop_token_fields`]).
+static CONTEXT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"context\""));
+static LOGPROBS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"logprobs\""));
 
 /// The two text channels of an answer: the text, and the model's thinking.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -675,6 +679,56 @@ impl Chunk {
     /// True when a hook changed this chunk's own thinking.
     pub fn thinking_edited(&self) -> bool {
         self.thinking_edited
+    }
+
+    /// True when a hook changed this chunk's text or thinking, or put text
+    /// or thinking before it: what goes out differs from what Ollama sent.
+    pub(super) fn changed_by_hooks(&self) -> bool {
+        self.edited
+            || self.thinking_edited
+            || self.before_text.is_some()
+            || self.before_thinking.is_some()
+    }
+
+    /// Takes out, after the hooks ran, the fields that still describe the
+    /// text Ollama generated, token by token, when they no longer match
+    /// what goes out (the hooks cannot see or edit them): the chunk's
+    /// `logprobs` (each names a token's text) when a hook changed its text
+    /// or thinking, and `/api/generate`'s `context` (the token ids of the
+    /// prompt and the whole answer, which a tokenizer turns back into the
+    /// text) when `answer_changed`: a hook changed this or an earlier chunk
+    /// of the answer. Removed, not emptied: Ollama omits both when it has
+    /// none (omitempty). Only an edited chunk, or one whose bytes hold the
+    /// name, goes further than a flag test; removing takes the tree path.
+    pub(super) fn drop_token_fields(&mut self, answer_changed: bool) {
+        if (self.edited || self.thinking_edited) && LOGPROBS.find(&self.raw).is_some() {
+            match self.shape {
+                Shape::OllamaGenerate | Shape::OllamaChat => self.remove_field("", "logprobs"),
+                Shape::OpenaiChat | Shape::OpenaiCompletions => {
+                    self.remove_field("/choices/0", "logprobs")
+                }
+                _ => {}
+            }
+        }
+        if answer_changed
+            && self.shape == Shape::OllamaGenerate
+            && CONTEXT.find(&self.raw).is_some()
+        {
+            self.remove_field("", "context");
+        }
+    }
+
+    /// Removes `key` from the object at `parent` (a JSON pointer) of the
+    /// chunk's tree; `raw` is rebuilt from it when there was one.
+    fn remove_field(&mut self, parent: &str, key: &str) {
+        let removed = self
+            .tree()
+            .and_then(|v| v.pointer_mut(parent))
+            .and_then(Value::as_object_mut)
+            .is_some_and(|o| o.remove(key).is_some());
+        if removed {
+            self.changed = true;
+        }
     }
 
     /// The name on an SSE event's `event:` line, when it starts with one

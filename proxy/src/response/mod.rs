@@ -14,10 +14,13 @@
 //!   text and thinking a `/v1/responses` answer sent; which `/v1/messages`
 //!   blocks are text or thinking).
 //! - `thinking`: per-answer state of the chat shapes: where thinking ends.
+//! - `edits`: per-answer state of Ollama's and OpenAI's shapes: whether a
+//!   hook changed the answer, so `logprobs` and `context` no longer match it.
 //! - `usage`: asking Ollama for usage on streamed OpenAI requests.
 
 mod blocks;
 pub mod chunk;
+mod edits;
 mod events;
 mod peek;
 pub mod stream;

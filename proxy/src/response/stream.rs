@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use super::blocks::Blocks;
 use super::chunk::{Chunk, Kind, Shape, Usage};
+use super::edits::Edits;
 use super::thinking::ThinkingEnd;
 use super::transcript::Transcript;
 use super::{ResponseContext, ResponseHooks, ResponseOutcome};
@@ -55,6 +56,9 @@ pub struct FilteredStream<E: OnEnd> {
     blocks: Option<Blocks>,
     /// Where the thinking ends, for an API that does not say (see `thinking`).
     thinking_end: Option<ThinkingEnd>,
+    /// Whether the hooks changed the answer, for the fields that describe
+    /// its text token by token (see `edits`).
+    edits: Option<Edits>,
     /// The chunks of the current read, on their way through the hooks
     /// (kept to reuse its allocation).
     batch: Vec<Chunk>,
@@ -93,6 +97,7 @@ impl<E: OnEnd> FilteredStream<E> {
             transcript: Transcript::of(setup.shape, kind),
             blocks: Blocks::of(setup.shape, kind),
             thinking_end: ThinkingEnd::of(setup.shape, kind),
+            edits: Edits::of(setup.shape),
             batch: Vec::new(),
             ctx,
             timers: StreamTimers::new(setup.deadline, setup.idle_after),
@@ -137,6 +142,9 @@ impl<E: OnEnd> FilteredStream<E> {
         };
         // Draining drops the chunks past `sent` too: they never go out.
         for mut chunk in self.batch.drain(..).take(sent) {
+            if let Some(e) = &mut self.edits {
+                e.sent(&mut chunk);
+            }
             if let Some(t) = &mut self.transcript {
                 t.sent(&mut chunk);
             }

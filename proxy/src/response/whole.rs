@@ -126,7 +126,10 @@ impl Armed {
         match hooks.on_chunks(&ctx, &mut chunk) {
             Ok(()) => {
                 hooks.on_complete(&ctx, ResponseOutcome::Completed, usage);
-                let [chunk] = chunk;
+                let [mut chunk] = chunk;
+                // What the hooks changed takes `logprobs` and `context` with it.
+                let changed = chunk.changed_by_hooks();
+                chunk.drop_token_fields(changed);
                 let body = chunk.into_whole_body();
                 parts
                     .headers

@@ -435,3 +435,124 @@ fn text_and_thinking_set_on_one_chunk_both_survive() {
         );
     }
 }
+
+/// A `logprobs` entry as Ollama writes one (api/types.go `Logprob`).
+const LP: &str = r#"[{"token":"blue ","logprob":-0.5,"bytes":[98,108,117,101,32],"top_logprobs":[{"token":"blue ","logprob":-0.5}]}]"#;
+
+#[test]
+fn a_changed_chunk_loses_its_logprobs_and_an_unchanged_one_keeps_its_bytes() {
+    let raw = format!(r#"{{"model":"m","response":"blue ","logprobs":{LP},"done":false}}"#);
+    // Untouched: the very bytes, not rebuilt.
+    let mut c = line(&raw);
+    c.drop_token_fields(true);
+    assert_eq!(text_of(&c), format!("{raw}\n"));
+
+    // Edited by the splice path, then by the tree path: no logprobs either way.
+    for spliced in [true, false] {
+        let mut c = line(&raw);
+        if !spliced {
+            c.tree();
+            c.tree_changed();
+        }
+        c.set_text("[REDACTED]".into());
+        assert!(c.text_edited());
+        c.drop_token_fields(false);
+        let v = json_of(&c.raw());
+        assert_eq!(v["response"], "[REDACTED]");
+        assert!(v.get("logprobs").is_none(), "{v}");
+        assert!(c.raw().ends_with(b"}\n"));
+    }
+
+    // Thinking edited: the same.
+    let mut c = Chunk::new(
+        Bytes::from(
+            format!(
+                r#"{{"model":"m","message":{{"role":"assistant","content":"","thinking":"blue "}},"logprobs":{LP},"done":false}}"#
+            ) + "\n",
+        ),
+        Kind::Line,
+        Shape::OllamaChat,
+    );
+    c.set_thinking("".into());
+    c.drop_token_fields(true);
+    assert!(json_of(&c.raw()).get("logprobs").is_none());
+
+    // OpenAI: the choice's `logprobs`, removed as Ollama omits it, the
+    // event's other lines kept.
+    for (shape, choice) in [
+        (
+            Shape::OpenaiChat,
+            format!(
+                r#"{{"index":0,"delta":{{"content":"blue "}},"finish_reason":null,"logprobs":{{"content":{LP}}}}}"#
+            ),
+        ),
+        (
+            Shape::OpenaiCompletions,
+            format!(
+                r#"{{"text":"blue ","index":0,"finish_reason":null,"logprobs":{{"content":{LP}}}}}"#
+            ),
+        ),
+    ] {
+        let raw = format!(r#"{{"id":"x","choices":[{choice}]}}"#);
+        let mut kept = event(shape, &raw);
+        kept.drop_token_fields(true);
+        assert_eq!(text_of(&kept), format!("data: {raw}\n\n"));
+        let mut c = event(shape, &raw);
+        c.set_text("[REDACTED]".into());
+        c.drop_token_fields(true);
+        let v = json_of(&c.raw());
+        assert!(v["choices"][0].get("logprobs").is_none(), "{v}");
+        assert_eq!(v["choices"][0]["index"], 0);
+    }
+
+    // A whole OpenAI chat body.
+    let mut whole = Chunk::new(
+        Bytes::from(format!(
+            r#"{{"choices":[{{"index":0,"message":{{"content":"blue "}},"logprobs":{{"content":{LP}}}}}]}}"#
+        )),
+        Kind::Whole,
+        Shape::OpenaiChat,
+    );
+    whole.set_text("[REDACTED]".into());
+    whole.drop_token_fields(whole.changed_by_hooks());
+    assert!(!text_of(&whole).contains("logprobs"));
+}
+
+#[test]
+fn context_goes_once_the_answer_changed() {
+    let done = r#"{"model":"m","response":"","done":true,"context":[1,2,3],"eval_count":3}"#;
+    // Nothing changed in the answer: kept, bytes as they were.
+    let mut c = line(done);
+    c.drop_token_fields(false);
+    assert_eq!(text_of(&c), format!("{done}\n"));
+    // An earlier chunk changed: gone, the rest kept.
+    let mut c = line(done);
+    c.drop_token_fields(true);
+    let v = json_of(&c.raw());
+    assert!(v.get("context").is_none(), "{v}");
+    assert_eq!(v["eval_count"], 3);
+    // The final chunk itself changed (text released on it).
+    let mut c = line(done);
+    c.set_text("held".into());
+    assert!(c.changed_by_hooks());
+    c.drop_token_fields(c.changed_by_hooks());
+    let v = json_of(&c.raw());
+    assert_eq!(
+        (v["response"].as_str(), v.get("context")),
+        (Some("held"), None)
+    );
+    // Text a hook put before a chunk that has no place for it counts too.
+    let mut c = event(Shape::OpenaiChat, "[DONE]");
+    c.set_text("x".into());
+    assert!(c.changed_by_hooks());
+    // Only /api/generate has a context: a chat field of that name stays.
+    let chat =
+        r#"{"model":"m","message":{"role":"assistant","content":""},"context":[1],"done":true}"#;
+    let mut c = Chunk::new(
+        Bytes::from(format!("{chat}\n")),
+        Kind::Line,
+        Shape::OllamaChat,
+    );
+    c.drop_token_fields(true);
+    assert_eq!(text_of(&c), format!("{chat}\n"));
+}
