@@ -1,27 +1,20 @@
 //! The emulator behaves like Ollama on the wire where kiln depends on it.
 
+mod common;
+
 use std::time::Duration;
 
+use common::client;
 use ollama_emulator::{Config, Emulator};
 use serde_json::{Value, json};
 
-/// reqwest may be built with rustls and no crypto provider (workspace
-/// feature unification): install ring before making a client.
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
-}
-
+/// An emulator with gemma3:4b, 20 ms per token, the rest as `tune` sets it.
 async fn start(tune: impl FnOnce(&mut Config)) -> (Emulator, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    ollama_emulator::models::write_fake_model(dir.path(), "gemma3:4b", 64).unwrap();
-    let mut c = Config {
-        models_dir: Some(dir.path().into()),
-        token_delay: Duration::from_millis(20),
-        ..Default::default()
-    };
-    tune(&mut c);
-    (Emulator::start(c).await.unwrap(), dir)
+    common::start_with(&["gemma3:4b"], |c| {
+        c.token_delay = Duration::from_millis(20);
+        tune(c);
+    })
+    .await
 }
 
 /// GETs `path` from the emulator and parses the JSON answer.
