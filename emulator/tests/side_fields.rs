@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::post;
+use common::{lines, post, sse_data};
 use ollama_emulator::{Emulator, THINKING_TOKENS, thinking_token, token};
 use serde_json::{Value, json};
 
@@ -17,20 +17,6 @@ const GEMMA: &str = "gemma3:4b";
 
 async fn start() -> (Emulator, tempfile::TempDir) {
     common::start_with(&[GEMMA, QWEN], |c| c.default_tokens = 3).await
-}
-
-fn lines(body: &str) -> Vec<Value> {
-    body.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn sse_data(body: &str) -> Vec<Value> {
-    body.lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect()
 }
 
 fn user() -> Value {
