@@ -7,7 +7,10 @@
 //! token's text, with `top_logprobs` alternatives). Left as Ollama wrote
 //! them, they give a redacted phrase back. The host drops `context` from an
 //! answer a hook changed, and `logprobs` from each chunk (or whole body) a
-//! hook changed; what nothing changed keeps both.
+//! hook changed; what nothing changed keeps both. By default output-guard
+//! refuses requests for logprobs outright (Ollama may send a token's
+//! logprobs ahead of its text); the tests of the host's rule set
+//! `allow_logprobs = true`.
 //!
 //! The emulator's model answers "The sky is blue because air scatters
 //! short", one word per chunk, so "blue because" spans two chunks; its
@@ -35,7 +38,11 @@ const PIECES: [&str; 4] = ["blue", "because", "rayleigh", "scattering"];
 const ANSWER_TOKENS: usize = 8;
 
 async fn stack(patterns: &[&str]) -> Stack {
-    let stack = Stack::with_plugins(&[plugin("output-guard", json!({"patterns": patterns}))]).await;
+    guarded(json!({"patterns": patterns, "allow_logprobs": true})).await
+}
+
+async fn guarded(config: Value) -> Stack {
+    let stack = Stack::with_plugins(&[plugin("output-guard", config)]).await;
     ollama_emulator::models::write_fake_model(stack.models.path(), THINKER, 128)
         .expect("write the thinking model");
     stack
@@ -140,6 +147,28 @@ fn assert_no_piece(what: &str, body: &str) {
 
 async fn post_ok(stack: &Stack, path: &str, body: &Value) -> String {
     stack.post_ok_as(path, "side-channels-test", body).await
+}
+
+#[tokio::test]
+async fn output_guard_refuses_requests_for_logprobs_in_the_clients_format() {
+    let stack = guarded(json!({"patterns": [ANSWER_PHRASE]})).await;
+    for path in ROUTES {
+        let resp = stack.post(path, &request(path, PLAIN, false)).await;
+        assert_eq!(resp.status(), 400, "{path}");
+        let body: Value = resp.json().await.unwrap();
+        let message = if path.starts_with("/api/") {
+            body["error"].as_str()
+        } else {
+            body["error"]["message"].as_str()
+        };
+        let message = message.unwrap_or_else(|| panic!("{path}: {body}"));
+        assert!(message.contains("`logprobs`"), "{path}: {message}");
+    }
+    // Nothing reached Ollama; a request without them is answered.
+    assert_eq!(stack.stats().completed, 0);
+    let plain = json!({"model": PLAIN, "prompt": "Why is the sky blue?", "stream": false});
+    post_ok(&stack, "/api/generate", &plain).await;
+    stack.shutdown().await;
 }
 
 #[tokio::test]

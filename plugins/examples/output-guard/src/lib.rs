@@ -7,7 +7,8 @@
 //! - `pii = false` — add the built-in PII patterns;
 //! - `window = 256` — most characters held back at once while a match may
 //!   be under way (a longer match can slip through; raise it if needed);
-//! - `replacement = "[REDACTED]"`.
+//! - `replacement = "[REDACTED]"`;
+//! - `allow_logprobs = false` — see below.
 //!
 //! Text that cannot start a match is sent at once; what is held is released
 //! (redacted) as soon as it cannot match, and at the latest at the chunk
@@ -15,11 +16,19 @@
 //! too, gets the same treatment with a guard of its own (thinking and text
 //! are two texts: a match cannot span them), released at the latest where
 //! the thinking ends.
+//!
+//! Token log-probabilities (`logprobs`, `top_logprobs`) name every token the
+//! model wrote, and Ollama sends some of them on an earlier chunk than the
+//! token's text, before any plugin can know the text is to be redacted. So
+//! requests asking for them are refused (400) unless `allow_logprobs = true`,
+//! in which case the proxy still drops the log-probabilities of every chunk a
+//! plugin changed (best effort, see docs/PLUGINS.md).
 
 pub mod guard;
 
 use guard::{Guard, PII_PATTERNS};
 use kiln_plugin::response::{Chunk, ChunkAction, ResponseContext, ResponsePlugin};
+use kiln_plugin::{Decision, Plugin, Request};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -33,6 +42,8 @@ pub struct Config {
     pub window: usize,
     #[serde(default = "default_replacement")]
     pub replacement: String,
+    #[serde(default)]
+    pub allow_logprobs: bool,
 }
 
 fn default_window() -> usize {
@@ -58,6 +69,49 @@ impl Config {
 }
 
 pub struct OutputGuard;
+
+impl Plugin for OutputGuard {
+    type Config = Config;
+
+    fn validate(config: &Config) -> Result<(), String> {
+        <OutputGuard as ResponsePlugin>::validate(config)
+    }
+
+    fn on_request(config: &Config, request: &Request) -> Decision {
+        if config.allow_logprobs {
+            return Decision::Allow;
+        }
+        match logprobs_field(&request.body) {
+            Some(field) => Decision::reject(
+                400,
+                format!(
+                    "this deployment redacts generated text, and token log-probabilities would carry \
+                     it unredacted: send the request without `{field}`"
+                ),
+            ),
+            None => Decision::Allow,
+        }
+    }
+}
+
+/// The field of a request body that asks for token log-probabilities:
+/// `logprobs` (true, or a count on /v1/completions) or `top_logprobs` (a
+/// count).
+pub fn logprobs_field(body: &[u8]) -> Option<&'static str> {
+    // Most bodies never name them: no parse (a prompt can be long).
+    if !body.windows(8).any(|w| w == b"logprobs") {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let asks = |field: &str| match v.get(field) {
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(serde_json::Value::Number(n)) => n.as_f64().is_some_and(|n| n > 0.0),
+        _ => false,
+    };
+    ["logprobs", "top_logprobs"]
+        .into_iter()
+        .find(|field| asks(field))
+}
 
 /// The guards of one answer: one per text the model writes.
 pub struct Guards {
@@ -162,7 +216,7 @@ fn is_error(chunk: &Chunk) -> bool {
     chunk.json().is_some_and(|v| v.get("error").is_some())
 }
 
-kiln_plugin::export_response_plugin!(OutputGuard);
+kiln_plugin::export_plugin_with_response!(OutputGuard);
 
 #[cfg(test)]
 mod tests {
@@ -276,6 +330,47 @@ mod tests {
                 text: Some("ret [REDACTED].".into()),
                 thinking: Some("a [REDACTED], and sec".into())
             }
+        );
+    }
+
+    #[test]
+    fn requests_for_log_probabilities_are_refused_unless_allowed() {
+        assert_eq!(
+            logprobs_field(br#"{"model":"m","prompt":"hi","logprobs":true}"#),
+            Some("logprobs")
+        );
+        assert_eq!(
+            logprobs_field(br#"{"model":"m","prompt":"hi","logprobs":3}"#),
+            Some("logprobs")
+        );
+        assert_eq!(
+            logprobs_field(br#"{"model":"m","messages":[],"top_logprobs":2}"#),
+            Some("top_logprobs")
+        );
+        for allowed in [
+            r#"{"model":"m","prompt":"hi"}"#,
+            r#"{"model":"m","prompt":"hi","logprobs":false,"top_logprobs":0}"#,
+            r#"{"model":"m","prompt":"what are logprobs?"}"#,
+        ] {
+            assert_eq!(logprobs_field(allowed.as_bytes()), None, "{allowed}");
+        }
+        let asks = Request::new(
+            kiln_plugin::Route::OllamaChat,
+            "/api/chat",
+            r#"{"model":"m","messages":[],"logprobs":true}"#,
+        );
+        let refused = <OutputGuard as Plugin>::on_request(&config(r#"{"pii":true}"#), &asks);
+        let rejection = refused.as_rejection().expect("refused");
+        assert_eq!(rejection.status, 400);
+        assert!(
+            rejection.message.contains("`logprobs`"),
+            "{}",
+            rejection.message
+        );
+        let allowed = config(r#"{"pii":true,"allow_logprobs":true}"#);
+        assert_eq!(
+            <OutputGuard as Plugin>::on_request(&allowed, &asks),
+            Decision::Allow
         );
     }
 
