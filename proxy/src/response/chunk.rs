@@ -361,41 +361,7 @@ impl Chunk {
     /// chunk, `[DONE]`, an error line) gets a text chunk of its API sent
     /// just before it instead. Unknown shapes cannot carry text: `false`.
     pub fn set_text(&mut self, text: String) -> bool {
-        if self.text() == Some(text.as_str()) {
-            return true;
-        }
-        if self.shape == Shape::Other {
-            return false;
-        }
-        let mut info = self.info().clone();
-        if !self.changed && self.splice_text(&text, &info) {
-            self.edited = true;
-            return true;
-        }
-        let placed = match self.text_pointer() {
-            Some(pointer) => match self.tree().and_then(|v| text_slot(v, pointer)) {
-                Some(slot) => {
-                    *slot = Value::String(text.clone());
-                    true
-                }
-                None => false,
-            },
-            // The event APIs: a text event, or a whole body.
-            None => {
-                let (shape, kind, has_text) = (self.shape, self.kind, info.text.is_some());
-                self.tree()
-                    .is_some_and(|v| events::place_text(v, shape, kind, has_text, &text))
-            }
-        };
-        if placed {
-            self.changed = true;
-            self.edited = true;
-            info.text = Some(text);
-            self.info = OnceCell::from(info);
-            return true;
-        }
-        self.insert_before(Channel::Text, &text);
-        true
+        self.set_part(Channel::Text, text)
     }
 
     /// Replaces the model's thinking, as [`Chunk::set_text`] the text: in
@@ -406,40 +372,80 @@ impl Chunk {
     /// one (before any text inserted there). `false` where the API has no
     /// thinking (`/v1/completions`, unknown shapes).
     pub fn set_thinking(&mut self, thinking: String) -> bool {
-        if self.thinking() == Some(thinking.as_str()) {
+        self.set_part(Channel::Thinking, thinking)
+    }
+
+    /// [`Chunk::set_text`] and [`Chunk::set_thinking`]: the fast splice,
+    /// else the tree, else a chunk of the API inserted before this one.
+    fn set_part(&mut self, channel: Channel, value: String) -> bool {
+        let current = match channel {
+            Channel::Text => self.text(),
+            Channel::Thinking => self.thinking(),
+        };
+        if current == Some(value.as_str()) {
             return true;
         }
-        if matches!(self.shape, Shape::Other | Shape::OpenaiCompletions) {
+        let carries = match channel {
+            Channel::Text => self.shape != Shape::Other,
+            Channel::Thinking => !matches!(self.shape, Shape::Other | Shape::OpenaiCompletions),
+        };
+        if !carries {
             return false;
         }
         let mut info = self.info().clone();
-        if !self.changed && info.thinking.is_some() && self.splice_thinking(&thinking, &info) {
-            self.thinking_edited = true;
+        let had = match channel {
+            Channel::Text => info.text.is_some(),
+            Channel::Thinking => info.thinking.is_some(),
+        };
+        let spliced = !self.changed
+            && match channel {
+                Channel::Text => self.splice_text(&value, &info),
+                Channel::Thinking => had && self.splice_thinking(&value, &info),
+            };
+        if spliced {
+            self.mark_edited(channel);
             return true;
         }
-        let placed = match self.thinking_pointer() {
+        let pointer = match channel {
+            Channel::Text => self.text_pointer(),
+            Channel::Thinking => self.thinking_pointer(),
+        };
+        let placed = match pointer {
             Some(pointer) => match self.tree().and_then(|v| text_slot(v, pointer)) {
                 Some(slot) => {
-                    *slot = Value::String(thinking.clone());
+                    *slot = Value::String(value.clone());
                     true
                 }
                 None => false,
             },
+            // The event APIs: a text or thinking event, or a whole body.
             None => {
-                let (shape, kind, has) = (self.shape, self.kind, info.thinking.is_some());
-                self.tree()
-                    .is_some_and(|v| events::place_thinking(v, shape, kind, has, &thinking))
+                let (shape, kind) = (self.shape, self.kind);
+                self.tree().is_some_and(|v| match channel {
+                    Channel::Text => events::place_text(v, shape, kind, had, &value),
+                    Channel::Thinking => events::place_thinking(v, shape, kind, had, &value),
+                })
             }
         };
         if placed {
             self.changed = true;
-            self.thinking_edited = true;
-            info.thinking = Some(thinking);
+            self.mark_edited(channel);
+            match channel {
+                Channel::Text => info.text = Some(value),
+                Channel::Thinking => info.thinking = Some(value),
+            }
             self.info = OnceCell::from(info);
             return true;
         }
-        self.insert_before(Channel::Thinking, &thinking);
+        self.insert_before(channel, &value);
         true
+    }
+
+    fn mark_edited(&mut self, channel: Channel) {
+        match channel {
+            Channel::Text => self.edited = true,
+            Channel::Thinking => self.thinking_edited = true,
+        }
     }
 
     /// Puts `text` of `channel` in a chunk of the API sent before this one.
