@@ -72,11 +72,7 @@ mod tests {
     use bytes::Bytes;
 
     fn event(name: &str, json: &str) -> Chunk {
-        Chunk::new(
-            Bytes::from(format!("event: {name}\ndata: {json}\n\n")),
-            Kind::Event,
-            Shape::AnthropicMessages,
-        )
+        Chunk::named_event(Shape::AnthropicMessages, name, json)
     }
 
     fn start(index: u64, block: &str) -> Chunk {

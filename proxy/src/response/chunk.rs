@@ -745,6 +745,14 @@ impl Chunk {
         std::str::from_utf8(&rest[..end]).ok().map(str::trim)
     }
 
+    /// An SSE event named `name` carrying `json`, as the event APIs send
+    /// them; for tests.
+    #[cfg(test)]
+    pub(super) fn named_event(shape: Shape, name: &str, json: &str) -> Chunk {
+        let raw = format!("event: {name}\ndata: {json}\n\n");
+        Chunk::new(Bytes::from(raw), Kind::Event, shape)
+    }
+
     /// The text of the chunk inserted before this one, if any.
     pub fn inserted_text(&self) -> Option<&str> {
         self.before_text.as_deref()

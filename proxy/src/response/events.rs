@@ -378,8 +378,7 @@ mod tests {
     use super::super::chunk::{Chunk, Kind, Shape, Usage};
 
     fn event(shape: Shape, name: &str, json: &str) -> Chunk {
-        let raw = format!("event: {name}\ndata: {json}\n\n");
-        Chunk::new(Bytes::from(raw), Kind::Event, shape)
+        Chunk::named_event(shape, name, json)
     }
 
     fn body(shape: Shape, json: &str) -> Chunk {

@@ -297,14 +297,9 @@ fn set_text(v: &mut Value, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn event(name: &str, json: &str) -> Chunk {
-        Chunk::new(
-            Bytes::from(format!("event: {name}\ndata: {json}\n\n")),
-            Kind::Event,
-            Shape::OpenaiResponses,
-        )
+        Chunk::named_event(Shape::OpenaiResponses, name, json)
     }
 
     fn delta(seq: u32, text: &str) -> Chunk {
