@@ -53,7 +53,8 @@ pub trait Plugin {
     type Config: serde::de::DeserializeOwned;
 
     /// Extra checks on a config that deserialized (e.g. "keys must not be
-    /// empty"). The error is shown to the operator.
+    /// empty"). The error is shown to the operator. Run once, when the proxy
+    /// loads the plugin; calls only deserialize the config.
     fn validate(_config: &Self::Config) -> Result<(), String> {
         Ok(())
     }
@@ -65,10 +66,17 @@ pub trait Plugin {
 /// Parses a plugin config from the JSON the host hands over, the way the
 /// exported plugin does at load time. Useful in native tests.
 pub fn parse_config<P: Plugin>(json: &str) -> Result<P::Config, String> {
-    let config: P::Config =
-        serde_json::from_str(json).map_err(|e| format!("invalid plugin config: {e}"))?;
+    let config: P::Config = deserialize_config(json)?;
     P::validate(&config)?;
     Ok(config)
+}
+
+/// The config as every call reads it: deserialized only. `validate` ran
+/// once, when the host loaded the plugin (`validate-config`), and may be
+/// costly (`output-guard` compiles its patterns there): not again per call.
+#[doc(hidden)]
+pub fn deserialize_config<C: serde::de::DeserializeOwned>(json: &str) -> Result<C, String> {
+    serde_json::from_str(json).map_err(|e| format!("invalid plugin config: {e}"))
 }
 
 /// Exports a [`Plugin`] implementation as the `kiln:filter/filter` world.
@@ -112,7 +120,7 @@ pub mod glue {
         // The host checked the config at load with `validate_config`, so a
         // failure here means the host changed it underneath: refuse loudly
         // rather than run with a half-understood policy.
-        let decision = match crate::parse_config::<P>(&crate::host::config()) {
+        let decision = match crate::deserialize_config::<P::Config>(&crate::host::config()) {
             Ok(config) => P::on_request(&config, &Request::from(request)),
             Err(e) => Decision::reject(500, format!("plugin config rejected at request time: {e}")),
         };

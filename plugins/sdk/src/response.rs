@@ -216,7 +216,8 @@ pub trait ResponsePlugin {
     /// What the plugin keeps between the chunks of one answer.
     type State: 'static;
 
-    /// Extra checks on a config that deserialized, run at load.
+    /// Extra checks on a config that deserialized, run once at load (not
+    /// per answer: answers only deserialize the config).
     fn validate(_config: &Self::Config) -> Result<(), String> {
         Ok(())
     }
@@ -247,8 +248,7 @@ pub trait ResponsePlugin {
 
 /// Parses a response plugin's config as the exported plugin does; for tests.
 pub fn parse_response_config<P: ResponsePlugin>(json: &str) -> Result<P::Config, String> {
-    let config: P::Config =
-        serde_json::from_str(json).map_err(|e| format!("invalid plugin config: {e}"))?;
+    let config: P::Config = crate::deserialize_config(json)?;
     P::validate(&config)?;
     Ok(config)
 }
@@ -422,8 +422,9 @@ pub mod glue {
 
     pub fn on_start<P: ResponsePlugin>(context: wit::ResponseContext) {
         let ctx = ResponseContext::from(context);
+        // Validated at load (`validate-config`): deserialized only, per answer.
         let answer: Answer<P> =
-            super::parse_response_config::<P>(&crate::host::config()).map(|config| {
+            crate::deserialize_config::<P::Config>(&crate::host::config()).map(|config| {
                 let state = P::start(&config, &ctx);
                 (config, state, ctx)
             });
