@@ -96,21 +96,42 @@ impl Plugin for OutputGuard {
 
 /// The field of a request body that asks for token log-probabilities:
 /// `logprobs` (true, or a count on /v1/completions) or `top_logprobs` (a
-/// count).
+/// count). Keys are matched as Ollama's Go decoder matches them: escapes
+/// read, case ignored (with Unicode folding, so `ſ` is an `s`).
 pub fn logprobs_field(body: &[u8]) -> Option<&'static str> {
-    // Most bodies never name them: no parse (a prompt can be long).
-    if !body.windows(8).any(|w| w == b"logprobs") {
+    // Most bodies cannot name them: no parse (a prompt can be long).
+    let may = body.windows(7).any(|w| w.eq_ignore_ascii_case(b"logprob"))
+        || body.windows(2).any(|w| w == b"\\u");
+    if !may {
         return None;
     }
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let asks = |field: &str| match v.get(field) {
-        Some(serde_json::Value::Bool(b)) => *b,
-        Some(serde_json::Value::Number(n)) => n.as_f64().is_some_and(|n| n > 0.0),
+    // A body that names them but does not parse here may still parse in
+    // Ollama (Go's decoder takes invalid UTF-8 in strings): refuse it.
+    let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice(body) else {
+        return Some("logprobs");
+    };
+    let asks = |value: &serde_json::Value| match value {
+        serde_json::Value::Bool(b) => *b,
+        serde_json::Value::Number(n) => n.as_f64().is_some_and(|n| n > 0.0),
         _ => false,
     };
-    ["logprobs", "top_logprobs"]
-        .into_iter()
-        .find(|field| asks(field))
+    ["logprobs", "top_logprobs"].into_iter().find(|name| {
+        fields
+            .iter()
+            .any(|(key, value)| go_key_matches(key, name) && asks(value))
+    })
+}
+
+/// Whether Go's encoding/json would set the field `name` (lower-case ASCII)
+/// from the JSON key `key`: ASCII case ignored, and the two non-ASCII
+/// letters that fold to ASCII ones (`ſ` → s, the Kelvin sign → k).
+fn go_key_matches(key: &str, name: &str) -> bool {
+    let folded = key.chars().map(|c| match c {
+        '\u{17f}' => 's',
+        '\u{212a}' => 'k',
+        c => c.to_ascii_lowercase(),
+    });
+    folded.eq(name.chars())
 }
 
 /// The guards of one answer: one per text the model writes.
@@ -354,6 +375,21 @@ mod tests {
         ] {
             assert_eq!(logprobs_field(allowed.as_bytes()), None, "{allowed}");
         }
+        // Go's decoder ignores case in keys, reads escapes in them, and
+        // folds `ſ` to `s`.
+        for sneaky in [
+            r#"{"model":"m","prompt":"hi","LogProbs":true}"#,
+            r#"{"model":"m","prompt":"hi","log\u0070robs":true}"#,
+            r#"{"model":"m","prompt":"hi","logprobſ":true}"#,
+            r#"{"model":"m","messages":[],"TOP_LOGPROBS":5}"#,
+        ] {
+            assert!(logprobs_field(sneaky.as_bytes()).is_some(), "{sneaky}");
+        }
+        // Go reads this body (invalid UTF-8 in a string); serde does not.
+        assert_eq!(
+            logprobs_field(b"{\"prompt\":\"\xff\",\"logprobs\":true}"),
+            Some("logprobs")
+        );
         let asks = Request::new(
             kiln_plugin::Route::OllamaChat,
             "/api/chat",
