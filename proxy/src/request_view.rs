@@ -27,6 +27,9 @@ pub enum ViewError {
     NotJson(String),
     #[error("model is required")]
     MissingModel,
+    /// A key Ollama would read other than the proxy does (see [`check_keys`]).
+    #[error("{0}")]
+    AmbiguousKey(String),
 }
 
 #[derive(Deserialize)]
@@ -47,7 +50,10 @@ pub fn parse(route: RouteKind, body: &[u8]) -> Result<InferenceView, ViewError> 
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ViewError::Empty);
     }
-    let raw: Raw = serde_json::from_slice(body).map_err(|e| ViewError::NotJson(e.to_string()))?;
+    let tree: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ViewError::NotJson(e.to_string()))?;
+    check_keys(&tree, true).map_err(ViewError::AmbiguousKey)?;
+    let raw = Raw::deserialize(&tree).map_err(|e| ViewError::NotJson(e.to_string()))?;
     let model = raw
         .model
         .filter(|m| !m.trim().is_empty())
@@ -60,6 +66,47 @@ pub fn parse(route: RouteKind, body: &[u8]) -> Result<InferenceView, ViewError> 
         options: raw.options,
         keep_alive: raw.keep_alive,
     })
+}
+
+/// Arrays whose items Ollama decodes into structs, under a struct: the
+/// messages and their content blocks, tool calls, Responses input items,
+/// Anthropic system blocks.
+const STRUCT_ITEMS: [&str; 5] = ["messages", "content", "tool_calls", "input", "system"];
+
+/// Go's encoding/json, which Ollama reads request bodies with, matches keys
+/// to struct fields without regard to case (with Unicode folding), and the
+/// last matching key wins. So `{"model": "a", "MODEL": "b"}` runs model `b`
+/// while the proxy, its metrics and its plugins (which read keys exactly)
+/// see `a`; a `CONTENT` next to `content` gets past a prompt policy the same
+/// way. Where Ollama decodes into a struct (`strict`: the body, messages and
+/// their content blocks, tool calls and their function, Responses input
+/// items, Anthropic system blocks), keys must be lower-case ASCII, as every
+/// field of these APIs is. Free-form maps (`options`, `format`, JSON schemas,
+/// `metadata`) are left alone: Ollama does not fold their keys.
+fn check_keys(v: &serde_json::Value, strict: bool) -> Result<(), String> {
+    use serde_json::Value;
+    match v {
+        Value::Object(fields) => {
+            for (key, value) in fields {
+                if strict && key.chars().any(|c| c.is_ascii_uppercase() || !c.is_ascii()) {
+                    return Err(format!(
+                        "field name `{key}` is not lower-case: Ollama reads field names without \
+                         regard to case, so it could act on a field the proxy's policies did not \
+                         check; spell it `{}`",
+                        key.to_lowercase()
+                    ));
+                }
+                let child_strict = strict
+                    && (STRUCT_ITEMS.contains(&key.as_str()) && value.is_array()
+                        || key == "function");
+                check_keys(value, child_strict)?;
+            }
+            Ok(())
+        }
+        // Items of a struct array are structs; other arrays hold values.
+        Value::Array(items) => items.iter().try_for_each(|item| check_keys(item, strict)),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -127,5 +174,41 @@ mod tests {
             parse(RouteKind::OllamaChat, br#"{"model":"m","stream":"yes"}"#),
             Err(NotJson(_))
         ));
+    }
+
+    #[test]
+    fn keys_ollama_would_read_differently_are_refused() {
+        let refused = |body: &str| match parse(RouteKind::OllamaChat, body.as_bytes()) {
+            Err(ViewError::AmbiguousKey(m)) => m,
+            other => panic!("{body}: {other:?}"),
+        };
+        // The proxy would see gemma3, Ollama would run `other`.
+        let m = refused(r#"{"model":"gemma3:4b","MODEL":"other"}"#);
+        assert!(m.contains("`MODEL`") && m.contains("`model`"), "{m}");
+        for body in [
+            r#"{"Model":"m"}"#,
+            r#"{"model":"m","mod\u0065L":"x"}"#,
+            r#"{"model":"m","ſtream":true}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"ok","CONTENT":"evil"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","TEXT":"evil"}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"function":{"Name":"f"}}]}]}"#,
+            r#"{"model":"m","input":[{"role":"user","Content":"evil"}]}"#,
+            r#"{"model":"m","system":[{"type":"text","Text":"evil"}]}"#,
+        ] {
+            refused(body);
+        }
+        // Free-form maps keep their keys: options, schemas, tool parameters.
+        for body in [
+            r#"{"model":"m","options":{"Num_Ctx":1}}"#,
+            r#"{"model":"m","format":{"type":"object","properties":{"Name":{"type":"string"}}}}"#,
+            r#"{"model":"m","messages":[],"tools":[{"type":"function","function":{"name":"f","parameters":{"properties":{"City":{}}}}}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"MODEL and CONTENT are fine in text"}]}"#,
+            r#"{"model":"m","metadata":{"UserId":"7"}}"#,
+        ] {
+            assert!(
+                parse(RouteKind::OllamaChat, body.as_bytes()).is_ok(),
+                "{body}"
+            );
+        }
     }
 }

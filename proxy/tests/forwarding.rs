@@ -253,6 +253,24 @@ async fn bad_requests_are_refused_in_the_clients_format() {
         json!({"error": "model is required"})
     );
 
+    // Ollama reads keys without regard to case (the last `model` wins):
+    // the proxy saw gemma3, Ollama would run `other`.
+    for path in ["/api/chat", "/v1/chat/completions"] {
+        let r = c
+            .post(stack.url(path))
+            .json(&json!({"model": "gemma3:4b", "MODEL": "other", "messages": []}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let v: Value = r.json().await.unwrap();
+        let message = v["error"]
+            .as_str()
+            .or(v["error"]["message"].as_str())
+            .unwrap_or_else(|| panic!("{path}: {v}"));
+        assert!(message.contains("`MODEL`"), "{path}: {message}");
+    }
+
     let r = c.get(stack.url("/api/generate")).send().await.unwrap();
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()["allow"], "POST");
