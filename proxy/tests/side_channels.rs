@@ -21,7 +21,7 @@ mod example_plugins;
 mod harness;
 
 use example_plugins::plugin;
-use harness::{Stack, ndjson};
+use harness::{Stack, ndjson, sse_json};
 use ollama_emulator::{THINKING_TOKENS, thinking_token, token};
 use serde_json::{Value, json};
 
@@ -75,15 +75,6 @@ const ROUTES: [&str; 4] = [
     "/v1/chat/completions",
     "/v1/completions",
 ];
-
-/// The JSON payloads of an SSE body (`[DONE]` left out).
-fn sse_json(body: &str) -> Vec<Value> {
-    body.split_terminator("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("{e}: {d}")))
-        .collect()
-}
 
 /// The chunks of an answer: NDJSON lines, SSE events, or the one body.
 fn chunks(path: &str, stream: bool, body: &str) -> Vec<Value> {

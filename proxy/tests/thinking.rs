@@ -14,7 +14,7 @@ mod example_plugins;
 mod harness;
 
 use example_plugins::plugin;
-use harness::{Stack, events, named, ndjson, sequence_numbers};
+use harness::{Stack, events, named, ndjson, sequence_numbers, sse_json};
 use ollama_emulator::{THINKING_TOKENS, thinking_text, token};
 use serde_json::{Value, json};
 
@@ -88,15 +88,6 @@ const ROUTES: [&str; 5] = [
     "/v1/responses",
     "/v1/messages",
 ];
-
-/// The JSON payloads of an OpenAI chat SSE body (`[DONE]` left out).
-fn sse_json(body: &str) -> Vec<Value> {
-    body.split_terminator("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("{e}: {d}")))
-        .collect()
-}
 
 /// The thinking and the answer of one streamed part, in the order sent.
 enum Piece {

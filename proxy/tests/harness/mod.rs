@@ -194,6 +194,15 @@ pub fn ndjson(body: &[u8]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The JSON payloads of an SSE body (`[DONE]` left out).
+pub fn sse_json(body: &str) -> Vec<serde_json::Value> {
+    body.split_terminator("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("{e}: {d}")))
+        .collect()
+}
+
 /// The events of a typed SSE body (`/v1/responses`, `/v1/messages`): each
 /// `event: NAME` line and its data.
 pub fn events(body: &str) -> Vec<(String, serde_json::Value)> {
