@@ -421,10 +421,8 @@ impl Chunk {
             // The event APIs: a text or thinking event, or a whole body.
             None => {
                 let (shape, kind) = (self.shape, self.kind);
-                self.tree().is_some_and(|v| match channel {
-                    Channel::Text => events::place_text(v, shape, kind, had, &value),
-                    Channel::Thinking => events::place_thinking(v, shape, kind, had, &value),
-                })
+                self.tree()
+                    .is_some_and(|v| events::place(v, channel, shape, kind, had, &value))
             }
         };
         if placed {

@@ -11,52 +11,43 @@ use serde_json::{Value, json};
 
 use super::chunk::{Channel, Kind, Shape, frame_event};
 
-/// Puts `text` in the tree `v` of a chunk of `shape`: the text field of a
-/// text event (`has_text`: the chunk is one), or, in a whole body, the first
-/// text part (emptying the others, so the body's text is `text`), adding a
-/// part when there is none. `false` when the chunk has no place for text.
-pub fn place_text(v: &mut Value, shape: Shape, kind: Kind, has_text: bool, text: &str) -> bool {
-    match (shape, kind) {
-        (Shape::OpenaiResponses, Kind::Event | Kind::Line) if has_text => {
-            set(v.as_object_mut().map(|o| o.entry("delta")), text)
-        }
-        (Shape::AnthropicMessages, Kind::Event | Kind::Line) if has_text => set(
-            v.pointer_mut("/delta")
-                .and_then(Value::as_object_mut)
-                .map(|o| o.entry("text")),
-            text,
-        ),
-        (Shape::OpenaiResponses, Kind::Whole) => place_in_responses_body(v, text),
-        (Shape::AnthropicMessages, Kind::Whole) => place_in_messages_body(v, text),
-        _ => false,
-    }
-}
-
-/// Puts `thinking` in the tree `v`, as [`place_text`] the text: the delta of
-/// a thinking event (`has_thinking`: the chunk is one), or in a whole body
-/// the first summary part of the `reasoning` items (Responses, with its
-/// `encrypted_content`) or the first `thinking` block (Messages), the others
-/// emptied, one added first when there is none. `false` when the chunk has
-/// no place for thinking.
-pub fn place_thinking(
+/// Puts `value` in the tree `v` of a chunk of `shape` as its `channel`: the
+/// delta of a text or thinking event (`has`: the chunk is one), or, in a
+/// whole body, the first text part (message items, `text` blocks) or
+/// thinking part (the summary of `reasoning` items with their
+/// `encrypted_content`, `thinking` blocks), emptying the others so the
+/// body's text (thinking) is `value`, and adding a part when there is none.
+/// `false` when the chunk has no place for it.
+pub fn place(
     v: &mut Value,
+    channel: Channel,
     shape: Shape,
     kind: Kind,
-    has_thinking: bool,
-    thinking: &str,
+    has: bool,
+    value: &str,
 ) -> bool {
-    match (shape, kind) {
-        (Shape::OpenaiResponses, Kind::Event | Kind::Line) if has_thinking => {
-            set(v.as_object_mut().map(|o| o.entry("delta")), thinking)
+    let delta_field = match channel {
+        Channel::Text => "text",
+        Channel::Thinking => "thinking",
+    };
+    match (shape, kind, channel) {
+        (Shape::OpenaiResponses, Kind::Event | Kind::Line, _) if has => {
+            set(v.as_object_mut().map(|o| o.entry("delta")), value)
         }
-        (Shape::AnthropicMessages, Kind::Event | Kind::Line) if has_thinking => set(
+        (Shape::AnthropicMessages, Kind::Event | Kind::Line, _) if has => set(
             v.pointer_mut("/delta")
                 .and_then(Value::as_object_mut)
-                .map(|o| o.entry("thinking")),
-            thinking,
+                .map(|o| o.entry(delta_field)),
+            value,
         ),
-        (Shape::OpenaiResponses, Kind::Whole) => think_in_responses_body(v, thinking),
-        (Shape::AnthropicMessages, Kind::Whole) => think_in_messages_body(v, thinking),
+        (Shape::OpenaiResponses, Kind::Whole, Channel::Text) => place_in_responses_body(v, value),
+        (Shape::AnthropicMessages, Kind::Whole, Channel::Text) => place_in_messages_body(v, value),
+        (Shape::OpenaiResponses, Kind::Whole, Channel::Thinking) => {
+            think_in_responses_body(v, value)
+        }
+        (Shape::AnthropicMessages, Kind::Whole, Channel::Thinking) => {
+            think_in_messages_body(v, value)
+        }
         _ => false,
     }
 }
@@ -109,25 +100,32 @@ fn think_in_responses_body(v: &mut Value, thinking: &str) -> bool {
             }
         }
     }
+    // The first reasoning item with a summary part gets the thinking; the
+    // others none.
     let mut placed = false;
     for item in output.iter_mut().filter(|i| is_type(i, "reasoning")) {
-        let mut mine = String::new();
-        let parts = array_mut(item, "summary").into_iter().flatten();
-        for part in parts.filter(|p| is_part(p)) {
-            if let Some(o) = part.as_object_mut() {
-                let t = if placed { "" } else { thinking };
-                mine.push_str(t);
-                o.insert("text".into(), Value::String(t.into()));
-                placed = true;
-            }
-        }
-        if let Some(o) = item.as_object_mut() {
-            if o.contains_key("encrypted_content") {
-                o.insert("encrypted_content".into(), Value::String(mine));
-            }
-        }
+        let first = !placed && list(item.get("summary")).any(is_part);
+        placed |= first;
+        fill_reasoning_item(item, if first { thinking } else { "" });
     }
     placed
+}
+
+/// A Responses `reasoning` item says `thinking`: its first `summary_text`
+/// part does, its other parts say nothing, and so does its
+/// `encrypted_content`, where Ollama repeats the thinking in plain text.
+pub(super) fn fill_reasoning_item(item: &mut Value, thinking: &str) {
+    let parts = array_mut(item, "summary").into_iter().flatten();
+    fill(
+        parts.filter(|p| is_type(p, "summary_text")),
+        "text",
+        thinking,
+    );
+    if let Some(o) = item.as_object_mut() {
+        if o.contains_key("encrypted_content") {
+            o.insert("encrypted_content".into(), Value::String(thinking.into()));
+        }
+    }
 }
 
 fn list(v: Option<&Value>) -> impl Iterator<Item = &Value> {
@@ -143,15 +141,8 @@ fn think_in_messages_body(v: &mut Value, thinking: &str) -> bool {
     let Some(content) = array_mut(v, "content") else {
         return false;
     };
-    let mut first = true;
-    for block in content.iter_mut().filter(|b| is_type(b, "thinking")) {
-        if let Some(o) = block.as_object_mut() {
-            let t = if first { thinking } else { "" };
-            o.insert("thinking".into(), Value::String(t.into()));
-            first = false;
-        }
-    }
-    if first {
+    let thoughts = content.iter_mut().filter(|b| is_type(b, "thinking"));
+    if !fill(thoughts, "thinking", thinking) {
         content.insert(0, json!({"type": "thinking", "thinking": thinking}));
     }
     true
@@ -171,14 +162,18 @@ fn is_type(v: &Value, kind: &str) -> bool {
     v.get("type").and_then(Value::as_str) == Some(kind)
 }
 
-/// Sets the first of `parts` (those of type `kind`) to `text`, the others
-/// to "". `false` when there is none.
-fn fill<'a>(parts: impl Iterator<Item = &'a mut Value>, text: &str) -> bool {
+/// Sets `field` of the first of `parts` to `text`, of the others to "", so
+/// that together they say `text`. `false` when there is none.
+pub(super) fn fill<'a>(
+    parts: impl Iterator<Item = &'a mut Value>,
+    field: &str,
+    text: &str,
+) -> bool {
     let mut first = true;
     for part in parts {
         if let Some(o) = part.as_object_mut() {
             let t = if first { text } else { "" };
-            o.insert("text".into(), Value::String(t.into()));
+            o.insert(field.into(), Value::String(t.into()));
             first = false;
         }
     }
@@ -202,7 +197,7 @@ fn place_in_responses_body(v: &mut Value, text: &str) -> bool {
         .filter(|i| is_type(i, "message"))
         .filter_map(|i| array_mut(i, "content"))
         .flat_map(|c| c.iter_mut().filter(|p| is_type(p, "output_text")));
-    if fill(parts, text) {
+    if fill(parts, "text", text) {
         return true;
     }
     let part = json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []});
@@ -229,7 +224,11 @@ fn place_in_messages_body(v: &mut Value, text: &str) -> bool {
     let Some(content) = array_mut(v, "content") else {
         return false;
     };
-    if fill(content.iter_mut().filter(|b| is_type(b, "text")), text) {
+    if fill(
+        content.iter_mut().filter(|b| is_type(b, "text")),
+        "text",
+        text,
+    ) {
         return true;
     }
     content.push(json!({"type": "text", "text": text}));

@@ -230,39 +230,23 @@ impl Transcript {
     /// others none. A reasoning item: its first `summary_text` part and its
     /// `encrypted_content` get the thinking sent, the other parts none.
     fn patch_item(&self, item: &mut Value) {
-        let kind = item.get("type").and_then(Value::as_str);
-        if kind == Some("reasoning") && self.thoughts_diverged {
-            let sent = sent_of(&self.thoughts, item.get("id").and_then(Value::as_str)).to_owned();
-            let parts = item
-                .get_mut("summary")
-                .and_then(Value::as_array_mut)
-                .into_iter()
-                .flatten()
-                .filter(|p| p.get("type").and_then(Value::as_str) == Some("summary_text"));
-            for (i, part) in parts.enumerate() {
-                set_text(part, if i == 0 { &sent } else { "" });
+        let id = item.get("id").and_then(Value::as_str);
+        match item.get("type").and_then(Value::as_str) {
+            Some("reasoning") if self.thoughts_diverged => {
+                let sent = sent_of(&self.thoughts, id).to_owned();
+                events::fill_reasoning_item(item, &sent);
             }
-            if let Some(o) = item.as_object_mut() {
-                if o.contains_key("encrypted_content") {
-                    o.insert("encrypted_content".into(), Value::String(sent));
-                }
+            Some("message") if self.diverged => {
+                let text = self.text_of(id).to_owned();
+                let parts = item
+                    .get_mut("content")
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| p.get("type").and_then(Value::as_str) == Some("output_text"));
+                events::fill(parts, "text", &text);
             }
-            return;
-        }
-        if kind != Some("message") || !self.diverged {
-            return;
-        }
-        let text = self
-            .text_of(item.get("id").and_then(Value::as_str))
-            .to_owned();
-        let parts = item
-            .get_mut("content")
-            .and_then(Value::as_array_mut)
-            .into_iter()
-            .flatten()
-            .filter(|p| p.get("type").and_then(Value::as_str) == Some("output_text"));
-        for (i, part) in parts.enumerate() {
-            set_text(part, if i == 0 { &text } else { "" });
+            _ => {}
         }
     }
 }
