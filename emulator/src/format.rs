@@ -273,22 +273,32 @@ impl Shape {
             return Bytes::from(m.chunk(model, i, think));
         }
         let lp = logprobs.map(|top| json!([logprob(i, any_token(i, think), top)]));
-        if i < think {
-            return self.thinking_chunk(model, thinking_token(i), lp);
-        }
-        let tok = token(i - think);
+        // A thinking chunk has `thinking` (`reasoning` for OpenAI chat,
+        // omitempty elsewhere) and empty text: `response`/`content` are
+        // always written (`ToStreamChunks` too); a completion chunk drops
+        // the thinking (`ToCompleteChunk`: text only).
+        let (text, thinking) = match i.checked_sub(think) {
+            Some(k) => (token(k), None),
+            None => ("", Some(thinking_token(i))),
+        };
         match self {
             Shape::Generate => {
                 let mut v =
-                    json!({"model": model, "created_at": now(), "response": tok, "done": false});
+                    json!({"model": model, "created_at": now(), "response": text, "done": false});
+                if let Some(t) = thinking {
+                    v["thinking"] = json!(t);
+                }
                 with_logprobs(&mut v, lp);
                 ndjson(&v)
             }
             Shape::Chat => {
                 let mut v = json!({
                     "model": model, "created_at": now(),
-                    "message": {"role": "assistant", "content": tok}, "done": false,
+                    "message": {"role": "assistant", "content": text}, "done": false,
                 });
+                if let Some(t) = thinking {
+                    v["message"]["thinking"] = json!(t);
+                }
                 with_logprobs(&mut v, lp);
                 ndjson(&v)
             }
@@ -296,54 +306,18 @@ impl Shape {
                 let mut v = json!({
                     "id": id, "object": "chat.completion.chunk", "created": unix_now(), "model": model,
                     "system_fingerprint": "fp_ollama",
-                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": tok}, "finish_reason": null}],
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": null}],
                 });
+                if let Some(t) = thinking {
+                    v["choices"][0]["delta"]["reasoning"] = json!(t);
+                }
                 with_choice_logprobs(&mut v, lp);
                 Bytes::from(sse(&v))
             }
             Shape::OpenaiCompletion { id } => Bytes::from(sse(&json!({
                 "id": id, "object": "text_completion", "created": unix_now(), "model": model,
                 "system_fingerprint": "fp_ollama",
-                "choices": [{"text": tok, "index": 0, "finish_reason": null}],
-            }))),
-            Shape::Responses(_) | Shape::Messages(_) => Bytes::new(),
-        }
-    }
-
-    /// A chunk of thinking: GenerateResponse/ChatResponse with `thinking`
-    /// (omitempty, so only here); for OpenAI chat a reasoning-only chunk
-    /// (`ToStreamChunks`: `content` is the empty string, not omitted); a
-    /// completion chunk drops thinking (`ToCompleteChunk`: text only).
-    fn thinking_chunk(&self, model: &str, tok: &str, lp: Option<Value>) -> Bytes {
-        match self {
-            Shape::Generate => {
-                let mut v = json!({
-                    "model": model, "created_at": now(), "response": "", "thinking": tok, "done": false,
-                });
-                with_logprobs(&mut v, lp);
-                ndjson(&v)
-            }
-            Shape::Chat => {
-                let mut v = json!({
-                    "model": model, "created_at": now(),
-                    "message": {"role": "assistant", "content": "", "thinking": tok}, "done": false,
-                });
-                with_logprobs(&mut v, lp);
-                ndjson(&v)
-            }
-            Shape::OpenaiChat { id, .. } => {
-                let mut v = json!({
-                    "id": id, "object": "chat.completion.chunk", "created": unix_now(), "model": model,
-                    "system_fingerprint": "fp_ollama",
-                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": "", "reasoning": tok}, "finish_reason": null}],
-                });
-                with_choice_logprobs(&mut v, lp);
-                Bytes::from(sse(&v))
-            }
-            Shape::OpenaiCompletion { id } => Bytes::from(sse(&json!({
-                "id": id, "object": "text_completion", "created": unix_now(), "model": model,
-                "system_fingerprint": "fp_ollama",
-                "choices": [{"text": "", "index": 0, "finish_reason": null}],
+                "choices": [{"text": text, "index": 0, "finish_reason": null}],
             }))),
             Shape::Responses(_) | Shape::Messages(_) => Bytes::new(),
         }
