@@ -45,6 +45,12 @@ pub struct Config {
     /// `Origin` values passed on to Ollama; every other `Origin` is dropped,
     /// because Ollama answers 403 to origins it does not know.
     pub allowed_origins: Vec<String>,
+    /// Forward Ollama's model-management routes (`/api/pull`, `push`,
+    /// `create`, `copy`, `delete`, `blobs`); refused with 403 when false.
+    pub allow_management_routes: bool,
+    /// When set, `/metrics` answers only `Authorization: Bearer <token>`;
+    /// unset, it answers only loopback peers (a scraper in the same instance).
+    pub metrics_token: Option<String>,
     pub ollama: OllamaConfig,
     pub limits: Limits,
     pub plugins: Vec<PluginSpec>,
@@ -83,6 +89,12 @@ pub struct Limits {
     pub idle_timeout_s: u64,
     /// On SIGTERM, how long in-flight requests may take to finish.
     pub shutdown_grace_s: u64,
+    /// Request-body bytes held in memory across all requests at once;
+    /// beyond it a body is refused with 503 and Retry-After.
+    pub max_buffered_bytes: usize,
+    /// Non-inference requests (tags, show, ps, version, management) at
+    /// Ollama at once, apart from the inference slots; beyond it 429.
+    pub max_other_in_flight: usize,
 }
 
 impl Default for Config {
@@ -91,6 +103,8 @@ impl Default for Config {
             listen: None,
             upstream: "http://127.0.0.1:11434".into(),
             allowed_origins: Vec::new(),
+            allow_management_routes: false,
+            metrics_token: None,
             ollama: OllamaConfig::default(),
             limits: Limits::default(),
             plugins: Vec::new(),
@@ -122,6 +136,8 @@ impl Default for Limits {
             idle_timeout_s: 120,
             // Cloud Run sends SIGKILL 10 s after SIGTERM.
             shutdown_grace_s: 8,
+            max_buffered_bytes: 64 * 1024 * 1024,
+            max_other_in_flight: 8,
         }
     }
 }
@@ -165,6 +181,8 @@ const ENV_KEYS: &[&str] = &[
     "KILN_LISTEN",
     "KILN_UPSTREAM",
     "KILN_ALLOWED_ORIGINS",
+    "KILN_ALLOW_MANAGEMENT_ROUTES",
+    "KILN_METRICS_TOKEN",
     "KILN_OLLAMA_SPAWN",
     "KILN_OLLAMA_PRELOAD",
     "KILN_OLLAMA_COMMAND",
@@ -178,6 +196,8 @@ const ENV_KEYS: &[&str] = &[
     "KILN_LIMITS_HEADER_TIMEOUT_S",
     "KILN_LIMITS_IDLE_TIMEOUT_S",
     "KILN_LIMITS_SHUTDOWN_GRACE_S",
+    "KILN_LIMITS_MAX_BUFFERED_BYTES",
+    "KILN_LIMITS_MAX_OTHER_IN_FLIGHT",
 ];
 
 impl Config {
@@ -264,6 +284,12 @@ impl Config {
         if let Some((_, v)) = get("KILN_ALLOWED_ORIGINS") {
             self.allowed_origins = list(&v);
         }
+        if let Some((k, v)) = get("KILN_ALLOW_MANAGEMENT_ROUTES") {
+            self.allow_management_routes = boolean(&k, &v)?;
+        }
+        if let Some((_, v)) = get("KILN_METRICS_TOKEN") {
+            self.metrics_token = Some(v).filter(|t| !t.is_empty());
+        }
         if let Some((k, v)) = get("KILN_OLLAMA_SPAWN") {
             self.ollama.spawn = boolean(&k, &v)?;
         }
@@ -287,6 +313,11 @@ impl Config {
             ("KILN_LIMITS_MAX_IN_FLIGHT", &mut l.max_in_flight),
             ("KILN_LIMITS_MAX_QUEUE", &mut l.max_queue),
             ("KILN_LIMITS_MAX_BODY_BYTES", &mut l.max_body_bytes),
+            ("KILN_LIMITS_MAX_BUFFERED_BYTES", &mut l.max_buffered_bytes),
+            (
+                "KILN_LIMITS_MAX_OTHER_IN_FLIGHT",
+                &mut l.max_other_in_flight,
+            ),
         ] {
             if let Some((k, v)) = get(key) {
                 *field = num(&k, &v)?;
@@ -329,9 +360,53 @@ impl Config {
                 "expected http://HOST:PORT (Ollama runs beside the proxy over plain HTTP)",
             ));
         }
-        if self.limits.max_in_flight == 0 {
-            let v = self.limits.max_in_flight.to_string();
-            return Err(bad("limits.max_in_flight", &v, "must be at least 1"));
+        let l = &self.limits;
+        // Ranges: a value outside them would fail at the first request (a
+        // deadline past the clock's range panics) or make the proxy useless.
+        const DAY: u64 = 24 * 3600;
+        let at_least_one: [(&str, u64); 5] = [
+            ("limits.max_in_flight", l.max_in_flight as u64),
+            ("limits.max_body_bytes", l.max_body_bytes as u64),
+            ("limits.max_other_in_flight", l.max_other_in_flight as u64),
+            ("limits.header_timeout_s", l.header_timeout_s),
+            ("limits.idle_timeout_s", l.idle_timeout_s),
+        ];
+        for (key, v) in at_least_one {
+            if v == 0 {
+                return Err(bad(key, &v.to_string(), "must be at least 1"));
+            }
+        }
+        for (key, v, max) in [
+            ("limits.request_timeout_s", l.request_timeout_s, 7 * DAY),
+            ("limits.header_timeout_s", l.header_timeout_s, DAY),
+            ("limits.idle_timeout_s", l.idle_timeout_s, 7 * DAY),
+            ("limits.shutdown_grace_s", l.shutdown_grace_s, DAY),
+            (
+                "ollama.startup_timeout_s",
+                self.ollama.startup_timeout_s,
+                7 * DAY,
+            ),
+        ] {
+            if v > max {
+                return Err(bad(
+                    key,
+                    &v.to_string(),
+                    format!("must be at most {max} seconds"),
+                ));
+            }
+        }
+        if l.request_timeout_s == 0 {
+            return Err(bad("limits.request_timeout_s", "0", "must be at least 1"));
+        }
+        if l.max_buffered_bytes < l.max_body_bytes {
+            return Err(bad(
+                "limits.max_buffered_bytes",
+                &l.max_buffered_bytes.to_string(),
+                format!(
+                    "must be at least limits.max_body_bytes ({}), or no body of the largest allowed size could be read",
+                    l.max_body_bytes
+                ),
+            ));
         }
         Ok(())
     }
@@ -342,6 +417,28 @@ impl Config {
             .trim_end_matches('/')
             .parse()
             .map_err(|_| bad("upstream", &self.upstream, "not a URL"))
+    }
+
+    /// A copy fit to print: the metrics token and every string in the
+    /// plugins' `[plugins.config]` (API keys, among others: the host cannot
+    /// tell which values are secret) replaced by `"<redacted>"`.
+    pub fn redacted(&self) -> Config {
+        fn strings(v: &mut serde_json::Value) {
+            match v {
+                serde_json::Value::String(s) => *s = "<redacted>".into(),
+                serde_json::Value::Array(a) => a.iter_mut().for_each(strings),
+                serde_json::Value::Object(o) => o.values_mut().for_each(strings),
+                _ => {}
+            }
+        }
+        let mut c = self.clone();
+        if c.metrics_token.is_some() {
+            c.metrics_token = Some("<redacted>".into());
+        }
+        for p in &mut c.plugins {
+            strings(&mut p.config);
+        }
+        c
     }
 
     pub fn request_timeout(&self) -> Duration {

@@ -40,14 +40,35 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Shapes the headers of a request about to go to Ollama.
+/// True when the request carries no `Origin`, or one the config allows.
+/// A browser sends `Origin` on every cross-site POST (a `text/plain` one
+/// needs no preflight), so an unknown origin is refused, as Ollama does,
+/// rather than dropped: dropping it would let any web page drive the proxy.
+pub fn origin_allowed(headers: &HeaderMap, allowed_origins: &[String]) -> bool {
+    let mut origins = headers.get_all(header::ORIGIN).iter();
+    let Some(first) = origins.next() else {
+        return true;
+    };
+    origins.next().is_none()
+        && first
+            .to_str()
+            .is_ok_and(|o| allowed_origins.iter().any(|a| a == o || a == "*"))
+}
+
+/// Shapes the headers of a request about to go to Ollama. The client's
+/// hop-by-hop headers were stripped before the filter stage (see
+/// [`strip_hop_by_hop`]), so a `Connection` header of the client's can no
+/// longer name, and so remove, a header a plugin added; only the fixed
+/// hop-by-hop names are removed here.
 pub fn for_upstream(
     headers: &mut HeaderMap,
     upstream_authority: &HeaderValue,
     allowed_origins: &[String],
     request_id: &HeaderValue,
 ) {
-    strip_hop_by_hop(headers);
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
     // `Expect: 100-continue` was answered on the client's hop when the proxy
     // started reading the body; Ollama gets the body without asking.
     headers.remove(header::EXPECT);
@@ -137,6 +158,7 @@ mod tests {
             ("expect", "100-continue"),
         ]);
         let id = HeaderValue::from_static("req-1");
+        strip_hop_by_hop(&mut h);
         for_upstream(
             &mut h,
             &HeaderValue::from_static("127.0.0.1:11434"),
@@ -162,6 +184,47 @@ mod tests {
             &id,
         );
         assert_eq!(h["origin"], "https://app.example", "allowed origins pass");
+    }
+
+    #[test]
+    fn plugin_headers_survive_a_client_connection_header() {
+        let mut h = map(&[("connection", "x-kiln-caller")]);
+        strip_hop_by_hop(&mut h);
+        // A plugin adds the header after the client's hop headers are gone.
+        h.insert("x-kiln-caller", HeaderValue::from_static("alice"));
+        for_upstream(
+            &mut h,
+            &HeaderValue::from_static("u"),
+            &[],
+            &HeaderValue::from_static("1"),
+        );
+        assert_eq!(h["x-kiln-caller"], "alice");
+    }
+
+    #[test]
+    fn origins_are_allowed_only_when_listed() {
+        let allowed = ["https://app.example".to_string()];
+        assert!(origin_allowed(&map(&[]), &[]));
+        assert!(origin_allowed(
+            &map(&[("origin", "https://app.example")]),
+            &allowed
+        ));
+        assert!(!origin_allowed(
+            &map(&[("origin", "https://evil.example")]),
+            &allowed
+        ));
+        assert!(!origin_allowed(&map(&[("origin", "null")]), &allowed));
+        assert!(!origin_allowed(
+            &map(&[
+                ("origin", "https://app.example"),
+                ("origin", "https://evil.example")
+            ]),
+            &allowed
+        ));
+        assert!(origin_allowed(
+            &map(&[("origin", "null")]),
+            &["*".to_string()]
+        ));
     }
 
     #[test]

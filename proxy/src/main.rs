@@ -101,7 +101,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 "configuration OK: listen {listen}, upstream {}",
                 config.upstream
             );
-            println!("{config:#?}");
+            println!("{:#?}", config.redacted());
             Ok(())
         }
         Some(Command::Plugin(tool)) => {

@@ -1,7 +1,11 @@
 //! The life of one request, as named stages (after Pingora's phases):
 //!
-//! 1. `route`     — known Ollama/OpenAI route and method, else 404/405;
-//! 2. `read`      — inference bodies read whole under `max_body_bytes` (413);
+//! 1. `route`     — a normalized path (400), an allowed `Origin` (403), a
+//!    known Ollama/OpenAI route and method (404/405), management routes only
+//!    when enabled (403);
+//! 2. `read`      — inference bodies read whole under `max_body_bytes` (413),
+//!    before the request deadline (408) and within the bytes buffered across
+//!    all requests (503); zstd/gzip bodies decoded where Ollama decodes them;
 //! 3. `view`      — the typed [`InferenceView`] parsed once (400 on bad JSON);
 //! 4. `filter`    — the [`RequestFilter`] stage (plugins) may rewrite or reject;
 //! 5. `admit`     — admission control (429 when the queue is full);
@@ -21,12 +25,13 @@ use tokio::time::Instant;
 
 use crate::access::{Access, Ctx, access_log, take_ctx};
 use crate::admission::Admission;
-use crate::body::{self, Framing, Outcome, Passthrough, ReadError, RespBody};
+use crate::body::{self, Framing, Outcome, Passthrough, RespBody};
 use crate::config::Config;
 use crate::filter::{FilterRequest, RequestFilter, RouteKind, Verdict};
 use crate::headers;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
+use crate::request_body::{self, BodyBudget};
 use crate::request_view::{self, InferenceView};
 use crate::routes::{self, ApiStyle, Route};
 use crate::upstream::Upstream;
@@ -39,6 +44,11 @@ pub struct AppState {
     pub admission: Admission,
     pub metrics: Metrics,
     pub readiness: Readiness,
+    /// Request-body bytes in memory across all requests (`limits.max_buffered_bytes`).
+    pub body_budget: Arc<BodyBudget>,
+    /// Slots for non-inference requests (`limits.max_other_in_flight`),
+    /// apart from admission, so they never take an inference slot.
+    pub other_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// A proxy's answer with nothing from Ollama in it.
@@ -49,7 +59,7 @@ pub async fn handle(
     req: Request<Incoming>,
     remote: SocketAddr,
 ) -> Response<RespBody> {
-    if let Some(resp) = crate::local::endpoint(&state, &req) {
+    if let Some(resp) = crate::local::endpoint(&state, &req, remote) {
         return resp;
     }
     let start = Instant::now();
@@ -84,6 +94,17 @@ async fn run(
 ) -> Result<Response<RespBody>, Early> {
     // Stage: route.
     let path = req.uri().path().to_string();
+    if let Some(why) = routes::unnormalized(&path) {
+        let msg = format!("{path} is not a normalized path: {why}; send the path itself");
+        return Err(reject(state, ctx, 400, &msg, "unnormalized_path", &[]));
+    }
+    if !headers::origin_allowed(req.headers(), &state.config.allowed_origins) {
+        let origin = header_str(req.headers(), header::ORIGIN);
+        let msg = format!(
+            "requests from the web origin {origin:?} are not allowed; add it to allowed_origins (KILN_ALLOWED_ORIGINS) to let pages there call this service"
+        );
+        return Err(reject(state, ctx, 403, &msg, "origin", &[]));
+    }
     let Some(route) = routes::classify(&path) else {
         let msg = format!(
             "{path} is not an Ollama or OpenAI-compatible route; kiln-proxy does not forward it"
@@ -106,6 +127,13 @@ async fn run(
             &[("allow".into(), allow)],
         ));
     }
+    if routes::is_management(&route) && !state.config.allow_management_routes {
+        let msg = format!(
+            "{path} changes the models this instance serves, and kiln-proxy refuses model-management routes; \
+             set allow_management_routes = true (KILN_ALLOW_MANAGEMENT_ROUTES=1) to forward them"
+        );
+        return Err(reject(state, ctx, 403, &msg, "management_route", &[]));
+    }
     let limit = state.config.limits.max_body_bytes;
     let declared = header_str(req.headers(), header::CONTENT_LENGTH)
         .parse::<u64>()
@@ -114,7 +142,10 @@ async fn run(
         return Err(too_large(state, ctx));
     }
     ctx.request_size = declared.unwrap_or(0);
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // The client's hop-by-hop headers go before any plugin runs, so that a
+    // `Connection` header cannot later name (and strip) a header a plugin added.
+    headers::strip_hop_by_hop(&mut parts.headers);
     if route.inference {
         inference(state, ctx, route, parts, body).await
     } else {
@@ -130,16 +161,8 @@ async fn inference(
     body: Incoming,
 ) -> Result<Response<RespBody>, Early> {
     // Stage: read.
-    let limit = state.config.limits.max_body_bytes;
-    let body = match body::read_limited(body, limit, state.config.idle_timeout()).await {
-        Ok(b) => b,
-        Err(ReadError::TooLarge(_)) => return Err(too_large(state, ctx)),
-        Err(e @ ReadError::Idle(_)) => {
-            return Err(reject(state, ctx, 408, &e.to_string(), "slow_body", &[]));
-        }
-        Err(e) => return Err(reject(state, ctx, 400, &e.to_string(), "bad_body", &[])),
-    };
-    ctx.request_size = body.len() as u64;
+    let mut parts = parts;
+    let (body, _reserved) = read_body(state, ctx, route, &mut parts.headers, body).await?;
     // Stage: view.
     let view = parse_view(state, ctx, route.kind, &body)?;
     // Stage: filter.
@@ -223,8 +246,93 @@ fn parse_view(
     }
 }
 
+/// Stage: read. The body held in memory (decoded, when it came compressed),
+/// and its bytes' hold on the shared budget.
+async fn read_body(
+    state: &Arc<AppState>,
+    ctx: &mut Ctx,
+    route: Route,
+    headers: &mut HeaderMap,
+    body: Incoming,
+) -> Result<(Bytes, request_body::Reservation), Early> {
+    use request_body::ReadError;
+    let l = &state.config.limits;
+    let limits = request_body::Limits {
+        max_body: l.max_body_bytes,
+        idle: state.config.idle_timeout(),
+        deadline: ctx.deadline,
+        timeout_s: l.request_timeout_s,
+    };
+    let (body, mut reserved) = match request_body::read(body, &limits, &state.body_budget).await {
+        Ok(b) => b,
+        Err(ReadError::TooLarge(_)) => return Err(too_large(state, ctx)),
+        Err(e @ (ReadError::Idle(_) | ReadError::Deadline(_))) => {
+            return Err(reject(state, ctx, 408, &e.to_string(), "slow_body", &[]));
+        }
+        Err(e @ ReadError::Busy(_)) => {
+            let retry = [("retry-after".to_string(), "1".to_string())];
+            return Err(reject(
+                state,
+                ctx,
+                503,
+                &e.to_string(),
+                "bodies_buffered",
+                &retry,
+            ));
+        }
+        Err(e) => return Err(reject(state, ctx, 400, &e.to_string(), "bad_body", &[])),
+    };
+    ctx.request_size = body.len() as u64;
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    use crate::decompress::{self, DecodeError};
+    let decoded = match decompress::decode(route.kind, encoding.as_deref(), &body, l.max_body_bytes)
+    {
+        Ok(None) => return Ok((body, reserved)),
+        Ok(Some(decoded)) => decoded,
+        Err(e @ DecodeError::TooLarge(_)) => {
+            return Err(reject(
+                state,
+                ctx,
+                413,
+                &e.to_string(),
+                "body_too_large",
+                &[],
+            ));
+        }
+        Err(e @ DecodeError::Unsupported(..)) => {
+            return Err(reject(
+                state,
+                ctx,
+                415,
+                &e.to_string(),
+                "content_encoding",
+                &[],
+            ));
+        }
+        Err(e) => return Err(reject(state, ctx, 400, &e.to_string(), "bad_body", &[])),
+    };
+    if !reserved.grow(decoded.len()) {
+        let e = ReadError::Busy(l.max_buffered_bytes);
+        let retry = [("retry-after".to_string(), "1".to_string())];
+        return Err(reject(
+            state,
+            ctx,
+            503,
+            &e.to_string(),
+            "bodies_buffered",
+            &retry,
+        ));
+    }
+    // Ollama gets (and plugins see) the decoded body.
+    headers.remove(header::CONTENT_ENCODING);
+    Ok((Bytes::from(decoded), reserved))
+}
+
 /// Requests that run no model (tags, ps, show, version, pull…): filtered on
-/// their head only (their body streams through untouched), never queued.
+/// their head only (their body streams through untouched), never queued for
+/// an inference slot, and at most `limits.max_other_in_flight` at once.
 async fn other(
     state: &Arc<AppState>,
     ctx: &mut Ctx,
@@ -232,10 +340,18 @@ async fn other(
     parts: http::request::Parts,
     body: Incoming,
 ) -> Result<Response<RespBody>, Early> {
+    let Ok(slot) = state.other_slots.clone().try_acquire_owned() else {
+        let msg = format!(
+            "server busy: {} non-inference requests are running (limits.max_other_in_flight); retry shortly",
+            state.config.limits.max_other_in_flight
+        );
+        let retry = [("retry-after".to_string(), "1".to_string())];
+        return Err(reject(state, ctx, 429, &msg, "other_busy", &retry));
+    };
     let (headers, _) = filter(state, ctx, route.kind, &parts, Bytes::new(), None).await?;
     let limit = state.config.limits.max_body_bytes;
     let body = http_body_util::Limited::new(body, limit).boxed_unsync();
-    forward(state, ctx, parts, headers, body, None, None).await
+    forward(state, ctx, parts, headers, body, Some(Box::new(slot)), None).await
 }
 
 /// Stage: filter. Returns the headers to forward and, for inference routes,

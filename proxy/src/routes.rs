@@ -79,7 +79,8 @@ pub fn classify(path: &str) -> Option<Route> {
         "/api/create" => route("create", Other, false, POST),
         "/api/copy" => route("copy", Other, false, POST),
         "/api/delete" => route("delete", Other, false, &[Method::DELETE]),
-        p if p.starts_with("/api/blobs/") => {
+        // Ollama's `:digest` and `:model` parameters are one path segment.
+        p if one_segment_after(p, "/api/blobs/") => {
             route("blobs", Other, false, &[Method::POST, Method::HEAD])
         }
         "/v1/chat/completions" => route("openai_chat", OpenaiChat, true, POST),
@@ -88,10 +89,58 @@ pub fn classify(path: &str) -> Option<Route> {
         "/v1/responses" => route("openai_responses", OpenaiResponses, true, POST),
         "/v1/messages" => route("anthropic_messages", AnthropicMessages, true, POST),
         "/v1/models" => route("openai_models", Other, false, GET),
-        p if p.starts_with("/v1/models/") => route("openai_models", Other, false, GET),
+        p if one_segment_after(p, "/v1/models/") => route("openai_models", Other, false, GET),
         _ => return None,
     };
     Some(r)
+}
+
+/// Ollama's model-management routes: they change what the instance serves
+/// (pull, push, create, copy, delete, blob uploads), so they are refused
+/// unless `allow_management_routes` is set.
+pub fn is_management(route: &Route) -> bool {
+    matches!(
+        route.label,
+        "pull" | "push" | "create" | "copy" | "delete" | "blobs"
+    )
+}
+
+/// Why a path is not in the one spelling policy and Ollama would agree on,
+/// if it is not: dot segments (`/api/blobs/../generate`), empty segments,
+/// backslashes, or encoded `.`, `/`, `\`. Such a path could be classified as
+/// one route here and resolved to another by a normalizing hop; it is
+/// refused rather than rewritten, since no client needs to send it.
+pub fn unnormalized(path: &str) -> Option<&'static str> {
+    if !path.starts_with('/') {
+        return Some("it does not start with /");
+    }
+    if path.contains('\\') {
+        return Some("it contains a backslash");
+    }
+    let lower = path.to_ascii_lowercase();
+    if ["%2e", "%2f", "%5c", "%00"]
+        .iter()
+        .any(|e| lower.contains(e))
+    {
+        return Some("it contains an encoded '.', '/', '\\' or NUL");
+    }
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    for (i, seg) in segments.iter().enumerate() {
+        if *seg == "." || *seg == ".." {
+            return Some("it contains a '.' or '..' segment");
+        }
+        // `/` alone is one empty segment; a trailing `/` is the last one.
+        if seg.is_empty() && i + 1 < segments.len() {
+            return Some("it contains an empty segment ('//')");
+        }
+    }
+    None
+}
+
+/// True when `path` is `prefix` and one non-empty segment.
+fn one_segment_after(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'))
 }
 
 /// The `Allow` header value of a route.
@@ -179,6 +228,36 @@ mod tests {
         assert_eq!(classify("/api/blobs/sha256:abc").unwrap().label, "blobs");
         assert!(classify("/admin").is_none());
         assert!(classify("/api/generate/x").is_none());
+        assert!(classify("/api/blobs/sha256:abc/x").is_none());
+        assert!(classify("/api/blobs/").is_none());
+        assert!(is_management(&classify("/api/delete").unwrap()));
+        assert!(is_management(&classify("/api/blobs/sha256:1").unwrap()));
+        assert!(!is_management(&classify("/api/show").unwrap()));
+    }
+
+    #[test]
+    fn unnormalized_paths_are_named() {
+        for ok in [
+            "/",
+            "/api/generate",
+            "/v1/models/gemma3:4b",
+            "/api/blobs/sha256:ab",
+            "/v1/models/",
+        ] {
+            assert_eq!(unnormalized(ok), None, "{ok}");
+        }
+        for bad in [
+            "/api/blobs/../generate",
+            "/v1/models/../../api/tags",
+            "/api/./generate",
+            "/api//generate",
+            "/api/blobs/%2e%2e/generate",
+            "/api/blobs/..%2Fgenerate",
+            "/api/blobs/..\\generate",
+            "/v1/models/..",
+        ] {
+            assert!(unnormalized(bad).is_some(), "{bad}");
+        }
     }
 
     #[test]

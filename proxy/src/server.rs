@@ -80,6 +80,10 @@ pub async fn start(config: Config, filter: Arc<dyn RequestFilter>) -> anyhow::Re
     let addr = listener.local_addr()?;
     let state = Arc::new(AppState {
         admission: Admission::new(config.limits.max_in_flight, config.limits.max_queue),
+        body_budget: crate::request_body::BodyBudget::new(config.limits.max_buffered_bytes),
+        other_slots: Arc::new(tokio::sync::Semaphore::new(
+            config.limits.max_other_in_flight,
+        )),
         upstream,
         filter,
         metrics: Metrics::default(),

@@ -24,7 +24,22 @@ const NAMES: &[(&str, &[RouteKind])] = &[
     ("other", &[RouteKind::Other]),
 ];
 
-/// The inference routes: what a plugin sees when its config names no routes.
+/// Every route kind: what a plugin sees when its config names no routes,
+/// so that a policy (an authentication plugin above all) guards everything
+/// that reaches Ollama unless its entry narrows it.
+const ALL: &[RouteKind] = &[
+    RouteKind::OllamaGenerate,
+    RouteKind::OllamaChat,
+    RouteKind::OllamaEmbed,
+    RouteKind::OpenaiChat,
+    RouteKind::OpenaiCompletions,
+    RouteKind::OpenaiEmbeddings,
+    RouteKind::OpenaiResponses,
+    RouteKind::AnthropicMessages,
+    RouteKind::Other,
+];
+
+/// The routes that run a model.
 const INFERENCE: &[RouteKind] = &[
     RouteKind::OllamaGenerate,
     RouteKind::OllamaChat,
@@ -40,22 +55,23 @@ const INFERENCE: &[RouteKind] = &[
 pub struct RouteSet(Vec<RouteKind>);
 
 impl RouteSet {
-    /// Parses the `routes` key; `None` selects every inference route.
+    /// Parses the `routes` key; `None` selects every route.
     pub fn parse(names: Option<&[String]>) -> Result<RouteSet, String> {
         let Some(names) = names else {
-            return Ok(RouteSet(INFERENCE.to_vec()));
+            return Ok(RouteSet(ALL.to_vec()));
         };
         let mut kinds = Vec::new();
         for name in names {
             let selected = match name.as_str() {
-                "all" | "inference" => INFERENCE,
+                "all" => ALL,
+                "inference" => INFERENCE,
                 other => NAMES
                     .iter()
                     .find(|(n, _)| *n == other)
                     .map(|(_, kinds)| *kinds)
                     .ok_or_else(|| {
                         format!(
-                            "unknown route `{other}` in `routes`; use any of: inference, {}",
+                            "unknown route `{other}` in `routes`; use any of: all, inference, {}",
                             Self::names()
                         )
                     })?,
@@ -67,7 +83,7 @@ impl RouteSet {
             }
         }
         if kinds.is_empty() {
-            return Err("`routes` is empty, so the plugin would never run; remove the key to select every inference route".into());
+            return Err("`routes` is empty, so the plugin would never run; remove the key to select every route".into());
         }
         Ok(RouteSet(kinds))
     }
@@ -99,9 +115,11 @@ mod tests {
                 && default.contains(RouteKind::OpenaiEmbeddings)
         );
         assert!(
-            !default.contains(RouteKind::Other),
-            "plugins see inference routes only by default"
+            default.contains(RouteKind::Other),
+            "plugins see every route by default"
         );
+        assert_eq!(parse(&["all"]).unwrap(), default);
+        assert!(!parse(&["inference"]).unwrap().contains(RouteKind::Other));
 
         let s = parse(&["chat", "openai"]).unwrap();
         assert!(s.contains(RouteKind::OllamaChat) && s.contains(RouteKind::OpenaiCompletions));
@@ -116,7 +134,11 @@ mod tests {
         let openai = parse(&["openai"]).unwrap();
         assert!(openai.contains(RouteKind::OpenaiResponses));
         assert!(!openai.contains(RouteKind::AnthropicMessages));
-        assert_eq!(parse(&["inference"]).unwrap(), default);
+        assert!(
+            parse(&["inference"])
+                .unwrap()
+                .contains(RouteKind::AnthropicMessages)
+        );
     }
 
     #[test]
