@@ -20,6 +20,12 @@ pub enum Route {
 }
 
 impl Route {
+    /// True for the routes that run a model and carry a JSON body; `Other`
+    /// (tags, show, ps, version, model management) comes with an empty body.
+    pub fn is_inference(self) -> bool {
+        self != Route::Other
+    }
+
     /// True for the OpenAI-compatible routes under `/v1/` (not
     /// `/v1/messages`, which is Anthropic's API).
     pub fn is_openai(self) -> bool {

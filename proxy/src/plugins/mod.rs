@@ -44,7 +44,9 @@ pub struct PluginOptions {
     /// Plugin calls that may run at once; beyond it a call fails (and the
     /// request with it, per `on_error`). Sizes the pooling allocator.
     pub max_concurrent_calls: u32,
-    /// Where compiled plugins are cached (default `~/.cache/kiln/plugins`).
+    /// Where compiled plugins are cached (default `~/.cache/kiln/plugins`;
+    /// empty: nothing is cached). Used only while it belongs to the proxy's
+    /// user and no one else can write it.
     pub cache_dir: PathBuf,
     /// How often plugin files are checked for changes.
     pub watch_interval: Duration,

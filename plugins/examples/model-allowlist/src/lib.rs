@@ -59,6 +59,11 @@ impl Plugin for ModelAllowlist {
     }
 
     fn on_request(config: &Config, request: &Request) -> Decision {
+        // Non-inference routes (tags, show, ps, model management) come with
+        // an empty body: no model in a body to check.
+        if !request.route.is_inference() {
+            return Decision::Allow;
+        }
         let mut body = match request.body() {
             Ok(b) => b,
             Err(e) => return Decision::reject(400, e.to_string()),
@@ -110,6 +115,12 @@ kiln_plugin::export_plugin!(ModelAllowlist);
 mod tests {
     use super::*;
     use kiln_plugin::{Route, parse_config};
+
+    #[test]
+    fn non_inference_routes_pass() {
+        let r = Request::new(Route::Other, "/api/tags", "");
+        assert_eq!(ModelAllowlist::on_request(&config(), &r), Decision::Allow);
+    }
 
     fn config() -> Config {
         parse_config::<ModelAllowlist>(

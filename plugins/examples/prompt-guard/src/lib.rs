@@ -57,6 +57,11 @@ impl Plugin for PromptGuard {
     }
 
     fn on_request(config: &Config, request: &Request) -> Decision {
+        // Non-inference routes (tags, show, ps, model management) come with
+        // an empty body: no prompt to check.
+        if !request.route.is_inference() {
+            return Decision::Allow;
+        }
         let mut body = match request.body() {
             Ok(b) => b,
             Err(e) => return Decision::reject(400, e.to_string()),
@@ -93,6 +98,12 @@ mod tests {
     use super::*;
     use kiln_plugin::{Route, parse_config};
     use serde_json::json;
+
+    #[test]
+    fn non_inference_routes_pass() {
+        let r = Request::new(Route::Other, "/api/tags", "");
+        assert_eq!(PromptGuard::on_request(&config(), &r), Decision::Allow);
+    }
 
     fn config() -> Config {
         parse_config::<PromptGuard>(r#"{"deny":["Ignore previous instructions"]}"#).unwrap()

@@ -55,6 +55,11 @@ impl Plugin for SystemPrompt {
     }
 
     fn on_request(config: &Config, request: &Request) -> Decision {
+        // Non-inference routes (tags, show, ps, model management) come with
+        // an empty body: no prompt to steer.
+        if !request.route.is_inference() {
+            return Decision::Allow;
+        }
         let mut body = match request.body() {
             Ok(b) => b,
             Err(e) => return Decision::reject(400, e.to_string()),

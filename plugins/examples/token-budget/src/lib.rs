@@ -123,6 +123,11 @@ impl Plugin for TokenBudget {
     }
 
     fn on_request(config: &Config, request: &Request) -> Decision {
+        // Non-inference routes (tags, show, ps, model management) come with
+        // an empty body: no tokens spent.
+        if !request.route.is_inference() {
+            return Decision::Allow;
+        }
         let key = caller(|n| request.header(n));
         match check(config, &mut HostCounters, &key) {
             Some(r) => r.into(),

@@ -48,6 +48,11 @@ impl Plugin for TokenCap {
     }
 
     fn on_request(config: &Config, request: &Request) -> Decision {
+        // Non-inference routes (tags, show, ps, model management) come with
+        // an empty body: nothing generated to cap.
+        if !request.route.is_inference() {
+            return Decision::Allow;
+        }
         let mut body = match request.body() {
             Ok(b) => b,
             Err(e) => return Decision::reject(400, e.to_string()),
@@ -77,6 +82,12 @@ mod tests {
     use super::*;
     use kiln_plugin::{Route, parse_config};
     use serde_json::json;
+
+    #[test]
+    fn non_inference_routes_pass() {
+        let r = Request::new(Route::Other, "/api/tags", "");
+        assert_eq!(TokenCap::on_request(&cap(), &r), Decision::Allow);
+    }
 
     fn cap() -> Config {
         parse_config::<TokenCap>(r#"{"max_tokens":256}"#).unwrap()
