@@ -263,25 +263,27 @@ async fn read_body(
         deadline: ctx.deadline,
         timeout_s: l.request_timeout_s,
     };
-    let (body, mut reserved) = match request_body::read(body, &limits, &state.body_budget).await {
-        Ok(b) => b,
-        Err(ReadError::TooLarge(_)) => return Err(too_large(state, ctx)),
-        Err(e @ (ReadError::Idle(_) | ReadError::Deadline(_))) => {
-            return Err(reject(state, ctx, 408, &e.to_string(), "slow_body", &[]));
-        }
-        Err(e @ ReadError::Busy(_)) => {
-            let retry = [("retry-after".to_string(), "1".to_string())];
-            return Err(reject(
-                state,
-                ctx,
-                503,
-                &e.to_string(),
-                "bodies_buffered",
-                &retry,
-            ));
-        }
-        Err(e) => return Err(reject(state, ctx, 400, &e.to_string(), "bad_body", &[])),
-    };
+    let declared = header_str(headers, header::CONTENT_LENGTH).parse().ok();
+    let (body, mut reserved) =
+        match request_body::read(body, declared, &limits, &state.body_budget).await {
+            Ok(b) => b,
+            Err(ReadError::TooLarge(_)) => return Err(too_large(state, ctx)),
+            Err(e @ (ReadError::Idle(_) | ReadError::Deadline(_))) => {
+                return Err(reject(state, ctx, 408, &e.to_string(), "slow_body", &[]));
+            }
+            Err(e @ ReadError::Busy(_)) => {
+                let retry = [("retry-after".to_string(), "1".to_string())];
+                return Err(reject(
+                    state,
+                    ctx,
+                    503,
+                    &e.to_string(),
+                    "bodies_buffered",
+                    &retry,
+                ));
+            }
+            Err(e) => return Err(reject(state, ctx, 400, &e.to_string(), "bad_body", &[])),
+        };
     ctx.request_size = body.len() as u64;
     let encoding = headers
         .get(header::CONTENT_ENCODING)

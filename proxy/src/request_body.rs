@@ -98,13 +98,20 @@ pub struct Limits {
     pub timeout_s: u64,
 }
 
-/// Reads a whole request body under `limits`, holding its bytes against `budget`.
+/// Reads a whole request body under `limits`, holding its bytes against
+/// `budget`. A declared `Content-Length` is reserved before anything is
+/// read, so a body that cannot fit is refused at once, not after its upload.
 pub async fn read(
     mut body: Incoming,
+    declared: Option<u64>,
     limits: &Limits,
     budget: &Arc<BodyBudget>,
 ) -> Result<(Bytes, Reservation), ReadError> {
     let mut reserved = budget.reserve();
+    let upfront = declared.map_or(0, |n| n.min(limits.max_body as u64) as usize);
+    if !reserved.grow(upfront) {
+        return Err(ReadError::Busy(budget.max));
+    }
     let mut buf = BytesMut::new();
     let read = async {
         loop {
@@ -118,7 +125,8 @@ pub async fn read(
                 if buf.len() + data.len() > limits.max_body {
                     return Err(ReadError::TooLarge(limits.max_body));
                 }
-                if !reserved.grow(data.len()) {
+                let beyond = (buf.len() + data.len()).saturating_sub(reserved.bytes);
+                if !reserved.grow(beyond) {
                     return Err(ReadError::Busy(budget.max));
                 }
                 buf.extend_from_slice(&data);

@@ -138,7 +138,10 @@ fn private(path: &Path) -> Result<(), String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     if meta.uid() != me {
-        return Err(format!("it belongs to uid {}, not to this user ({me})", meta.uid()));
+        return Err(format!(
+            "it belongs to uid {}, not to this user ({me})",
+            meta.uid()
+        ));
     }
     if meta.mode() & 0o022 != 0 {
         return Err(format!(
@@ -159,7 +162,11 @@ fn header(component_digest: &[u8; 32], engine_hash: u64, artifact: &[u8]) -> Vec
 }
 
 /// The artifact of an entry, once its owner, mode and header check out.
-fn read_verified(path: &Path, component_digest: &[u8; 32], engine_hash: u64) -> Result<Vec<u8>, String> {
+fn read_verified(
+    path: &Path,
+    component_digest: &[u8; 32],
+    engine_hash: u64,
+) -> Result<Vec<u8>, String> {
     private(path)?;
     let mut bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     if bytes.len() < HEADER_LEN || &bytes[..12] != MAGIC {
