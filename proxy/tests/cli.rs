@@ -108,3 +108,58 @@ fn plugins_load_where_address_space_is_limited() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("explicit bounds checks"), "{stderr}");
 }
+
+#[test]
+fn out_of_range_limits_are_config_errors_not_panics() {
+    for (set, key) in [
+        (
+            "limits.request_timeout_s=18446744073709551615",
+            "limits.request_timeout_s",
+        ),
+        ("limits.idle_timeout_s=0", "limits.idle_timeout_s"),
+        ("limits.max_buffered_bytes=10", "limits.max_buffered_bytes"),
+        ("limits.max_other_in_flight=0", "limits.max_other_in_flight"),
+    ] {
+        let out = kiln_proxy()
+            .args(["check-config", "--set", set])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{set}: {stderr}");
+        assert!(
+            stderr.contains(key) && !stderr.contains("panicked"),
+            "{set}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_config_does_not_print_plugin_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.toml");
+    std::fs::write(
+        &file,
+        "metrics_token = \"tok-secret-1\"\n[[plugins]]\nname = \"api-key\"\npath = \"/plugins/api_key.wasm\"\n\
+         [plugins.config]\nkeys = [\"sk-live-secret-2\", { name = \"ci\", key = \"sk-live-secret-3\" }]\nmax = 5\n",
+    )
+    .unwrap();
+    let out = kiln_proxy()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for secret in ["tok-secret-1", "sk-live-secret-2", "sk-live-secret-3"] {
+        assert!(!stdout.contains(secret), "{secret} printed:\n{stdout}");
+    }
+    assert!(
+        stdout.contains("<redacted>") && stdout.contains("api-key"),
+        "{stdout}"
+    );
+}

@@ -600,3 +600,86 @@ async fn compressed_bodies_are_decoded_before_policy() {
     assert_eq!(stack.stats().requests, before);
     stack.shutdown().await;
 }
+
+/// The cache entries in `dir`, by name.
+fn entries(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.retain(|p| p.extension().is_some_and(|e| e == "cwasm"));
+    v.sort();
+    v
+}
+
+fn from_cache(stage: &kiln_proxy::plugins::PluginStage) -> bool {
+    stage.chain().plugins().next().unwrap().info.from_cache
+}
+
+#[tokio::test]
+async fn a_swapped_cache_entry_cannot_stand_in_for_a_pinned_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = PluginOptions {
+        cache_dir: dir.path().join("cache"),
+        ..Default::default()
+    };
+    let mut key = quickstart();
+    key[0].sha256 = Some(hex::encode(Sha256::digest(
+        std::fs::read(&key[0].path).unwrap(),
+    )));
+    assert!(!from_cache(&load_chain(&key, &options).unwrap()));
+    let key_entry = entries(&options.cache_dir);
+    assert_eq!(key_entry.len(), 1);
+    let hello = [plugin("hello", json!({}))];
+    load_chain(&hello, &options).unwrap();
+    let hello_entry: Vec<_> = entries(&options.cache_dir)
+        .into_iter()
+        .filter(|p| *p != key_entry[0])
+        .collect();
+    // Someone puts the allow-everything plugin's machine code under api-key's name.
+    std::fs::copy(&hello_entry[0], &key_entry[0]).unwrap();
+
+    let stage = load_chain(&key, &options).unwrap();
+    assert!(!from_cache(&stage), "the swapped entry was not loaded");
+    let stack = Stack::with_filter(|_, _| {}, stage).await;
+    assert_eq!(
+        stack.get("/api/tags").await.status(),
+        401,
+        "api-key still runs"
+    );
+    stack.shutdown().await;
+    assert!(
+        from_cache(&load_chain(&key, &options).unwrap()),
+        "the entry was compiled again and is used from now on"
+    );
+}
+
+#[test]
+fn a_cache_dir_others_can_write_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let options = PluginOptions {
+        cache_dir: cache.clone(),
+        ..Default::default()
+    };
+    let hello = [plugin("hello", json!({}))];
+    load_chain(&hello, &options).unwrap();
+    assert!(!from_cache(&load_chain(&hello, &options).unwrap()));
+    assert!(
+        entries(&cache).is_empty(),
+        "nothing written where others can write"
+    );
+
+    // A fresh directory is made private.
+    let fresh = dir.path().join("fresh/cache");
+    let options = PluginOptions {
+        cache_dir: fresh.clone(),
+        ..Default::default()
+    };
+    load_chain(&hello, &options).unwrap();
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "{mode:o}");
+    assert!(from_cache(&load_chain(&hello, &options).unwrap()));
+}

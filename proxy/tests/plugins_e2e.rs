@@ -83,6 +83,10 @@ async fn recording_upstream() -> (String, Log) {
 
 /// A proxy running `specs` in front of a recording upstream.
 async fn proxy(specs: Vec<PluginSpec>) -> (RunningProxy, Log) {
+    proxy_with(specs, |_| {}).await
+}
+
+async fn proxy_with(specs: Vec<PluginSpec>, tune: impl FnOnce(&mut Config)) -> (RunningProxy, Log) {
     let (upstream, log) = recording_upstream().await;
     // A cache dir shared by the tests of this file: each plugin compiles once.
     let options = PluginOptions {
@@ -90,11 +94,12 @@ async fn proxy(specs: Vec<PluginSpec>) -> (RunningProxy, Log) {
         ..PluginOptions::default()
     };
     let stage = load_chain(&specs, &options).expect("example plugins load");
-    let config = Config {
+    let mut config = Config {
         listen: Some("127.0.0.1:0".into()),
         upstream,
         ..Config::default()
     };
+    tune(&mut config);
     let proxy = kiln_proxy::start(config, stage)
         .await
         .expect("proxy starts");
@@ -419,10 +424,12 @@ async fn rate_limit_answers_429_after_the_budget() {
 
 #[tokio::test]
 async fn c_plugin_blocks_model_management_routes() {
-    // plugins/examples/c/read_only_models.c: plain clang, no SDK.
+    // plugins/examples/c/read_only_models.c: plain clang, no SDK. The
+    // proxy itself refuses these routes unless they are enabled; here they
+    // are, and the plugin is what refuses them.
     let mut spec = plugin("read-only-models", Value::Null);
     spec.routes = Some(vec!["other".into()]);
-    let (proxy, log) = proxy(vec![spec]).await;
+    let (proxy, log) = proxy_with(vec![spec], |c| c.allow_management_routes = true).await;
 
     let r = post(&proxy, "/api/pull", None, json!({"model": "llama3:70b"})).await;
     assert_eq!(r.status(), 403);
