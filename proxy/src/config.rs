@@ -42,8 +42,9 @@ pub struct Config {
     pub listen: Option<String>,
     /// Ollama's base URL (plain HTTP; it runs beside the proxy).
     pub upstream: String,
-    /// `Origin` values passed on to Ollama; every other `Origin` is dropped,
-    /// because Ollama answers 403 to origins it does not know.
+    /// `Origin` values allowed (and passed on to Ollama); a request with any
+    /// other `Origin` is refused with 403, as Ollama refuses origins it does
+    /// not know, so that no web page can drive the proxy from a browser.
     pub allowed_origins: Vec<String>,
     /// Forward Ollama's model-management routes (`/api/pull`, `push`,
     /// `create`, `copy`, `delete`, `blobs`); refused with 403 when false.
@@ -557,6 +558,45 @@ keys = ["k1"]
             c.listen_addr(Some("9000")).unwrap().to_string(),
             "127.0.0.1:1"
         );
+    }
+
+    #[test]
+    fn ranges_are_checked_at_load() {
+        let load = |set: &str| {
+            let flags = Overrides {
+                set: vec![set.into()],
+                ..Overrides::default()
+            };
+            Config::load(None, |_| None, &flags).map(|_| ())
+        };
+        for bad in [
+            "limits.request_timeout_s=18446744073709551615",
+            "limits.request_timeout_s=0",
+            "limits.idle_timeout_s=0",
+            "limits.max_body_bytes=0",
+            "limits.max_buffered_bytes=1",
+            "ollama.startup_timeout_s=99999999",
+        ] {
+            let key = bad.split('=').next().unwrap();
+            let err = load(bad).unwrap_err().to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
+        load("limits.request_timeout_s=604800").unwrap();
+        load("allow_management_routes=true").unwrap();
+    }
+
+    #[test]
+    fn redacted_configs_hide_plugin_values_and_the_metrics_token() {
+        let c: Config = toml::from_str(
+            "metrics_token = \"t\"\n[[plugins]]\nname = \"k\"\npath = \"/p.wasm\"\n[plugins.config]\nkeys = [\"sk-1\", {name = \"n\", key = \"sk-2\"}]\nn = 3\n",
+        )
+        .unwrap();
+        let text = format!("{:?}", c.redacted());
+        assert!(
+            !text.contains("sk-1") && !text.contains("sk-2") && !text.contains("\"t\""),
+            "{text}"
+        );
+        assert!(text.contains("/p.wasm") && text.contains('3'), "{text}");
     }
 
     #[test]

@@ -120,7 +120,7 @@ pub struct PluginSpec {
     pub sha256: Option<String>,
     #[serde(default)]
     pub on_error: OnError,
-    /// Route selection (e.g. "generate", "chat", "embed", "openai"); default: all inference routes.
+    /// Route selection (e.g. "generate", "chat", "openai", "inference", "all"); default: every route.
     #[serde(default)]
     pub routes: Option<Vec<String>>,
     /// Opaque to the host; handed to the plugin as JSON.
