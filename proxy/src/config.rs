@@ -224,9 +224,14 @@ impl Config {
                 let known: Vec<String> = ENV_KEYS
                     .iter()
                     .map(|k| {
-                        k["KILN_".len()..]
-                            .to_ascii_lowercase()
-                            .replacen('_', ".", 1)
+                        // `limits.*` and `ollama.*` are tables; the rest are top-level keys.
+                        let key = k["KILN_".len()..].to_ascii_lowercase();
+                        match key.split_once('_') {
+                            Some((table @ ("limits" | "ollama"), rest)) => {
+                                format!("{table}.{rest}")
+                            }
+                            _ => key,
+                        }
                     })
                     .collect();
                 return Err(bad(
@@ -530,6 +535,7 @@ keys = ["k1"]
         for (bad, hint) in [
             ("limits.max_inflight=3", "limits.max_in_flight"),
             ("nokey", "KEY=VALUE"),
+            ("allow_management=1", "allow_management_routes"),
         ] {
             let flags = Overrides {
                 set: vec![bad.into()],
