@@ -541,7 +541,8 @@ async fn concurrent_pulls_of_the_same_model_share_one_download() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cloud_models_and_unknown_or_tensor_layers_are_refused_before_downloading_weights() {
+async fn cloud_models_and_unknown_or_nameless_tensor_layers_are_refused_before_downloading_weights()
+{
     let registry = TestRegistry::start(Auth::Anonymous).expect("registry");
     let cloud = ModelSpec {
         cloud: true,

@@ -9,7 +9,9 @@ pub mod seed;
 
 pub use http::digest_of;
 pub use registry::{Auth, TestRegistry};
-pub use seed::{Blob, ModelSpec, SeededBase, SeededModel, SyntheticBytes};
+pub use seed::{
+    Blob, ModelSpec, SeededBase, SeededModel, SyntheticBytes, TensorModelSpec, TensorSpec,
+};
 
 /// Fails with an install hint when an external tool the tests use is missing.
 pub fn require_tool(name: &str, package: &str) -> anyhow::Result<std::path::PathBuf> {

@@ -19,6 +19,8 @@ pub const OLLAMA_MODEL: &str = "application/vnd.ollama.image.model";
 pub const OLLAMA_TEMPLATE: &str = "application/vnd.ollama.image.template";
 pub const OLLAMA_LICENSE: &str = "application/vnd.ollama.image.license";
 pub const OLLAMA_PARAMS: &str = "application/vnd.ollama.image.params";
+pub const OLLAMA_TENSOR: &str = "application/vnd.ollama.image.tensor";
+pub const OLLAMA_JSON: &str = "application/vnd.ollama.image.json";
 
 /// Deterministic pseudo-random bytes: the same `(seed, len)` always gives the
 /// same stream, so a large "GGUF" blob never has to be held in memory or on disk.
@@ -92,6 +94,8 @@ pub struct ModelSpec {
     pub cloud: bool,
     /// Extra layers `(media type, bytes)`, e.g. an unknown type to test refusal.
     pub extra_layers: Vec<(String, Vec<u8>)>,
+    /// Write `rootfs.diff_ids` in the config (older Ollama did; newer writes none).
+    pub diff_ids: bool,
 }
 
 impl Default for ModelSpec {
@@ -102,8 +106,99 @@ impl Default for ModelSpec {
             family: "gemma3".into(),
             cloud: false,
             extra_layers: Vec::new(),
+            diff_ids: true,
         }
     }
+}
+
+/// One tensor of a seeded safetensors model.
+#[derive(Clone, Debug)]
+pub struct TensorSpec {
+    /// e.g. `model.layers.0.mlp.up_proj.weight`.
+    pub name: String,
+    /// BF16 elements (two bytes each).
+    pub elements: u64,
+    /// Changes the tensor's bytes; equal name, size and seed give equal blobs.
+    pub seed: u64,
+}
+
+/// What to put in a seeded safetensors model.
+#[derive(Clone, Debug, Default)]
+pub struct TensorModelSpec {
+    /// In manifest order. A tensor listed twice is one blob listed twice.
+    pub tensors: Vec<TensorSpec>,
+    /// `(name, contents)` of the JSON files (`config.json`, `tokenizer.json`).
+    pub json_files: Vec<(String, String)>,
+}
+
+impl TensorModelSpec {
+    /// `layers` transformer blocks of four tensors each (two projections of
+    /// `big` elements, two norms of 1024), an embedding of `big` elements and
+    /// the JSON files a model directory has. `seed` changes every tensor.
+    pub fn transformer(layers: usize, big: u64, seed: u64) -> TensorModelSpec {
+        let mut tensors = vec![TensorSpec {
+            name: "model.embed_tokens.weight".into(),
+            elements: big,
+            seed,
+        }];
+        for i in 0..layers {
+            for (part, elements) in [
+                ("input_layernorm.weight", 1024),
+                ("self_attn.q_proj.weight", big),
+                ("post_attention_layernorm.weight", 1024),
+                ("mlp.up_proj.weight", big),
+            ] {
+                tensors.push(TensorSpec {
+                    name: format!("model.layers.{i}.{part}"),
+                    elements,
+                    seed: seed + i as u64,
+                });
+            }
+        }
+        tensors.push(TensorSpec {
+            name: "model.norm.weight".into(),
+            elements: 1024,
+            seed,
+        });
+        TensorModelSpec {
+            tensors,
+            json_files: vec![
+                (
+                    "config.json".into(),
+                    format!(
+                        r#"{{"architectures":["Qwen3ForCausalLM"],"num_hidden_layers":{layers}}}"#
+                    ),
+                ),
+                (
+                    "tokenizer.json".into(),
+                    r#"{"version":"1.0","model":{"type":"BPE"}}"#.into(),
+                ),
+                (
+                    "generation_config.json".into(),
+                    r#"{"temperature":0.6,"top_p":0.95}"#.into(),
+                ),
+            ],
+        }
+    }
+}
+
+/// A packed safetensors file holding one BF16 tensor: the 8-byte header
+/// length, the JSON header, then the data.
+fn safetensors_blob(name: &str, elements: u64, seed: u64) -> Vec<u8> {
+    let data_len = elements * 2;
+    let header = json!({
+        name: {"dtype": "BF16", "shape": [elements], "data_offsets": [0, data_len]},
+    })
+    .to_string();
+    let mut out = Vec::with_capacity(8 + header.len() + data_len as usize);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    let mut data = SyntheticBytes::gguf(seed, data_len);
+    data.header = b"";
+    let start = out.len();
+    out.resize(start + data_len as usize, 0);
+    let _ = data.read_exact(&mut out[start..]);
+    out
 }
 
 /// A blob as listed in a manifest.
@@ -131,7 +226,11 @@ pub struct SeededModel {
 impl SeededModel {
     /// The bytes of a seeded blob (weights regenerated from the spec).
     pub fn blob_reader(&self, registry: &TestRegistry, digest: &str) -> Result<Box<dyn Read>> {
-        if self.layers.first().is_some_and(|l| l.digest == digest) {
+        if self
+            .layers
+            .first()
+            .is_some_and(|l| l.digest == digest && l.media_type == OLLAMA_MODEL)
+        {
             return Ok(Box::new(SyntheticBytes::gguf(
                 self.spec.seed,
                 self.spec.weights_size,
@@ -199,8 +298,10 @@ impl TestRegistry {
             "file_type": "Q4_K_M",
             "architecture": "amd64",
             "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| l.digest.clone()).collect::<Vec<_>>()},
         });
+        if spec.diff_ids {
+            config["rootfs"] = json!({"type": "layers", "diff_ids": layers.iter().map(|l| l.digest.clone()).collect::<Vec<_>>()});
+        }
         if spec.cloud {
             config["remote_host"] = json!("https://ollama.com:443");
             config["remote_model"] =
@@ -216,6 +317,92 @@ impl TestRegistry {
             config,
             layers,
             spec: spec.clone(),
+        })
+    }
+
+    /// Seeds a safetensors model at `repo:tag` the way Ollama's `x/create`
+    /// writes one: a Docker v2 manifest whose layers are one
+    /// `application/vnd.ollama.image.tensor` blob per tensor (a packed
+    /// safetensors file, with `name`, `dtype` and `shape` on the layer), the
+    /// model's JSON files as `application/vnd.ollama.image.json` layers, and a
+    /// config without `rootfs` (Ollama's `ConfigV2` has none).
+    pub fn seed_tensor_model(
+        &self,
+        repo: &str,
+        tag: &str,
+        spec: &TensorModelSpec,
+    ) -> Result<SeededModel> {
+        let mut layers = Vec::new();
+        let mut entries = Vec::new();
+        for tensor in &spec.tensors {
+            let bytes = safetensors_blob(&tensor.name, tensor.elements, tensor.seed);
+            let digest = self.push_bytes(repo, &bytes)?;
+            let blob = Blob {
+                media_type: OLLAMA_TENSOR.into(),
+                digest,
+                size: bytes.len() as u64,
+            };
+            entries.push(json!({
+                "mediaType": blob.media_type,
+                "digest": blob.digest,
+                "size": blob.size,
+                "name": tensor.name,
+                "dtype": "BF16",
+                "shape": [tensor.elements],
+            }));
+            layers.push(blob);
+        }
+        for (name, text) in &spec.json_files {
+            let digest = self.push_bytes(repo, text.as_bytes())?;
+            let blob = Blob {
+                media_type: OLLAMA_JSON.into(),
+                digest,
+                size: text.len() as u64,
+            };
+            entries.push(json!({
+                "mediaType": blob.media_type,
+                "digest": blob.digest,
+                "size": blob.size,
+                "name": name,
+            }));
+            layers.push(blob);
+        }
+        let config = json!({
+            "model_format": "safetensors",
+            "model_family": "qwen3",
+            "model_families": ["qwen3"],
+            "model_type": "0.6B",
+            "file_type": "bf16",
+            "capabilities": ["completion"],
+            "requires": "0.14.0",
+            "architecture": "amd64",
+            "os": "linux",
+        });
+        let config_bytes = serde_json::to_vec(&config)?;
+        let config = Blob {
+            media_type: DOCKER_CONFIG.into(),
+            digest: self.push_bytes(repo, &config_bytes)?,
+            size: config_bytes.len() as u64,
+        };
+        // Pretty-printed, as some registries serve it: the bytes must be kept as they are.
+        let manifest = serde_json::to_vec_pretty(&json!({
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST,
+            "config": descriptor(&config),
+            "layers": entries,
+        }))?;
+        let manifest_digest = self.push_manifest(repo, tag, DOCKER_MANIFEST, &manifest)?;
+        Ok(SeededModel {
+            repo: repo.into(),
+            tag: tag.into(),
+            manifest,
+            manifest_digest,
+            config,
+            layers,
+            spec: ModelSpec {
+                weights_size: 0,
+                ..ModelSpec::default()
+            },
         })
     }
 

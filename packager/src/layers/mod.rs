@@ -162,6 +162,62 @@ impl LayerSpec {
     }
 }
 
+/// The tar bytes around the one file of a single-file layer, so the layer's
+/// digest can be computed by whoever streams the file's bytes anyway (the
+/// pull), and recorded in the digest cache as if [`Layer::build`] had hashed it.
+#[derive(Clone, Debug)]
+pub struct TarFraming {
+    /// Directory entries and the file's header.
+    pub prefix: Vec<u8>,
+    /// The file's padding and the end-of-archive blocks.
+    pub suffix: Vec<u8>,
+    key: String,
+    tar_size: u64,
+}
+
+impl TarFraming {
+    /// The framing of an uncompressed layer holding exactly one file; `None`
+    /// for any other layer.
+    pub fn of(spec: &LayerSpec) -> Result<Option<TarFraming>, LayerError> {
+        let segments = tar_stream::plan(spec)?;
+        let files = segments
+            .iter()
+            .filter(|s| matches!(s, tar_stream::Segment::File { .. }))
+            .count();
+        if files != 1 || spec.file_count() != 1 {
+            return Ok(None);
+        }
+        let (mut prefix, mut suffix, mut after) = (Vec::new(), Vec::new(), false);
+        for segment in &segments {
+            let out = if after { &mut suffix } else { &mut prefix };
+            match segment {
+                tar_stream::Segment::Bytes(b) => out.extend_from_slice(b),
+                tar_stream::Segment::Zeros(n) => out.resize(out.len() + *n as usize, 0),
+                tar_stream::Segment::File { .. } => after = true,
+            }
+        }
+        Ok(Some(TarFraming {
+            prefix,
+            suffix,
+            key: layer_key(spec, Compression::None),
+            tar_size: segments.iter().map(|s| s.len()).sum(),
+        }))
+    }
+
+    /// Records the layer's digest, given a hasher that has seen the prefix
+    /// and the file's bytes.
+    pub fn finish(&self, mut hasher: Sha256, cache: &LayerCache) -> String {
+        hasher.update(&self.suffix);
+        let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+        cache.put(&self.key, &digest, self.tar_size, &digest);
+        digest
+    }
+}
+
+fn layer_key(spec: &LayerSpec, compression: Compression) -> String {
+    format!("{}-{}", spec.cache_key(), compression.cache_tag())
+}
+
 /// How kiln's layers are stored in the image. Uncompressed is the default:
 /// weights barely compress and an uncompressed layer needs one hash pass and
 /// no CPU on either end. gzip is the escape hatch for runtimes that insist on
@@ -214,7 +270,7 @@ impl Layer {
         cache: &LayerCache,
         compression: Compression,
     ) -> Result<Layer, LayerError> {
-        let key = format!("{}-{}", spec.cache_key(), compression.cache_tag());
+        let key = layer_key(&spec, compression);
         let tar_size = spec.tar_size()?;
         if let Some((digest, size, diff_id)) = cache.get(&key)
             && (compression != Compression::None || size == tar_size)
@@ -541,6 +597,49 @@ mod tests {
                 .digest,
             fake
         );
+    }
+
+    #[tokio::test]
+    async fn a_framed_file_hashes_to_the_layer_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("blob");
+        let bytes: Vec<u8> = (0..70_001u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&file, &bytes).unwrap();
+        let digest = crate::image::sha256_digest(&bytes);
+        let spec = || {
+            let mut s = LayerSpec::new("w");
+            s.file(
+                "/models/blobs/sha256-x",
+                0o644,
+                Source::blob(&file, bytes.len() as u64, &digest),
+            )
+            .unwrap();
+            s
+        };
+        let framing = TarFraming::of(&spec()).unwrap().expect("one file");
+        let cache = LayerCache::new(Some(dir.path().join("cache")));
+        let mut hasher = Sha256::new();
+        hasher.update(&framing.prefix);
+        hasher.update(&bytes);
+        let framed = framing.finish(hasher, &cache);
+        assert_eq!(framed, crate::image::sha256_digest(&read_all(&spec())));
+        // Pack finds it: the layer is not hashed again (the file is gone).
+        std::fs::remove_file(&file).unwrap();
+        let layer = Layer::build(spec(), &cache, Compression::None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (layer.digest, layer.size),
+            (framed, spec().tar_size().unwrap())
+        );
+        // Two files: no framing.
+        let mut two = spec();
+        two.file("/models/x", 0o644, bytes_source(b"x")).unwrap();
+        assert!(TarFraming::of(&two).unwrap().is_none());
+    }
+
+    fn bytes_source(b: &[u8]) -> Source {
+        Source::Bytes(Arc::from(b))
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Which files go into which layer. Weights change rarely and are huge, so
-//! each gets its own layer (an unchanged model is never re-sent, and a runtime
-//! can fetch layers in parallel); manifests and small blobs share one layer;
-//! the proxy, its plugins and config, which change most often, come last.
+//! each large blob gets its own layer (an unchanged model, or an unchanged
+//! tensor of a new model version, is never re-sent, and a runtime can fetch
+//! layers in parallel); manifests and small blobs share one layer; the
+//! proxy, its plugins and config, which change most often, come last.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,8 +12,18 @@ use crate::layers::{LayerError, LayerSpec, Source};
 use crate::pull::PulledModel;
 
 /// Blobs at least this big get their own layer even if their type is not
-/// a known weights type (an unknown large blob still deserves its own layer).
+/// a known weights type (an unknown large blob still deserves its own layer,
+/// and so does each large tensor of a safetensors model).
 const OWN_LAYER_BYTES: u64 = 32 << 20;
+
+/// At most this many blobs get a layer of their own. Overlay filesystems
+/// stack at most ~128 layers (Docker refuses images beyond 127), and the
+/// base image and kiln's other layers need some of them; a safetensors model
+/// can have hundreds of large tensors.
+const MAX_OWN_LAYERS: usize = 88;
+/// Large blobs beyond [`MAX_OWN_LAYERS`] share this many layers, picked by
+/// digest, so one changed tensor re-sends one group, not all of them.
+const SHARED_GROUPS: usize = 8;
 
 /// Ollama media types that hold weights.
 const WEIGHT_TYPES: [&str; 3] = [
@@ -34,15 +45,99 @@ pub struct ProxyFiles {
     pub config: Option<PathBuf>,
 }
 
-/// One layer per weight blob, then one with every manifest and small blob.
+/// A blob of a model as the layer plan sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct PlannedBlob<'a> {
+    pub digest: &'a str,
+    pub media_type: &'a str,
+    pub size: u64,
+}
+
+/// Where each blob goes: its own layer, one of the shared groups of large
+/// blobs, or the layer of small files. Decided from the manifests alone, so
+/// `pull` can frame a blob as its layer's tar while downloading it.
+#[derive(Debug, Default)]
+pub struct LayerPlan {
+    /// Digests with a layer of their own.
+    pub own: BTreeSet<String>,
+    /// Digest → group index, for large blobs beyond the budget.
+    pub grouped: BTreeMap<String, usize>,
+}
+
+impl LayerPlan {
+    /// Blobs are given in manifest order; each digest counts once.
+    pub fn new<'a>(blobs: impl IntoIterator<Item = PlannedBlob<'a>>) -> LayerPlan {
+        let mut seen = BTreeSet::new();
+        let mut large: Vec<PlannedBlob> = blobs
+            .into_iter()
+            .filter(|b| seen.insert(b.digest))
+            .filter(|b| WEIGHT_TYPES.contains(&b.media_type) || b.size >= OWN_LAYER_BYTES)
+            .collect();
+        // The largest blobs keep their own layers; ties by digest, so the
+        // plan does not depend on manifest order.
+        large.sort_by(|a, b| b.size.cmp(&a.size).then(a.digest.cmp(b.digest)));
+        let mut plan = LayerPlan::default();
+        for (i, blob) in large.iter().enumerate() {
+            if i < MAX_OWN_LAYERS {
+                plan.own.insert(blob.digest.to_string());
+            } else {
+                let group = u8::from_str_radix(blob.digest.get(7..9).unwrap_or("00"), 16)
+                    .map_or(0, |b| b as usize % SHARED_GROUPS);
+                plan.grouped.insert(blob.digest.to_string(), group);
+            }
+        }
+        plan
+    }
+
+    /// The plan for pulled models.
+    pub fn for_models(models: &[PulledModel]) -> LayerPlan {
+        LayerPlan::new(models.iter().flat_map(|m| {
+            m.blobs().map(|b| PlannedBlob {
+                digest: &b.digest,
+                media_type: &b.media_type,
+                size: b.size,
+            })
+        }))
+    }
+}
+
+/// `<models path>/blobs/sha256-<hex>`: Ollama names blob files with a dash, not a colon.
+pub fn blob_image_path(models_path: &str, digest: &str) -> String {
+    let hex = digest.trim_start_matches("sha256:");
+    format!("{}/blobs/sha256-{hex}", models_path.trim_end_matches('/'))
+}
+
+/// The layer holding one blob alone. Its bytes (and so its digest) depend
+/// only on the models path and the blob, which is what lets `pull` compute
+/// the digest while it downloads the blob.
+pub fn own_layer(
+    models_path: &str,
+    digest: &str,
+    size: u64,
+    cached: &Path,
+    description: String,
+) -> Result<LayerSpec, LayerError> {
+    let mut layer = LayerSpec::new(description);
+    layer.file(
+        &blob_image_path(models_path, digest),
+        0o644,
+        Source::blob(cached, size, digest),
+    )?;
+    Ok(layer)
+}
+
+/// One layer per large blob (within the budget), the shared groups of the
+/// remaining large blobs, then one with every manifest and small blob.
 /// Blobs shared by several models appear once.
 pub fn model_layers(
     models: &[PulledModel],
     models_path: &str,
 ) -> Result<Vec<LayerSpec>, LayerError> {
     let root = models_path.trim_end_matches('/');
+    let plan = LayerPlan::for_models(models);
     let mut seen = BTreeSet::new();
     let mut weights = Vec::new();
+    let mut groups: BTreeMap<usize, LayerSpec> = BTreeMap::new();
     let mut small = LayerSpec::new(format!(
         "models: manifests and small blobs of {}",
         models
@@ -62,20 +157,29 @@ pub fn model_layers(
             if !seen.insert(blob.digest.clone()) {
                 continue;
             }
-            let hex = blob.digest.trim_start_matches("sha256:");
-            // Ollama names blob files sha256-<hex> (a dash, not a colon).
-            let path = format!("{root}/blobs/sha256-{hex}");
+            let path = blob_image_path(root, &blob.digest);
             let source = Source::blob(&blob.path, blob.size, &blob.digest);
-            if WEIGHT_TYPES.contains(&blob.media_type.as_str()) || blob.size >= OWN_LAYER_BYTES {
-                let mut layer =
-                    LayerSpec::new(format!("weights: {} {}", model.reference, blob.digest));
-                layer.file(&path, 0o644, source)?;
-                weights.push(layer);
+            if plan.own.contains(&blob.digest) {
+                weights.push(own_layer(
+                    root,
+                    &blob.digest,
+                    blob.size,
+                    &blob.path,
+                    format!("weights: {} {}", model.reference, blob.digest),
+                )?);
+            } else if let Some(&group) = plan.grouped.get(&blob.digest) {
+                groups
+                    .entry(group)
+                    .or_insert_with(|| {
+                        LayerSpec::new(format!("weights: large blobs, group {group}"))
+                    })
+                    .file(&path, 0o644, source)?;
             } else {
                 small.file(&path, 0o644, source)?;
             }
         }
     }
+    weights.extend(groups.into_values());
     weights.push(small);
     Ok(weights)
 }
@@ -151,6 +255,38 @@ mod tests {
             layers[3].description.contains("gemma3:4b")
                 && layers[3].description.contains("gemma3:1b")
         );
+    }
+
+    #[test]
+    fn large_tensors_beyond_the_layer_budget_share_stable_groups() {
+        let digests: Vec<String> = (0..200u32)
+            .map(|i| format!("sha256:{:064x}", u128::from(i) * 0x1234_5678_9abc_def1))
+            .collect();
+        let blobs = |extra: u64| {
+            digests
+                .iter()
+                .enumerate()
+                .map(move |(i, d)| PlannedBlob {
+                    digest: d.as_str(),
+                    media_type: "application/vnd.ollama.image.tensor",
+                    size: OWN_LAYER_BYTES + i as u64 + extra,
+                })
+                .chain([PlannedBlob {
+                    digest: "sha256:small",
+                    media_type: "application/vnd.ollama.image.tensor",
+                    size: 4096,
+                }])
+        };
+        let plan = LayerPlan::new(blobs(0));
+        assert_eq!(plan.own.len(), MAX_OWN_LAYERS);
+        assert_eq!(plan.grouped.len(), 200 - MAX_OWN_LAYERS);
+        assert!(plan.grouped.values().all(|&g| g < SHARED_GROUPS));
+        // The largest keep their own layers; the small one is in neither.
+        assert!(plan.own.contains(&digests[199]) && !plan.own.contains(&digests[0]));
+        assert!(!plan.own.contains("sha256:small") && !plan.grouped.contains_key("sha256:small"));
+        // Same blobs in another order: same plan.
+        let reversed: Vec<PlannedBlob> = blobs(0).collect::<Vec<_>>().into_iter().rev().collect();
+        assert_eq!(LayerPlan::new(reversed).grouped, plan.grouped);
     }
 
     #[test]

@@ -150,7 +150,12 @@ pub async fn pack(opts: &PackOptions) -> Result<PackOutcome, PackError> {
         AbortOnDrop(tokio::spawn(async move { pusher.push_blobs(blobs).await }))
     });
 
-    let models = pull_models(&opts.pull, &opts.models).await?;
+    // The pull hashes each weights layer (as this image lays it out) while it
+    // downloads the blob, so the layers below are found in the digest cache.
+    let mut pull = opts.pull.clone();
+    pull.layer_models_path =
+        (opts.compression == Compression::None).then(|| opts.models_path.clone());
+    let models = pull_models(&pull, &opts.models).await?;
 
     let cache = LayerCache::new(Some(opts.pull.cache_dir.clone()));
     let mut specs = layers::model_layers(&models, &opts.models_path)?;

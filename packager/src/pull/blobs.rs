@@ -8,6 +8,7 @@ use super::download::{BlobJob, download};
 use super::manifest::Descriptor;
 use super::{BlobRef, PullError, PullOptions, local};
 use crate::cache::Cache;
+use crate::layers::TarFraming;
 use crate::progress::Progress;
 use crate::reference::ModelRef;
 
@@ -23,6 +24,7 @@ impl BlobFetcher<'_> {
         client: &RegistryClient,
         model: &ModelRef,
         blob: &Descriptor,
+        layer: Option<&TarFraming>,
     ) -> Result<BlobRef, PullError> {
         let found = |path| BlobRef {
             digest: blob.digest.clone(),
@@ -61,6 +63,7 @@ impl BlobFetcher<'_> {
             repository: &model.repository(),
             digest: &blob.digest,
             size: blob.size,
+            layer,
         };
         let path = download(&job, |already| {
             self.progress.blob(&blob.digest, blob.size, already)

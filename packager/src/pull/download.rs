@@ -18,10 +18,12 @@ use tokio::task::JoinSet;
 
 use super::client::{RegistryClient, redact};
 use super::partial::{
-    Shared, WRITE_BUFFER, hash_prefix, open_partial, part_size_for, save_periodically, save_state,
+    Hashers, Shared, WRITE_BUFFER, hash_prefix, open_partial, part_size_for, save_periodically,
+    save_state,
 };
 use super::{PullError, PullOptions, describe};
 use crate::cache::Cache;
+use crate::layers::{LayerCache, TarFraming};
 use crate::progress::BlobProgress;
 
 /// Where a part's bytes come from: the registry URL, or the CDN URL it redirected to.
@@ -37,6 +39,8 @@ pub(crate) struct BlobJob<'a> {
     pub repository: &'a str,
     pub digest: &'a str,
     pub size: u64,
+    /// The blob's own layer in `kiln pack`, hashed alongside the blob.
+    pub layer: Option<&'a TarFraming>,
 }
 
 impl BlobJob<'_> {
@@ -83,11 +87,17 @@ async fn download_in_parts(
     let (shared, hot) = Shared::new(file, &partial, &state, pending, progress_for(already));
     let shared = Arc::new(shared);
 
-    let result = run(job, &shared, hot).await;
+    let hashers = Hashers::new(job.layer.map(|framing| {
+        use sha2::Digest as _;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(&framing.prefix);
+        hasher
+    }));
+    let result = run(job, &shared, hot, hashers).await;
     // Save what is on disk whatever happened, so the next run resumes.
     let _ = save_state(&state_path, &shared.state());
-    let actual = match result {
-        Ok(actual) => actual,
+    let (actual, layer_hasher) = match result {
+        Ok(hashed) => hashed,
         Err(e) => {
             shared.progress.abandon();
             return Err(e);
@@ -105,18 +115,26 @@ async fn download_in_parts(
     }
     let path = job.cache.commit(job.digest, &partial)?;
     let _ = fs::remove_file(&state_path);
+    if let (Some(framing), Some(hasher)) = (job.layer, layer_hasher) {
+        framing.finish(
+            hasher,
+            &LayerCache::new(Some(job.cache.root().to_path_buf())),
+        );
+    }
     shared.progress.finish();
     Ok(path)
 }
 
-/// Fetches the pending parts and hashes the file; returns `sha256:<hex>`.
+/// Fetches the pending parts and hashes the file; returns `sha256:<hex>`
+/// and the layer's hasher.
 async fn run(
     job: &BlobJob<'_>,
     shared: &Arc<Shared>,
     hot: std::sync::mpsc::Receiver<(u64, Vec<u8>)>,
-) -> Result<String, PullError> {
+    hashers: Hashers,
+) -> Result<(String, Option<sha2::Sha256>), PullError> {
     // Both helpers stop with this future, also when a caller drops it mid-way.
-    let mut hasher = AbortOnDrop(tokio::spawn(hash_prefix(Arc::clone(shared), hot)));
+    let mut hasher = AbortOnDrop(tokio::spawn(hash_prefix(Arc::clone(shared), hot, hashers)));
     let _stop_hasher = CancelOnDrop(shared.as_ref());
     let _saver = AbortOnDrop(tokio::spawn(save_periodically(
         Arc::clone(shared),

@@ -11,10 +11,19 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 /// The GGUF weights.
 pub const OLLAMA_MODEL: &str = "application/vnd.ollama.image.model";
+/// One tensor of a safetensors model (Ollama's `manifest.MediaTypeImageTensor`),
+/// named by the layer's `name` field (`model.layers.0.mlp.up_proj.weight`).
+pub const OLLAMA_TENSOR: &str = "application/vnd.ollama.image.tensor";
+/// A JSON file of a safetensors model (`config.json`, `tokenizer.json`),
+/// named by the layer's `name` field.
+pub const OLLAMA_JSON: &str = "application/vnd.ollama.image.json";
 
-/// Layer types Ollama's GGUF path understands (`server/images.go` GetModel).
-/// `.tensor` and `.json` belong to the safetensors/MLX path and are refused.
+/// Layer types Ollama understands: the GGUF path (`server/images.go`
+/// GetModel) and the safetensors path (`x/create`, `manifest/layer.go`),
+/// whose tensors and JSON files are one layer each.
 const KNOWN_LAYERS: &[&str] = &[
+    OLLAMA_TENSOR,
+    OLLAMA_JSON,
     "application/vnd.ollama.image.model",
     "application/vnd.ollama.image.projector",
     "application/vnd.ollama.image.adapter",
@@ -28,12 +37,18 @@ const KNOWN_LAYERS: &[&str] = &[
     "application/vnd.ollama.image.draft",
 ];
 
+/// A layer as listed in the manifest. Fields kiln does not act on (a
+/// tensor's `dtype` and `shape`, `from`) stay in the manifest bytes, which
+/// are kept exactly as served.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Descriptor {
     #[serde(rename = "mediaType")]
     pub media_type: String,
     pub digest: String,
     pub size: u64,
+    /// A safetensors layer's tensor or file name.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -78,14 +93,6 @@ pub fn parse_manifest(model: &ModelRef, bytes: &[u8]) -> Result<Manifest, PullEr
     }
     for layer in &manifest.layers {
         let media_type = layer.media_type.as_str();
-        if media_type.ends_with(".tensor") || media_type == "application/vnd.ollama.image.json" {
-            return Err(PullError::Unsupported {
-                model: model.short(),
-                reason: format!(
-                    "it is a safetensors (MLX) model (layer {media_type}); only GGUF models are supported"
-                ),
-            });
-        }
         if !KNOWN_LAYERS.contains(&media_type) {
             return Err(PullError::Unsupported {
                 model: model.short(),
@@ -94,8 +101,22 @@ pub fn parse_manifest(model: &ModelRef, bytes: &[u8]) -> Result<Manifest, PullEr
                 ),
             });
         }
+        // Ollama finds a safetensors model's tensors and files by these names.
+        if (media_type == OLLAMA_TENSOR || media_type == OLLAMA_JSON)
+            && layer.name.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(invalid(format!(
+                "its safetensors layer {} ({media_type}) has no name, and Ollama finds \
+                 tensors and files by name",
+                layer.digest
+            )));
+        }
     }
-    if !manifest.layers.iter().any(|l| l.media_type == OLLAMA_MODEL) {
+    if !manifest
+        .layers
+        .iter()
+        .any(|l| l.media_type == OLLAMA_MODEL || l.media_type == OLLAMA_TENSOR)
+    {
         return Err(cloud_or_weightless(model));
     }
     Ok(manifest)
@@ -151,7 +172,7 @@ mod tests {
     }
 
     #[test]
-    fn gguf_layers_are_accepted_and_tensor_or_unknown_layers_refused() {
+    fn gguf_and_tensor_layers_are_accepted_and_unknown_layers_refused() {
         assert!(
             parse_manifest(
                 &model(),
@@ -159,18 +180,54 @@ mod tests {
             )
             .is_ok()
         );
-        let tensor = parse_manifest(
-            &model(),
-            &manifest_with("application/vnd.ollama.image.tensor"),
-        )
-        .unwrap_err();
-        assert!(tensor.to_string().contains("safetensors"), "{tensor}");
         let unknown =
             parse_manifest(&model(), &manifest_with("application/x-surprise")).unwrap_err();
         assert!(
             unknown.to_string().contains("application/x-surprise"),
             "{unknown}"
         );
+    }
+
+    fn tensor_manifest(layers: serde_json::Value) -> Vec<u8> {
+        let d = format!("sha256:{}", "ab".repeat(32));
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST,
+            "config": {"mediaType": DOCKER_CONFIG, "digest": d, "size": 10},
+            "layers": layers,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn safetensors_models_need_a_name_on_each_tensor_and_json_layer() {
+        let d = format!("sha256:{}", "cd".repeat(32));
+        let good = tensor_manifest(serde_json::json!([
+            {"mediaType": OLLAMA_TENSOR, "digest": d, "size": 10,
+             "name": "model.embed_tokens.weight", "dtype": "BF16", "shape": [5]},
+            {"mediaType": OLLAMA_JSON, "digest": d, "size": 10, "name": "config.json"},
+        ]));
+        let manifest = parse_manifest(&model(), &good).unwrap();
+        assert_eq!(
+            manifest.layers[0].name.as_deref(),
+            Some("model.embed_tokens.weight")
+        );
+        let nameless = tensor_manifest(serde_json::json!([
+            {"mediaType": OLLAMA_TENSOR, "digest": d, "size": 10},
+        ]));
+        let err = parse_manifest(&model(), &nameless).unwrap_err();
+        assert!(err.to_string().contains("has no name"), "{err}");
+        // JSON files alone are no model.
+        let weightless = tensor_manifest(serde_json::json!([
+            {"mediaType": OLLAMA_JSON, "digest": d, "size": 10, "name": "config.json"},
+        ]));
+        assert!(parse_manifest(&model(), &weightless).is_err());
+    }
+
+    #[test]
+    fn configs_without_diff_ids_are_accepted() {
+        let safetensors = br#"{"model_format":"safetensors","model_family":"qwen3","model_families":["qwen3"],"model_type":"0.6B","file_type":"bf16","requires":"0.14.0","architecture":"amd64","os":"linux"}"#;
+        assert!(check_config(&model(), safetensors).is_ok());
     }
 
     #[test]

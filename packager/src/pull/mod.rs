@@ -16,11 +16,14 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use reqwest::{StatusCode, Url};
 
 pub use client::Credentials;
 
 use crate::cache::{Cache, CacheError};
+use crate::layers::TarFraming;
+use crate::pack::layers::{LayerPlan, PlannedBlob, own_layer};
 use crate::progress::{Progress, ProgressMode};
 use crate::reference::ModelRef;
 use client::{MANIFEST_ACCEPT, RegistryClient, redact};
@@ -41,6 +44,14 @@ pub struct PullOptions {
     pub parallel: Option<usize>,
     /// Bytes per ranged part; `None` picks by blob size.
     pub part_size: Option<u64>,
+    /// Blobs downloaded at once for safetensors models, which have hundreds
+    /// (4, as Ollama's `OLLAMA_MAX_TRANSFER_STREAMS`). GGUF models' blobs come
+    /// one after the other, each in parallel ranges, as Ollama fetches them.
+    pub blob_streams: usize,
+    /// `OLLAMA_MODELS` inside the image `kiln pack` will build: each blob that
+    /// gets a layer of its own there is also hashed as that layer while it
+    /// downloads, so the first pack hashes nothing. `None`: blobs only.
+    pub layer_models_path: Option<String>,
     /// Failed attempts in a row (without progress) before a part gives up.
     pub max_retries: u32,
     /// First retry delay; doubles per failure up to 32×.
@@ -63,6 +74,8 @@ impl PullOptions {
             credentials: None,
             parallel: None,
             part_size: None,
+            blob_streams: 4,
+            layer_models_path: Some(DEFAULT_MODELS_PATH.to_string()),
             max_retries: 6,
             retry_base_delay: Duration::from_secs(1),
             stall_timeout: Duration::from_secs(30),
@@ -82,6 +95,9 @@ impl PullOptions {
             .max(1)
     }
 }
+
+/// `OLLAMA_MODELS` in images `kiln pack` builds, unless `--models-path` says otherwise.
+pub const DEFAULT_MODELS_PATH: &str = "/models";
 
 /// A blob in the cache, verified against its digest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -329,7 +345,7 @@ pub async fn pull_models(
     // so those are refused before any weights move.
     let mut configs = Vec::new();
     for (model, client, _, parsed) in &plans {
-        let config = fetcher.fetch(client, model, &parsed.config).await?;
+        let config = fetcher.fetch(client, model, &parsed.config, None).await?;
         let config_bytes = std::fs::read(&config.path).map_err(|source| PullError::Io {
             path: config.path.clone(),
             source,
@@ -337,12 +353,46 @@ pub async fn pull_models(
         manifest::check_config(model, &config_bytes)?;
         configs.push(config);
     }
+    // Every distinct layer once; a few at a time when there are tensors (a
+    // safetensors model has hundreds, some shared between models or within one).
+    let streams = if plans.iter().any(|(_, _, _, parsed)| {
+        parsed
+            .layers
+            .iter()
+            .any(|l| l.media_type == manifest::OLLAMA_TENSOR)
+    }) {
+        options.blob_streams.max(1)
+    } else {
+        1
+    };
+    let framings = layer_framings(&cache, &plans, options)?;
+    let mut seen = std::collections::HashSet::new();
+    let jobs: Vec<_> = plans
+        .iter()
+        .flat_map(|(model, client, _, parsed)| {
+            parsed.layers.iter().map(move |l| (model, client, l))
+        })
+        .filter(|(_, _, layer)| seen.insert(layer.digest.as_str()))
+        .map(|(model, client, layer)| {
+            let framing = framings.get(&layer.digest);
+            fetcher.fetch(client, model, layer, framing)
+        })
+        .collect();
+    let fetched: HashMap<String, BlobRef> = futures_util::stream::iter(jobs)
+        .buffer_unordered(streams)
+        .map_ok(|blob| (blob.digest.clone(), blob))
+        .try_collect()
+        .await?;
     let mut pulled = Vec::new();
-    for ((model, client, bytes, parsed), config) in plans.iter().zip(configs) {
-        let mut layers = Vec::new();
-        for layer in &parsed.layers {
-            layers.push(fetcher.fetch(client, model, layer).await?);
-        }
+    for ((model, _, bytes, parsed), config) in plans.iter().zip(configs) {
+        let layers = parsed
+            .layers
+            .iter()
+            .map(|layer| BlobRef {
+                media_type: layer.media_type.clone(),
+                ..fetched[&layer.digest].clone()
+            })
+            .collect();
         pulled.push(PulledModel {
             reference: model.clone(),
             manifest: bytes.clone(),
@@ -356,6 +406,43 @@ pub async fn pull_models(
     }
     progress.finish();
     Ok(pulled)
+}
+
+/// The tar framing of each blob that `kiln pack` will give a layer of its
+/// own (the same plan pack makes from the same manifests).
+fn layer_framings(
+    cache: &Cache,
+    plans: &[(ModelRef, RegistryClient, Vec<u8>, manifest::Manifest)],
+    options: &PullOptions,
+) -> Result<HashMap<String, TarFraming>, PullError> {
+    let Some(models_path) = &options.layer_models_path else {
+        return Ok(HashMap::new());
+    };
+    let blobs = plans.iter().flat_map(|(_, _, _, parsed)| {
+        std::iter::once(&parsed.config)
+            .chain(&parsed.layers)
+            .map(|b| PlannedBlob {
+                digest: &b.digest,
+                media_type: &b.media_type,
+                size: b.size,
+            })
+    });
+    let mut framings = HashMap::new();
+    for digest in LayerPlan::new(blobs).own {
+        let size = plans
+            .iter()
+            .flat_map(|(_, _, _, parsed)| &parsed.layers)
+            .find(|l| l.digest == digest)
+            .map_or(0, |l| l.size);
+        let path = cache.blob_path(&digest)?;
+        let framing = own_layer(models_path, &digest, size, &path, String::new())
+            .ok()
+            .and_then(|spec| TarFraming::of(&spec).ok().flatten());
+        if let Some(framing) = framing {
+            framings.insert(digest, framing);
+        }
+    }
+    Ok(framings)
 }
 
 const MANIFEST_LIMIT: usize = 4 << 20;
