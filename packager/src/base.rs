@@ -1,13 +1,14 @@
-//! Reading the base image from its registry: index → the requested platform's
-//! manifest → config. Docker v2 and OCI manifests are both accepted; the
-//! layers' media types are checked here so a base kiln cannot carry fails
-//! before any upload.
+//! The base image of `kiln pack`, read with [`crate::image::remote`] and
+//! checked for what kiln builds on: the platform asked for, one diff_id per
+//! layer, layer media types kiln can carry (converted to OCI's), so a base
+//! that cannot work fails before any upload.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::image::{self, AnyManifest, Descriptor, ImageRef, Platform, config};
+use crate::image::remote::{self, RemoteError, RemoteImage};
+use crate::image::{self, Descriptor, ImageRef, Platform, config};
 use crate::registry::{RegistryClient, RegistryError};
 
 #[derive(Debug, thiserror::Error)]
@@ -63,41 +64,23 @@ pub async fn resolve(
         reference: name.clone(),
         detail,
     };
-    let repo = &reference.repository;
-
-    let top = client
-        .get_manifest(repo, reference.reference())
+    let RemoteImage {
+        manifest_digest,
+        manifest,
+        config,
+    } = remote::read(&client, reference, platform)
         .await
-        .map_err(reg)?;
-    let (manifest, manifest_digest) = match top.parse(&name).map_err(|e| invalid(e.to_string()))? {
-        AnyManifest::Image(m) => (m, top.digest.clone()),
-        AnyManifest::Index(index) => {
-            let entry = index
-                .manifests
-                .iter()
-                .find(|d| d.platform.as_ref().is_some_and(|p| platform.matches(p)))
-                .ok_or_else(|| BaseError::NoPlatform {
-                    reference: name.clone(),
-                    wanted: platform.to_string(),
-                    available: available_platforms(&index.manifests),
-                })?;
-            let raw = client
-                .get_manifest(repo, &entry.digest)
-                .await
-                .map_err(reg)?;
-            match raw.parse(&name).map_err(|e| invalid(e.to_string()))? {
-                AnyManifest::Image(m) => (m, raw.digest),
-                AnyManifest::Index(_) => {
-                    return Err(invalid("an index points at another index".into()));
-                }
-            }
-        }
-    };
-    image::validate_digest(&manifest.config.digest).map_err(|e| invalid(e.to_string()))?;
-    let config = client
-        .get_blob_bytes(repo, &manifest.config.digest)
-        .await
-        .map_err(reg)?;
+        .map_err(|e| match e {
+            RemoteError::Registry(error) => reg(error),
+            RemoteError::NoPlatform {
+                wanted, available, ..
+            } => BaseError::NoPlatform {
+                reference: name.clone(),
+                wanted,
+                available,
+            },
+            RemoteError::Invalid(detail) => invalid(detail),
+        })?;
 
     // A single-platform base (no index) must still be the platform asked for:
     // Cloud Run runs linux/amd64 only, and an arm64 base would crash there.
@@ -149,18 +132,4 @@ pub async fn resolve(
         config,
         layers,
     })
-}
-
-fn available_platforms(entries: &[Descriptor]) -> String {
-    let list: Vec<String> = entries
-        .iter()
-        .filter_map(|d| d.platform.as_ref())
-        .filter(|p| p.os != "unknown")
-        .map(Platform::to_string)
-        .collect();
-    if list.is_empty() {
-        "no platforms listed".into()
-    } else {
-        list.join(", ")
-    }
 }

@@ -2,14 +2,14 @@
 //! and content, env, entrypoint, baked models), from a registry or an OCI
 //! layout directory (`oci:DIR[:TAG]`).
 
-use std::path::Path;
-
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use serde_json::Value;
 
 use crate::auth::{AuthOptions, credential_for};
-use crate::image::{self, AnyManifest, ImageRef, Manifest, Platform};
+use crate::image::remote::{self, RemoteError};
+use crate::image::{self, ImageRef, Manifest, Platform};
 use crate::registry::RegistryClient;
+use crate::sinks::oci_layout;
 use crate::sinks::registry::human;
 
 /// Show what a (kiln-built) image holds: platform, layers, env, entrypoint, models.
@@ -67,60 +67,27 @@ pub async fn read_registry(
         credential_for(&reference.registry, &AuthOptions::from_environment(), false).await?;
     let plain = image::reference::is_plain_http(&reference.registry, insecure);
     let client = RegistryClient::new(reference.api_host(), plain, credential)?;
-    let repo = &reference.repository;
-    let mut raw = client.get_manifest(repo, reference.reference()).await?;
-    if let AnyManifest::Index(index) = raw.parse(&reference.to_string())? {
-        let entry = index
-            .manifests
-            .iter()
-            .find(|d| d.platform.as_ref().is_some_and(|p| platform.matches(p)))
-            .with_context(|| format!("{reference} has no {platform} image; pass --platform"))?;
-        raw = client.get_manifest(repo, &entry.digest).await?;
-    }
-    let AnyManifest::Image(manifest) = raw.parse(&reference.to_string())? else {
-        bail!("{reference}: an index points at another index");
-    };
-    let config = client.get_blob_bytes(repo, &manifest.config.digest).await?;
+    let image = remote::read(&client, &reference, platform)
+        .await
+        .map_err(|e| match e {
+            RemoteError::NoPlatform { .. } => anyhow::anyhow!("{e}; pass --platform"),
+            other => other.into(),
+        })?;
     Ok(Inspected {
         name: reference.to_string(),
-        digest: raw.digest,
-        manifest,
-        config: serde_json::from_slice(&config).context("the image config is not JSON")?,
+        digest: image.manifest_digest,
+        manifest: image.manifest,
+        config: serde_json::from_slice(&image.config).context("the image config is not JSON")?,
     })
 }
 
 /// Reads an image from an OCI layout: `DIR` or `DIR:TAG`.
 pub fn read_layout(spec: &str) -> anyhow::Result<Inspected> {
-    let (dir, tag) = match spec.rsplit_once(':') {
-        Some((d, t)) if !t.contains('/') && !d.is_empty() => (d, Some(t)),
-        _ => (spec, None),
-    };
-    let dir = Path::new(dir);
-    let read = |rel: &str| {
-        std::fs::read(dir.join(rel)).with_context(|| format!("reading {}/{rel}", dir.display()))
-    };
-    let index: image::Index =
-        serde_json::from_slice(&read("index.json")?).context("index.json is not an OCI index")?;
-    let entry = index
-        .manifests
-        .iter()
-        .find(|d| tag.is_none() || d.annotation("org.opencontainers.image.ref.name") == tag)
-        .with_context(|| {
-            format!(
-                "{} has no image tagged {}",
-                dir.display(),
-                tag.unwrap_or("(any)")
-            )
-        })?;
-    image::validate_digest(&entry.digest)?;
-    let manifest: Manifest =
-        serde_json::from_slice(&read(&format!("blobs/sha256/{}", entry.hex()))?)
-            .context("the manifest is not an OCI image manifest")?;
-    image::validate_digest(&manifest.config.digest)?;
-    let config = read(&format!("blobs/sha256/{}", manifest.config.hex()))?;
+    let (dir, tag) = oci_layout::parse_spec(spec).map_err(anyhow::Error::msg)?;
+    let (digest, manifest, config) = oci_layout::read(&dir, tag.as_deref())?;
     Ok(Inspected {
         name: format!("oci:{spec}"),
-        digest: entry.digest.clone(),
+        digest,
         manifest,
         config: serde_json::from_slice(&config).context("the image config is not JSON")?,
     })

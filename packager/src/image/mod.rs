@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod reference;
+pub mod remote;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -150,22 +150,36 @@ impl fmt::Display for ImageRef {
     }
 }
 
-/// Whether plain HTTP is used for a registry host: loopback hosts always, and
-/// hosts the user named with `--insecure-registry`.
+/// Whether a registry host (`host[:port]`) is reached over plain HTTP:
+/// loopback always, others only when named by `--insecure-registry`
+/// (compared without case, with or without the port). Pulls, pushes and
+/// reads of base images all decide it here.
 pub fn is_plain_http(host: &str, insecure: &[String]) -> bool {
-    if insecure.iter().any(|h| h == host) {
-        return true;
-    }
-    let bare = match host.rsplit_once(':') {
-        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) && !h.ends_with(':') => h,
-        _ => host,
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        })
     };
-    let bare = bare.trim_start_matches('[').trim_end_matches(']');
-    if bare == "localhost" {
-        return true;
-    }
-    bare.parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip.is_loopback())
+    is_loopback(name)
+        || insecure
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(host) || h.eq_ignore_ascii_case(name))
+}
+
+/// `localhost`, `*.localhost`, 127.0.0.0/8 or ::1 (a host name without port).
+pub fn is_loopback(name: &str) -> bool {
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost")
+        || name.to_ascii_lowercase().ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -268,5 +282,28 @@ mod tests {
             &["registry.example:5000".into()]
         ));
         assert!(!is_plain_http("docker.io", &[]));
+    }
+
+    #[test]
+    fn plain_http_only_for_loopback_and_named_insecure_hosts() {
+        let insecure = vec!["mirror.internal:5000".to_string()];
+        for host in [
+            "127.0.0.1:5000",
+            "127.1.2.3",
+            "localhost",
+            "localhost:8080",
+            "mirror.internal:5000",
+        ] {
+            assert!(is_plain_http(host, &insecure), "{host}");
+        }
+        for host in [
+            "registry.ollama.ai",
+            "mirror.internal:5001",
+            "128.0.0.1",
+            "localhost.evil.com",
+            "10.0.0.1:5000",
+        ] {
+            assert!(!is_plain_http(host, &insecure), "{host}");
+        }
     }
 }

@@ -149,21 +149,10 @@ fn parse_models_path(s: &str) -> Result<String, String> {
 /// `oci:DIR[:TAG]`, `docker-archive:FILE.tar[:NAME:TAG]`.
 pub fn parse_output(s: &str) -> Result<Output, String> {
     if let Some(rest) = s.strip_prefix("oci:") {
-        // A trailing `:TAG` (no slash in it) names the image in index.json.
-        let (dir, tag) = match rest.rsplit_once(':') {
-            Some((dir, tag)) if !tag.contains('/') && !dir.is_empty() => (dir, tag),
-            _ => (rest, "latest"),
-        };
-        let tag_ok = !tag.is_empty()
-            && tag
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-        if dir.is_empty() || !tag_ok {
-            return Err(format!("{s:?}: expected oci:DIR or oci:DIR:TAG"));
-        }
+        let (dir, tag) = crate::sinks::oci_layout::parse_spec(rest)?;
         return Ok(Output::Oci {
-            dir: PathBuf::from(dir),
-            tag: tag.to_string(),
+            dir,
+            tag: tag.unwrap_or_else(|| "latest".into()),
         });
     }
     if let Some(rest) = s.strip_prefix("docker-archive:") {

@@ -19,6 +19,7 @@ use std::time::Duration;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use reqwest::{StatusCode, Url};
 
+pub use crate::image::reference::{is_loopback, is_plain_http};
 pub use client::Credentials;
 
 use crate::cache::{Cache, CacheError};
@@ -233,36 +234,6 @@ pub(crate) fn describe(error: &reqwest::Error) -> String {
         source = cause.source();
     }
     parts.join(": ")
-}
-
-/// Whether a registry host is reached over plain HTTP: loopback always,
-/// others only when named by `--insecure-registry`.
-pub fn is_plain_http(host: &str, insecure: &[String]) -> bool {
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or(rest)
-    } else {
-        host.rsplit_once(':').map_or(host, |(h, port)| {
-            if port.bytes().all(|b| b.is_ascii_digit()) {
-                h
-            } else {
-                host
-            }
-        })
-    };
-    is_loopback(name)
-        || insecure
-            .iter()
-            .any(|h| h.eq_ignore_ascii_case(host) || h.eq_ignore_ascii_case(name))
-}
-
-/// `localhost`, `*.localhost`, 127.0.0.0/8 or ::1 (a host name without port).
-pub fn is_loopback(name: &str) -> bool {
-    let name = name.trim_start_matches('[').trim_end_matches(']');
-    name.eq_ignore_ascii_case("localhost")
-        || name.to_ascii_lowercase().ends_with(".localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The registry base URL a model is fetched from.
@@ -527,29 +498,6 @@ async fn fetch_manifest_once(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn plain_http_only_for_loopback_and_named_insecure_hosts() {
-        let insecure = vec!["mirror.internal:5000".to_string()];
-        for host in [
-            "127.0.0.1:5000",
-            "127.1.2.3",
-            "localhost",
-            "localhost:8080",
-            "mirror.internal:5000",
-        ] {
-            assert!(is_plain_http(host, &insecure), "{host}");
-        }
-        for host in [
-            "registry.ollama.ai",
-            "mirror.internal:5001",
-            "128.0.0.1",
-            "localhost.evil.com",
-            "10.0.0.1:5000",
-        ] {
-            assert!(!is_plain_http(host, &insecure), "{host}");
-        }
-    }
 
     #[test]
     fn many_connections_for_remote_registries_one_for_loopback_unless_asked() {

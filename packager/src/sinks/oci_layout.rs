@@ -1,7 +1,8 @@
-//! `--output oci:DIR`: an OCI image layout (`oci-layout`, `index.json`,
-//! `blobs/sha256/…`). It is built in a temporary directory beside DIR and
-//! renamed into place at the end, so a failure never leaves a partial layout.
-//! Blobs an earlier layout at DIR already holds are hard-linked, not re-read.
+//! `oci:DIR[:TAG]`: an OCI image layout (`oci-layout`, `index.json`,
+//! `blobs/sha256/…`), written by `kiln pack --output` and read by `kiln inspect`.
+//! A layout is built in a temporary directory beside DIR and renamed into
+//! place at the end, so a failure never leaves a partial layout. Blobs an
+//! earlier layout at DIR already holds are hard-linked, not re-read.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +13,57 @@ use super::{BuiltImage, OutputError, copy_verified};
 
 /// Blobs fetched or copied at once.
 const PARALLEL: usize = 3;
+
+/// `DIR[:TAG]`, what follows `oci:`. A trailing `:TAG` (no slash in it)
+/// names the image in `index.json`; `None` when there is none.
+pub fn parse_spec(spec: &str) -> Result<(PathBuf, Option<String>), String> {
+    let (dir, tag) = match spec.rsplit_once(':') {
+        Some((dir, tag)) if !tag.contains('/') && !dir.is_empty() => (dir, Some(tag)),
+        _ => (spec, None),
+    };
+    let tag_ok = tag.is_none_or(|tag| {
+        !tag.is_empty()
+            && tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    });
+    if dir.is_empty() || !tag_ok {
+        return Err(format!("\"oci:{spec}\": expected oci:DIR or oci:DIR:TAG"));
+    }
+    Ok((PathBuf::from(dir), tag.map(str::to_string)))
+}
+
+/// The image tagged `tag` (or the first one) of the layout at `dir`: its
+/// manifest digest, manifest and config bytes.
+pub fn read(
+    dir: &Path,
+    tag: Option<&str>,
+) -> anyhow::Result<(String, crate::image::Manifest, Vec<u8>)> {
+    use anyhow::Context as _;
+    let read = |rel: &str| {
+        std::fs::read(dir.join(rel)).with_context(|| format!("reading {}/{rel}", dir.display()))
+    };
+    let index: crate::image::Index =
+        serde_json::from_slice(&read("index.json")?).context("index.json is not an OCI index")?;
+    let entry = index
+        .manifests
+        .iter()
+        .find(|d| tag.is_none() || d.annotation("org.opencontainers.image.ref.name") == tag)
+        .with_context(|| {
+            format!(
+                "{} has no image tagged {}",
+                dir.display(),
+                tag.unwrap_or("(any)")
+            )
+        })?;
+    crate::image::validate_digest(&entry.digest)?;
+    let manifest: crate::image::Manifest =
+        serde_json::from_slice(&read(&format!("blobs/sha256/{}", entry.hex()))?)
+            .context("the manifest is not an OCI image manifest")?;
+    crate::image::validate_digest(&manifest.config.digest)?;
+    let config = read(&format!("blobs/sha256/{}", manifest.config.hex()))?;
+    Ok((entry.digest.clone(), manifest, config))
+}
 
 /// Writes `image` as an OCI layout at `dir`, tagged `tag` in `index.json`.
 pub async fn write(image: &BuiltImage, dir: &Path, tag: &str) -> Result<(), OutputError> {
