@@ -5,7 +5,7 @@
 use anyhow::Context as _;
 use serde_json::Value;
 
-use crate::auth::{AuthOptions, credential_for};
+use crate::credentials::{AuthOptions, credential_for};
 use crate::image::remote::{self, RemoteError};
 use crate::image::{self, ImageRef, Manifest, Platform};
 use crate::registry::RegistryClient;

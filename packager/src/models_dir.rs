@@ -13,7 +13,7 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
-use crate::cache::{hex_of, set_mode};
+use crate::blob_cache::{hex_of, set_mode};
 use crate::pull::PulledModel;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +30,7 @@ pub enum ModelsDirError {
         actual: u64,
     },
     #[error(transparent)]
-    Cache(#[from] crate::cache::CacheError),
+    Cache(#[from] crate::blob_cache::CacheError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ModelsDirError + '_ {

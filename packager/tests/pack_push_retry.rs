@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use kiln::auth::Credential;
+use kiln::credentials::Credential;
 use kiln::image::{self, Descriptor, ImageRef, Manifest};
 use kiln::layers::{Compression, Layer, LayerCache, LayerSpec, Source};
 use kiln::registry::RegistryClient;

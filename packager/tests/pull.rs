@@ -8,9 +8,9 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use kiln::model_ref::ModelRef;
 use kiln::progress::ProgressMode;
 use kiln::pull::{Credentials, PullError, PullOptions, pull_models};
-use kiln::reference::ModelRef;
 use kiln_testkit::cdn_front::CdnFront;
 use kiln_testkit::{Auth, ModelSpec, SeededModel, TestRegistry, digest_of};
 

@@ -5,7 +5,7 @@
 //! so digests are stable across runs and machines and the registry already
 //! having a layer can be decided by a HEAD request.
 
-pub mod cache;
+pub mod digest_cache;
 mod tar_stream;
 
 use std::collections::BTreeMap;
@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
 
-pub use cache::{FileIdentity, LayerCache};
+pub use digest_cache::{FileIdentity, LayerCache};
 pub use tar_stream::LayerReader;
 
 #[derive(Debug, thiserror::Error)]

@@ -7,14 +7,14 @@ use anyhow::Context as _;
 use reqwest::Url;
 
 use super::{Output, PackOptions, ProxyFiles, pack};
-use crate::auth::AuthOptions;
-use crate::cache::Cache;
+use crate::blob_cache::Cache;
+use crate::credentials::AuthOptions;
 use crate::image::{ImageRef, Platform};
 use crate::layers::Compression;
+use crate::model_ref::ModelRef;
 use crate::progress::ProgressMode;
 use crate::pull::PullOptions;
 use crate::pull::cli::credentials_from_env;
-use crate::reference::ModelRef;
 use crate::sinks::PushOptions;
 
 /// Bake Ollama models into a runnable image, without Docker

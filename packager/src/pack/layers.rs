@@ -210,8 +210,8 @@ pub fn plugin_path(plugin: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model_ref::ModelRef;
     use crate::pull::BlobRef;
-    use crate::reference::ModelRef;
 
     fn blob(media_type: &str, digest_byte: char, size: u64) -> BlobRef {
         BlobRef {

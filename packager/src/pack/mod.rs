@@ -1,6 +1,7 @@
 //! `kiln pack`: pull models → read the base → build layers → new config and
 //! OCI manifest → one sink (registry, OCI layout, docker archive).
 
+pub mod base;
 pub mod cli;
 pub mod layers;
 
@@ -10,16 +11,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::auth::{AuthOptions, credential_for};
-use crate::base::{self, BaseImage};
+use crate::credentials::{AuthOptions, credential_for};
 use crate::image::config::{AddedLayer, ConfigEdit, edit_config};
 use crate::image::{self, Descriptor, ImageRef, Manifest, Platform};
 use crate::layers::{Compression, Layer, LayerCache};
+use crate::model_ref::ModelRef;
 use crate::pull::{PullOptions, PulledModel, pull_models};
-use crate::reference::ModelRef;
 use crate::registry::RegistryClient;
 use crate::sinks::registry::Pusher;
 use crate::sinks::{self, Blob, BlobSource, BuiltImage, PushOptions, PushReport};
+use base::BaseImage;
 
 pub use layers::ProxyFiles;
 
@@ -36,7 +37,7 @@ pub enum PackError {
     #[error(transparent)]
     Base(#[from] base::BaseError),
     #[error(transparent)]
-    Auth(#[from] crate::auth::AuthError),
+    Auth(#[from] crate::credentials::AuthError),
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
     #[error(transparent)]

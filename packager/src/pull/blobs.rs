@@ -7,10 +7,10 @@ use super::client::RegistryClient;
 use super::download::{BlobJob, download};
 use super::manifest::Descriptor;
 use super::{BlobRef, PullError, PullOptions, local};
-use crate::cache::Cache;
+use crate::blob_cache::Cache;
 use crate::layers::TarFraming;
+use crate::model_ref::ModelRef;
 use crate::progress::Progress;
-use crate::reference::ModelRef;
 
 pub(crate) struct BlobFetcher<'a> {
     pub cache: &'a Cache,

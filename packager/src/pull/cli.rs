@@ -8,10 +8,10 @@ use anyhow::Context as _;
 use reqwest::Url;
 
 use super::{Credentials, PullOptions, pull_models};
-use crate::cache::Cache;
+use crate::blob_cache::Cache;
+use crate::model_ref::ModelRef;
 use crate::models_dir::write_models_dir;
 use crate::progress::ProgressMode;
-use crate::reference::ModelRef;
 
 const ABOUT: &str = "\
 Models are named as in Ollama: gemma3:4b is registry.ollama.ai/library/gemma3:4b;

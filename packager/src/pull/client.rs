@@ -309,7 +309,7 @@ fn parse_challenge(header: &str) -> (String, HashMap<String, String>) {
     let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
     (
         scheme.to_string(),
-        crate::registry::auth::parse_params(rest),
+        crate::registry::challenge::parse_params(rest),
     )
 }
 

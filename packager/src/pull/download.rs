@@ -22,7 +22,7 @@ use super::partial::{
     save_state,
 };
 use super::{PullError, PullOptions, describe};
-use crate::cache::Cache;
+use crate::blob_cache::Cache;
 use crate::layers::{LayerCache, TarFraming};
 use crate::progress::BlobProgress;
 

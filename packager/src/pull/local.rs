@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 use super::PullError;
-use crate::cache::{Cache, hex_of};
-use crate::reference::ModelRef;
+use crate::blob_cache::{Cache, hex_of};
+use crate::model_ref::ModelRef;
 
 /// The model's manifest bytes from the local store, if it has them.
 pub(crate) fn read_manifest(dir: &Path, model: &ModelRef) -> Result<Option<Vec<u8>>, PullError> {

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use super::PullError;
-use crate::reference::ModelRef;
+use crate::model_ref::ModelRef;
 
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
@@ -89,7 +89,7 @@ pub fn parse_manifest(model: &ModelRef, bytes: &[u8]) -> Result<Manifest, PullEr
         )));
     }
     for layer in std::iter::once(&manifest.config).chain(&manifest.layers) {
-        crate::cache::hex_of(&layer.digest).map_err(|e| invalid(e.to_string()))?;
+        crate::blob_cache::hex_of(&layer.digest).map_err(|e| invalid(e.to_string()))?;
     }
     for layer in &manifest.layers {
         let media_type = layer.media_type.as_str();

@@ -22,11 +22,11 @@ use reqwest::{StatusCode, Url};
 pub use crate::image::reference::{is_loopback, is_plain_http};
 pub use client::Credentials;
 
-use crate::cache::{Cache, CacheError};
+use crate::blob_cache::{Cache, CacheError};
 use crate::layers::TarFraming;
+use crate::model_ref::ModelRef;
 use crate::pack::layers::{LayerPlan, PlannedBlob, own_layer};
 use crate::progress::{Progress, ProgressMode};
-use crate::reference::ModelRef;
 use client::{MANIFEST_ACCEPT, RegistryClient, redact};
 
 /// How to pull. `PullOptions::new(cache_dir)` gives the defaults.

@@ -8,7 +8,7 @@
 //! (HEAD, mount, monolithic streamed PUT, exact manifest bytes) is a handful of
 //! requests. Owning them gives one clear line per failure.
 
-pub(crate) mod auth;
+pub(crate) mod challenge;
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -17,10 +17,10 @@ use bytes::Bytes;
 use futures_util::Stream;
 use reqwest::{RequestBuilder, Response, StatusCode, header};
 
-use crate::auth::Credential;
+use crate::credentials::Credential;
 use crate::image::{AnyManifest, MANIFEST_ACCEPT, sha256_digest};
 
-pub use auth::Action;
+pub use challenge::Action;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -121,7 +121,7 @@ pub struct RegistryClient {
     host: String,
     base: String,
     credential: Credential,
-    tokens: Mutex<auth::TokenCache>,
+    tokens: Mutex<challenge::TokenCache>,
 }
 
 impl RegistryClient {
@@ -147,7 +147,7 @@ impl RegistryClient {
             host: host.to_string(),
             base: format!("{scheme}://{host}"),
             credential,
-            tokens: Mutex::new(auth::TokenCache::default()),
+            tokens: Mutex::new(challenge::TokenCache::default()),
         })
     }
 

@@ -8,7 +8,7 @@ use base64::Engine as _;
 use reqwest::{StatusCode, header};
 
 use super::{RegistryClient, RegistryError, Result};
-use crate::auth::Credential;
+use crate::credentials::Credential;
 
 /// What a request needs the registry to allow.
 #[derive(Clone, Debug, PartialEq, Eq)]
