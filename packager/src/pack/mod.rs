@@ -18,8 +18,9 @@ use crate::layers::{Compression, Layer, LayerCache};
 use crate::model_ref::ModelRef;
 use crate::pull::{PullOptions, PulledModel, pull_models};
 use crate::registry::RegistryClient;
-use crate::sinks::registry::Pusher;
-use crate::sinks::{self, Blob, BlobSource, BuiltImage, PushOptions, PushReport};
+use crate::sinks::{
+    self, Blob, BlobSource, BuiltImage, PushOptions, PushReport, RegistrySink, Sink,
+};
 use base::BaseImage;
 
 pub use layers::ProxyFiles;
@@ -47,7 +48,7 @@ pub enum PackError {
     #[error(transparent)]
     Push(#[from] sinks::registry::PushError),
     #[error(transparent)]
-    Output(#[from] sinks::OutputError),
+    Sink(#[from] sinks::SinkError),
 }
 
 /// Where the image goes.
@@ -121,35 +122,27 @@ pub async fn pack(opts: &PackOptions) -> Result<PackOutcome, PackError> {
         matches!(&opts.output, Output::Push(t) if t.registry == opts.base.registry);
     let base_client = Arc::new(client_for(&opts.base, opts, base_is_on_target).await?);
     let base = base::resolve(&opts.base, &opts.platform, base_client).await?;
-    // Likewise the push target's credentials (a 401 here beats one after the build).
-    let pusher = match &opts.output {
+    // Likewise the output (a 401 here beats one after the build).
+    let mut sink = match &opts.output {
         Output::Push(target) => {
-            let client = client_for(target, opts, true).await?;
-            // One HEAD with push scope: proves the registry answers and takes
-            // these credentials before any weights are pulled or hashed.
-            let probe = image::sha256_digest(b"");
-            client
-                .blob_exists(&target.repository, &probe)
-                .await
-                .map_err(|error| sinks::registry::PushError::Registry {
-                    target: target.to_string(),
-                    error,
-                })?;
-            Some(Arc::new(Pusher::new(
-                Arc::new(client),
-                target.clone(),
-                opts.push.clone(),
-            )))
+            let client = Arc::new(client_for(target, opts, true).await?);
+            Sink::Registry(RegistrySink::prepare(client, target.clone(), opts.push.clone()).await?)
         }
-        _ => None,
+        Output::Oci { dir, tag } => Sink::OciLayout {
+            dir: dir.clone(),
+            tag: tag.clone(),
+        },
+        Output::DockerArchive { path, repo_tag } => Sink::DockerArchive {
+            path: path.clone(),
+            repo_tag: repo_tag
+                .clone()
+                .unwrap_or_else(|| default_repo_tag(&opts.models)),
+        },
     };
-    // The base layers do not depend on the models: start copying them now, so
-    // a first push to another registry overlaps the base copy with the pull.
-    // A failed pull drops (and so aborts) this task.
-    let early_base = pusher.as_ref().map(|pusher| {
-        let (pusher, blobs) = (pusher.clone(), base_blobs(&base));
-        AbortOnDrop(tokio::spawn(async move { pusher.push_blobs(blobs).await }))
-    });
+    // The base layers do not depend on the models: a registry sink starts
+    // copying them now, so a first push to another registry overlaps the base
+    // copy with the pull. A failed pull drops (and so aborts) that copy.
+    sink.start(base_blobs(&base));
 
     // The pull hashes each weights layer (as this image lays it out) while it
     // downloads the blob, so the layers below are found in the digest cache.
@@ -183,37 +176,12 @@ pub async fn pack(opts: &PackOptions) -> Result<PackOutcome, PackError> {
         push_report: None,
         added_layers,
     };
-    match &opts.output {
-        Output::Push(target) => {
-            let (Some(pusher), Some(early_base)) = (pusher, early_base) else {
-                unreachable!("a push output always has a pusher");
-            };
-            say(format!("pushing {target}"));
-            // kiln's layers and the config, alongside what is left of the base.
-            let rest: Vec<Blob> = image.layers[base.layers.len()..]
-                .iter()
-                .chain(std::iter::once(&image.config))
-                .cloned()
-                .collect();
-            // The first failure ends both (dropping the other side aborts its uploads).
-            let rest_push = async { Ok::<_, PackError>(pusher.push_blobs(rest).await?) };
-            let (base_report, rest_report) = tokio::try_join!(early_base.join(), rest_push)?;
-            // Manifest last: only once every blob is there.
-            let digest = pusher.push_manifest(&image).await?;
-            let report = sinks::registry::combine(&[&base_report, &rest_report], digest);
-            outcome.pushed = Some(target.with_digest(&report.digest).to_string());
-            outcome.push_report = Some(report);
-        }
-        Output::Oci { dir, tag } => {
-            say(format!("writing OCI layout {}", dir.display()));
-            sinks::oci_layout::write(&image, dir, tag).await?;
-        }
-        Output::DockerArchive { path, repo_tag } => {
-            say(format!("writing docker archive {}", path.display()));
-            let default_tag = default_repo_tag(&opts.models);
-            sinks::docker_archive::write(&image, path, repo_tag.as_deref().unwrap_or(&default_tag))
-                .await?;
-        }
+    say(sink.describe());
+    if let Some(report) = sink.finish(&image).await?
+        && let Output::Push(target) = &opts.output
+    {
+        outcome.pushed = Some(target.with_digest(&report.digest).to_string());
+        outcome.push_report = Some(report);
     }
     Ok(outcome)
 }
@@ -245,28 +213,6 @@ fn base_blobs(base: &BaseImage) -> Vec<Blob> {
             },
         })
         .collect()
-}
-
-/// A spawned push that is aborted if the pack fails before joining it.
-struct AbortOnDrop(tokio::task::JoinHandle<Result<PushReport, sinks::registry::PushError>>);
-
-impl AbortOnDrop {
-    async fn join(mut self) -> Result<PushReport, PackError> {
-        let handle = &mut self.0;
-        match handle.await {
-            Ok(result) => Ok(result?),
-            Err(e) => Err(PackError::Push(sinks::registry::PushError::Source {
-                target: "the base layers".into(),
-                detail: format!("the upload task failed: {e}"),
-            })),
-        }
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// The new config and manifest over the base's layers and kiln's.

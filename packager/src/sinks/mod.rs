@@ -8,7 +8,7 @@ pub mod docker_archive;
 pub mod oci_layout;
 pub mod registry;
 
-pub use registry::{PushOptions, PushReport};
+pub use registry::{PushOptions, PushReport, RegistrySink};
 
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -60,6 +60,65 @@ impl BuiltImage {
     /// Layers then config: everything that must exist before the manifest.
     pub fn blobs(&self) -> impl Iterator<Item = &Blob> {
         self.layers.iter().chain(std::iter::once(&self.config))
+    }
+}
+
+/// Where the image goes: opened before the build (so a bad target fails
+/// before any weights move), given the base layers as soon as they are known,
+/// finished with the built image.
+pub enum Sink {
+    Registry(RegistrySink),
+    OciLayout {
+        dir: std::path::PathBuf,
+        tag: String,
+    },
+    DockerArchive {
+        path: std::path::PathBuf,
+        repo_tag: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error(transparent)]
+    Push(#[from] registry::PushError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+}
+
+impl Sink {
+    /// What finishing does, for the status line.
+    pub fn describe(&self) -> String {
+        match self {
+            Sink::Registry(sink) => format!("pushing {}", sink.target()),
+            Sink::OciLayout { dir, .. } => format!("writing OCI layout {}", dir.display()),
+            Sink::DockerArchive { path, .. } => {
+                format!("writing docker archive {}", path.display())
+            }
+        }
+    }
+
+    /// The image's first layers (the base's), before the rest is built. A
+    /// registry starts copying them; local outputs wait for the whole image.
+    pub fn start(&mut self, first_layers: Vec<Blob>) {
+        if let Sink::Registry(sink) = self {
+            sink.start(first_layers);
+        }
+    }
+
+    /// Writes or pushes the image; a push reports what it did.
+    pub async fn finish(self, image: &BuiltImage) -> Result<Option<PushReport>, SinkError> {
+        match self {
+            Sink::Registry(sink) => Ok(Some(sink.finish(image).await?)),
+            Sink::OciLayout { dir, tag } => {
+                oci_layout::write(image, &dir, &tag).await?;
+                Ok(None)
+            }
+            Sink::DockerArchive { path, repo_tag } => {
+                docker_archive::write(image, &path, &repo_tag).await?;
+                Ok(None)
+            }
+        }
     }
 }
 

@@ -144,6 +144,97 @@ impl Pusher {
     }
 }
 
+/// The registry sink: opened before the build ([`RegistrySink::prepare`]
+/// proves the target takes these credentials), handed the base layers as
+/// soon as they are known ([`RegistrySink::start`], so a push to another
+/// registry copies them while the models are still being pulled), and
+/// finished with the image ([`RegistrySink::finish`]: the rest of the blobs,
+/// then the manifest).
+pub struct RegistrySink {
+    pusher: Arc<Pusher>,
+    /// The blobs already being pushed (a prefix of the image's layers) and their task.
+    started: Option<(usize, AbortOnDrop)>,
+}
+
+impl RegistrySink {
+    pub fn new(client: Arc<RegistryClient>, target: ImageRef, opts: PushOptions) -> RegistrySink {
+        RegistrySink {
+            pusher: Arc::new(Pusher::new(client, target, opts)),
+            started: None,
+        }
+    }
+
+    /// Opens the sink after one HEAD with push scope: a wrong password or
+    /// an unreachable registry fails before any weights are pulled or hashed.
+    pub async fn prepare(
+        client: Arc<RegistryClient>,
+        target: ImageRef,
+        opts: PushOptions,
+    ) -> Result<RegistrySink, PushError> {
+        let probe = crate::image::sha256_digest(b"");
+        client
+            .blob_exists(&target.repository, &probe)
+            .await
+            .map_err(|error| PushError::Registry {
+                target: target.to_string(),
+                error,
+            })?;
+        Ok(RegistrySink::new(client, target, opts))
+    }
+
+    pub fn target(&self) -> &ImageRef {
+        &self.pusher.target
+    }
+
+    /// Starts pushing the image's first layers (the base's) in the background.
+    /// A sink dropped before [`RegistrySink::finish`] aborts them.
+    pub fn start(&mut self, first_layers: Vec<Blob>) {
+        let (pusher, count) = (self.pusher.clone(), first_layers.len());
+        let task = tokio::spawn(async move { pusher.push_blobs(first_layers).await });
+        self.started = Some((count, AbortOnDrop(task)));
+    }
+
+    /// Pushes the blobs not started yet alongside those that were, then the
+    /// manifest, last. The first failure ends both.
+    pub async fn finish(mut self, image: &BuiltImage) -> Result<PushReport, PushError> {
+        let (count, started) = match self.started.take() {
+            Some((count, task)) => (count, Some(task)),
+            None => (0, None),
+        };
+        let rest: Vec<Blob> = image.blobs().skip(count).cloned().collect();
+        let started = async {
+            match started {
+                Some(task) => task.join(&self.pusher.target).await,
+                None => Ok(PushReport::default()),
+            }
+        };
+        let (first, rest) = tokio::try_join!(started, self.pusher.push_blobs(rest))?;
+        let digest = self.pusher.push_manifest(image).await?;
+        Ok(combine(&[&first, &rest], digest))
+    }
+}
+
+/// A spawned push that is aborted if the sink is dropped before joining it.
+struct AbortOnDrop(tokio::task::JoinHandle<Result<PushReport, PushError>>);
+
+impl AbortOnDrop {
+    async fn join(mut self, target: &ImageRef) -> Result<PushReport, PushError> {
+        match (&mut self.0).await {
+            Ok(result) => result,
+            Err(e) => Err(PushError::Source {
+                target: target.to_string(),
+                detail: format!("the upload task failed: {e}"),
+            }),
+        }
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Pushes every blob the target lacks, then the manifest.
 pub async fn push(
     image: &BuiltImage,
@@ -151,11 +242,9 @@ pub async fn push(
     client: &Arc<RegistryClient>,
     opts: &PushOptions,
 ) -> Result<PushReport, PushError> {
-    let pusher = Pusher::new(client.clone(), target.clone(), opts.clone());
-    let blobs: Vec<Blob> = image.blobs().cloned().collect();
-    let mut report = pusher.push_blobs(blobs).await?;
-    report.digest = pusher.push_manifest(image).await?;
-    Ok(report)
+    RegistrySink::new(client.clone(), target.clone(), opts.clone())
+        .finish(image)
+        .await
 }
 
 /// Adds up the reports of pushes made in parts.
