@@ -3,9 +3,9 @@
 //! under its cache lock, so concurrent pulls of the same blob take turns and
 //! the second one finds the first one's verified file.
 
-use super::client::RegistryClient;
 use super::download::{BlobJob, download};
 use super::manifest::Descriptor;
+use super::ollama_registry::OllamaRegistry;
 use super::{BlobRef, PullError, PullOptions, local};
 use crate::blob_cache::Cache;
 use crate::layers::TarFraming;
@@ -21,7 +21,7 @@ pub(crate) struct BlobFetcher<'a> {
 impl BlobFetcher<'_> {
     pub async fn fetch(
         &self,
-        client: &RegistryClient,
+        client: &OllamaRegistry,
         model: &ModelRef,
         blob: &Descriptor,
         layer: Option<&TarFraming>,

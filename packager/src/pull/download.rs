@@ -16,7 +16,7 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE};
 use reqwest::{Response, StatusCode, Url};
 use tokio::task::JoinSet;
 
-use super::client::{RegistryClient, redact};
+use super::ollama_registry::{OllamaRegistry, redact};
 use super::partial::{
     Hashers, Shared, WRITE_BUFFER, hash_prefix, open_partial, part_size_for, save_periodically,
     save_state,
@@ -33,7 +33,7 @@ struct Source {
 }
 
 pub(crate) struct BlobJob<'a> {
-    pub client: &'a RegistryClient,
+    pub client: &'a OllamaRegistry,
     pub cache: &'a Cache,
     pub options: &'a PullOptions,
     pub repository: &'a str,
@@ -228,7 +228,7 @@ impl From<&PullOptions> for RetryPolicy {
 
 #[derive(Clone)]
 struct WorkerCtx {
-    client: RegistryClient,
+    client: OllamaRegistry,
     repository: String,
     digest: String,
     registry_url: Url,

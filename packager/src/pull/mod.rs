@@ -6,10 +6,10 @@
 
 mod blobs;
 pub mod cli;
-pub mod client;
 mod download;
 mod local;
 pub mod manifest;
+pub mod ollama_registry;
 mod partial;
 
 use std::collections::HashMap;
@@ -20,14 +20,14 @@ use futures_util::{StreamExt as _, TryStreamExt as _};
 use reqwest::{StatusCode, Url};
 
 pub use crate::image::reference::{is_loopback, is_plain_http};
-pub use client::Credentials;
+pub use ollama_registry::Credentials;
 
 use crate::blob_cache::{Cache, CacheError};
 use crate::layers::TarFraming;
 use crate::model_ref::ModelRef;
 use crate::pack::layers::{LayerPlan, PlannedBlob, own_layer};
 use crate::progress::{Progress, ProgressMode};
-use client::{MANIFEST_ACCEPT, RegistryClient, redact};
+use ollama_registry::{MANIFEST_ACCEPT, OllamaRegistry, redact};
 
 /// How to pull. `PullOptions::new(cache_dir)` gives the defaults.
 #[derive(Clone, Debug)]
@@ -210,31 +210,7 @@ impl PullError {
     }
 }
 
-/// One line for a reqwest error: its chain of causes, without the URL
-/// (presigned URLs carry credentials in their query).
-pub(crate) fn describe(error: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    let mut parts = Vec::new();
-    let mut source: Option<&dyn std::error::Error> = error.source();
-    let top = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "could not connect"
-    } else if error.is_body() || error.is_decode() {
-        "connection broke while reading"
-    } else {
-        "request failed"
-    };
-    parts.push(top.to_string());
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if parts.last() != Some(&text) {
-            parts.push(text);
-        }
-        source = cause.source();
-    }
-    parts.join(": ")
-}
+pub(crate) use crate::registry::describe;
 
 /// The registry base URL a model is fetched from.
 pub fn registry_base(model: &ModelRef, options: &PullOptions) -> Result<Url, PullError> {
@@ -260,7 +236,7 @@ pub async fn pull_models(
 ) -> Result<Vec<PulledModel>, PullError> {
     let cache = Cache::new(&options.cache_dir);
     let progress = Progress::new(options.progress);
-    let mut clients: HashMap<Url, RegistryClient> = HashMap::new();
+    let mut clients: HashMap<Url, OllamaRegistry> = HashMap::new();
     let mut plans = Vec::new();
     for model in models {
         if model.is_cloud_tag() {
@@ -270,7 +246,7 @@ pub async fn pull_models(
         let client = match clients.get(&base) {
             Some(c) => c.clone(),
             None => {
-                let c = RegistryClient::new(
+                let c = OllamaRegistry::new(
                     base.clone(),
                     options.credentials.clone(),
                     options.connect_timeout,
@@ -383,7 +359,7 @@ pub async fn pull_models(
 /// own (the same plan pack makes from the same manifests).
 fn layer_framings(
     cache: &Cache,
-    plans: &[(ModelRef, RegistryClient, Vec<u8>, manifest::Manifest)],
+    plans: &[(ModelRef, OllamaRegistry, Vec<u8>, manifest::Manifest)],
     options: &PullOptions,
 ) -> Result<HashMap<String, TarFraming>, PullError> {
     let Some(models_path) = &options.layer_models_path else {
@@ -421,7 +397,7 @@ const MANIFEST_LIMIT: usize = 4 << 20;
 /// GETs the manifest with Ollama's exact `Accept` header and keeps the bytes
 /// as served; transient failures are retried.
 pub async fn fetch_manifest(
-    client: &RegistryClient,
+    client: &OllamaRegistry,
     model: &ModelRef,
     options: &PullOptions,
 ) -> Result<Vec<u8>, PullError> {
@@ -438,7 +414,7 @@ pub async fn fetch_manifest(
 }
 
 async fn fetch_manifest_once(
-    client: &RegistryClient,
+    client: &OllamaRegistry,
     model: &ModelRef,
 ) -> Result<Vec<u8>, PullError> {
     let url = client.manifest_url(&model.repository(), &model.tag)?;

@@ -80,12 +80,12 @@ impl RegistryClient {
         let Some(challenge) = challenge else {
             return Ok(false);
         };
-        let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
+        let (scheme, params) = parse_challenge(challenge);
         if scheme.eq_ignore_ascii_case("basic") {
             let mut cache = self.tokens.lock().map_err(|_| self.poisoned())?;
             cache.basic = true;
             // Parallel requests may all be challenged at once: each retries
-            // (once, `send` sees to that) with the credentials now attached.
+            // (once, `exchange` sees to that) with the credentials now attached.
             return Ok(matches!(self.credential, Credential::Basic { .. }));
         }
         if !scheme.eq_ignore_ascii_case("bearer")
@@ -94,7 +94,6 @@ impl RegistryClient {
             // A Bearer credential was already sent and refused.
             return Ok(false);
         }
-        let params = parse_params(params);
         let realm = params.get("realm").ok_or_else(|| RegistryError::Protocol {
             host: self.host.clone(),
             what: "a Bearer challenge without a realm".into(),
@@ -178,6 +177,14 @@ fn basic(username: &str, password: &str) -> String {
     )
 }
 
+/// Parses `Bearer realm="…",service="…",scope="…"` into the scheme and its
+/// parameters (quoted values may contain commas, as scopes do).
+fn parse_challenge(header: &str) -> (String, HashMap<String, String>) {
+    let header = header.trim();
+    let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
+    (scheme.to_string(), parse_params(rest))
+}
+
 /// `realm="https://a/token",service="s",scope="repository:x:pull,push"` → map.
 /// Values may be quoted and contain commas.
 pub(crate) fn parse_params(s: &str) -> HashMap<String, String> {
@@ -227,5 +234,19 @@ mod tests {
             (p["realm"].as_str(), p["service"].as_str()),
             ("http://x/t", "s")
         );
+    }
+
+    #[test]
+    fn bearer_challenge_parameters_are_parsed_including_commas_in_scope() {
+        let (scheme, params) = parse_challenge(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
+        );
+        assert_eq!(scheme, "Bearer");
+        assert_eq!(params["realm"], "https://auth.example/token");
+        assert_eq!(params["service"], "registry.example");
+        assert_eq!(params["scope"], "repository:a/b:pull,push");
+        let (scheme, params) = parse_challenge(r#"Basic realm="kiln-test""#);
+        assert_eq!(scheme, "Basic");
+        assert_eq!(params["realm"], "kiln-test");
     }
 }

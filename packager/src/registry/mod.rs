@@ -1,5 +1,11 @@
-//! A small OCI distribution client: the registry calls `kiln pack` and
-//! `kiln inspect` make, written over reqwest.
+//! kiln's one OCI distribution client, written over reqwest: the calls
+//! `kiln pack` and `kiln inspect` make (HEAD, GET, mount, monolithic PUT,
+//! exact manifest bytes), and the raw GET `kiln pull` builds its Ollama
+//! registry quirks on ([`crate::pull::ollama_registry`]: ranged parts,
+//! resume, expired CDN URLs). Authentication challenges are answered here
+//! ([`challenge`]) for every caller, and redirects are followed by hand so
+//! that credentials only ever go to the registry's own origin (Docker Hub and
+//! Ollama's registry answer blob GETs with a 307 to a presigned CDN URL).
 //!
 //! Why not oci-client: its token fetch swallows authentication errors (a bad
 //! password surfaces later as a bare 401 with no hint), `mount_blob` treats the
@@ -15,7 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
-use reqwest::{RequestBuilder, Response, StatusCode, header};
+use reqwest::{Method, RequestBuilder, Response, StatusCode, Url, header};
 
 use crate::credentials::Credential;
 use crate::image::{AnyManifest, MANIFEST_ACCEPT, sha256_digest};
@@ -93,6 +99,7 @@ pub type Result<T> = std::result::Result<T, RegistryError>;
 const MANIFEST_LIMIT: usize = 4 << 20;
 /// Image configs are kilobytes; this bounds memory against a hostile registry.
 const CONFIG_LIMIT: usize = 16 << 20;
+const MAX_REDIRECTS: usize = 10;
 
 /// A manifest as served: exact bytes, media type and digest.
 #[derive(Clone, Debug)]
@@ -118,8 +125,12 @@ pub enum Mount {
 /// One registry, one credential, a cache of tokens.
 pub struct RegistryClient {
     http: reqwest::Client,
+    /// `host[:port]`, as users name the registry.
     host: String,
+    /// `scheme://host[:port][/prefix]`, no trailing slash.
     base: String,
+    /// Where credentials may go.
+    origin: Url,
     credential: Credential,
     tokens: Mutex<challenge::TokenCache>,
 }
@@ -127,25 +138,53 @@ pub struct RegistryClient {
 impl RegistryClient {
     /// `host` is the API host (`registry-1.docker.io`, `127.0.0.1:5000`).
     pub fn new(host: &str, plain_http: bool, credential: Credential) -> Result<RegistryClient> {
+        let scheme = if plain_http { "http" } else { "https" };
+        let base =
+            Url::parse(&format!("{scheme}://{host}")).map_err(|e| RegistryError::Protocol {
+                host: host.to_string(),
+                what: format!("nothing: {host} is not a usable host ({e})"),
+            })?;
+        RegistryClient::with_base(base, credential, Duration::from_secs(15))
+    }
+
+    /// A client for the registry at `base` (`http://127.0.0.1:5000`, maybe
+    /// with a path prefix, as a mirror given to `--source-registry`).
+    pub fn with_base(
+        base: Url,
+        credential: Credential,
+        connect_timeout: Duration,
+    ) -> Result<RegistryClient> {
+        let host = match (base.host_str(), base.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_string(),
+            _ => base.to_string(),
+        };
         // reqwest is built without a default crypto provider so that the
         // workspace uses ring only; installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(15))
+            // Redirects are followed by `exchange`, which knows where credentials may go.
+            .redirect(reqwest::redirect::Policy::none())
+            // Parallel transfers (ranged parts of one blob, concurrent uploads)
+            // are meant as separate TCP connections, each with its own
+            // congestion window; HTTP/2 would multiplex them onto one.
+            .http1_only()
+            .tcp_nodelay(true)
+            .connect_timeout(connect_timeout)
             // No overall timeout (multi-GB bodies); a stalled read still fails.
             .read_timeout(Duration::from_secs(120))
             .build()
             .map_err(|e| RegistryError::Unreachable {
-                host: host.into(),
+                host: host.clone(),
                 detail: e.to_string(),
                 hint: "check the system's TLS setup".into(),
             })?;
-        let scheme = if plain_http { "http" } else { "https" };
         Ok(RegistryClient {
             http,
-            host: host.to_string(),
-            base: format!("{scheme}://{host}"),
+            base: base.as_str().trim_end_matches('/').to_string(),
+            host,
+            origin: base,
             credential,
             tokens: Mutex::new(challenge::TokenCache::default()),
         })
@@ -153,6 +192,34 @@ impl RegistryClient {
 
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// `scheme://host[:port][/prefix]` without a trailing slash.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `BASE/v2/REPO/manifests/REFERENCE`.
+    pub fn manifest_url(&self, repo: &str, reference: &str) -> Result<Url> {
+        self.url(&format!("{}/v2/{repo}/manifests/{reference}", self.base))
+    }
+
+    /// `BASE/v2/REPO/blobs/DIGEST` (the digest with its colon).
+    pub fn blob_url(&self, repo: &str, digest: &str) -> Result<Url> {
+        self.url(&format!("{}/v2/{repo}/blobs/{digest}", self.base))
+    }
+
+    fn url(&self, s: &str) -> Result<Url> {
+        Url::parse(s).map_err(|e| RegistryError::Protocol {
+            host: self.host.clone(),
+            what: format!("nothing: cannot form the URL {s} ({e})"),
+        })
+    }
+
+    fn same_origin(&self, url: &Url) -> bool {
+        url.scheme() == self.origin.scheme()
+            && url.host_str() == self.origin.host_str()
+            && url.port_or_known_default() == self.origin.port_or_known_default()
     }
 
     /// GET a manifest (image or index) by tag or digest, keeping the exact bytes.
@@ -195,8 +262,8 @@ impl RegistryClient {
         }
     }
 
-    /// GET a blob as a byte stream (redirects followed; reqwest drops the
-    /// `Authorization` header when a redirect leaves the registry's host).
+    /// GET a blob as a byte stream (redirects followed, credentials kept
+    /// for the registry's origin).
     pub async fn get_blob(
         &self,
         repo: &str,
@@ -334,8 +401,8 @@ impl RegistryClient {
         Ok(digest)
     }
 
-    /// Sends a request built by `make`, answering one authentication
-    /// challenge (Basic, or the Bearer token flow) and retrying once.
+    /// Sends a request built by `make` through [`RegistryClient::exchange`]
+    /// and turns an unsuccessful answer into an error that says what to do.
     async fn send(
         &self,
         repo: &str,
@@ -343,15 +410,75 @@ impl RegistryClient {
         what: &str,
         make: impl Fn() -> Result<RequestBuilder>,
     ) -> Result<Response> {
+        let resp = self
+            .exchange(repo, &action, |target| {
+                let builder = make()?;
+                let Some(target) = target else {
+                    return Ok(builder);
+                };
+                let mut request = builder.build().map_err(|e| self.unreachable(e))?;
+                *request.url_mut() = target.clone();
+                Ok(RequestBuilder::from_parts(self.http.clone(), request))
+            })
+            .await?;
+        self.check(resp, repo, &action, what).await
+    }
+
+    /// A GET as `kiln pull` needs it: `Accept` and `Range` as given, and the
+    /// answer whatever its status, with the URL it finally came from (a CDN's,
+    /// after a redirect).
+    pub async fn get(
+        &self,
+        url: Url,
+        repo: &str,
+        accept: Option<&str>,
+        range: Option<(u64, u64)>,
+    ) -> Result<(Response, Url)> {
+        let mut last = url.clone();
+        let resp = self
+            .exchange(repo, &Action::Pull, |target| {
+                let target = target.cloned().unwrap_or_else(|| url.clone());
+                last = target.clone();
+                let mut request = self.http.get(target);
+                if let Some(accept) = accept {
+                    request = request.header(header::ACCEPT, accept);
+                }
+                if let Some((start, end)) = range {
+                    request = request.header(header::RANGE, format!("bytes={start}-{end}"));
+                }
+                Ok(request)
+            })
+            .await?;
+        Ok((resp, last))
+    }
+
+    /// One exchange as the protocol wants it: the request `make` builds
+    /// (given `None`, or the URL a redirect led to), with the credential the
+    /// registry asked for; one authentication challenge answered and the
+    /// request sent again; redirects of GET and HEAD followed, credentials
+    /// sent only to the registry's origin. Returns the last answer, whatever
+    /// its status.
+    async fn exchange(
+        &self,
+        repo: &str,
+        action: &Action,
+        mut make: impl FnMut(Option<&Url>) -> Result<RequestBuilder>,
+    ) -> Result<Response> {
         let mut challenged = false;
-        loop {
-            let mut req = make()?;
-            if let Some(value) = self.authorization(repo, &action) {
-                req = req.header(header::AUTHORIZATION, value);
+        let mut redirected: Option<Url> = None;
+        for _ in 0..=MAX_REDIRECTS {
+            let request = make(redirected.as_ref())?
+                .build()
+                .map_err(|e| self.unreachable(e))?;
+            let (method, url) = (request.method().clone(), request.url().clone());
+            let mut request = RequestBuilder::from_parts(self.http.clone(), request);
+            let same_origin = self.same_origin(&url);
+            if same_origin && let Some(value) = self.authorization(repo, action) {
+                request = request.header(header::AUTHORIZATION, value);
             }
-            let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+            let resp = request.send().await.map_err(|e| self.unreachable(e))?;
             let status = resp.status();
-            if status == StatusCode::UNAUTHORIZED && !challenged {
+            if status == StatusCode::UNAUTHORIZED && same_origin && !challenged {
                 challenged = true;
                 let challenge = resp
                     .headers()
@@ -359,14 +486,31 @@ impl RegistryClient {
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
                 if self
-                    .answer_challenge(repo, &action, challenge.as_deref())
+                    .answer_challenge(repo, action, challenge.as_deref())
                     .await?
                 {
                     continue;
                 }
             }
-            return self.check(resp, repo, &action, what).await;
+            let follow = method == Method::GET || method == Method::HEAD;
+            if follow && status.is_redirection() && status != StatusCode::NOT_MODIFIED {
+                redirected = Some(redirect_target(&url, resp.headers()).ok_or_else(|| {
+                    RegistryError::Protocol {
+                        host: self.host.clone(),
+                        what: format!(
+                            "HTTP {status} from {} without a usable Location header",
+                            redact(&url)
+                        ),
+                    }
+                })?);
+                continue;
+            }
+            return Ok(resp);
         }
+        Err(RegistryError::Protocol {
+            host: self.host.clone(),
+            what: format!("more than {MAX_REDIRECTS} redirects"),
+        })
     }
 
     async fn check(
@@ -454,14 +598,7 @@ impl RegistryClient {
     }
 
     fn unreachable(&self, e: reqwest::Error) -> RegistryError {
-        // The innermost cause is the useful part (connection refused, DNS, TLS);
-        // reqwest's outer layers only repeat the URL.
-        let mut detail = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            detail = s.to_string();
-            source = s.source();
-        }
+        let detail = describe(&e);
         let hint = if self.base.starts_with("https://") {
             format!(
                 "check the name and your network (a plain-HTTP registry needs --insecure-registry {})",
@@ -476,6 +613,49 @@ impl RegistryClient {
             hint,
         }
     }
+}
+
+/// One line for a reqwest error: what went wrong and its chain of causes,
+/// without the URL (presigned URLs carry credentials in their query).
+pub fn describe(error: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut parts = Vec::new();
+    let mut source: Option<&dyn std::error::Error> = error.source();
+    let top = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "could not connect"
+    } else if error.is_body() || error.is_decode() {
+        "connection broke while reading"
+    } else {
+        "request failed"
+    };
+    parts.push(top.to_string());
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    parts.join(": ")
+}
+
+/// A URL for messages: presigned CDN URLs carry credentials in the query.
+pub fn redact(url: &Url) -> String {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown.set_fragment(None);
+    let _ = shown.set_password(None);
+    shown.to_string()
+}
+
+/// Where a redirect leads, resolved against the URL it came from; only
+/// `http` and `https` targets.
+fn redirect_target(from: &Url, headers: &header::HeaderMap) -> Option<Url> {
+    let location = headers.get(header::LOCATION)?.to_str().ok()?;
+    let target = from.join(location).ok()?;
+    matches!(target.scheme(), "http" | "https").then_some(target)
 }
 
 fn content_type(resp: &Response) -> String {
@@ -513,5 +693,30 @@ fn error_detail(body: &str) -> String {
         String::new()
     } else {
         format!(": {}", line.chars().take(200).collect::<String>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue, LOCATION};
+
+    #[test]
+    fn presigned_query_strings_are_not_shown() {
+        let url = Url::parse("https://cdn.example/data?X-Amz-Signature=secret").unwrap();
+        assert_eq!(redact(&url), "https://cdn.example/data");
+    }
+
+    #[test]
+    fn relative_and_absolute_redirects_resolve_and_other_schemes_are_refused() {
+        let from = Url::parse("http://127.0.0.1:5000/v2/x/blobs/sha256:1").unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(LOCATION, HeaderValue::from_static("/cdn/blob"));
+        assert_eq!(
+            redirect_target(&from, &headers).unwrap().as_str(),
+            "http://127.0.0.1:5000/cdn/blob"
+        );
+        headers.insert(LOCATION, HeaderValue::from_static("file:///etc/passwd"));
+        assert!(redirect_target(&from, &headers).is_none());
     }
 }
