@@ -634,6 +634,69 @@ async fn from_ollama_dir_imports_a_local_store_without_the_network() {
     );
 }
 
+/// The layer digests in a cache's layer-digest cache.
+fn cached_layer_digests(cache: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(cache.join("layers")) else {
+        return Vec::new();
+    };
+    entries
+        .map(|e| fs::read_to_string(e.expect("entry").path()).expect("entry"))
+        .map(|text| text.split_whitespace().next().unwrap_or("").to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_and_imports_record_the_digest_of_the_weights_layer_pack_builds() {
+    let registry = TestRegistry::start(Auth::Anonymous).expect("registry");
+    let model = seed(&registry, "4b", 3 * MIB + 5, 14);
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut options = options(&work.path().join("c1"), &registry.url());
+    options.part_size = Some(MIB);
+    options.parallel = Some(3);
+    let pulled = pull_models(&options, &[gemma()]).await.expect("pull");
+
+    // The layer as `kiln pack` builds it, hashed here with no cache at all.
+    let weights = &pulled[0].layers[0];
+    assert_eq!(weights.digest, model.layers[0].digest);
+    let spec = kiln::pack::layers::own_layer(
+        "/models",
+        &weights.digest,
+        weights.size,
+        &weights.path,
+        "weights".into(),
+    )
+    .expect("spec");
+    let layer = kiln::layers::Layer::build(
+        spec,
+        &kiln::layers::LayerCache::new(None),
+        kiln::layers::Compression::None,
+    )
+    .await
+    .expect("hash");
+    assert_eq!(
+        cached_layer_digests(&work.path().join("c1")),
+        vec![layer.digest.clone()]
+    );
+
+    // An import from a local Ollama store records it too.
+    let store = work.path().join("ollama-models");
+    kiln::models_dir::write_models_dir(&store, &pulled).expect("store");
+    options.cache_dir = work.path().join("c2");
+    options.from_ollama_dir = Some(store);
+    pull_models(&options, &[gemma()]).await.expect("import");
+    assert_eq!(
+        cached_layer_digests(&work.path().join("c2")),
+        vec![layer.digest.clone()]
+    );
+
+    // Without a models path (blobs only), nothing is recorded.
+    options.cache_dir = work.path().join("c3");
+    options.from_ollama_dir = None;
+    options.layer_models_path = None;
+    pull_models(&options, &[gemma()]).await.expect("pull");
+    assert!(cached_layer_digests(&work.path().join("c3")).is_empty());
+}
+
 fn kiln_cli(args: &[&str], cache: &Path) -> (Option<i32>, String, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
         .arg("pull")

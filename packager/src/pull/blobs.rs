@@ -50,7 +50,7 @@ impl BlobFetcher<'_> {
             return Ok(found(path));
         }
         if let Some(dir) = &self.options.from_ollama_dir
-            && let Some(path) = local::import_blob(dir, self.cache, &blob.digest, blob.size)?
+            && let Some(path) = local::import_blob(dir, self.cache, &blob.digest, blob.size, layer)?
         {
             self.progress
                 .println(&format!("imported {} from {}", blob.digest, dir.display()));

@@ -11,6 +11,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::PullError;
 use crate::blob_cache::{Cache, hex_of};
+use crate::layers::{LayerCache, TarFraming};
 use crate::model_ref::ModelRef;
 
 /// The model's manifest bytes from the local store, if it has them.
@@ -24,12 +25,14 @@ pub(crate) fn read_manifest(dir: &Path, model: &ModelRef) -> Result<Option<Vec<u
 }
 
 /// Copies `blobs/sha256-<hex>` from the local store into the cache,
-/// verifying it; `None` when the store lacks it (or has a wrong size).
+/// verifying it (and hashing it as its own layer, when `layer` frames it);
+/// `None` when the store lacks it (or has a wrong size).
 pub(crate) fn import_blob(
     dir: &Path,
     cache: &Cache,
     digest: &str,
     size: u64,
+    layer: Option<&TarFraming>,
 ) -> Result<Option<PathBuf>, PullError> {
     let source = dir
         .join("blobs")
@@ -55,6 +58,11 @@ pub(crate) fn import_blob(
     }
     let mut output = fs::File::create(&partial).map_err(io_err(&partial))?;
     let mut hasher = Sha256::new();
+    let mut layer_hasher = layer.map(|framing| {
+        let mut h = Sha256::new();
+        h.update(&framing.prefix);
+        h
+    });
     let mut buffer = vec![0u8; 1 << 20];
     loop {
         let n = input.read(&mut buffer).map_err(io_err(&source))?;
@@ -62,6 +70,9 @@ pub(crate) fn import_blob(
             break;
         }
         hasher.update(&buffer[..n]);
+        if let Some(h) = &mut layer_hasher {
+            h.update(&buffer[..n]);
+        }
         output.write_all(&buffer[..n]).map_err(io_err(&partial))?;
     }
     drop(output);
@@ -76,5 +87,9 @@ pub(crate) fn import_blob(
     }
     // A download state left by an earlier, interrupted network pull no longer describes the file.
     let _ = fs::remove_file(cache.state_path(digest)?);
-    Ok(Some(cache.commit(digest, &partial)?))
+    let path = cache.commit(digest, &partial)?;
+    if let (Some(framing), Some(h)) = (layer, layer_hasher) {
+        framing.finish(h, &LayerCache::new(Some(cache.root().to_path_buf())));
+    }
+    Ok(Some(path))
 }
