@@ -203,37 +203,72 @@ fn safetensors_models_pull_to_an_exact_models_tree_and_pack_into_an_image() {
 
     // lm_head has a layer of its own, whose digest the pull computed;
     // everything else shares one layer.
-    let index: Value =
-        serde_json::from_slice(&fs::read(layout.join("index.json")).expect("index")).expect("json");
-    let manifest_digest = index["manifests"][0]["digest"].as_str().expect("digest");
-    let image_manifest: Value = serde_json::from_slice(
-        &fs::read(layout.join(format!(
-            "blobs/sha256/{}",
-            manifest_digest.trim_start_matches("sha256:")
-        )))
-        .expect("manifest"),
-    )
-    .expect("json");
-    let added: Vec<(&str, &str)> = image_manifest["layers"]
+    let added = added_layers(&layout, "img");
+    assert_eq!(added.len(), 2, "{added:?}");
+    assert!(added[0].1.contains(&lm_head.digest), "{added:?}");
+    assert!(
+        cached_digests.contains(&added[0].0),
+        "{added:?} vs {cached_digests:?}"
+    );
+
+    // v2 alone: its unchanged large tensor is the same layer, so a registry
+    // that has v1's image is not sent it again.
+    kiln_ok(
+        home.path(),
+        &[
+            "pack",
+            "qwen3-st:v2",
+            "--source-registry",
+            &url,
+            "--base",
+            &base,
+            "--output",
+            &format!("oci:{}:v2", layout.display()),
+            "--progress",
+            "quiet",
+        ],
+    );
+    let added_v2 = added_layers(&layout, "v2");
+    assert_eq!(added_v2[0].0, added[0].0, "{added_v2:?}");
+    assert_ne!(
+        added_v2[1].0, added[1].0,
+        "the small layer holds other manifests"
+    );
+}
+
+/// `(digest, content annotation)` of the layers kiln added (after the
+/// seeded base's two) to the image tagged `tag` in an OCI layout.
+fn added_layers(layout: &Path, tag: &str) -> Vec<(String, String)> {
+    let read = |rel: &str| -> Value {
+        serde_json::from_slice(&fs::read(layout.join(rel)).expect("layout file")).expect("json")
+    };
+    let index = read("index.json");
+    let entry = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .expect("tagged image");
+    let digest = entry["digest"].as_str().expect("digest");
+    let manifest = read(&format!(
+        "blobs/sha256/{}",
+        digest.trim_start_matches("sha256:")
+    ));
+    manifest["layers"]
         .as_array()
         .expect("layers")
         .iter()
         .skip(2)
         .map(|l| {
             (
-                l["digest"].as_str().unwrap_or(""),
+                l["digest"].as_str().unwrap_or("").to_string(),
                 l["annotations"]["dev.kiln.layer.content"]
                     .as_str()
-                    .unwrap_or(""),
+                    .unwrap_or("")
+                    .to_string(),
             )
         })
-        .collect();
-    assert_eq!(added.len(), 2, "{added:?}");
-    assert!(added[0].1.contains(&lm_head.digest), "{added:?}");
-    assert!(
-        cached_digests.contains(added[0].0),
-        "{added:?} vs {cached_digests:?}"
-    );
+        .collect()
 }
 
 #[test]
