@@ -762,3 +762,50 @@ fn cli_failures_are_one_line_with_exit_code_one_for_runtime_and_two_for_usage() 
         assert!(stdout.contains(taught), "--help lacks {taught}: {stdout}");
     }
 }
+
+#[test]
+fn pull_takes_credentials_from_the_docker_config_as_push_does() {
+    use base64::Engine as _;
+    let registry = TestRegistry::start(Auth::bearer()).expect("registry");
+    let model = seed(&registry, "4b", MIB, 15);
+    let (user, password) = registry.auth().credentials().expect("credentials");
+    let work = tempfile::tempdir().expect("tempdir");
+    let docker = work.path().join("docker");
+    let url = registry.url();
+    let pull = |cache: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["pull", "gemma3:4b", "--source-registry", &url])
+            .args(["--progress", "quiet", "--cache-dir"])
+            .arg(work.path().join(cache))
+            .env("DOCKER_CONFIG", &docker)
+            .env("HOME", work.path())
+            .env_remove("KILN_REGISTRY_USERNAME")
+            .env_remove("KILN_REGISTRY_PASSWORD")
+            .output()
+            .expect("run kiln")
+    };
+
+    // No credentials anywhere: refused, naming where they can come from.
+    let refused = pull("c1");
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("KILN_REGISTRY_USERNAME"), "{stderr}");
+
+    // `docker login` wrote them: the pull finds them.
+    fs::create_dir_all(&docker).expect("docker dir");
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    fs::write(
+        docker.join("config.json"),
+        serde_json::json!({"auths": {registry.host(): {"auth": auth}}}).to_string(),
+    )
+    .expect("docker config");
+    let pulled = pull("c2");
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    let hex = model.layers[0].digest.trim_start_matches("sha256:");
+    let weights = fs::read(work.path().join(format!("c2/blobs/sha256/{hex}"))).expect("weights");
+    assert_eq!(digest_of(&weights), model.layers[0].digest);
+}

@@ -187,6 +187,7 @@ impl PackArgs {
         pull.source_registry = self.source_registry.clone();
         pull.insecure_registries = self.insecure_registry.clone();
         pull.credentials = credentials_from_env();
+        pull.credential_sources = Some(AuthOptions::from_environment());
         pull.progress = self.progress;
         let output = match (&self.push, &self.output) {
             (Some(target), _) => Output::Push(target.clone()),

@@ -9,6 +9,7 @@ use reqwest::Url;
 
 use super::{Credentials, PullOptions, pull_models};
 use crate::blob_cache::Cache;
+use crate::credentials::AuthOptions;
 use crate::model_ref::ModelRef;
 use crate::models_dir::write_models_dir;
 use crate::progress::ProgressMode;
@@ -20,8 +21,10 @@ user/model:tag and HOST[:PORT]/NAMESPACE/MODEL:TAG work too; the tag defaults to
 Blobs are downloaded in parallel ranged parts, verified against their sha256
 digests, and kept in a shared content-addressed cache. An interrupted pull
 resumes where it stopped when run again. Registries that ask for credentials
-get KILN_REGISTRY_USERNAME and KILN_REGISTRY_PASSWORD; credentials are never
-sent to the CDN a registry redirects to.
+get KILN_REGISTRY_USERNAME and KILN_REGISTRY_PASSWORD, else what `docker login`
+stored (config, credential helpers), else gcloud's token for Google registries;
+credentials are never sent to the CDN a registry redirects to. GGUF and
+safetensors models and hf.co/USER/REPO:QUANT references are pulled alike.
 
 Examples:
   kiln pull gemma3:4b --models-dir ./models
@@ -106,6 +109,7 @@ impl PullArgs {
         options.source_registry = self.source_registry.clone();
         options.insecure_registries = self.insecure_registry.clone();
         options.credentials = credentials_from_env();
+        options.credential_sources = Some(AuthOptions::from_environment());
         options.parallel = self.parallel.map(usize::from);
         options.part_size = self.part_size;
         options.max_retries = self.retries;

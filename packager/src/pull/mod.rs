@@ -23,6 +23,7 @@ pub use crate::image::reference::{is_loopback, is_plain_http};
 pub use ollama_registry::Credentials;
 
 use crate::blob_cache::{Cache, CacheError};
+use crate::credentials::{AuthOptions, Credential};
 use crate::layers::TarFraming;
 use crate::model_ref::ModelRef;
 use crate::pack::layers::{LayerPlan, PlannedBlob, own_layer};
@@ -38,7 +39,13 @@ pub struct PullOptions {
     pub source_registry: Option<Url>,
     /// Hosts (`host[:port]`) reached over plain HTTP besides loopback ones.
     pub insecure_registries: Vec<String>,
+    /// User name and password for the registry (`KILN_REGISTRY_USERNAME` and
+    /// `_PASSWORD` on the command line); they win over `credential_sources`.
     pub credentials: Option<Credentials>,
+    /// Where else credentials may come from (docker config, credential
+    /// helpers, gcloud and the metadata server for Google registries), as for
+    /// pushes; `None`: anonymous unless `credentials` are given.
+    pub credential_sources: Option<AuthOptions>,
     /// Concurrent connections per large blob. `None`: 16 (as Ollama), but 1
     /// for a loopback registry, where extra connections add CPU work and no
     /// throughput (see docs/BENCHMARKS.md, "Pull").
@@ -73,6 +80,7 @@ impl PullOptions {
             source_registry: None,
             insecure_registries: Vec::new(),
             credentials: None,
+            credential_sources: None,
             parallel: None,
             part_size: None,
             blob_streams: 4,
@@ -228,6 +236,31 @@ pub fn registry_base(model: &ModelRef, options: &PullOptions) -> Result<Url, Pul
     })
 }
 
+/// The credential for the registry at `base`: the given user name and
+/// password, else what the credential sources hold for that host.
+async fn credential_for_pull(base: &Url, options: &PullOptions) -> Result<Credential, PullError> {
+    if let Some(c) = &options.credentials {
+        return Ok(Credential::Basic {
+            username: c.username.clone(),
+            password: c.password.clone(),
+        });
+    }
+    let Some(sources) = &options.credential_sources else {
+        return Ok(Credential::Anonymous);
+    };
+    let host = match (base.host_str(), base.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => return Ok(Credential::Anonymous),
+    };
+    crate::credentials::credential_for(&host, sources, false)
+        .await
+        .map_err(|e| PullError::Unauthorized {
+            registry: host,
+            detail: e.to_string(),
+        })
+}
+
 /// Pulls the models into the cache: all manifests first (so a typo fails
 /// before gigabytes move), then each distinct blob once.
 pub async fn pull_models(
@@ -246,11 +279,8 @@ pub async fn pull_models(
         let client = match clients.get(&base) {
             Some(c) => c.clone(),
             None => {
-                let c = OllamaRegistry::new(
-                    base.clone(),
-                    options.credentials.clone(),
-                    options.connect_timeout,
-                )?;
+                let credential = credential_for_pull(&base, options).await?;
+                let c = OllamaRegistry::new(base.clone(), credential, options.connect_timeout)?;
                 clients.insert(base, c.clone());
                 c
             }

@@ -49,17 +49,10 @@ pub struct OllamaRegistry {
 impl OllamaRegistry {
     pub fn new(
         base: Url,
-        credentials: Option<Credentials>,
+        credential: Credential,
         connect_timeout: Duration,
     ) -> Result<Self, PullError> {
-        let has_credentials = credentials.is_some();
-        let credential = match credentials {
-            Some(c) => Credential::Basic {
-                username: c.username,
-                password: c.password,
-            },
-            None => Credential::Anonymous,
-        };
+        let has_credentials = credential != Credential::Anonymous;
         let client =
             RegistryClient::with_base(base.clone(), credential, connect_timeout).map_err(|e| {
                 PullError::Network {
