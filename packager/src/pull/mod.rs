@@ -406,11 +406,14 @@ fn layer_framings(
     });
     let mut framings = HashMap::new();
     for digest in LayerPlan::new(blobs).own {
-        let size = plans
+        let Some(size) = plans
             .iter()
-            .flat_map(|(_, _, _, parsed)| &parsed.layers)
+            .flat_map(|(_, _, _, parsed)| std::iter::once(&parsed.config).chain(&parsed.layers))
             .find(|l| l.digest == digest)
-            .map_or(0, |l| l.size);
+            .map(|l| l.size)
+        else {
+            continue;
+        };
         let path = cache.blob_path(&digest)?;
         let framing = own_layer(models_path, &digest, size, &path, String::new())
             .ok()
