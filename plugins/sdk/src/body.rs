@@ -44,17 +44,21 @@ impl Message {
         }
     }
 
-    /// The text of the message (text parts joined by newlines).
+    /// The text of the message's `content` (text parts joined by newlines).
     pub fn text(&self) -> String {
         let mut out = Vec::new();
-        let mut this = self.clone();
-        this.for_each_text_mut(|t| out.push(t.clone()));
+        let mut content = self.content.clone();
+        for_each_content_text_mut(&mut content, &mut |t| out.push(t.clone()));
         out.join("\n")
     }
 
-    /// Visits every piece of text in the message, for rewriting in place.
+    /// Visits every piece of text of the message that the model reads, for
+    /// rewriting in place: `content` and everything else a message carries
+    /// (`thinking`/`reasoning`, tool calls and their arguments, tool names),
+    /// but not its role, ids or images (see the `text` module).
     pub fn for_each_text_mut(&mut self, mut f: impl FnMut(&mut String)) {
-        for_each_content_text_mut(&mut self.content, &mut f)
+        text::visit_message(&mut self.content, &mut f);
+        text::visit_fields(&mut self.extra, &mut f);
     }
 }
 
@@ -66,11 +70,26 @@ pub struct GenerateRequest {
     pub prompt: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
+    /// Text after the insertion point (fill-in-the-middle models). With a
+    /// suffix, Ollama renders only `prompt` and `suffix`: no system prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suffix: Option<String>,
+    /// A prompt template replacing the model's; the model reads its text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
     /// Runner options: `num_predict`, `num_ctx`, `temperature`, …
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub options: Option<Object>,
     #[serde(flatten)]
     pub extra: Object,
+}
+
+impl GenerateRequest {
+    /// `"raw": true`: Ollama applies no template, so neither `system` nor
+    /// the model's own system prompt reaches the model.
+    pub fn raw(&self) -> bool {
+        self.extra.get("raw") == Some(&Value::Bool(true))
+    }
 }
 
 /// `POST /api/chat`.
@@ -148,22 +167,15 @@ pub struct OpenaiResponsesRequest {
 }
 
 impl OpenaiResponsesRequest {
-    /// Visits the text of `input`: the string itself, or each item's
-    /// `content` (a string or the `text` of its parts), and the `output` a
-    /// client sends back for a tool call (`function_call_output`).
+    /// Visits the text of `input`: the string itself, or all the text of
+    /// each item, whatever its type: a message's `content` (a string or the
+    /// `text` of its parts), the `output` a client sends back for a tool call
+    /// (`function_call_output`; Ollama reads `output`, never `content`), a
+    /// `function_call`'s name and arguments, a reasoning item's
+    /// `encrypted_content` (Ollama hands it to the model as thinking).
     pub fn for_each_input_text_mut(&mut self, f: &mut impl FnMut(&mut String)) {
-        match &mut self.input {
-            Some(Value::String(s)) => f(s),
-            Some(Value::Array(items)) => {
-                for item in items {
-                    if let Some(content) = item.get_mut("content") {
-                        for_each_content_text_mut(content, f);
-                    } else if let Some(output) = item.get_mut("output") {
-                        for_each_content_text_mut(output, f);
-                    }
-                }
-            }
-            _ => {}
+        if let Some(input) = &mut self.input {
+            text::visit_message(input, f)
         }
     }
 }
@@ -200,13 +212,15 @@ pub enum Body {
     Other(Value),
 }
 
+mod text;
+
 fn parse<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, BodyError> {
     serde_json::from_slice(bytes).map_err(|e| BodyError(e.to_string()))
 }
 
-/// Visits the text of a `content` (or Anthropic `system`) that is a string or
-/// a list of parts/blocks with a `text` each (parts without one, such as
-/// images, are skipped).
+/// Visits the text of a `content` that is a string or a list of parts/blocks
+/// with a `text` each (parts without one, such as images, are skipped): what
+/// [`Message::text`] shows. Policies walk more (the `text` module).
 fn for_each_content_text_mut(value: &mut Value, f: &mut impl FnMut(&mut String)) {
     match value {
         Value::String(s) => f(s),
@@ -221,6 +235,14 @@ fn for_each_content_text_mut(value: &mut Value, f: &mut impl FnMut(&mut String))
             }
         }
         _ => {}
+    }
+}
+
+/// Visits the tool definitions of a chat body: Ollama renders them, names,
+/// descriptions and parameter schemas, into the prompt.
+fn visit_tools(extra: &mut Object, f: &mut impl FnMut(&mut String)) {
+    if let Some(tools) = extra.get_mut("tools") {
+        text::visit_json(tools, f)
     }
 }
 
@@ -313,23 +335,34 @@ impl Body {
         }
     }
 
-    /// Visits every piece of user-supplied text: prompts, system prompts
-    /// (`system`, `instructions`), message contents, Responses `input` and
-    /// embedding inputs.
+    /// Visits every piece of text the model reads, for matching and
+    /// rewriting in place: prompts, system prompts (`system`,
+    /// `instructions`), `/api/generate`'s `template` and `suffix`, whole
+    /// messages (content, thinking, tool calls and their arguments), every
+    /// `/v1/responses` input item, Anthropic content blocks of every type,
+    /// tool definitions (`tools`), the legacy completions' `suffix` and
+    /// embedding inputs. Not seen: images and other media, and
+    /// `/api/generate`'s `context` (token ids of an earlier answer).
     pub fn for_each_text_mut(&mut self, mut f: impl FnMut(&mut String)) {
         match self {
             Body::OllamaGenerate(b) => {
                 b.system.iter_mut().for_each(&mut f);
+                b.template.iter_mut().for_each(&mut f);
                 b.prompt.iter_mut().for_each(&mut f);
+                b.suffix.iter_mut().for_each(&mut f);
             }
-            Body::OllamaChat(b) => b
-                .messages
-                .iter_mut()
-                .for_each(|m| m.for_each_text_mut(&mut f)),
-            Body::OpenaiChat(b) => b
-                .messages
-                .iter_mut()
-                .for_each(|m| m.for_each_text_mut(&mut f)),
+            Body::OllamaChat(b) => {
+                b.messages
+                    .iter_mut()
+                    .for_each(|m| m.for_each_text_mut(&mut f));
+                visit_tools(&mut b.extra, &mut f);
+            }
+            Body::OpenaiChat(b) => {
+                b.messages
+                    .iter_mut()
+                    .for_each(|m| m.for_each_text_mut(&mut f));
+                visit_tools(&mut b.extra, &mut f);
+            }
             Body::OllamaEmbed(b) => {
                 b.input
                     .iter_mut()
@@ -343,18 +376,23 @@ impl Body {
                 b.input
                     .iter_mut()
                     .for_each(|v| for_each_string_mut(v, &mut f));
+                if let Some(Value::String(suffix)) = b.extra.get_mut("suffix") {
+                    f(suffix)
+                }
             }
             Body::OpenaiResponses(b) => {
                 b.instructions.iter_mut().for_each(&mut f);
                 b.for_each_input_text_mut(&mut f);
+                visit_tools(&mut b.extra, &mut f);
             }
             Body::AnthropicMessages(b) => {
                 b.system
                     .iter_mut()
-                    .for_each(|v| for_each_content_text_mut(v, &mut f));
+                    .for_each(|v| text::visit_message(v, &mut f));
                 b.messages
                     .iter_mut()
                     .for_each(|m| m.for_each_text_mut(&mut f));
+                visit_tools(&mut b.extra, &mut f);
             }
             Body::Other(_) => {}
         }
@@ -365,6 +403,22 @@ impl Body {
         let mut out = Vec::new();
         self.clone().for_each_text_mut(|t| out.push(t.clone()));
         out
+    }
+
+    /// The top-level fields the typed view does not name (`stream`,
+    /// `keep_alive`, `tools`, `format`, …), for reading and editing.
+    pub fn extra_mut(&mut self) -> Option<&mut Object> {
+        match self {
+            Body::OllamaGenerate(b) => Some(&mut b.extra),
+            Body::OllamaChat(b) => Some(&mut b.extra),
+            Body::OllamaEmbed(b) => Some(&mut b.extra),
+            Body::OpenaiChat(b) => Some(&mut b.extra),
+            Body::OpenaiCompletions(b) | Body::OpenaiEmbeddings(b) => Some(&mut b.extra),
+            Body::OpenaiResponses(b) => Some(&mut b.extra),
+            Body::AnthropicMessages(b) => Some(&mut b.extra),
+            Body::Other(Value::Object(o)) => Some(o),
+            Body::Other(_) => None,
+        }
     }
 
     /// Ollama's runner options (`options`), created empty when absent; `None`

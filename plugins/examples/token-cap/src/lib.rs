@@ -6,14 +6,26 @@
 //!   `max_output_tokens` on `/v1/responses` and `max_tokens` on
 //!   `/v1/messages`. A larger (or missing, or unlimited `-1`) request is set
 //!   to `max_tokens`.
-//! - A request whose `num_ctx`, `num_gpu` or `num_batch` differs from the
-//!   loaded model's forces a reload (seconds of GPU time for every other
-//!   caller), so these are stripped by default.
+//! - A request whose runner options differ from the loaded model's forces
+//!   a reload (seconds of GPU time, and every other caller waits): Ollama
+//!   compares `num_ctx`, `num_batch`, `num_gpu`, `main_gpu`, `use_mmap`,
+//!   `num_thread` and `draft_num_predict` (its `api.Runner` options), and the
+//!   top-level `shift` (context-shift mode). All of them are stripped by
+//!   default, so Ollama uses the values the model was loaded with.
+//! - `keep_alive` decides how long the model stays loaded after the request:
+//!   `0` unloads the baked model (the next caller pays the load), a long or
+//!   negative value pins a model in memory. It is stripped by default, so
+//!   the server's setting (`OLLAMA_KEEP_ALIVE`) applies.
+//!
+//! Passing any of these through is the operator's opt-in:
 //!
 //! ```toml
 //! [plugins.config]
 //! max_tokens = 1024
-//! strip_options = ["num_ctx", "num_gpu", "num_batch"]   # the default
+//! strip_options = ["num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap",
+//!                  "num_thread", "draft_num_predict"]   # the default; [] passes all
+//! shift = "strip"        # the default; "pass" lets clients choose
+//! keep_alive = "strip"   # the default; "pass" lets clients choose
 //! ```
 
 use kiln_plugin::{Decision, Plugin, Request};
@@ -25,12 +37,37 @@ pub struct Config {
     pub max_tokens: u64,
     #[serde(default = "default_strip")]
     pub strip_options: Vec<String>,
+    #[serde(default)]
+    pub shift: Policy,
+    #[serde(default)]
+    pub keep_alive: Policy,
 }
 
+/// What happens to a top-level field the client sets.
+#[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Removed, so the server's own setting applies.
+    #[default]
+    Strip,
+    /// Forwarded as sent.
+    Pass,
+}
+
+/// Ollama's `api.Runner` options: a request whose values differ from the
+/// loaded model's makes the scheduler reload it.
 fn default_strip() -> Vec<String> {
-    ["num_ctx", "num_gpu", "num_batch"]
-        .map(String::from)
-        .to_vec()
+    [
+        "num_ctx",
+        "num_batch",
+        "num_gpu",
+        "main_gpu",
+        "use_mmap",
+        "num_thread",
+        "draft_num_predict",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 pub struct TokenCap;
@@ -65,6 +102,13 @@ impl Plugin for TokenCap {
         if let Some(options) = body.options_mut() {
             for key in &config.strip_options {
                 changed |= options.remove(key).is_some();
+            }
+        }
+        if let Some(fields) = body.extra_mut() {
+            for (key, policy) in [("shift", config.shift), ("keep_alive", config.keep_alive)] {
+                if policy == Policy::Strip {
+                    changed |= fields.remove(key).is_some();
+                }
             }
         }
         if changed {
@@ -225,5 +269,46 @@ mod tests {
             run(Route::OpenaiEmbeddings, json!({"model":"m","input":"x"})),
             Decision::Allow
         );
+    }
+
+    #[test]
+    fn every_runner_option_and_shift_are_stripped_by_default() {
+        let v = run(
+            Route::OllamaGenerate,
+            json!({"model":"m","prompt":"p","shift":false,"options":{"num_predict":5,"main_gpu":1,
+                "use_mmap":false,"num_thread":3,"draft_num_predict":4,"num_batch":8,"top_k":3}}),
+        )
+        .rewritten_json()
+        .unwrap();
+        assert_eq!(v["options"], json!({"num_predict":5,"top_k":3}));
+        assert!(v.get("shift").is_none());
+    }
+
+    #[test]
+    fn keep_alive_is_stripped_unless_passed() {
+        for keep_alive in [json!(0), json!("0s"), json!(-1), json!("9999h")] {
+            let v = run(
+                Route::OllamaChat,
+                json!({"model":"m","messages":[],"keep_alive":keep_alive,"options":{"num_predict":5}}),
+            )
+            .rewritten_json()
+            .unwrap();
+            assert!(v.get("keep_alive").is_none(), "{v}");
+        }
+        let pass = parse_config::<TokenCap>(
+            r#"{"max_tokens":256,"keep_alive":"pass","shift":"pass","strip_options":[]}"#,
+        )
+        .unwrap();
+        let body = json!({"model":"m","prompt":"","keep_alive":0,"shift":false,
+            "options":{"num_predict":5,"num_ctx":8192}});
+        assert_eq!(
+            TokenCap::on_request(
+                &pass,
+                &Request::new(Route::OllamaGenerate, "/", &body.to_string())
+            ),
+            Decision::Allow,
+            "pass-through is the operator's opt-in"
+        );
+        assert!(parse_config::<TokenCap>(r#"{"max_tokens":1,"keep_alive":"keep"}"#).is_err());
     }
 }

@@ -190,3 +190,74 @@ fn wrong_shapes_are_errors_not_panics() {
     assert!(Body::parse(Route::AnthropicMessages, br#"{"model":"m","messages":"x"}"#).is_err());
     assert!(Body::parse(Route::OpenaiResponses, br#"{"model":"m","instructions":7}"#).is_err());
 }
+
+/// Every field of each API that Ollama renders into the prompt, with the
+/// word `SEEN` in it; each must be visited, and rewritable.
+#[test]
+fn texts_cover_every_field_the_model_reads() {
+    let cases = [
+        (
+            Route::OllamaGenerate,
+            json!({"model":"m","prompt":"SEEN p","template":"SEEN {{ .Prompt }}","suffix":"SEEN s","raw":false}),
+            3,
+        ),
+        (
+            Route::OllamaChat,
+            json!({"model":"m","messages":[
+                {"role":"assistant","content":"","thinking":"SEEN thought",
+                 "tool_calls":[{"function":{"name":"SEEN_f","arguments":{"SEEN_key":"SEEN value","n":[1,"SEEN"]}}}]},
+                {"role":"tool","tool_name":"SEEN_tool","content":"SEEN result","images":["U0VFTg=="]}],
+              "tools":[{"type":"function","function":{"name":"f","description":"SEEN description",
+                 "parameters":{"type":"object","properties":{"q":{"type":"string","description":"SEEN param"}}}}}]}),
+            9,
+        ),
+        (
+            Route::OpenaiChat,
+            json!({"model":"m","messages":[
+                {"role":"assistant","content":null,"reasoning":"SEEN thought",
+                 "tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{\"x\":\"SEEN\"}"}}]},
+                {"role":"tool","tool_call_id":"c1","content":"SEEN result"}],
+              "tools":[{"type":"function","function":{"name":"f","description":"SEEN description"}}]}),
+            4,
+        ),
+        (
+            Route::OpenaiCompletions,
+            json!({"model":"m","prompt":"SEEN p","suffix":"SEEN s"}),
+            2,
+        ),
+        (
+            Route::OpenaiResponses,
+            json!({"model":"m","input":[
+                {"type":"reasoning","id":"r1","summary":[],"encrypted_content":"SEEN thought"},
+                {"type":"function_call","call_id":"c1","name":"f","arguments":"{\"x\":\"SEEN\"}"},
+                {"type":"function_call_output","call_id":"c1","output":"SEEN output","content":"decoy"},
+                {"type":"function_call_output","call_id":"c2","output":[{"type":"input_text","text":"SEEN part"}]}],
+              "tools":[{"type":"function","name":"f","description":"SEEN description","parameters":{}}]}),
+            5,
+        ),
+        (
+            Route::AnthropicMessages,
+            json!({"model":"m","max_tokens":9,"messages":[
+                {"role":"assistant","content":[
+                    {"type":"thinking","thinking":"SEEN thought","signature":"sig"},
+                    {"type":"tool_use","id":"t1","name":"f","input":{"SEEN_key":"SEEN value"}}]},
+                {"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":[{"type":"text","text":"SEEN result"}]}]}],
+              "tools":[{"name":"f","description":"SEEN description","input_schema":{"type":"object"}}]}),
+            5,
+        ),
+    ];
+    for (route, body, expected) in cases {
+        let mut b = Body::parse(route, body.to_string().as_bytes()).unwrap();
+        let seen = b.texts().iter().filter(|t| t.contains("SEEN")).count();
+        assert_eq!(seen, expected, "{route:?}: {:?}", b.texts());
+        b.for_each_text_mut(|t| *t = t.replace("SEEN", "[x]"));
+        let out = String::from_utf8(b.to_bytes()).unwrap();
+        assert!(!out.contains("SEEN"), "{route:?}: not rewritten: {out}");
+        assert!(
+            !b.texts()
+                .iter()
+                .any(|t| t == "sig" || t == "c1" || t == "U0VFTg=="),
+            "{route:?}: ids, signatures and images are not text"
+        );
+    }
+}
