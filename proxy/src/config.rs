@@ -96,6 +96,12 @@ pub struct Limits {
     /// Non-inference requests (tags, show, ps, version, management) at
     /// Ollama at once, apart from the inference slots; beyond it 429.
     pub max_other_in_flight: usize,
+    /// The largest body (bytes) handed to request plugins; a larger one is
+    /// refused with 413 before any plugin runs, so that no client can pick a
+    /// body a policy cannot check within its deadline.
+    pub plugin_max_body_bytes: usize,
+    /// The same bound in JSON values (every message, part, field value).
+    pub plugin_max_json_values: usize,
 }
 
 impl Default for Config {
@@ -139,9 +145,16 @@ impl Default for Limits {
             shutdown_grace_s: 8,
             max_buffered_bytes: 64 * 1024 * 1024,
             max_other_in_flight: 8,
+            // What the example policy chain checks well within its 50 ms
+            // deadline on a shared 2-core machine (docs/PLUGINS.md).
+            plugin_max_body_bytes: PLUGIN_MAX_BODY_BYTES,
+            plugin_max_json_values: PLUGIN_MAX_JSON_VALUES,
         }
     }
 }
+
+const PLUGIN_MAX_BODY_BYTES: usize = 8 << 20;
+const PLUGIN_MAX_JSON_VALUES: usize = 20_000;
 
 fn list(v: &str) -> Vec<String> {
     v.split(',')
@@ -199,6 +212,8 @@ const ENV_KEYS: &[&str] = &[
     "KILN_LIMITS_SHUTDOWN_GRACE_S",
     "KILN_LIMITS_MAX_BUFFERED_BYTES",
     "KILN_LIMITS_MAX_OTHER_IN_FLIGHT",
+    "KILN_LIMITS_PLUGIN_MAX_BODY_BYTES",
+    "KILN_LIMITS_PLUGIN_MAX_JSON_VALUES",
 ];
 
 impl Config {
@@ -324,6 +339,14 @@ impl Config {
                 "KILN_LIMITS_MAX_OTHER_IN_FLIGHT",
                 &mut l.max_other_in_flight,
             ),
+            (
+                "KILN_LIMITS_PLUGIN_MAX_BODY_BYTES",
+                &mut l.plugin_max_body_bytes,
+            ),
+            (
+                "KILN_LIMITS_PLUGIN_MAX_JSON_VALUES",
+                &mut l.plugin_max_json_values,
+            ),
         ] {
             if let Some((k, v)) = get(key) {
                 *field = num(&k, &v)?;
@@ -370,12 +393,20 @@ impl Config {
         // Ranges: a value outside them would fail at the first request (a
         // deadline past the clock's range panics) or make the proxy useless.
         const DAY: u64 = 24 * 3600;
-        let at_least_one: [(&str, u64); 5] = [
+        let at_least_one: [(&str, u64); 7] = [
             ("limits.max_in_flight", l.max_in_flight as u64),
             ("limits.max_body_bytes", l.max_body_bytes as u64),
             ("limits.max_other_in_flight", l.max_other_in_flight as u64),
             ("limits.header_timeout_s", l.header_timeout_s),
             ("limits.idle_timeout_s", l.idle_timeout_s),
+            (
+                "limits.plugin_max_body_bytes",
+                l.plugin_max_body_bytes as u64,
+            ),
+            (
+                "limits.plugin_max_json_values",
+                l.plugin_max_json_values as u64,
+            ),
         ];
         for (key, v) in at_least_one {
             if v == 0 {

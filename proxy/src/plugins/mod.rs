@@ -50,6 +50,12 @@ pub struct PluginOptions {
     pub cache_dir: PathBuf,
     /// How often plugin files are checked for changes.
     pub watch_interval: Duration,
+    /// The largest request body handed to request plugins, in bytes and in
+    /// JSON values; beyond either, the request is refused (413) before any
+    /// plugin runs. From `[limits]` `plugin_max_body_bytes` and
+    /// `plugin_max_json_values`.
+    pub max_body_bytes: usize,
+    pub max_json_values: usize,
 }
 
 impl Default for PluginOptions {
@@ -60,6 +66,8 @@ impl Default for PluginOptions {
             max_concurrent_calls: 128,
             cache_dir: cache::default_dir(),
             watch_interval: Duration::from_secs(2),
+            max_body_bytes: crate::config::Limits::default().plugin_max_body_bytes,
+            max_json_values: crate::config::Limits::default().plugin_max_json_values,
         }
     }
 }

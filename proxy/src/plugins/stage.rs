@@ -4,6 +4,13 @@
 //! A request takes the chain that is current when it arrives and finishes on
 //! it, even if a reload swaps in a new one meanwhile. A reload that fails
 //! (missing file, bad pin, config refused) keeps the old chain and logs why.
+//!
+//! Before any request plugin runs, the stage refuses (413) a body larger
+//! than the policy plugins are given to check (`[limits]`
+//! `plugin_max_body_bytes`, `plugin_max_json_values`). Without this bound a
+//! client could pick a body (150,000 one-character messages) that a plugin
+//! cannot read within its deadline, and so choose, for a plugin with
+//! `on_error = "allow"`, that the policy is skipped.
 
 use super::chain::Chain;
 use super::loader;
@@ -11,6 +18,7 @@ use super::runtime::Runtime;
 use super::{PluginError, PluginSpec};
 use crate::filter::{FilterRequest, RequestFilter, Verdict, VerdictFuture};
 use arc_swap::ArcSwap;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -257,9 +265,23 @@ impl RequestFilter for PluginStage {
 
     fn apply(&self, request: FilterRequest) -> VerdictFuture<'_> {
         let chain = self.chain();
+        let options = &self.runtime.options;
+        let (max_bytes, max_values) = (options.max_body_bytes, options.max_json_values);
         Box::pin(async move {
-            if chain.plugins().all(|p| p.pre.is_none()) {
+            let route = request.route;
+            if !chain
+                .plugins()
+                .any(|p| p.pre.is_some() && p.routes.contains(route))
+            {
                 return Verdict::Forward(request);
+            }
+            if let Some(message) = too_large_to_check(&request.body, max_bytes, max_values) {
+                tracing::info!(%message, "request refused before the plugins ran");
+                return Verdict::Reject {
+                    status: 413,
+                    message,
+                    headers: Vec::new(),
+                };
             }
             // Plugin calls are CPU work bounded by their deadline (tens of
             // µs typically, up to the deadline per plugin). On the proxy's
@@ -285,5 +307,132 @@ impl RequestFilter for PluginStage {
                 }
             }
         })
+    }
+}
+
+/// Why `body` is too large for the policy plugins to be given, if it is.
+fn too_large_to_check(body: &[u8], max_bytes: usize, max_values: usize) -> Option<String> {
+    if body.len() > max_bytes {
+        return Some(format!(
+            "the request body has {} bytes, more than the {max_bytes} this service's policy \
+             checks accept (limits.plugin_max_body_bytes); send a shorter request",
+            body.len()
+        ));
+    }
+    match count_json_values(body, max_values) {
+        Ok(_) => None,
+        Err(TooMany) => Some(format!(
+            "the request body has more than {max_values} JSON values (messages, parts, \
+             fields), more than this service's policy checks accept \
+             (limits.plugin_max_json_values); send fewer messages or split the request"
+        )),
+    }
+}
+
+/// The count went past the limit.
+#[derive(Debug, PartialEq, Eq)]
+struct TooMany;
+
+/// Counts the JSON values in `body` (every scalar, array and object, at any
+/// depth), stopping as soon as there are more than `limit`: a plugin's cost
+/// grows with their number more than with the bytes (150,000 tiny messages
+/// cost it far more than one long string). A body that is not JSON counts
+/// what was read before the error: the view stage has refused those already.
+fn count_json_values(body: &[u8], limit: usize) -> Result<usize, TooMany> {
+    let mut count = Count { seen: 0, limit };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    match (&mut count).deserialize(&mut de) {
+        Err(_) if count.seen > limit => Err(TooMany),
+        _ => Ok(count.seen),
+    }
+}
+
+struct Count {
+    seen: usize,
+    limit: usize,
+}
+
+impl Count {
+    fn one<E: de::Error>(&mut self) -> Result<(), E> {
+        self.seen += 1;
+        if self.seen > self.limit {
+            return Err(E::custom("too many JSON values"));
+        }
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for &mut Count {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for &mut Count {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        self.one()
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        self.one()
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        self.one()
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        self.one()
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        self.one()
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.one()
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.one()?;
+        while seq.next_element_seed(&mut *self)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.one()?;
+        while map.next_key::<IgnoredAny>()?.is_some() {
+            map.next_value_seed(&mut *self)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_values_are_counted_at_every_depth() {
+        let count = |s: &str| count_json_values(s.as_bytes(), 100);
+        assert_eq!(count("1"), Ok(1));
+        assert_eq!(count("[]"), Ok(1));
+        assert_eq!(count(r#"{"a":[1,"x",null,{"b":true}]}"#), Ok(7));
+        assert_eq!(count_json_values(b"[1,2,3]", 3), Err(TooMany));
+        assert_eq!(count_json_values(b"[1,2]", 3), Ok(3));
+        // Counting stops at the limit, whatever follows.
+        assert_eq!(count_json_values(b"[1,2,3,4,not json", 3), Err(TooMany));
+        assert_eq!(count("[1,2,"), Ok(3));
+    }
+
+    #[test]
+    fn bodies_over_either_limit_are_refused_with_the_key_to_raise() {
+        let many = format!("[{}1]", "1,".repeat(50));
+        let m = too_large_to_check(many.as_bytes(), 1 << 20, 10).unwrap();
+        assert!(m.contains("limits.plugin_max_json_values"), "{m}");
+        let m = too_large_to_check(&[b' '; 11], 10, 100).unwrap();
+        assert!(
+            m.contains("11 bytes") && m.contains("limits.plugin_max_body_bytes"),
+            "{m}"
+        );
+        assert_eq!(too_large_to_check(many.as_bytes(), 1 << 20, 100), None);
     }
 }
