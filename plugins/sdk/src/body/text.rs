@@ -93,40 +93,32 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn seen(mut v: Value, walk: fn(&mut Value, &mut dyn FnMut(&mut String))) -> Vec<String> {
+    fn message_texts(mut v: Value) -> Vec<String> {
         let mut out = Vec::new();
-        walk(&mut v, &mut |s| out.push(s.clone()));
+        visit_message(&mut v, &mut |s| out.push(s.clone()));
+        out.sort();
         out
     }
 
-    fn message(v: &mut Value, f: &mut dyn FnMut(&mut String)) {
-        visit_message(v, &mut |s| f(s))
-    }
-
-    fn json_walk(v: &mut Value, f: &mut dyn FnMut(&mut String)) {
-        visit_json(v, &mut |s| f(s))
+    fn json_texts(mut v: Value) -> Vec<String> {
+        let mut out = Vec::new();
+        visit_json(&mut v, &mut |s| out.push(s.clone()));
+        out.sort();
+        out
     }
 
     #[test]
     fn structure_references_and_media_are_not_text() {
         let m = json!({"role":"user","content":[{"type":"image_url","image_url":{"url":"data:x"}},{"type":"text","text":"a"}],
             "images":["aGk="],"tool_call_id":"c1","thinking":"b"});
-        let mut texts = seen(m, message);
-        texts.sort();
-        assert_eq!(texts, ["a", "b"]);
+        assert_eq!(message_texts(m), ["a", "b"]);
     }
 
     #[test]
     fn free_form_keys_are_text() {
         let m = json!({"tool_calls":[{"id":"1","function":{"name":"f","arguments":{"path":"x"}}}]});
-        let mut texts = seen(m, message);
-        texts.sort();
-        assert_eq!(texts, ["f", "path", "x"]);
-        let mut tools = seen(
-            json!([{"type":"function","function":{"description":"d"}}]),
-            json_walk,
-        );
-        tools.sort();
+        assert_eq!(message_texts(m), ["f", "path", "x"]);
+        let tools = json_texts(json!([{"type":"function","function":{"description":"d"}}]));
         assert_eq!(tools, ["d", "description", "function", "function", "type"]);
     }
 
