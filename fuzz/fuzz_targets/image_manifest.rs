@@ -5,8 +5,10 @@
 #![no_main]
 #![allow(dead_code, unused_imports)]
 
-#[path = "../../packager/src/image/mod.rs"]
-mod image;
+/// The packager's image model (see build.rs).
+mod image {
+    include!(concat!(env!("OUT_DIR"), "/image.rs"));
+}
 
 use image::AnyManifest;
 use image::config::{ConfigEdit, diff_ids, edit_config};

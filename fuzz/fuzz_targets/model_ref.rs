@@ -1,4 +1,4 @@
-//! Ollama model references (packager/src/reference.rs): every part of an
+//! Ollama model references (packager/src/model_ref.rs): every part of an
 //! accepted name becomes a directory or file name under OLLAMA_MODELS, so
 //! an accepted name must give a plain relative path (no `..`, no root, no
 //! separators inside a part), and its canonical and short forms must parse
@@ -6,11 +6,11 @@
 #![no_main]
 #![allow(dead_code)]
 
-#[path = "../../packager/src/reference.rs"]
-mod reference;
+#[path = "../../packager/src/model_ref.rs"]
+mod model_ref;
 
 use libfuzzer_sys::fuzz_target;
-use reference::ModelRef;
+use model_ref::ModelRef;
 use std::path::Component;
 
 fuzz_target!(|data: &[u8]| {

@@ -32,11 +32,14 @@ fuzz_target!(|data: &[u8]| {
     let written = body.to_bytes();
     let again = Body::parse(route, &written).expect("a body the SDK wrote reads back");
     assert_eq!(again.texts(), texts);
+    // Compared with the re-read body, not the first write: serde_json's
+    // default float parsing is not correctly rounded, so a number beyond f64's
+    // precision may move by one unit in the last place per round trip.
     let mut same = again.clone();
     same.for_each_text_mut(|_| {});
     assert_eq!(
         same.to_bytes(),
-        written,
+        again.to_bytes(),
         "an identity rewrite changed the body"
     );
     let mut marked = again;

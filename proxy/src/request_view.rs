@@ -25,6 +25,8 @@ pub enum ViewError {
     Empty,
     #[error("request body is not valid JSON: {0}")]
     NotJson(String),
+    #[error("request body must be a JSON object")]
+    NotObject,
     #[error("model is required")]
     MissingModel,
     /// A key Ollama would read other than the proxy does (see [`check_keys`]).
@@ -52,6 +54,11 @@ pub fn parse(route: RouteKind, body: &[u8]) -> Result<InferenceView, ViewError> 
     }
     let tree: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| ViewError::NotJson(e.to_string()))?;
+    // serde would read a struct from an array too (fields by position):
+    // `["gemma3:4b"]` is no request Ollama serves, and must not name a model.
+    if !tree.is_object() {
+        return Err(ViewError::NotObject);
+    }
     check_keys(&tree, true).map_err(ViewError::AmbiguousKey)?;
     let raw = Raw::deserialize(&tree).map_err(|e| ViewError::NotJson(e.to_string()))?;
     let model = raw
@@ -113,6 +120,19 @@ fn check_keys(v: &serde_json::Value, strict: bool) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// Found by the `request_view` fuzz target (fuzz/seeds/request_view/array-body).
+    #[test]
+    fn bodies_that_are_not_objects_are_refused() {
+        for body in [&br#"["gemma3:4b"]"#[..], br#"["]["]"#, b"\"m\"", b"7"] {
+            assert_eq!(
+                parse(RouteKind::OllamaChat, body),
+                Err(ViewError::NotObject),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
     #[test]
     fn views_parse_from_bodies() {
         let v = parse(
@@ -162,10 +182,10 @@ mod tests {
             parse(RouteKind::OllamaChat, b"{\"model\":"),
             Err(NotJson(_))
         ));
-        assert!(matches!(
-            parse(RouteKind::OllamaChat, b"[1,2]"),
-            Err(NotJson(_))
-        ));
+        assert_eq!(
+            parse(RouteKind::OllamaChat, b"[1,2]").unwrap_err(),
+            NotObject
+        );
         assert!(matches!(
             parse(RouteKind::OllamaChat, br#"{"model":7}"#),
             Err(NotJson(_))
