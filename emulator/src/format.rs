@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+use crate::answer::Answer;
 use crate::events::{Messages, Responses};
 
 /// The completion text, one word per token. Deterministic, so tests can
@@ -138,14 +139,16 @@ pub struct Totals {
     pub logprobs: Option<usize>,
     /// `/api/generate` sends `context` (not with `raw: true`).
     pub context: bool,
+    /// What the model answered (see `answer`).
+    pub answer: Answer,
 }
 
 /// The text of token `i` of an answer whose first `think` tokens are thinking.
-fn any_token(i: usize, think: usize) -> &'static str {
+fn any_token(answer: &Answer, i: usize, think: usize) -> &str {
     if i < think {
         thinking_token(i)
     } else {
-        token(i - think)
+        answer.token(i - think)
     }
 }
 
@@ -178,10 +181,10 @@ pub fn logprob(i: usize, tok: &str, top: usize) -> Value {
 /// The `logprobs` of the first `n` tokens of an answer that thinks
 /// `think` of them: a whole body carries them all (routes.go appends every
 /// chunk's to `allLogprobs`, thinking tokens included).
-fn logprobs(n: usize, think: usize, top: usize) -> Value {
+fn logprobs(answer: &Answer, n: usize, think: usize, top: usize) -> Value {
     Value::Array(
         (0..n)
-            .map(|i| logprob(i, any_token(i, think), top))
+            .map(|i| logprob(i, any_token(answer, i, think), top))
             .collect(),
     )
 }
@@ -239,12 +242,31 @@ impl Totals {
     }
 }
 
+/// openai.go: `stop` becomes `tool_calls` when the answer called a tool.
 fn openai_finish(t: &Totals) -> &'static str {
     if t.done_reason == "length" {
         "length"
+    } else if t.answer.tool_calls().is_some() {
+        "tool_calls"
     } else {
         "stop"
     }
+}
+
+/// Ollama's tool calls as openai.go `ToToolCalls` writes them: `type`,
+/// `index` beside `id`, and the arguments as a JSON string.
+fn openai_tool_calls(calls: &[Value]) -> Value {
+    Value::Array(
+        calls
+            .iter()
+            .map(|c| {
+                json!({
+                    "id": c["id"], "index": c["function"]["index"], "type": "function",
+                    "function": {"name": c["function"]["name"], "arguments": c["function"]["arguments"].to_string()},
+                })
+            })
+            .collect(),
+    )
 }
 
 impl Shape {
@@ -265,22 +287,31 @@ impl Shape {
     /// native APIs in `logprobs`, OpenAI chat in `choices[0].logprobs.content`
     /// (openai.go `toChunk`); `/v1/completions` drops them
     /// (`ToCompleteChunk` sets no `Logprobs`), and the event APIs have none.
-    pub fn chunk(&self, model: &str, i: usize, think: usize, logprobs: Option<usize>) -> Bytes {
+    pub fn chunk(
+        &self,
+        model: &str,
+        answer: &Answer,
+        i: usize,
+        think: usize,
+        logprobs: Option<usize>,
+    ) -> Bytes {
         if let Shape::Responses(r) = self {
             return Bytes::from(r.chunk(model, i, think));
         }
         if let Shape::Messages(m) = self {
             return Bytes::from(m.chunk(model, i, think));
         }
-        let lp = logprobs.map(|top| json!([logprob(i, any_token(i, think), top)]));
+        let lp = logprobs.map(|top| json!([logprob(i, any_token(answer, i, think), top)]));
         // A thinking chunk has `thinking` (`reasoning` for OpenAI chat,
         // omitempty elsewhere) and empty text: `response`/`content` are
         // always written (`ToStreamChunks` too); a completion chunk drops
         // the thinking (`ToCompleteChunk`: text only).
         let (text, thinking) = match i.checked_sub(think) {
-            Some(k) => (token(k), None),
+            Some(k) => (answer.token(k), None),
             None => ("", Some(thinking_token(i))),
         };
+        // A tool call goes out whole, in the first chunk after the thinking.
+        let calls = answer.tool_calls().filter(|_| i == think);
         match self {
             Shape::Generate => {
                 let mut v =
@@ -299,6 +330,9 @@ impl Shape {
                 if let Some(t) = thinking {
                     v["message"]["thinking"] = json!(t);
                 }
+                if let Some(calls) = calls {
+                    v["message"]["tool_calls"] = json!(calls);
+                }
                 with_logprobs(&mut v, lp);
                 ndjson(&v)
             }
@@ -310,6 +344,9 @@ impl Shape {
                 });
                 if let Some(t) = thinking {
                     v["choices"][0]["delta"]["reasoning"] = json!(t);
+                }
+                if let Some(calls) = calls {
+                    v["choices"][0]["delta"]["tool_calls"] = openai_tool_calls(calls);
                 }
                 with_choice_logprobs(&mut v, lp);
                 Bytes::from(sse(&v))
@@ -381,11 +418,12 @@ impl Shape {
     /// The whole answer of a `stream:false` request, as a tree: the handler
     /// joins the chunks' thinking and content (routes.go, `sbThinking`).
     fn whole(&self, model: &str, t: &Totals) -> Value {
-        let text = text(t.answer_tokens());
+        let text = t.answer.text(t.answer_tokens());
         let thinking = thinking_text(t.thinking_tokens);
+        let calls = t.answer.tool_calls().filter(|_| t.answer_tokens() > 0);
         let lp = t
             .logprobs
-            .map(|top| logprobs(t.eval_tokens, t.thinking_tokens, top))
+            .map(|top| logprobs(&t.answer, t.eval_tokens, t.thinking_tokens, top))
             .filter(|all| all.as_array().is_some_and(|a| !a.is_empty()));
         match self {
             Shape::Generate => {
@@ -406,6 +444,9 @@ impl Shape {
                 if !thinking.is_empty() {
                     v["message"]["thinking"] = json!(thinking);
                 }
+                if let Some(calls) = calls {
+                    v["message"]["tool_calls"] = json!(calls);
+                }
                 with_logprobs(&mut v, lp);
                 ollama_metrics(&mut v, t);
                 v
@@ -415,6 +456,9 @@ impl Shape {
                 if !thinking.is_empty() {
                     // `Message.Reasoning`, omitempty.
                     message["reasoning"] = json!(thinking);
+                }
+                if let Some(calls) = calls {
+                    message["tool_calls"] = openai_tool_calls(calls);
                 }
                 let mut v = json!({
                     "id": id, "object": "chat.completion", "created": unix_now(), "model": model,

@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::answer::Answer;
 use crate::api::{
     Api, AppState, Inner, ensure_loaded, error, header_num, keep_alive_expiry, parse_request,
     writer_error,
@@ -78,6 +79,7 @@ impl Drop for Generation {
 struct Run {
     generation: Generation,
     shape: Shape,
+    answer: Answer,
     model: String,
     i: usize,
     n: usize,
@@ -131,6 +133,7 @@ impl Run {
             self.i += 1;
             return Some(Ok(self.shape.chunk(
                 &self.model,
+                &self.answer,
                 self.i - 1,
                 self.think,
                 self.logprobs,
@@ -151,6 +154,7 @@ impl Run {
             done_reason: self.done_reason,
             logprobs: self.logprobs,
             context: self.context,
+            answer: self.answer.clone(),
         }
     }
 }
@@ -216,7 +220,22 @@ pub(crate) async fn generate(
         let msg = format!("{model:?} does not support thinking");
         return writer_error(api, StatusCode::BAD_REQUEST, &msg);
     }
+    let images = match images(api, &req) {
+        Ok(i) => i,
+        Err(msg) => return error(api, StatusCode::BAD_REQUEST, &msg),
+    };
     let think = thinks && requested.unwrap_or(true);
+    // routes.go: tools ask for the `tools` capability, which scheduleRunner
+    // checks (`"%s %w"`: the model's full name, then "does not support tools").
+    let tools = matches!(api, Api::Chat | Api::OpenaiChat)
+        && req
+            .get("tools")
+            .and_then(|t| t.as_array())
+            .is_some_and(|t| !t.is_empty());
+    if tools && !load_only && !models::calls_tools(st.config.models_dir.as_deref(), &model) {
+        let msg = format!("{} does not support tools", models::full_name(&model));
+        return writer_error(api, StatusCode::BAD_REQUEST, &msg);
+    }
     let logprobs = match requested_logprobs(api, &req) {
         Ok(l) => l,
         Err(msg) => return writer_error(api, StatusCode::BAD_REQUEST, &msg),
@@ -267,6 +286,11 @@ pub(crate) async fn generate(
             id: format!("cmpl-{next}"),
         },
     };
+    let answer = match api {
+        Api::Chat | Api::Generate => Answer::of_request(&req, true, next),
+        Api::OpenaiChat => Answer::of_request(&req, false, next),
+        _ => Answer::Words,
+    };
     let generation = Generation::admit(st).await;
     let load = ensure_loaded(st, &model, &req).await;
     let header_ms = |n| header_num(&headers, n).map(|v| v as usize);
@@ -278,14 +302,26 @@ pub(crate) async fn generate(
     } else {
         0
     };
+    // Words go on for the configured length (or the limit); a scripted
+    // answer (JSON, a tool call) ends where it ends, or at the limit.
+    let natural = thinking + answer.len().unwrap_or(st.config.default_tokens);
+    let n = match (limit, answer.len()) {
+        (Some(l), Some(_)) => natural.min(l as usize),
+        (Some(l), None) => l as usize,
+        (None, _) => natural,
+    };
+    let done_reason = if n < natural || (limit.is_some() && answer.len().is_none()) {
+        "length"
+    } else {
+        "stop"
+    };
     let mut run = Run {
         generation,
         shape,
+        answer,
         model,
         i: 0,
-        n: limit
-            .map(|l| l as usize)
-            .unwrap_or(thinking + st.config.default_tokens),
+        n,
         think: thinking,
         delay: header_num(&headers, "x-emulator-delay-ms")
             .map(Duration::from_millis)
@@ -295,8 +331,8 @@ pub(crate) async fn generate(
         stall_after: header_ms("x-emulator-stall-after"),
         started,
         load,
-        prompt_tokens: body.len() / 4 + 1,
-        done_reason: if limit.is_some() { "length" } else { "stop" },
+        prompt_tokens: (body.len() - images.bytes) / 4 + 1 + images.count * IMAGE_TOKENS,
+        done_reason,
         logprobs,
         // routes.go: `if !req.Raw { … res.Context = tokens }`.
         context: api == Api::Generate && !req.get("raw").and_then(|r| r.as_bool()).unwrap_or(false),
@@ -331,6 +367,50 @@ pub(crate) async fn generate(
         Body::from_stream(body),
     )
         .into_response()
+}
+
+/// Tokens one image takes in the prompt: Gemma 3's vision encoder gives
+/// 256 soft tokens per image.
+const IMAGE_TOKENS: usize = 256;
+
+/// The images of a request: how many, and how many bytes of base64 they took.
+struct Images {
+    count: usize,
+    bytes: usize,
+}
+
+/// The base64 `images` of /api/generate and of /api/chat's messages, read
+/// as Go's encoding/json reads `api.ImageData` (a `[]byte`: standard
+/// base64, padded), so a bad one is the same 400 ShouldBindJSON gives.
+fn images(api: Api, req: &serde_json::Value) -> Result<Images, String> {
+    use base64::Engine;
+    let lists: Vec<&serde_json::Value> = match api {
+        Api::Generate => req.get("images").into_iter().collect(),
+        Api::Chat => req
+            .get("messages")
+            .and_then(|m| m.as_array())
+            .map(|m| m.iter().filter_map(|m| m.get("images")).collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let mut found = Images { count: 0, bytes: 0 };
+    for image in lists.into_iter().filter_map(|l| l.as_array()).flatten() {
+        let Some(b64) = image.as_str() else {
+            return Err("json: cannot unmarshal into Go struct field of type api.ImageData".into());
+        };
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| match e {
+                base64::DecodeError::InvalidByte(at, _)
+                | base64::DecodeError::InvalidLastSymbol(at, _) => {
+                    format!("illegal base64 data at input byte {at}")
+                }
+                _ => format!("illegal base64 data at input byte {}", b64.len()),
+            })?;
+        found.count += 1;
+        found.bytes += b64.len();
+    }
+    Ok(found)
 }
 
 /// Whether the request asks for `logprobs`, and how many alternatives

@@ -20,6 +20,7 @@
 //! the stream open). What happened is visible in [`Stats`], in process or as JSON at
 //! `GET /emulator/stats`.
 
+mod answer;
 mod api;
 mod events;
 mod format;

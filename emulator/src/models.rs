@@ -25,6 +25,8 @@ pub struct LocalModel {
     /// Ollama's `thinking` capability (server/images.go `Capabilities`): the
     /// template has thinking tags. Here: the template blob has `<think>`.
     pub thinking: bool,
+    /// Ollama's `tools` capability: the template uses `.Tools`.
+    pub tools: bool,
 }
 
 /// Whether a model of this name thinks, for an emulator without a models
@@ -50,10 +52,52 @@ pub fn thinks(root: Option<&Path>, name: &str) -> bool {
     }
 }
 
+/// Whether a model of this name calls tools (its template renders
+/// `.Tools`), for an emulator without a models directory and for
+/// [`write_fake_model`]. gemma3's template in Ollama's library has no tools
+/// section, so Ollama refuses tools for it.
+pub fn tools_by_name(name: &str) -> bool {
+    let short = normalize(name);
+    let base = short.rsplit('/').next().unwrap_or(&short);
+    [
+        "qwen3", "qwen2.5", "llama3.1", "llama3.2", "llama3.3", "mistral", "gpt-oss",
+    ]
+    .iter()
+    .any(|f| base.starts_with(f))
+}
+
+/// Whether `name` calls tools: from its template on disk when there is a
+/// models directory, else by name.
+pub fn calls_tools(root: Option<&Path>, name: &str) -> bool {
+    match root {
+        Some(root) => {
+            let want = normalize(name);
+            scan(root).iter().any(|m| m.name == want && m.tools)
+        }
+        None => tools_by_name(name),
+    }
+}
+
+/// Ollama's full name of a model, as its capability errors print it
+/// (`registry.ollama.ai/library/gemma3:4b`).
+pub fn full_name(name: &str) -> String {
+    let short = normalize(name);
+    match short.matches('/').count() {
+        0 => format!("{DEFAULT_HOST}/{DEFAULT_NAMESPACE}/{short}"),
+        1 => format!("{DEFAULT_HOST}/{short}"),
+        _ => short,
+    }
+}
+
 /// The template of a thinking model (qwen3's, shortened): the thinking
 /// tags Ollama infers the capability from.
 const THINKING_TEMPLATE: &[u8] =
     b"{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ .Prompt }}";
+
+/// The tools section of a tool-calling model's template (shortened): the
+/// `.Tools` Ollama infers the capability from.
+const TOOLS_TEMPLATE: &[u8] =
+    b"{{ if .Tools }}<tools>{{ range .Tools }}{{ . }}{{ end }}</tools>{{ end }}";
 
 /// Canonical short form of a model name as a client writes it:
 /// `gemma3` → `gemma3:latest`, `registry.ollama.ai/library/gemma3:4b` → `gemma3:4b`.
@@ -125,6 +169,15 @@ fn read_model(root: &Path, host: &Path, ns: &Path, model: &Path, tag: &Path) -> 
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    let template = layers
+        .iter()
+        .find(|l| {
+            l.get("mediaType").and_then(|t| t.as_str())
+                == Some("application/vnd.ollama.image.template")
+        })
+        .and_then(|l| l.get("digest").and_then(|d| d.as_str()))
+        .and_then(|d| std::fs::read(root.join("blobs").join(d.replace(':', "-"))).ok())
+        .unwrap_or_default();
     // The config blob carries the details `/api/tags` shows; a model whose
     // config is missing is still listed, with empty details.
     let config: serde_json::Value = manifest
@@ -153,15 +206,13 @@ fn read_model(root: &Path, host: &Path, ns: &Path, model: &Path, tag: &Path) -> 
         family: text("model_family"),
         parameter_size: text("model_type"),
         quantization_level: text("file_type"),
-        thinking: layers.iter().any(|l| {
-            l.get("mediaType").and_then(|t| t.as_str())
-                == Some("application/vnd.ollama.image.template")
-                && l.get("digest")
-                    .and_then(|d| d.as_str())
-                    .and_then(|d| std::fs::read(root.join("blobs").join(d.replace(':', "-"))).ok())
-                    .is_some_and(|t| t.windows(7).any(|w| w == b"<think>"))
-        }),
+        thinking: contains(&template, b"<think>"),
+        tools: contains(&template, b".Tools"),
     })
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Writes a small but well-formed model into an `OLLAMA_MODELS` directory:
@@ -216,11 +267,19 @@ pub fn write_fake_model(
     let layers = vec![
         put(&weights, "application/vnd.ollama.image.model")?,
         put(
-            if thinking {
-                THINKING_TEMPLATE
-            } else {
-                b"{{ .Prompt }}"
-            },
+            &[
+                if tools_by_name(&short) {
+                    TOOLS_TEMPLATE
+                } else {
+                    b""
+                },
+                if thinking {
+                    THINKING_TEMPLATE
+                } else {
+                    b"{{ .Prompt }}"
+                },
+            ]
+            .concat(),
             "application/vnd.ollama.image.template",
         )?,
         put(
