@@ -195,6 +195,107 @@ fn plugin_failure_is_skipped_when_on_error_is_allow() {
     );
 }
 
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) },
+        0
+    );
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Pins the calling thread to the first CPU it may run on; returns that CPU.
+fn pin_to_one_cpu() -> usize {
+    // SAFETY: sched_getaffinity/sched_setaffinity read and write one
+    // cpu_set_t for the calling thread (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set),
+            0
+        );
+        let cpu = (0..libc::CPU_SETSIZE as usize)
+            .find(|&c| libc::CPU_ISSET(c, &set))
+            .expect("some CPU");
+        pin_to(cpu);
+        cpu
+    }
+}
+
+fn pin_to(cpu: usize) {
+    // SAFETY: as above.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+            0
+        );
+    }
+}
+
+#[test]
+fn a_busy_machine_does_not_make_a_plugin_miss_its_budget() {
+    // A plugin's budget is CPU time: a call that waits for a core because
+    // other work holds it has used nothing yet. Here seven busy threads
+    // share one CPU with the call, so the call takes about eight times its
+    // CPU time in wall time, well past a budget of twice its CPU time.
+    let dir = tempfile::tempdir().unwrap();
+    let work = fixtures::write(dir.path(), "work", &Behaviour::Work(200_000_000));
+    let cpu = pin_to_one_cpu();
+    let calibrate = load_chain(
+        &[spec("work", &work)],
+        &PluginOptions {
+            deadline: Duration::from_secs(5),
+            ..options(dir.path())
+        },
+    )
+    .unwrap();
+    let started = thread_cpu_time();
+    forwarded(run(&calibrate, chat("{}")));
+    let alone = thread_cpu_time() - started;
+    let budget = (alone * 2).max(Duration::from_millis(10));
+    let stage = load_chain(
+        &[spec("work", &work)],
+        &PluginOptions {
+            deadline: budget,
+            ..options(dir.path())
+        },
+    )
+    .unwrap();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hogs: Vec<_> = (0..7)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                pin_to(cpu);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(20));
+    let started = Instant::now();
+    let verdict = run(&stage, chat("{}"));
+    let loaded = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in hogs {
+        h.join().unwrap();
+    }
+    assert!(
+        loaded > budget,
+        "the busy threads should have slowed the call past its budget in wall time \
+         (alone {alone:?}, budget {budget:?}, loaded {loaded:?})"
+    );
+    forwarded(verdict);
+}
+
 #[test]
 fn plugin_infinite_loop_is_cut_at_deadline() {
     let dir = tempfile::tempdir().unwrap();

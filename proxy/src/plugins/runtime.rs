@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    UpdateDeadline,
 };
 
 wasmtime::component::bindgen!({
@@ -20,9 +21,15 @@ wasmtime::component::bindgen!({
 pub use kiln::filter::host::LogLevel;
 pub use kiln::filter::types as wit;
 
-/// How often the epoch advances. A call's deadline is rounded up to whole
-/// ticks, so a 50 ms deadline is enforced within 5 ms.
+/// How often the epoch advances: how often a running call's CPU time is
+/// checked against its budget once the budget's worth of wall time has
+/// passed, so a 50 ms budget is enforced within 5 ms of CPU.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// A call may take this many times its CPU budget in wall time before it
+/// is stopped anyway (a thread starved of CPU for that long is an outage
+/// of its own; the cap keeps a call from hanging its request forever).
+const WALL_CAP_FACTOR: u32 = 20;
 
 /// Log lines from plugins longer than this are cut, so a plugin cannot flood
 /// the proxy's log with one call.
@@ -37,6 +44,8 @@ pub struct Runtime {
     pub counters: CounterStore,
     pub stats: StatsStore,
     deadline_ticks: u64,
+    /// Each call's budget: CPU time of the thread running it.
+    budget: Duration,
     _ticker: EpochTicker,
 }
 
@@ -65,6 +74,7 @@ impl Runtime {
             counters: CounterStore::default(),
             stats: StatsStore::default(),
             deadline_ticks,
+            budget: options.deadline,
         }))
     }
 
@@ -76,19 +86,75 @@ impl Runtime {
                 plugin,
                 memory_cap: self.options.memory_cap,
                 memory_exceeded: false,
+                started: CallClock::now(),
             },
         );
         store.limiter(|s| s as &mut dyn ResourceLimiter);
-        // The deadline counts from here, so instantiation is included.
+        // The budget is CPU time, not wall time: on a machine busy with other
+        // requests, a call that waits for a core has used nothing, and
+        // stopping it would turn load into failed requests. The epoch fires
+        // once the budget's worth of wall time has passed (no call can have
+        // used more CPU than that), then every tick, to compare the thread's
+        // CPU time with the budget.
+        let budget = self.budget;
+        let wall_cap = budget * WALL_CAP_FACTOR;
+        store.epoch_deadline_callback(move |ctx| {
+            let started = &ctx.data().started;
+            if started.cpu_used() >= budget || started.wall.elapsed() >= wall_cap {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Continue(1))
+            }
+        });
+        // The budget counts from here, so instantiation is included.
         store.set_epoch_deadline(self.deadline_ticks);
         store
     }
 
     /// Gives a store that serves several calls (one response's instance,
-    /// called per chunk) the full deadline again before the next call.
+    /// called per chunk) the full budget again before the next call.
     pub fn rearm(&self, store: &mut Store<CallState>) {
+        store.data_mut().started = CallClock::now();
         store.set_epoch_deadline(self.deadline_ticks);
     }
+}
+
+/// When a call started, in CPU time of the thread running it and in wall time.
+struct CallClock {
+    cpu: Duration,
+    wall: Instant,
+}
+
+impl CallClock {
+    fn now() -> CallClock {
+        CallClock {
+            cpu: thread_cpu_time(),
+            wall: Instant::now(),
+        }
+    }
+
+    /// CPU time this thread used since the call started. A plugin call runs
+    /// to its end on the thread that started it (calls are synchronous), so
+    /// this is the call's own CPU time.
+    fn cpu_used(&self) -> Duration {
+        thread_cpu_time().saturating_sub(self.cpu)
+    }
+}
+
+/// CPU time of the calling thread. Written by hand: one libc call, which no
+/// crate of this workspace wraps (std measures only wall time).
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to a valid pointer;
+    // CLOCK_THREAD_CPUTIME_ID exists on every Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// How much address space each plugin memory slot reserves.
@@ -181,6 +247,8 @@ pub struct CallState {
     memory_cap: usize,
     /// Set when the plugin tried to grow past the cap, to explain the trap.
     pub memory_exceeded: bool,
+    /// When the current call started, for its CPU budget.
+    started: CallClock,
 }
 
 impl ResourceLimiter for CallState {

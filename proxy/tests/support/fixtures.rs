@@ -26,6 +26,8 @@ pub enum Behaviour<'a> {
     /// Busy-waits this many milliseconds on the host's monotonic clock, then
     /// rejects with 403 and the message.
     SlowReject(u64, &'a str),
+    /// Counts down from this number (a fixed amount of CPU work), then allows.
+    Work(u64),
 }
 
 const DECISION: u32 = 256;
@@ -138,6 +140,15 @@ fn on_request_body(b: &Behaviour) -> (String, Vec<(u32, Vec<u8>)>) {
         ),
         Behaviour::Trap => ("(unreachable)".into(), vec![]),
         Behaviour::Spin => ("(loop $l (br $l)) (unreachable)".into(), vec![]),
+        Behaviour::Work(n) => (
+            format!(
+                "(local.set $start (i64.const {n}))
+                 (loop $l (local.set $start (i64.sub (local.get $start) (i64.const 1)))
+                          (br_if $l (i64.ne (local.get $start) (i64.const 0))))
+                 (i32.store8 (i32.const {DECISION}) (i32.const 0)) (i32.const {DECISION})"
+            ),
+            vec![],
+        ),
         Behaviour::MemoryBomb => ("(loop $l (drop (memory.grow (i32.const 16))) (br $l)) (unreachable)".into(), vec![]),
         Behaviour::SlowReject(ms, msg) => (
             format!(
