@@ -25,6 +25,7 @@ pub mod routes;
 pub mod server;
 pub mod supervisor;
 pub mod upstream;
+pub mod write_stall;
 
 pub use config::Config;
 pub use server::{RunningProxy, run, start};

@@ -1,5 +1,6 @@
 //! The listener: HTTP/1 connections with a header timeout (slow-loris and
-//! idle keep-alive), Ollama supervision beside it, and a graceful drain on
+//! idle keep-alive) and a write-stall guard (a client that stops reading),
+//! Ollama supervision beside it, and a graceful drain on
 //! shutdown — stop accepting, let in-flight streams finish within
 //! `shutdown_grace_s`, then stop Ollama.
 
@@ -25,6 +26,7 @@ use crate::pipeline::{self, AppState};
 use crate::readiness::Readiness;
 use crate::supervisor;
 use crate::upstream::Upstream;
+use crate::write_stall::{RequestDeadline, WriteStallGuard};
 
 /// A proxy serving in the background; see [`start`].
 pub struct RunningProxy {
@@ -131,8 +133,11 @@ async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let st = state.clone();
+                let deadline = RequestDeadline::new();
+                let stream = WriteStallGuard::new(stream, state.config.idle_timeout(), deadline.clone());
                 let service = service_fn(move |req| {
                     let st = st.clone();
+                    deadline.set(tokio::time::Instant::now() + st.config.request_timeout());
                     async move { Ok::<_, Infallible>(pipeline::handle(st, req, remote).await) }
                 });
                 let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));

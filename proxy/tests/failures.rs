@@ -221,3 +221,84 @@ async fn silence_from_either_side_hits_the_idle_timeout() {
     assert!(answer.contains("no body data"), "{answer}");
     stack.shutdown().await;
 }
+
+/// Opens a connection with a small receive buffer, sends a streamed
+/// /api/generate, reads the first bytes of the answer and then stops reading.
+async fn stop_reading_after_headers(stack: &Stack) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = stack.proxy().addr();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut conn = socket.connect(addr).await.unwrap();
+    let body = generate("Why is the sky blue?").to_string();
+    let head = format!(
+        "POST /api/generate HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut first = [0u8; 64];
+    let n = conn.read(&mut first).await.unwrap();
+    assert!(
+        first[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&first[..n])
+    );
+    conn
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_loses_its_slot_at_the_request_deadline() {
+    // A long, fast answer fills the socket buffers within milliseconds;
+    // then only the deadline can end the request.
+    let stack = Stack::new(|e, p| {
+        e.token_delay = Duration::ZERO;
+        e.default_tokens = 10_000_000;
+        p.limits.request_timeout_s = 3;
+        p.limits.idle_timeout_s = 600;
+    })
+    .await;
+    let started = Instant::now();
+    let _held = stop_reading_after_headers(&stack).await;
+    let admission = &stack.proxy().state().admission;
+    assert_eq!(admission.in_flight(), 1);
+    let freed = harness::eventually(Duration::from_secs(10), || admission.in_flight() == 0).await;
+    assert!(
+        freed,
+        "the stalled client still holds its slot after 10 s (request_timeout_s = 3)"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(2500),
+        "freed before the deadline: {took:?}"
+    );
+    // The generation is cancelled upstream too, so Ollama's slot is free.
+    let cancelled =
+        harness::eventually(Duration::from_secs(5), || stack.stats().cancelled >= 1).await;
+    assert!(
+        cancelled,
+        "Ollama's generation was not cancelled: {:?}",
+        stack.stats()
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_loses_its_slot_after_the_idle_timeout() {
+    let stack = Stack::new(|e, p| {
+        e.token_delay = Duration::ZERO;
+        e.default_tokens = 10_000_000;
+        p.limits.request_timeout_s = 600;
+        p.limits.idle_timeout_s = 2;
+    })
+    .await;
+    let started = Instant::now();
+    let _held = stop_reading_after_headers(&stack).await;
+    let admission = &stack.proxy().state().admission;
+    let freed = harness::eventually(Duration::from_secs(10), || admission.in_flight() == 0).await;
+    assert!(
+        freed,
+        "the stalled client still holds its slot after 10 s (idle_timeout_s = 2)"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    stack.shutdown().await;
+}
