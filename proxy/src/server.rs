@@ -133,7 +133,7 @@ async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let st = state.clone();
-                let deadline = RequestDeadline::new();
+                let deadline = RequestDeadline::default();
                 let stream = WriteStallGuard::new(stream, state.config.idle_timeout(), deadline.clone());
                 let service = service_fn(move |req| {
                     let st = st.clone();

@@ -30,14 +30,16 @@ pub struct RequestDeadline {
     at_ms: Arc<AtomicU64>,
 }
 
-impl RequestDeadline {
-    pub fn new() -> RequestDeadline {
+impl Default for RequestDeadline {
+    fn default() -> Self {
         RequestDeadline {
             origin: Instant::now(),
             at_ms: Arc::new(AtomicU64::new(0)),
         }
     }
+}
 
+impl RequestDeadline {
     /// The request now being answered must end by `at`.
     pub fn set(&self, at: Instant) {
         let ms = at.saturating_duration_since(self.origin).as_millis() as u64;
@@ -154,7 +156,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stalled_write_fails_at_the_idle_timeout() {
         let (client, _server) = tokio::io::duplex(64);
-        let mut s = WriteStallGuard::new(client, Duration::from_secs(5), RequestDeadline::new());
+        let mut s =
+            WriteStallGuard::new(client, Duration::from_secs(5), RequestDeadline::default());
         let started = Instant::now();
         let err = s.write_all(&[0u8; 1024]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
@@ -164,7 +167,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_request_deadline_comes_first_when_it_is_earlier() {
         let (client, _server) = tokio::io::duplex(64);
-        let deadline = RequestDeadline::new();
+        let deadline = RequestDeadline::default();
         deadline.set(Instant::now() + Duration::from_secs(2));
         let mut s = WriteStallGuard::new(client, Duration::from_secs(60), deadline);
         let started = Instant::now();
@@ -175,7 +178,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_reader_that_keeps_up_is_never_cut() {
         let (client, mut server) = tokio::io::duplex(64);
-        let mut s = WriteStallGuard::new(client, Duration::from_secs(1), RequestDeadline::new());
+        let mut s =
+            WriteStallGuard::new(client, Duration::from_secs(1), RequestDeadline::default());
         let reader = tokio::spawn(async move {
             let mut buf = [0u8; 16];
             let mut total = 0;
