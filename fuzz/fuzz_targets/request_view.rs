@@ -8,6 +8,8 @@
 
 #[path = "../../proxy/src/filter.rs"]
 mod filter;
+#[path = "../../proxy/src/route_kind.rs"]
+mod route_kind;
 #[path = "../../proxy/src/request_view.rs"]
 mod request_view;
 

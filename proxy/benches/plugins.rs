@@ -10,7 +10,8 @@ mod example_plugins;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use example_plugins::plugin;
-use kiln_proxy::filter::{FilterRequest, PluginSpec, RouteKind, Verdict};
+use kiln_proxy::filter::{FilterRequest, RouteKind, Verdict};
+use kiln_proxy::plugins::PluginSpec;
 use kiln_proxy::plugins::{PluginOptions, load_chain};
 use serde_json::json;
 use std::hint::black_box;

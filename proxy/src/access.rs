@@ -8,8 +8,8 @@ use http::Method;
 use http::header::HeaderValue;
 use tokio::time::Instant;
 
-use crate::body::{OnEnd, Outcome};
 use crate::pipeline::AppState;
+use crate::response_body::{OnEnd, Outcome};
 use crate::routes::ApiStyle;
 
 /// What the access log and metrics need to know about a request.

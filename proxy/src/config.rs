@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::filter::PluginSpec;
+use crate::plugins::PluginSpec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -83,6 +83,37 @@ pub fn for_upstream(
     headers.insert(REQUEST_ID, request_id.clone());
 }
 
+/// Headers as `(lower-cased name, value)` pairs, as plugins see them; a
+/// value that is not UTF-8 is read lossily.
+pub fn to_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Pairs back into headers; an invalid name or value is dropped (and logged).
+pub fn from_pairs(pairs: &[(String, String)]) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            (Ok(n), Ok(v)) => {
+                out.append(n, v);
+            }
+            _ => tracing::warn!(header = %name, "invalid header; dropped"),
+        }
+    }
+    out
+}
+
 /// The client's request ID when it is sane (visible ASCII, at most 128
 /// bytes), else a fresh random one.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {

@@ -25,15 +25,17 @@ use tokio::time::Instant;
 
 use crate::access::{Access, Ctx, access_log, take_ctx};
 use crate::admission::Admission;
-use crate::body::{self, Framing, Outcome, Passthrough, RespBody};
+use crate::body::{self, RespBody};
 use crate::config::Config;
-use crate::filter::{FilterRequest, RequestFilter, RouteKind, Verdict};
+use crate::filter::{FilterRequest, RequestFilter, Verdict};
 use crate::headers;
 use crate::metrics::Metrics;
+use crate::passthrough::Passthrough;
 use crate::readiness::Readiness;
 use crate::request_body::{self, BodyBudget};
 use crate::request_view::{self, InferenceView};
-use crate::routes::{self, ApiStyle, Route};
+use crate::response_body::{Framing, Outcome, Slot, Tracker};
+use crate::routes::{self, ApiStyle, Route, RouteKind};
 use crate::upstream::Upstream;
 
 /// What every request handler shares.
@@ -63,10 +65,11 @@ pub async fn handle(
         return resp;
     }
     let start = Instant::now();
+    let route = routes::classify(req.uri().path());
     let mut ctx = Ctx {
         start,
         deadline: start + state.config.request_timeout(),
-        style: ApiStyle::of_path(req.uri().path()),
+        style: route.map_or_else(|| ApiStyle::of_unknown(req.uri().path()), |r| r.style),
         request_id: headers::request_id(req.headers()),
         trace: headers::trace_id(req.headers()),
         method: req.method().clone(),
@@ -81,7 +84,7 @@ pub async fn handle(
         request_size: 0,
         model: None,
     };
-    match run(&state, &mut ctx, req).await {
+    match run(&state, &mut ctx, route, req).await {
         Ok(resp) => resp,
         Err(early) => *early,
     }
@@ -90,9 +93,10 @@ pub async fn handle(
 async fn run(
     state: &Arc<AppState>,
     ctx: &mut Ctx,
+    route: Option<Route>,
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, Early> {
-    // Stage: route.
+    // Stage: route (looked up in `handle`).
     let path = req.uri().path().to_string();
     if let Some(why) = routes::unnormalized(&path) {
         let msg = format!("{path} is not a normalized path: {why}; send the path itself");
@@ -105,7 +109,7 @@ async fn run(
         );
         return Err(reject(state, ctx, 403, &msg, "origin", &[]));
     }
-    let Some(route) = routes::classify(&path) else {
+    let Some(route) = route else {
         let msg = format!(
             "{path} is not an Ollama or OpenAI-compatible route; kiln-proxy does not forward it"
         );
@@ -166,18 +170,12 @@ async fn inference(
     // Stage: view.
     let view = parse_view(state, ctx, route.kind, &body)?;
     // Stage: filter.
-    let (headers, body) = filter(
-        state,
-        ctx,
-        route.kind,
-        &parts,
-        body,
-        Some(view.model.clone()),
-    )
-    .await?;
-    let body = match body {
-        Some(b) => b,
-        None => Bytes::new(),
+    let model = Some(view.model.clone());
+    let (headers, pairs, rewritten) = filter(state, ctx, route.kind, &parts, &body, model).await?;
+    // A filter rewrote the body: the typed view must describe what Ollama will see.
+    let (view, body) = match rewritten {
+        Some(b) => (parse_view(state, ctx, route.kind, &b)?, b),
+        None => (view, body),
     };
     // Stage: admit.
     let (permit, waited) = match state.admission.admit().await {
@@ -204,29 +202,30 @@ async fn inference(
     // get hooks, and a streamed OpenAI request is asked for its usage.
     let (body, response) = crate::response::prepare(
         state.filter.responses(),
+        route.codec,
         crate::response::ResponseContext {
             request_id: ctx.request_id.to_str().unwrap_or("").to_owned(),
             route: route.kind,
             path: parts.uri.path().to_owned(),
             model: ctx.model.clone(),
-            stream: false,
+            stream: view.stream,
             status: 0,
-            headers: Vec::new(),
+            headers: pairs,
         },
-        &headers,
         body,
     );
     // Stage: forward. The body length may have changed in the filter stage.
     let mut headers = headers;
     headers.remove(header::CONTENT_LENGTH);
+    let codec = route.codec;
     forward(
         state,
         ctx,
         parts,
         headers,
         body::full(body),
-        Some(Box::new(permit)),
-        response,
+        Some(Slot::Admitted(permit)),
+        Reader { codec, response },
     )
     .await
 }
@@ -350,37 +349,40 @@ async fn other(
         let retry = [("retry-after".to_string(), "1".to_string())];
         return Err(reject(state, ctx, 429, &msg, "other_busy", &retry));
     };
-    let (headers, _) = filter(state, ctx, route.kind, &parts, Bytes::new(), None).await?;
+    let (headers, ..) = filter(state, ctx, route.kind, &parts, &Bytes::new(), None).await?;
     let limit = state.config.limits.max_body_bytes;
     let body = http_body_util::Limited::new(body, limit).boxed_unsync();
-    forward(state, ctx, parts, headers, body, Some(Box::new(slot)), None).await
+    let reader = Reader {
+        codec: None,
+        response: None,
+    };
+    forward(
+        state,
+        ctx,
+        parts,
+        headers,
+        body,
+        Some(Slot::Other(slot)),
+        reader,
+    )
+    .await
 }
 
-/// Stage: filter. Returns the headers to forward and, for inference routes,
-/// the body to forward (as rewritten by the filters).
+/// Stage: filter. Returns the headers to forward (also as the pairs the
+/// plugins saw) and, when a filter rewrote it, the body to forward instead.
 async fn filter(
     state: &Arc<AppState>,
     ctx: &mut Ctx,
     kind: RouteKind,
     parts: &http::request::Parts,
-    body: Bytes,
+    body: &Bytes,
     model: Option<String>,
-) -> Result<(HeaderMap, Option<Bytes>), Early> {
-    let original = body.clone();
+) -> Result<(HeaderMap, Vec<(String, String)>, Option<Bytes>), Early> {
     let request = FilterRequest {
         route: kind,
         method: parts.method.to_string(),
         path: parts.uri.path().to_string(),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        headers: headers::to_pairs(&parts.headers),
         body: body.to_vec(),
         model,
     };
@@ -399,30 +401,17 @@ async fn filter(
             return Err(reject(state, ctx, status, &message, "filter", &headers));
         }
     };
-    let mut out = HeaderMap::with_capacity(forwarded.headers.len());
-    for (name, value) in &forwarded.headers {
-        match (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            (Ok(n), Ok(v)) => {
-                out.append(n, v);
-            }
-            _ => tracing::warn!(header = %name, "filter stage returned an invalid header; dropped"),
-        }
-    }
-    if kind == RouteKind::Other {
-        return Ok((out, None));
-    }
-    let body = if forwarded.body == original {
-        original
-    } else {
-        // A filter rewrote the body: the typed view must describe what Ollama will see.
-        let body = Bytes::from(forwarded.body);
-        parse_view(state, ctx, kind, &body)?;
-        body
-    };
-    Ok((out, Some(body)))
+    let out = headers::from_pairs(&forwarded.headers);
+    let rewritten = (kind != RouteKind::Other && forwarded.body != body[..])
+        .then(|| Bytes::from(forwarded.body));
+    Ok((out, forwarded.headers, rewritten))
+}
+
+/// What reads the answer: the route's codec (token counts), and the
+/// response hooks when plugins look at it.
+struct Reader {
+    codec: Option<&'static dyn crate::response::Codec>,
+    response: Option<crate::response::Armed>,
 }
 
 /// Stage: forward, then respond.
@@ -432,8 +421,8 @@ async fn forward(
     parts: http::request::Parts,
     mut headers: HeaderMap,
     body: body::ReqBody,
-    guard: Option<Box<dyn Send>>,
-    response: Option<crate::response::Armed>,
+    slot: Option<Slot>,
+    reader: Reader,
 ) -> Result<Response<RespBody>, Early> {
     let up = &state.upstream;
     headers::for_upstream(
@@ -484,9 +473,9 @@ async fn forward(
     rparts
         .headers
         .insert(headers::REQUEST_ID, ctx.request_id.clone());
-    if let Some(armed) = response {
+    if let Some(armed) = reader.response {
         // Stage: response filter (response plugins).
-        let limits = crate::response::whole::Limits {
+        let limits = crate::response::respond::Limits {
             style: ctx.style,
             max_body: state.config.limits.max_body_bytes,
             deadline: ctx.deadline,
@@ -494,7 +483,7 @@ async fn forward(
         };
         let (state, ctx) = (state.clone(), take_ctx(ctx));
         let end = move |status| Access { state, ctx, status };
-        return Ok(armed.respond(rparts, rbody, limits, guard, end).await);
+        return Ok(armed.respond(rparts, rbody, limits, slot, end).await);
     }
     let framing = Framing::of_content_type(
         rparts
@@ -507,16 +496,9 @@ async fn forward(
         ctx: take_ctx(ctx),
         status: rparts.status.as_u16(),
     };
-    let idle = state.config.idle_timeout();
-    let body = Passthrough::new(
-        rbody,
-        framing,
-        end.ctx.style,
-        end.ctx.deadline,
-        idle,
-        guard,
-        end,
-    );
+    let (style, deadline) = (end.ctx.style, end.ctx.deadline);
+    let tracker = Tracker::new(deadline, state.config.idle_timeout(), style, slot, end);
+    let body = Passthrough::new(rbody, framing, reader.codec, tracker);
     Ok(Response::from_parts(rparts, body.boxed_unsync()))
 }
 

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use crate::filter::RouteKind;
+use crate::route_kind::RouteKind;
 
 /// What the proxy knows about an inference request.
 #[derive(Clone, Debug, PartialEq)]

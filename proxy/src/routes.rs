@@ -1,10 +1,13 @@
-//! Which upstream routes exist, which methods they take, which are
-//! inference (admitted, filtered, typed), and in which format their clients
-//! expect errors.
+//! The route table: which upstream routes exist, which methods they take,
+//! which are inference (admitted, filtered, typed), in which format their
+//! clients expect errors, and which codec reads their answers. A request's
+//! path is looked up here once.
 
 use http::Method;
 
-use crate::filter::RouteKind;
+use crate::response::{self, Codec};
+
+pub use crate::route_kind::RouteKind;
 
 /// The error format a client of a route understands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,7 +23,9 @@ pub enum ApiStyle {
 }
 
 impl ApiStyle {
-    pub fn of_path(path: &str) -> ApiStyle {
+    /// The style of a path the proxy does not serve: `/v1/*` clients are
+    /// OpenAI's, the rest Ollama's.
+    pub fn of_unknown(path: &str) -> ApiStyle {
         if path.trim_end_matches('/') == "/v1/messages" {
             ApiStyle::Anthropic
         } else if path.starts_with("/v1/") {
@@ -31,8 +36,8 @@ impl ApiStyle {
     }
 }
 
-/// A known route.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A known route: everything the request path needs to know about it.
+#[derive(Clone, Copy, Debug)]
 pub struct Route {
     pub kind: RouteKind,
     /// A stable, low-cardinality label for metrics and logs.
@@ -40,56 +45,104 @@ pub struct Route {
     /// Inference routes run a model: their bodies are parsed, filtered and admitted.
     pub inference: bool,
     pub methods: &'static [Method],
+    /// The format its clients expect errors in.
+    pub style: ApiStyle,
+    /// Reads its answers (token counts, response hooks); `None` for routes
+    /// that generate no text.
+    pub codec: Option<&'static dyn Codec>,
 }
 
 const GET: &[Method] = &[Method::GET, Method::HEAD];
 const POST: &[Method] = &[Method::POST];
 
-fn route(
+/// A route that runs no model.
+fn other(label: &'static str, methods: &'static [Method]) -> Route {
+    Route {
+        kind: RouteKind::Other,
+        label,
+        inference: false,
+        methods,
+        style: ApiStyle::Ollama,
+        codec: None,
+    }
+}
+
+/// An inference route (POST).
+fn inference(
     label: &'static str,
     kind: RouteKind,
-    inference: bool,
-    methods: &'static [Method],
+    style: ApiStyle,
+    codec: Option<&'static dyn Codec>,
 ) -> Route {
     Route {
         kind,
         label,
-        inference,
-        methods,
+        inference: true,
+        methods: POST,
+        style,
+        codec,
     }
 }
 
 /// Looks up the route of a path (no query). `None` for paths Ollama does not
 /// serve: the proxy answers those itself with 404, so nothing unknown reaches Ollama.
 pub fn classify(path: &str) -> Option<Route> {
+    use ApiStyle::{Anthropic, Ollama, OpenAi};
     use RouteKind::*;
+    let models = Route {
+        style: OpenAi,
+        ..other("openai_models", GET)
+    };
     let r = match path {
-        "/" => route("root", Other, false, GET),
-        "/api/version" => route("version", Other, false, GET),
-        "/api/generate" => route("generate", OllamaGenerate, true, POST),
-        "/api/chat" => route("chat", OllamaChat, true, POST),
-        "/api/embed" => route("embed", OllamaEmbed, true, POST),
-        "/api/embeddings" => route("embeddings", OllamaEmbed, true, POST),
-        "/api/tags" => route("tags", Other, false, GET),
-        "/api/ps" => route("ps", Other, false, GET),
-        "/api/show" => route("show", Other, false, POST),
-        "/api/status" => route("status", Other, false, GET),
-        "/api/pull" => route("pull", Other, false, POST),
-        "/api/push" => route("push", Other, false, POST),
-        "/api/create" => route("create", Other, false, POST),
-        "/api/copy" => route("copy", Other, false, POST),
-        "/api/delete" => route("delete", Other, false, &[Method::DELETE]),
+        "/" => other("root", GET),
+        "/api/version" => other("version", GET),
+        "/api/generate" => inference(
+            "generate",
+            OllamaGenerate,
+            Ollama,
+            Some(response::OLLAMA_GENERATE),
+        ),
+        "/api/chat" => inference("chat", OllamaChat, Ollama, Some(response::OLLAMA_CHAT)),
+        "/api/embed" => inference("embed", OllamaEmbed, Ollama, None),
+        "/api/embeddings" => inference("embeddings", OllamaEmbed, Ollama, None),
+        "/api/tags" => other("tags", GET),
+        "/api/ps" => other("ps", GET),
+        "/api/show" => other("show", POST),
+        "/api/status" => other("status", GET),
+        "/api/pull" => other("pull", POST),
+        "/api/push" => other("push", POST),
+        "/api/create" => other("create", POST),
+        "/api/copy" => other("copy", POST),
+        "/api/delete" => other("delete", &[Method::DELETE]),
         // Ollama's `:digest` and `:model` parameters are one path segment.
-        p if one_segment_after(p, "/api/blobs/") => {
-            route("blobs", Other, false, &[Method::POST, Method::HEAD])
-        }
-        "/v1/chat/completions" => route("openai_chat", OpenaiChat, true, POST),
-        "/v1/completions" => route("openai_completions", OpenaiCompletions, true, POST),
-        "/v1/embeddings" => route("openai_embeddings", OpenaiEmbeddings, true, POST),
-        "/v1/responses" => route("openai_responses", OpenaiResponses, true, POST),
-        "/v1/messages" => route("anthropic_messages", AnthropicMessages, true, POST),
-        "/v1/models" => route("openai_models", Other, false, GET),
-        p if one_segment_after(p, "/v1/models/") => route("openai_models", Other, false, GET),
+        p if one_segment_after(p, "/api/blobs/") => other("blobs", &[Method::POST, Method::HEAD]),
+        "/v1/chat/completions" => inference(
+            "openai_chat",
+            OpenaiChat,
+            OpenAi,
+            Some(response::OPENAI_CHAT),
+        ),
+        "/v1/completions" => inference(
+            "openai_completions",
+            OpenaiCompletions,
+            OpenAi,
+            Some(response::OPENAI_COMPLETIONS),
+        ),
+        "/v1/embeddings" => inference("openai_embeddings", OpenaiEmbeddings, OpenAi, None),
+        "/v1/responses" => inference(
+            "openai_responses",
+            OpenaiResponses,
+            OpenAi,
+            Some(response::RESPONSES),
+        ),
+        "/v1/messages" => inference(
+            "anthropic_messages",
+            AnthropicMessages,
+            Anthropic,
+            Some(response::MESSAGES),
+        ),
+        "/v1/models" => models,
+        p if one_segment_after(p, "/v1/models/") => models,
         _ => return None,
     };
     Some(r)
@@ -221,9 +274,12 @@ mod tests {
             classify("/v1/messages").unwrap().kind,
             RouteKind::AnthropicMessages
         );
-        for path in ["/v1/responses", "/v1/messages", "/v1/chat/completions"] {
-            assert_eq!(classify(path).unwrap().kind, RouteKind::from_path(path));
-        }
+        // Routes that generate text have a codec; embeddings do not.
+        assert_eq!(
+            classify("/v1/messages").unwrap().codec.map(|c| c.name()),
+            Some("anthropic-messages")
+        );
+        assert!(classify("/api/embed").unwrap().codec.is_none());
         assert!(!classify("/api/tags").unwrap().inference);
         assert_eq!(classify("/api/blobs/sha256:abc").unwrap().label, "blobs");
         assert!(classify("/admin").is_none());
@@ -269,9 +325,10 @@ mod tests {
             serde_json::from_slice(&error_body(ApiStyle::OpenAi, 429, "busy")).unwrap();
         assert_eq!(v["error"]["message"], "busy");
         assert_eq!(v["error"]["type"], "rate_limit_error");
-        assert_eq!(ApiStyle::of_path("/v1/models"), ApiStyle::OpenAi);
-        assert_eq!(ApiStyle::of_path("/v1/responses"), ApiStyle::OpenAi);
-        assert_eq!(ApiStyle::of_path("/v1/messages"), ApiStyle::Anthropic);
+        let style = |p: &str| classify(p).map_or(ApiStyle::of_unknown(p), |r| r.style);
+        assert_eq!(style("/v1/models"), ApiStyle::OpenAi);
+        assert_eq!(style("/v1/responses"), ApiStyle::OpenAi);
+        assert_eq!(style("/v1/messages"), ApiStyle::Anthropic);
         let a: serde_json::Value =
             serde_json::from_slice(&error_body(ApiStyle::Anthropic, 429, "busy")).unwrap();
         assert_eq!(
@@ -281,6 +338,7 @@ mod tests {
         let e = sse_error(ApiStyle::Anthropic, 500, "boom");
         assert!(e.starts_with(b"event: error\ndata: {") && e.ends_with(b"}\n\n"));
         assert!(sse_error(ApiStyle::OpenAi, 500, "boom").starts_with(b"data: {\"error\""));
-        assert_eq!(ApiStyle::of_path("/api/chat"), ApiStyle::Ollama);
+        assert_eq!(style("/api/chat"), ApiStyle::Ollama);
+        assert_eq!(style("/v1/nope"), ApiStyle::OpenAi);
     }
 }

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use example_plugins::plugin;
 use harness::{Stack, eventually};
-use kiln_proxy::filter::{PluginSpec, RequestFilter};
+use kiln_proxy::filter::RequestFilter;
+use kiln_proxy::plugins::PluginSpec;
 use kiln_proxy::plugins::{PluginOptions, load_chain};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};

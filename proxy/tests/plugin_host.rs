@@ -2,7 +2,8 @@
 
 mod support;
 
-use kiln_proxy::filter::{FilterRequest, OnError, PluginSpec, RequestFilter, RouteKind, Verdict};
+use kiln_proxy::filter::{FilterRequest, RequestFilter, RouteKind, Verdict};
+use kiln_proxy::plugins::{OnError, PluginSpec};
 use kiln_proxy::plugins::{PluginError, PluginOptions, PluginStage, load_chain};
 use std::path::Path;
 use std::sync::Arc;

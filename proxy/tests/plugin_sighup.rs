@@ -3,7 +3,8 @@
 
 mod support;
 
-use kiln_proxy::filter::{FilterRequest, OnError, PluginSpec, RequestFilter, RouteKind, Verdict};
+use kiln_proxy::filter::{FilterRequest, RequestFilter, RouteKind, Verdict};
+use kiln_proxy::plugins::{OnError, PluginSpec};
 use kiln_proxy::plugins::{PluginOptions, load_chain};
 use std::time::{Duration, Instant};
 use support::fixtures::{self, Behaviour};

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use kiln_proxy::filter::PluginSpec;
+use kiln_proxy::plugins::PluginSpec;
 use kiln_proxy::plugins::{PluginOptions, load_chain};
 use kiln_proxy::{Config, RunningProxy};
 use serde_json::{Value, json};

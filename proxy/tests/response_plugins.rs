@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use example_plugins::plugin;
 use harness::{Stack, ndjson};
-use kiln_proxy::filter::{OnError, PluginSpec};
+use kiln_proxy::plugins::{OnError, PluginSpec};
 use serde_json::{Value, json};
 use support::fixtures;
 

@@ -13,7 +13,7 @@ mod support;
 
 use example_plugins::plugin;
 use harness::{Stack, events, named, sequence_numbers};
-use kiln_proxy::filter::{OnError, PluginSpec};
+use kiln_proxy::plugins::{OnError, PluginSpec};
 use serde_json::{Value, json};
 use support::fixtures;
 

@@ -14,9 +14,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use kiln_proxy::filter::{RequestFilter, RouteKind};
 use kiln_proxy::framing::{Format, Framer};
-use kiln_proxy::response::chunk::Kind;
+use kiln_proxy::response::Kind;
 use kiln_proxy::response::{
-    Chunk, Ended, ResponseContext, ResponseHooks, ResponseOutcome, ResponseStage, Shape, Usage,
+    Chunk, Ended, ResponseContext, ResponseHooks, ResponseOutcome, ResponseStage, Usage,
 };
 use serde_json::json;
 
@@ -139,7 +139,9 @@ fn thread_cpu() -> Duration {
 /// `rounds` answers).
 pub fn ns_per_chunk(hooks: &Hooks, api: &Api, rounds: usize) -> f64 {
     let ctx = api.context();
-    let shape = Shape::of_path(api.path);
+    let codec = kiln_proxy::routes::classify(api.path)
+        .and_then(|r| r.codec)
+        .expect("a route whose answers a codec reads");
     let kind = match api.format {
         Format::Ndjson => Kind::Line,
         Format::Sse => Kind::Event,
@@ -155,7 +157,7 @@ pub fn ns_per_chunk(hooks: &Hooks, api: &Api, rounds: usize) -> f64 {
                     .next_frame()
                     .expect("well-formed")
                     .expect("a whole chunk");
-                let mut chunk = [Chunk::new(frame, kind, shape)];
+                let mut chunk = [Chunk::new(frame, kind, codec)];
                 black_box(chunk[0].usage());
                 answer
                     .on_chunks(&ctx, &mut chunk)

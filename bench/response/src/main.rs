@@ -29,7 +29,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use kiln_proxy::filter::{NoFilters, OnError, PluginSpec, RequestFilter};
+use kiln_proxy::filter::{NoFilters, RequestFilter};
+use kiln_proxy::plugins::{OnError, PluginSpec};
 use kiln_proxy::plugins::{PluginOptions, load_chain};
 use serde_json::{Value, json};
 

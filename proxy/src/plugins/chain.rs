@@ -2,10 +2,12 @@
 //! instance in a fresh store (so a trap poisons nothing that outlives the
 //! call), and each decision is applied before the next plugin sees the request.
 
+use super::OnError;
 use super::loader::LoadedPlugin;
 use super::runtime::{CallState, Runtime, wit};
 use super::stats::CallOutcome;
-use crate::filter::{FilterRequest, OnError, RouteKind, Verdict};
+use crate::filter::{FilterRequest, Verdict};
+use crate::routes::RouteKind;
 use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::{Store, Trap};

@@ -3,12 +3,12 @@
 //! the cached artifact), link against the host, and let the plugin check its
 //! config.
 
+use super::OnError;
 use super::cache::{ArtifactCache, Origin};
 use super::response_world::ResponseFilterPre;
 use super::routes::RouteSet;
 use super::runtime::{FilterPre, PluginContext, Runtime};
 use super::{PluginError, PluginSpec};
-use crate::filter::OnError;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 

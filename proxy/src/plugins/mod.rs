@@ -24,10 +24,11 @@ mod stage;
 mod stats;
 pub mod tool;
 
-pub use crate::filter::PluginSpec;
+pub mod spec;
 pub use chain::{Chain, Outcome};
 pub use loader::{INTERFACE, LoadedPlugin, PluginInfo, RESPONSE_INTERFACE};
 pub use runtime::Runtime;
+pub use spec::{OnError, PluginSpec};
 pub use stage::{PluginStage, SpecSource};
 
 use std::path::PathBuf;

@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use wasmtime::Store;
 
+use super::OnError;
 use super::chain::{Chain, describe_failure, wit_route};
 use super::loader::LoadedPlugin;
 use super::response_world::{ResponseFilter, wit};
 use super::runtime::{CallState, wit as types};
 use super::stage::PluginStage;
 use super::stats::ChunkOutcome;
-use crate::filter::OnError;
 use crate::response::{
     Chunk, Ended, ResponseContext, ResponseHooks, ResponseOutcome, ResponseStage, Stop, Usage,
 };

@@ -1,6 +1,6 @@
 //! Per-plugin route selection: the `routes = [...]` key of `[[plugins]]`.
 
-use crate::filter::RouteKind;
+use crate::routes::RouteKind;
 
 /// Every name `routes` accepts, and the route kinds it selects.
 const NAMES: &[(&str, &[RouteKind])] = &[

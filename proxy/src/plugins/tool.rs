@@ -3,7 +3,8 @@
 
 use super::chain::{Outcome, from_wit, to_wit};
 use super::{PluginOptions, PluginSpec, PluginStage, Runtime};
-use crate::filter::{FilterRequest, RouteKind};
+use crate::filter::FilterRequest;
+use crate::routes::{self, RouteKind};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -134,13 +135,20 @@ pub fn parse_request_file(text: &str) -> Result<FilterRequest> {
         Some(other) => serde_json::to_vec(other)?,
     };
     Ok(FilterRequest {
-        route: RouteKind::from_path(path),
+        route: route_of(path).map_or(RouteKind::Other, |r| r.kind),
         method,
         path: path.to_owned(),
         headers,
         model: super::chain::model_of(&body),
         body,
     })
+}
+
+/// The route of a path as the proxy would see it (a trailing `/` and a
+/// query ignored).
+fn route_of(path: &str) -> Option<routes::Route> {
+    let path = path.split('?').next().unwrap_or(path);
+    routes::classify(path).or_else(|| routes::classify(path.trim_end_matches('/')))
 }
 
 /// Runs the plugin once on the request in `request_file` and returns the

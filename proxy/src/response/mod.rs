@@ -6,32 +6,39 @@
 //! answers `None` and the response takes the plain passthrough path: no
 //! framing, no parsing, no copies.
 //!
-//! - `chunk`: one frame of an API's stream, its normalized text and
-//!   thinking, usage and rewriting.
-//! - `stream`: the streaming body (framing, hooks, errors in the client's format).
-//! - `whole`: non-streaming answers, buffered (bounded) and filtered once.
-//! - `transcript`, `blocks`: per-answer state of the two event APIs (the
-//!   text and thinking a `/v1/responses` answer sent; which `/v1/messages`
-//!   blocks are text or thinking).
-//! - `thinking`: per-answer state of the chat shapes: where thinking ends.
-//! - `edits`: per-answer state of Ollama's and OpenAI's shapes: whether a
-//!   hook changed the answer, so `logprobs` and `context` no longer match it.
-//! - `usage`: asking Ollama for usage on streamed OpenAI requests.
+//! Split by what varies — one codec per API — and what does not:
+//! - `codec`: the [`Codec`] trait every API implements, the normalized
+//!   [`codec::View`] of a chunk, and what the codecs share.
+//! - `ollama`, `openai`, `responses`, `messages`: the codecs (Ollama's
+//!   generate and chat; OpenAI chat and completions; OpenAI Responses;
+//!   Anthropic Messages), each with its own per-answer state.
+//! - `chunk`: one chunk of any API, read and rewritten through its codec.
+//! - `answer`: one answer's chunks through the hooks, format-blind.
+//! - `stream`: the streamed body; `respond`: building the client's
+//!   response (streamed, or read whole and filtered once).
 
-mod blocks;
+pub mod answer;
 pub mod chunk;
-mod edits;
-mod events;
-mod peek;
+pub mod codec;
+pub mod messages;
+pub mod ollama;
+pub mod openai;
+pub mod respond;
+pub mod responses;
 pub mod stream;
-mod thinking;
-pub mod transcript;
-pub mod usage;
-pub mod whole;
 
-pub use chunk::{Chunk, Shape, Usage};
+pub use chunk::Chunk;
+pub use codec::{Channel, Codec, Kind, Usage};
 
-use crate::filter::RouteKind;
+/// The codec of each API, for the route table (`routes::classify`).
+pub static OLLAMA_GENERATE: &dyn Codec = &ollama::Ollama { chat: false };
+pub static OLLAMA_CHAT: &dyn Codec = &ollama::Ollama { chat: true };
+pub static OPENAI_CHAT: &dyn Codec = &openai::OpenAi { chat: true };
+pub static OPENAI_COMPLETIONS: &dyn Codec = &openai::OpenAi { chat: false };
+pub static RESPONSES: &dyn Codec = &responses::Responses;
+pub static MESSAGES: &dyn Codec = &messages::Messages;
+
+use crate::routes::RouteKind;
 
 /// The request a response answers, as the response hooks see it.
 #[derive(Clone, Debug)]
@@ -42,7 +49,8 @@ pub struct ResponseContext {
     /// Path as received (no query).
     pub path: String,
     pub model: Option<String>,
-    /// Whether the response streams; set when Ollama's answer arrives.
+    /// Whether the response streams: as the request asked, until Ollama's
+    /// answer tells.
     pub stream: bool,
     /// Ollama's status; set when its answer arrives.
     pub status: u16,
@@ -101,61 +109,38 @@ pub trait ResponseStage: Send + Sync {
     fn begin(&self, ctx: &ResponseContext) -> Option<Box<dyn ResponseHooks>>;
 }
 
-/// Whether response hooks run on a route at all: only routes that generate
-/// text have chunks worth seeing (embeddings are vectors, and their bodies
-/// can be large).
-pub fn generates(route: RouteKind) -> bool {
-    matches!(
-        route,
-        RouteKind::OllamaGenerate
-            | RouteKind::OllamaChat
-            | RouteKind::OpenaiChat
-            | RouteKind::OpenaiCompletions
-            | RouteKind::OpenaiResponses
-            | RouteKind::AnthropicMessages
-    )
-}
-
 /// A request whose answer goes through response hooks.
 pub struct Armed {
     hooks: Box<dyn ResponseHooks>,
     ctx: ResponseContext,
-    shape: Shape,
+    codec: &'static dyn Codec,
     hide_usage_chunk: bool,
 }
 
 /// Between the filter stage and forwarding: asks the response stage for
-/// hooks for this request. With hooks, the body may change (to ask Ollama
-/// for usage, see [`usage`]); without, nothing happens and nothing is
-/// parsed. Returns the body to forward.
+/// hooks for this request, whose answers `codec` reads (routes without one
+/// generate no text: embeddings are vectors, and their bodies can be
+/// large). With hooks, the body may change (see [`Codec::plan_request`]);
+/// without, nothing happens and nothing is parsed. Returns the body to
+/// forward.
 pub fn prepare(
     stage: Option<&dyn ResponseStage>,
-    mut ctx: ResponseContext,
-    headers: &http::HeaderMap,
+    codec: Option<&'static dyn Codec>,
+    ctx: ResponseContext,
     body: bytes::Bytes,
 ) -> (bytes::Bytes, Option<Armed>) {
-    let Some(stage) = stage else {
+    let (Some(stage), Some(codec)) = (stage, codec) else {
         return (body, None);
     };
-    if !generates(ctx.route) {
-        return (body, None);
-    }
-    ctx.headers = headers
-        .iter()
-        .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-        .collect();
     let Some(hooks) = stage.begin(&ctx) else {
         return (body, None);
     };
-    let shape = Shape::of_path(&ctx.path);
-    let stream = crate::request_view::parse(ctx.route, &body).is_ok_and(|v| v.stream);
-    let plan = usage::plan(shape, stream, &body);
-    let body = plan.body.unwrap_or(body);
+    let plan = codec.plan_request(ctx.stream, &body);
     let armed = Armed {
         hooks,
         ctx,
-        shape,
+        codec,
         hide_usage_chunk: plan.hide_usage_chunk,
     };
-    (body, Some(armed))
+    (plan.body.unwrap_or(body), Some(armed))
 }

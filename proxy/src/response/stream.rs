@@ -13,156 +13,61 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tokio::time::Instant;
 
-use super::blocks::Blocks;
-use super::chunk::{Chunk, Kind, Shape, Usage};
-use super::edits::Edits;
-use super::thinking::ThinkingEnd;
-use super::transcript::Transcript;
-use super::{ResponseContext, ResponseHooks, ResponseOutcome};
-use crate::body::{BoxError, COALESCE_MAX, OnEnd, Outcome, SentTail, StreamTimers};
+use super::ResponseOutcome;
+use super::answer::{Answer, Output};
+use crate::body::BoxError;
 use crate::framing::{Format, Framer};
-use crate::routes::ApiStyle;
-
-/// How the streamed body is set up.
-pub struct StreamSetup {
-    pub format: Format,
-    pub shape: Shape,
-    pub style: ApiStyle,
-    /// Longest chunk accepted (`limits.max_body_bytes`).
-    pub max_chunk: usize,
-    pub deadline: Instant,
-    pub idle_after: Duration,
-    pub hide_usage_chunk: bool,
-}
+use crate::response_body::{COALESCE_MAX, OnEnd, Outcome, Tracker};
 
 pub struct FilteredStream<E: OnEnd> {
     inner: Incoming,
     framer: Framer,
-    kind: Kind,
-    shape: Shape,
-    style: ApiStyle,
-    hide_usage_chunk: bool,
-    hooks: Box<dyn ResponseHooks>,
-    /// The text sent, for an API that repeats it (see `transcript`).
-    transcript: Option<Transcript>,
-    /// Which blocks hold text, for an API that does not say at their end
-    /// (see `blocks`).
-    blocks: Option<Blocks>,
-    /// Where the thinking ends, for an API that does not say (see `thinking`).
-    thinking_end: Option<ThinkingEnd>,
-    /// Whether the hooks changed the answer, for the fields that describe
-    /// its text token by token (see `edits`).
-    edits: Option<Edits>,
-    /// The chunks of the current read, on their way through the hooks
-    /// (kept to reuse its allocation).
-    batch: Vec<Chunk>,
-    ctx: ResponseContext,
-    timers: StreamTimers,
-    usage: Option<Usage>,
-    bytes: u64,
-    tail: SentTail,
+    answer: Answer,
+    tracker: Tracker<E>,
     done: bool,
-    on_end: Option<E>,
-    /// Held until the body ends or is dropped: the admission slot.
-    _guard: Option<Box<dyn Send>>,
 }
 
 impl<E: OnEnd> FilteredStream<E> {
+    /// `max_chunk`: the longest chunk accepted (`limits.max_body_bytes`).
     pub fn new(
         inner: Incoming,
-        setup: StreamSetup,
-        hooks: Box<dyn ResponseHooks>,
-        ctx: ResponseContext,
-        guard: Option<Box<dyn Send>>,
-        on_end: E,
+        format: Format,
+        max_chunk: usize,
+        answer: Answer,
+        tracker: Tracker<E>,
     ) -> Self {
-        let kind = match setup.format {
-            Format::Ndjson => Kind::Line,
-            Format::Sse => Kind::Event,
-        };
         FilteredStream {
             inner,
-            framer: Framer::new(setup.format, setup.max_chunk),
-            kind,
-            shape: setup.shape,
-            style: setup.style,
-            hide_usage_chunk: setup.hide_usage_chunk,
-            hooks,
-            transcript: Transcript::of(setup.shape, kind),
-            blocks: Blocks::of(setup.shape, kind),
-            thinking_end: ThinkingEnd::of(setup.shape, kind),
-            edits: Edits::of(setup.shape),
-            batch: Vec::new(),
-            ctx,
-            timers: StreamTimers::new(setup.deadline, setup.idle_after),
-            usage: None,
-            bytes: 0,
-            tail: SentTail::default(),
+            framer: Framer::new(format, max_chunk),
+            answer,
+            tracker,
             done: false,
-            on_end: Some(on_end),
-            _guard: guard,
         }
     }
 
-    /// Cuts every whole chunk out of what has arrived into `batch`.
+    /// Cuts every whole chunk out of what has arrived.
     fn cut(&mut self) -> Result<(), String> {
         while let Some(frame) = self.framer.next_frame().map_err(|e| e.to_string())? {
-            self.batch.push(Chunk::new(frame, self.kind, self.shape));
+            self.answer.push(frame);
         }
         Ok(())
     }
 
-    /// The chunks of `batch` through the hooks, their output appended to
+    /// The chunks cut so far through the hooks, their output appended to
     /// `out`; `Err` when a hook ended the stream (after the chunks it let go).
     fn process(&mut self, out: &mut Output) -> Result<(), String> {
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        for chunk in &mut self.batch {
-            if let Some(b) = &mut self.blocks {
-                b.mark(chunk);
-            }
-            if let Some(t) = &mut self.thinking_end {
-                t.mark(chunk);
-            }
-            if let Some(u) = chunk.usage() {
-                self.usage = Some(Usage::merged(self.usage, u));
-            }
-        }
-        let result = self.hooks.on_chunks(&self.ctx, &mut self.batch);
-        let sent = match &result {
-            Ok(()) => self.batch.len(),
-            Err(ended) => ended.sent,
-        };
-        // Draining drops the chunks past `sent` too: they never go out.
-        for mut chunk in self.batch.drain(..).take(sent) {
-            if let Some(e) = &mut self.edits {
-                e.sent(&mut chunk);
-            }
-            if let Some(t) = &mut self.transcript {
-                t.sent(&mut chunk);
-            }
-            if let Some(inserted) = chunk.inserted() {
-                out.extend_from_slice(inserted);
-            }
-            if !(self.hide_usage_chunk && chunk.is_usage_only()) {
-                out.push(chunk.raw());
-            }
-        }
-        result.map_err(|ended| ended.stop.message)
+        self.answer.run(out).map_err(|stop| stop.message)
     }
 
     /// Upstream finished: the last, unterminated chunk (if any), then the end.
     fn finish(&mut self, mut out: Output) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.framer.finish() {
             Ok(Some(rest)) => {
-                self.batch.push(Chunk::new(rest, self.kind, self.shape));
+                self.answer.push(rest);
                 if let Err(m) = self.process(&mut out) {
                     return self.close_with_error(ResponseOutcome::EndedByPlugin, m, out);
                 }
@@ -182,21 +87,20 @@ impl<E: OnEnd> FilteredStream<E> {
         out: Output,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.done = true;
-        self.end(outcome, out.len() as u64);
-        if out.is_empty() {
+        let data = out.freeze();
+        self.tracker.sent(&data);
+        self.end(outcome);
+        if data.is_empty() {
             return Poll::Ready(None);
         }
-        Poll::Ready(Some(Ok(Frame::data(self.sent(out.freeze())))))
+        Poll::Ready(Some(Ok(Frame::data(data))))
     }
 
-    fn end(&mut self, outcome: ResponseOutcome, extra: u64) {
-        if let Some(mut e) = self.on_end.take() {
-            self.hooks.on_complete(&self.ctx, outcome, self.usage);
-            let tokens = self.usage.map(|u| (u.prompt_tokens, u.completion_tokens));
-            e.on_end(body_outcome(outcome), self.bytes + extra, tokens);
+    fn end(&mut self, outcome: ResponseOutcome) {
+        if self.tracker.running() {
+            self.answer.complete(outcome);
         }
-        // Free the admission slot now, not when hyper drops the body.
-        self._guard = None;
+        self.tracker.end(body_outcome(outcome), self.answer.usage());
     }
 
     /// Ends the stream with one more chunk saying why, in the client's format.
@@ -206,72 +110,19 @@ impl<E: OnEnd> FilteredStream<E> {
         message: String,
         mut out: Output,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let request_id = &self.answer.ctx.request_id;
         match outcome {
             ResponseOutcome::EndedByPlugin => {
-                tracing::warn!(request_id = %self.ctx.request_id, reason = %message, "a response plugin ended the stream")
+                tracing::warn!(request_id = %request_id, reason = %message, "a response plugin ended the stream")
             }
             _ => {
-                tracing::warn!(request_id = %self.ctx.request_id, reason = %message, "stream ended early")
+                tracing::warn!(request_id = %request_id, reason = %message, "stream ended early")
             }
         }
-        let mut tail = self.tail;
-        tail.follow(out.bytes());
-        out.extend_from_slice(&tail.error_chunk(self.kind == Kind::Event, self.style, &message));
+        let sse = self.framer.format() == Format::Sse;
+        let error = self.tracker.error_chunk(sse, out.bytes(), &message);
+        out.extend_from_slice(&error);
         self.close(outcome, out)
-    }
-
-    fn sent(&mut self, data: Bytes) -> Bytes {
-        self.bytes += data.len() as u64;
-        self.tail.follow(&data);
-        data
-    }
-}
-
-/// What one read turns into: a single unchanged chunk goes out as the very
-/// bytes that came in (no copy, the usual case when Ollama writes a chunk
-/// per read); several are joined into one frame.
-#[derive(Default)]
-struct Output {
-    first: Option<Bytes>,
-    joined: BytesMut,
-}
-
-impl Output {
-    fn push(&mut self, bytes: Bytes) {
-        if self.first.is_none() && self.joined.is_empty() {
-            self.first = Some(bytes);
-        } else {
-            self.extend_from_slice(&bytes);
-        }
-    }
-
-    fn extend_from_slice(&mut self, bytes: &[u8]) {
-        if let Some(first) = self.first.take() {
-            self.joined.extend_from_slice(&first);
-        }
-        self.joined.extend_from_slice(bytes);
-    }
-
-    fn len(&self) -> usize {
-        self.first.as_ref().map_or(0, Bytes::len) + self.joined.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn bytes(&self) -> &[u8] {
-        match &self.first {
-            Some(f) => f,
-            None => &self.joined,
-        }
-    }
-
-    fn freeze(self) -> Bytes {
-        match self.first {
-            Some(first) => first,
-            None => self.joined.freeze(),
-        }
     }
 }
 
@@ -331,7 +182,7 @@ impl<E: OnEnd + Unpin> Body for FilteredStream<E> {
                 }
             }
             if read > 0 {
-                this.timers.data_came();
+                this.tracker.timers.data_came();
             }
             // The whole chunks go out, also those before a break.
             let mut out = Output::default();
@@ -346,14 +197,15 @@ impl<E: OnEnd + Unpin> Body for FilteredStream<E> {
                 None => {}
             }
             if !out.is_empty() {
-                let data = this.sent(out.freeze());
+                let data = out.freeze();
+                this.tracker.sent(&data);
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
             if read >= COALESCE_MAX {
                 continue; // only part of a long chunk so far, and more is ready
             }
             // Pending, with nothing whole to send.
-            return match this.timers.poll_expired(cx) {
+            return match this.tracker.timers.poll_expired(cx) {
                 Some(why) => {
                     this.close_with_error(ResponseOutcome::TimedOut, why, Output::default())
                 }
@@ -375,6 +227,6 @@ impl<E: OnEnd> Drop for FilteredStream<E> {
     fn drop(&mut self) {
         // Dropped before its end: hyper gave up on the client. Dropping
         // `inner` closes the upstream connection, so Ollama stops generating.
-        self.end(ResponseOutcome::ClientGone, 0);
+        self.end(ResponseOutcome::ClientGone);
     }
 }

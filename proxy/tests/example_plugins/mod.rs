@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use kiln_proxy::filter::{OnError, PluginSpec};
+use kiln_proxy::plugins::{OnError, PluginSpec};
 use serde_json::Value;
 
 /// The example plugin `name` (e.g. "api-key") with `config`, denying on error.

@@ -52,7 +52,7 @@ impl Stack {
 
     /// The proxy with the plugin chain `specs`. The tests share one compile
     /// cache, so each plugin is compiled once, not once per test.
-    pub async fn with_plugins(specs: &[kiln_proxy::filter::PluginSpec]) -> Stack {
+    pub async fn with_plugins(specs: &[kiln_proxy::plugins::PluginSpec]) -> Stack {
         let options = kiln_proxy::plugins::PluginOptions {
             cache_dir: std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
                 .join("../target/plugin-cache-tests"),

@@ -1,7 +1,8 @@
-//! Ollama's answer through the response hooks, once it is known: streamed
-//! answers (NDJSON, SSE) become a [`FilteredStream`]; an answer that does not
-//! stream is read whole (at most `limits.max_body_bytes`), passed to the
-//! hooks as one chunk, and sent rewritten or replaced by the hooks' error.
+//! The client's response to an armed request, once Ollama's answer is
+//! known: streamed answers (NDJSON, SSE) become a [`FilteredStream`]; an
+//! answer that does not stream is read whole (at most
+//! `limits.max_body_bytes`), passed to the hooks as one chunk, and sent
+//! rewritten or replaced by the hooks' error.
 
 use std::time::Duration;
 
@@ -12,12 +13,13 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::chunk::{Chunk, Kind};
-use super::stream::{FilteredStream, StreamSetup};
-use super::{Armed, Ended, ResponseOutcome};
-use crate::body::{self, Framing, OnEnd, Outcome, ReadError, RespBody};
+use super::answer::{Answer, Output};
+use super::stream::FilteredStream;
+use super::{Armed, ResponseOutcome};
+use crate::body::{self, ReadError, RespBody};
 use crate::framing::Format;
 use crate::headers::REQUEST_ID;
+use crate::response_body::{Framing, OnEnd, Outcome, Slot, Tracker};
 use crate::routes::{ApiStyle, error_body};
 
 /// The proxy's limits that apply to a filtered answer.
@@ -32,21 +34,15 @@ impl Armed {
     /// Builds the client's response from Ollama's `parts` and `body`.
     /// `end` makes the access-log/metrics recorder for the final status.
     pub async fn respond<E: OnEnd + Unpin + 'static>(
-        self,
+        mut self,
         mut parts: http::response::Parts,
         body: Incoming,
         limits: Limits,
-        guard: Option<Box<dyn Send>>,
+        slot: Option<Slot>,
         end: impl FnOnce(u16) -> E,
     ) -> Response<RespBody> {
-        let Armed {
-            mut hooks,
-            mut ctx,
-            shape,
-            hide_usage_chunk,
-        } = self;
         let status = parts.status.as_u16();
-        ctx.status = status;
+        self.ctx.status = status;
         let content_type = parts
             .headers
             .get(header::CONTENT_TYPE)
@@ -57,23 +53,27 @@ impl Armed {
             Framing::Opaque => None,
         };
         if let Some(format) = format {
-            ctx.stream = true;
+            self.ctx.stream = true;
             // Rewritten chunks change the length.
             parts.headers.remove(header::CONTENT_LENGTH);
-            let setup = StreamSetup {
-                format,
-                shape,
-                style: limits.style,
-                max_chunk: limits.max_body,
-                deadline: limits.deadline,
-                idle_after: limits.idle_after,
-                hide_usage_chunk,
+            let kind = match format {
+                Format::Ndjson => super::Kind::Line,
+                Format::Sse => super::Kind::Event,
             };
-            let stream = FilteredStream::new(body, setup, hooks, ctx, guard, end(status));
+            let tracker = Tracker::new(
+                limits.deadline,
+                limits.idle_after,
+                limits.style,
+                slot,
+                end(status),
+            );
+            let answer = Answer::new(self, kind);
+            let stream = FilteredStream::new(body, format, limits.max_body, answer, tracker);
             return Response::from_parts(parts, stream.boxed_unsync());
         }
 
-        ctx.stream = false;
+        self.ctx.stream = false;
+        let mut answer = Answer::new(self, super::Kind::Whole);
         let read = tokio::time::timeout_at(
             limits.deadline,
             body::read_limited(body, limits.max_body, limits.idle_after),
@@ -102,12 +102,12 @@ impl Armed {
                         format!("Ollama's answer broke off: {m}"),
                     ),
                 };
-                hooks.on_complete(&ctx, outcome, None);
+                answer.complete(outcome);
                 return error_response(&parts, limits.style, status, &message, &[], end, outcome);
             }
             Err(_) => {
                 let message = "request timed out (limits.request_timeout_s)";
-                hooks.on_complete(&ctx, ResponseOutcome::TimedOut, None);
+                answer.complete(ResponseOutcome::TimedOut);
                 return error_response(
                     &parts,
                     limits.style,
@@ -120,27 +120,25 @@ impl Armed {
             }
         };
 
-        let mut chunk = [Chunk::new(bytes, Kind::Whole, shape)];
-        let usage = chunk[0].usage();
-        let tokens = usage.map(|u| (u.prompt_tokens, u.completion_tokens));
-        match hooks.on_chunks(&ctx, &mut chunk) {
+        answer.push(bytes);
+        let mut out = Output::default();
+        match answer.run(&mut out) {
             Ok(()) => {
-                hooks.on_complete(&ctx, ResponseOutcome::Completed, usage);
-                let [mut chunk] = chunk;
-                // What the hooks changed takes `logprobs` and `context` with it.
-                let changed = chunk.changed_by_hooks();
-                chunk.drop_token_fields(changed);
-                let body = chunk.into_whole_body();
+                answer.complete(ResponseOutcome::Completed);
+                let body = out.freeze();
                 parts
                     .headers
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+                let tokens = answer
+                    .usage()
+                    .map(|u| (u.prompt_tokens, u.completion_tokens));
                 end(status).on_end(Outcome::Completed, body.len() as u64, tokens);
-                drop(guard);
+                drop(slot);
                 Response::from_parts(parts, body::full(body))
             }
-            Err(Ended { stop, .. }) => {
-                hooks.on_complete(&ctx, ResponseOutcome::EndedByPlugin, usage);
-                tracing::warn!(request_id = %ctx.request_id, reason = %stop.message, "a response plugin refused the answer");
+            Err(stop) => {
+                answer.complete(ResponseOutcome::EndedByPlugin);
+                tracing::warn!(request_id = %answer.ctx.request_id, reason = %stop.message, "a response plugin refused the answer");
                 let status = if (400..=599).contains(&stop.status) {
                     stop.status
                 } else {

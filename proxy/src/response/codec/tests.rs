@@ -1,255 +1,259 @@
 use super::*;
+use crate::response::messages::{Block, block_of};
+use crate::response::{Chunk, Codec};
+use crate::response::{
+    MESSAGES, OLLAMA_CHAT, OLLAMA_GENERATE, OPENAI_CHAT, OPENAI_COMPLETIONS, RESPONSES,
+};
+use bytes::Bytes;
+
+type Info = View;
+
+fn read(json: &[u8], kind: Kind, codec: &'static dyn Codec) -> View {
+    codec.read(json, kind)
+}
+
+/// The block a Messages event opens or closes.
+fn block_event(json: &str) -> Option<Block> {
+    let raw = format!("data: {json}\n\n");
+    block_of(&Chunk::new(Bytes::from(raw), Kind::Event, MESSAGES))
+}
 
 /// The fast and the slow reading agree, on every shape.
 #[test]
-fn typed_and_tree_readings_agree() {
-    let cases: &[(&str, Kind, Shape)] = &[
+fn readings_decode_escapes() {
+    let cases: &[(&str, Kind, &'static dyn Codec)] = &[
         (
             r#"{"response":"a\"b","done":false}"#,
             Kind::Line,
-            Shape::OllamaGenerate,
+            OLLAMA_GENERATE,
         ),
         (
             r#"{"response":"","done":true,"prompt_eval_count":3,"eval_count":4}"#,
             Kind::Line,
-            Shape::OllamaGenerate,
+            OLLAMA_GENERATE,
         ),
         (
             r#"{"message":{"role":"assistant","content":"x"},"done":false}"#,
             Kind::Line,
-            Shape::OllamaChat,
+            OLLAMA_CHAT,
         ),
-        (
-            r#"{"done":true,"eval_count":2}"#,
-            Kind::Line,
-            Shape::OllamaChat,
-        ),
-        (r#"{"error":"boom"}"#, Kind::Line, Shape::OllamaChat),
+        (r#"{"done":true,"eval_count":2}"#, Kind::Line, OLLAMA_CHAT),
+        (r#"{"error":"boom"}"#, Kind::Line, OLLAMA_CHAT),
         (
             r#"{"choices":[{"index":0,"delta":{"content":"y"},"finish_reason":null}]}"#,
             Kind::Event,
-            Shape::OpenaiChat,
+            OPENAI_CHAT,
         ),
         (
             r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#,
             Kind::Event,
-            Shape::OpenaiChat,
+            OPENAI_CHAT,
         ),
         (
             r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
             Kind::Event,
-            Shape::OpenaiChat,
+            OPENAI_CHAT,
         ),
         (
             r#"{"choices":[{"message":{"content":"all"}}],"usage":{"prompt_tokens":5,"completion_tokens":6}}"#,
             Kind::Whole,
-            Shape::OpenaiChat,
+            OPENAI_CHAT,
         ),
         (
             r#"{"choices":[{"text":"t","finish_reason":"length"}]}"#,
             Kind::Event,
-            Shape::OpenaiCompletions,
+            OPENAI_COMPLETIONS,
         ),
         (
             r#"{"content_index":0,"delta":"Hi \"x\"","item_id":"msg_1","logprobs":[],"output_index":0,"sequence_number":4,"type":"response.output_text.delta"}"#,
             Kind::Event,
-            Shape::OpenaiResponses,
+            RESPONSES,
         ),
         (
             r#"{"delta":"{\"a\":1}","item_id":"fc_1","output_index":0,"sequence_number":3,"type":"response.function_call_arguments.delta"}"#,
             Kind::Event,
-            Shape::OpenaiResponses,
+            RESPONSES,
         ),
         (
             r#"{"content_index":0,"item_id":"msg_1","logprobs":[],"output_index":0,"sequence_number":6,"text":"Hi","type":"response.output_text.done"}"#,
             Kind::Event,
-            Shape::OpenaiResponses,
+            RESPONSES,
         ),
         (
             r#"{"response":{"output":[],"usage":null},"sequence_number":0,"type":"response.created"}"#,
             Kind::Event,
-            Shape::OpenaiResponses,
+            RESPONSES,
         ),
         (
             r#"{"response":{"output":[{"content":[{"text":"Hi","type":"output_text"}],"type":"message"}],"usage":{"input_tokens":7,"output_tokens":2,"total_tokens":9}},"sequence_number":9,"type":"response.completed"}"#,
             Kind::Event,
-            Shape::OpenaiResponses,
+            RESPONSES,
         ),
         (
             r#"{"id":"resp_1","object":"response","output":[{"id":"rs_1","type":"reasoning","summary":[{"type":"summary_text","text":"hmm"}]},{"id":"msg_1","type":"message","content":[{"type":"output_text","text":"a"},{"type":"output_text","text":"b"}]}],"text":{"format":{"type":"text"}},"usage":{"input_tokens":7,"output_tokens":2}}"#,
             Kind::Whole,
-            Shape::OpenaiResponses,
+            RESPONSES,
         ),
         (
             r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[],"usage":{"input_tokens":5,"output_tokens":0}}}"#,
             Kind::Event,
-            Shape::AnthropicMessages,
+            MESSAGES,
         ),
         (
             r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#,
             Kind::Event,
-            Shape::AnthropicMessages,
+            MESSAGES,
         ),
         (
             r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hmm"}}"#,
             Kind::Event,
-            Shape::AnthropicMessages,
+            MESSAGES,
         ),
         (
             r#"{"type":"content_block_stop","index":0}"#,
             Kind::Event,
-            Shape::AnthropicMessages,
+            MESSAGES,
         ),
         (
             r#"{"type":"content_block_start","index":1,"content_block":{"type":"text","text":""}}"#,
             Kind::Event,
-            Shape::AnthropicMessages,
+            MESSAGES,
         ),
         (
             r#"{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"t","name":"f","input":{}}}"#,
             Kind::Event,
-            Shape::AnthropicMessages,
+            MESSAGES,
         ),
         (
             r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":9}}"#,
             Kind::Event,
-            Shape::AnthropicMessages,
+            MESSAGES,
         ),
         (
             r#"{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[{"type":"thinking","thinking":"hmm"},{"type":"text","text":"Hi"}],"stop_reason":"end_turn","usage":{"input_tokens":5,"output_tokens":9}}"#,
             Kind::Whole,
-            Shape::AnthropicMessages,
+            MESSAGES,
         ),
         (
             r#"{"type":"error","error":{"type":"api_error","message":"boom"}}"#,
             Kind::Event,
-            Shape::AnthropicMessages,
+            MESSAGES,
         ),
     ];
-    assert_agree(cases);
-    let info = read(cases[0].0.as_bytes(), Kind::Line, Shape::OllamaGenerate);
-    assert_eq!(info.text.as_deref(), Some("a\"b"), "escapes are decoded");
-}
-
-fn assert_agree(cases: &[(&str, Kind, Shape)]) {
-    for (json, kind, shape) in cases {
-        let v: Value = serde_json::from_str(json).unwrap();
-        assert_eq!(
-            read(json.as_bytes(), *kind, *shape),
-            from_value(&v, *kind, *shape),
-            "{json}"
-        );
+    for (json, kind, codec) in cases {
+        read(json.as_bytes(), *kind, *codec);
     }
+    let info = read(cases[0].0.as_bytes(), Kind::Line, OLLAMA_GENERATE);
+    assert_eq!(info.text.as_deref(), Some("a\"b"), "escapes are decoded");
 }
 
 /// Thinking chunks as Ollama writes them (field order of its Go structs;
 /// Go maps, the Responses events, marshal sorted).
-const THINKING: &[(&str, Kind, Shape)] = &[
+const THINKING: &[(&str, Kind, &'static dyn Codec)] = &[
     (
         r#"{"model":"qwen3","created_at":"2025-01-01T00:00:00Z","response":"","thinking":"Let \"me\"","done":false}"#,
         Kind::Line,
-        Shape::OllamaGenerate,
+        OLLAMA_GENERATE,
     ),
     (
         r#"{"model":"qwen3","created_at":"2025-01-01T00:00:00Z","response":"Hi","thinking":"done.","done":false}"#,
         Kind::Line,
-        Shape::OllamaGenerate,
+        OLLAMA_GENERATE,
     ),
     (
         r#"{"model":"qwen3","created_at":"2025-01-01T00:00:00Z","response":"","thinking":"hmm","done":true,"done_reason":"stop","eval_count":3}"#,
         Kind::Whole,
-        Shape::OllamaGenerate,
+        OLLAMA_GENERATE,
     ),
     (
         r#"{"model":"qwen3","created_at":"2025-01-01T00:00:00Z","message":{"role":"assistant","content":"","thinking":"Let me"},"done":false}"#,
         Kind::Line,
-        Shape::OllamaChat,
+        OLLAMA_CHAT,
     ),
     (
         r#"{"model":"qwen3","created_at":"2025-01-01T00:00:00Z","message":{"role":"assistant","content":"Hi","thinking":"so."},"done":false}"#,
         Kind::Line,
-        Shape::OllamaChat,
+        OLLAMA_CHAT,
     ),
     (
         r#"{"model":"qwen3","created_at":"2025-01-01T00:00:00Z","message":{"role":"assistant","content":"","tool_calls":[{"id":"call_1","function":{"index":0,"name":"f","arguments":{}}}]},"done":false}"#,
         Kind::Line,
-        Shape::OllamaChat,
+        OLLAMA_CHAT,
     ),
     (
         r#"{"model":"qwen3","created_at":"2025-01-01T00:00:00Z","message":{"role":"assistant","content":"","tool_calls":null},"done":false}"#,
         Kind::Line,
-        Shape::OllamaChat,
+        OLLAMA_CHAT,
     ),
     (
         r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"qwen3","system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":{"role":"assistant","content":"","reasoning":"Let me"},"finish_reason":null}]}"#,
         Kind::Event,
-        Shape::OpenaiChat,
+        OPENAI_CHAT,
     ),
     (
         r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"qwen3","system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":{"content":"Hi","reasoning":"both"},"finish_reason":null}]}"#,
         Kind::Event,
-        Shape::OpenaiChat,
+        OPENAI_CHAT,
     ),
     (
         r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"qwen3","system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":{"tool_calls":[{"id":"call_1","index":0,"type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":null}]}"#,
         Kind::Event,
-        Shape::OpenaiChat,
+        OPENAI_CHAT,
     ),
     (
         r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"qwen3","system_fingerprint":"fp_ollama","choices":[{"index":0,"message":{"role":"assistant","content":"Hi","reasoning":"hmm"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
         Kind::Whole,
-        Shape::OpenaiChat,
+        OPENAI_CHAT,
     ),
     (
         r#"{"id":"cmpl-1","object":"text_completion","created":1,"model":"qwen3","system_fingerprint":"fp_ollama","choices":[{"text":"Hi","index":0,"finish_reason":null}]}"#,
         Kind::Event,
-        Shape::OpenaiCompletions,
+        OPENAI_COMPLETIONS,
     ),
     (
         r#"{"delta":"Let me","item_id":"rs_1","output_index":0,"sequence_number":3,"summary_index":0,"type":"response.reasoning_summary_text.delta"}"#,
         Kind::Event,
-        Shape::OpenaiResponses,
+        RESPONSES,
     ),
     (
         r#"{"item_id":"rs_1","output_index":0,"sequence_number":5,"summary_index":0,"text":"Let me think","type":"response.reasoning_summary_text.done"}"#,
         Kind::Event,
-        Shape::OpenaiResponses,
+        RESPONSES,
     ),
     (
         r#"{"item":{"encrypted_content":"Let me think","id":"rs_1","summary":[{"text":"Let me think","type":"summary_text"}],"type":"reasoning"},"output_index":0,"sequence_number":6,"type":"response.output_item.done"}"#,
         Kind::Event,
-        Shape::OpenaiResponses,
+        RESPONSES,
     ),
     (
         r#"{"id":"resp_1","object":"response","output":[{"id":"rs_1","type":"reasoning","summary":[{"type":"summary_text","text":"a"},{"type":"summary_text","text":"b"}],"encrypted_content":"ab"},{"id":"msg_1","type":"message","status":"completed","role":"assistant","content":[{"type":"output_text","text":"Hi","annotations":[],"logprobs":[]}]}],"usage":{"input_tokens":1,"output_tokens":2}}"#,
         Kind::Whole,
-        Shape::OpenaiResponses,
+        RESPONSES,
     ),
     (
         r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Let \"me\""}}"#,
         Kind::Event,
-        Shape::AnthropicMessages,
+        MESSAGES,
     ),
     (
         r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":""}}"#,
         Kind::Event,
-        Shape::AnthropicMessages,
+        MESSAGES,
     ),
     (
         r#"{"id":"msg_1","type":"message","role":"assistant","model":"qwen3","content":[{"type":"thinking","thinking":"a"},{"type":"text","text":"Hi"},{"type":"thinking","thinking":"b"}],"stop_reason":"end_turn","usage":{"input_tokens":5,"output_tokens":9}}"#,
         Kind::Whole,
-        Shape::AnthropicMessages,
+        MESSAGES,
     ),
 ];
 
 #[test]
-fn typed_and_tree_readings_of_thinking_agree() {
-    assert_agree(THINKING);
-    // An odd field on the typed path falls back to the tree, which still
-    // reads the thinking.
+fn an_odd_field_does_not_hide_the_thinking() {
+    // An odd field (content parts) reads as nothing; the thinking next to
+    // it is still read.
     let odd = r#"{"choices":[{"delta":{"content":[{"type":"text"}],"reasoning":"hmm"},"finish_reason":null}]}"#;
     assert_eq!(
-        read(odd.as_bytes(), Kind::Event, Shape::OpenaiChat)
+        read(odd.as_bytes(), Kind::Event, OPENAI_CHAT)
             .thinking
             .as_deref(),
         Some("hmm")
@@ -294,7 +298,7 @@ fn thinking_is_read_where_each_api_puts_it() {
     let plain = read(
         br#"{"model":"m","response":"Hi","done":false}"#,
         Kind::Line,
-        Shape::OllamaGenerate,
+        OLLAMA_GENERATE,
     );
     assert_eq!(plain.thinking, None);
 }
@@ -302,7 +306,7 @@ fn thinking_is_read_where_each_api_puts_it() {
 #[test]
 fn the_event_apis_name_text_done_and_usage() {
     let read = |json: &str, kind, shape| read(json.as_bytes(), kind, shape);
-    let r = Shape::OpenaiResponses;
+    let r = RESPONSES;
     let d = read(
         r#"{"delta":"Hi","item_id":"m","type":"response.output_text.delta"}"#,
         Kind::Event,
@@ -345,7 +349,7 @@ fn the_event_apis_name_text_done_and_usage() {
     assert_eq!(whole.text.as_deref(), Some("ab"));
     assert_eq!(whole.usage.map(|u| u.completion_tokens), Some(2));
 
-    let m = Shape::AnthropicMessages;
+    let m = MESSAGES;
     let start = read(
         r#"{"type":"message_start","message":{"content":[],"usage":{"input_tokens":5,"output_tokens":0}}}"#,
         Kind::Event,
@@ -358,15 +362,16 @@ fn the_event_apis_name_text_done_and_usage() {
         m,
     );
     assert_eq!((t.text.as_deref(), t.done), (Some("Hi"), false));
-    let stop = read(r#"{"type":"content_block_stop","index":1}"#, Kind::Event, m);
+    let stop_json = r#"{"type":"content_block_stop","index":1}"#;
+    let stop = read(stop_json, Kind::Event, m);
     assert_eq!(
-        (stop.done, stop.block),
+        (stop.done, block_event(stop_json)),
         (false, Some(Block::Stop { index: 1 })),
         "a stop alone does not say whether it ends the text"
     );
     let opens = |block: &str| {
         let json = format!(r#"{{"type":"content_block_start","index":2,"content_block":{block}}}"#);
-        read(&json, Kind::Event, m).block
+        block_event(&json)
     };
     assert_eq!(
         opens(r#"{"type":"text","text":""}"#),
@@ -418,17 +423,129 @@ fn the_event_apis_name_text_done_and_usage() {
 }
 
 #[test]
-fn an_odd_field_falls_back_to_the_tree() {
+fn an_odd_field_reads_as_nothing() {
     // OpenAI content parts instead of a string: no text, but the
     // finish reason and usage are still read.
     let json = br#"{"choices":[{"delta":{"content":[{"type":"text"}]},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#;
-    let info = read(json, Kind::Event, Shape::OpenaiChat);
+    let info = read(json, Kind::Event, OPENAI_CHAT);
     assert_eq!(info.text, None);
     assert!(info.done);
     assert!(info.usage.is_some());
-    assert_eq!(
-        read(b"[DONE]", Kind::Event, Shape::OpenaiChat),
-        Info::default()
-    );
-    assert_eq!(read(b"[1,2]", Kind::Line, Shape::OllamaChat).text, None);
+    assert_eq!(read(b"[DONE]", Kind::Event, OPENAI_CHAT), Info::default());
+    assert_eq!(read(b"[1,2]", Kind::Line, OLLAMA_CHAT).text, None);
+}
+
+/// Where the thinking ends on the chat shapes (see [`ThinkingEnd`]).
+mod thinking_end {
+    use super::*;
+
+    fn chat(message: &str) -> Chunk {
+        let json = format!(
+            r#"{{"model":"qwen3","created_at":"t","message":{{"role":"assistant",{message}}},"done":false}}"#
+        );
+        Chunk::new(Bytes::from(json + "\n"), Kind::Line, OLLAMA_CHAT)
+    }
+
+    fn openai(delta: &str, finish: &str) -> Chunk {
+        let json = format!(
+            r#"{{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"qwen3","system_fingerprint":"fp_ollama","choices":[{{"index":0,"delta":{delta},"finish_reason":{finish}}}]}}"#
+        );
+        Chunk::new(
+            Bytes::from(format!("data: {json}\n\n")),
+            Kind::Event,
+            OPENAI_CHAT,
+        )
+    }
+
+    /// `thinking_done` of each chunk after marking, in order.
+    fn marked(shape: &'static dyn Codec, chunks: &mut [Chunk]) -> Vec<bool> {
+        let mut t = shape.answer(chunks[0].kind()).unwrap();
+        chunks
+            .iter_mut()
+            .map(|c| {
+                t.before_hooks(c);
+                c.thinking_done()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_first_text_after_thinking_ends_it() {
+        let mut chunks = [
+            chat(r#""content":"","thinking":"Let me""#),
+            chat(r#""content":"","thinking":" think""#),
+            chat(r#""content":"Hi""#),
+            chat(r#""content":" there""#),
+            Chunk::new(
+                Bytes::from_static(b"{\"model\":\"qwen3\",\"created_at\":\"t\",\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done\":true,\"eval_count\":4}\n"),
+                Kind::Line,
+                OLLAMA_CHAT,
+            ),
+        ];
+        assert_eq!(
+            marked(OLLAMA_CHAT, &mut chunks),
+            [false, false, true, false, true]
+        );
+    }
+
+    #[test]
+    fn a_chunk_with_the_last_thinking_and_the_first_text_ends_it() {
+        let mut chunks = [
+            chat(r#""content":"","thinking":"hmm""#),
+            chat(r#""content":"Hi","thinking":" ok.""#),
+            chat(r#""content":"!""#),
+        ];
+        assert_eq!(marked(OLLAMA_CHAT, &mut chunks), [false, true, false]);
+        let mut one = [chat(r#""content":"Hi","thinking":"quick""#)];
+        assert_eq!(marked(OLLAMA_CHAT, &mut one), [true]);
+    }
+
+    #[test]
+    fn tool_calls_end_it_and_thinking_may_start_again() {
+        let mut chunks = [
+            chat(r#""content":"","thinking":"call f""#),
+            chat(
+                r#""content":"","tool_calls":[{"id":"call_1","function":{"index":0,"name":"f","arguments":{}}}]"#,
+            ),
+            chat(r#""content":"","thinking":"again""#),
+            chat(r#""content":"Done""#),
+        ];
+        assert_eq!(marked(OLLAMA_CHAT, &mut chunks), [false, true, false, true]);
+    }
+
+    #[test]
+    fn openai_reasoning_ends_at_the_content_chunk_ollama_splits_off() {
+        // ToStreamChunks: the reasoning chunk (content "") and the content chunk.
+        let mut chunks = [
+            openai(
+                r#"{"role":"assistant","content":"","reasoning":"hmm"}"#,
+                "null",
+            ),
+            openai(r#"{"content":"","reasoning":" so"}"#, "null"),
+            openai(r#"{"content":"Hi"}"#, "null"),
+            openai(r#"{"content":"!"}"#, "null"),
+            openai("{}", r#""stop""#),
+        ];
+        assert_eq!(
+            marked(OPENAI_CHAT, &mut chunks),
+            [false, false, true, false, true]
+        );
+    }
+
+    #[test]
+    fn answers_without_thinking_are_not_parsed() {
+        let mut chunks = [chat(r#""content":"Hi""#), chat(r#""content":"!""#)];
+        let mut t = OLLAMA_CHAT.answer(Kind::Line).unwrap();
+        for c in &mut chunks {
+            t.before_hooks(c);
+            assert!(c.text_read().is_none(), "no thinking bytes, no parse");
+            assert!(!c.thinking_done());
+        }
+        let g = |j: &str| Chunk::new(Bytes::from(format!("{j}\n")), Kind::Line, OLLAMA_GENERATE);
+        let mut gen_chunks = [
+            g(r#"{"model":"qwen3","response":"","thinking":"a","done":false}"#),
+            g(r#"{"model":"qwen3","response":"b","done":false}"#),
+        ];
+        assert_eq!(marked(OLLAMA_GENERATE, &mut gen_chunks), [false, true]);
+    }
 }
