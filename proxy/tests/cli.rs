@@ -163,3 +163,69 @@ fn check_config_does_not_print_plugin_secrets() {
         "{stdout}"
     );
 }
+
+/// `plugin run --answer`: a recorded answer through a plugin's response
+/// hooks, printed as the client would receive it, for each framing.
+#[test]
+fn plugin_run_replays_a_recorded_answer_through_the_response_hooks() {
+    let guard = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/plugins/output_guard.wasm");
+    assert!(
+        guard.exists(),
+        "{} is missing: run scripts/build-plugins first",
+        guard.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "/api/generate",
+            "answer.ndjson",
+            "{\"model\":\"m\",\"response\":\"The sky is \",\"done\":false}\n{\"model\":\"m\",\"response\":\"blue.\",\"done\":false}\n{\"model\":\"m\",\"response\":\"\",\"done\":true,\"eval_count\":3}\n",
+        ),
+        (
+            "/v1/chat/completions",
+            "answer.sse",
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"The sky is \"},\"finish_reason\":null}]}\n\ndata: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"blue.\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n",
+        ),
+        (
+            "/v1/messages",
+            "answer.json",
+            "{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"The sky is blue.\"}],\"stop_reason\":\"end_turn\",\"usage\":{\"input_tokens\":5,\"output_tokens\":4}}",
+        ),
+    ];
+    for (route, name, recorded) in cases {
+        let file = dir.path().join(name);
+        std::fs::write(&file, recorded).unwrap();
+        let out = kiln_proxy()
+            .args(["plugin", "run"])
+            .arg(&guard)
+            .args(["--plugin-config", r#"{"patterns":["sky is"]}"#])
+            .arg("--answer")
+            .arg(&file)
+            .args(["--path", route])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{route}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("[REDACTED]"), "{route}: {stdout}");
+        assert!(!stdout.contains("sky is"), "{route}: {stdout}");
+        assert!(stdout.contains("blue."), "{route}: {stdout}");
+    }
+    // A route whose answers no hook sees says so.
+    let file = dir.path().join("answer.json");
+    let out = kiln_proxy()
+        .args(["plugin", "run"])
+        .arg(&guard)
+        .arg("--answer")
+        .arg(&file)
+        .args(["--path", "/api/embed"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("does not generate text"), "{stderr}");
+}

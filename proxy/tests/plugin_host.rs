@@ -1,5 +1,6 @@
 //! The plugin host, driven with small hand-written plugins (tests/support/fixtures.rs).
 
+mod example_plugins;
 mod support;
 
 use kiln_proxy::filter::{FilterRequest, RequestFilter, RouteKind, Verdict};
@@ -19,14 +20,7 @@ fn options(dir: &Path) -> PluginOptions {
 }
 
 fn spec(name: &str, path: &Path) -> PluginSpec {
-    PluginSpec {
-        name: name.into(),
-        path: path.into(),
-        sha256: None,
-        on_error: OnError::Deny,
-        routes: None,
-        config: serde_json::Value::Null,
-    }
+    example_plugins::spec(name, path, serde_json::Value::Null)
 }
 
 fn chat(body: &str) -> FilterRequest {
@@ -498,8 +492,13 @@ async fn changed_plugin_file_is_reloaded_by_the_watcher() {
 
 #[tokio::test]
 async fn stage_apply_forwards_when_no_plugin_matches() {
+    // A plugin that refuses everything, selected for embeddings only: a
+    // chat request passes it by.
     let dir = tempfile::tempdir().unwrap();
-    let stage = stage(dir.path(), &[]);
+    let path = fixtures::write(dir.path(), "deny", &Behaviour::Reject(403, "denied"));
+    let mut deny = spec("deny", &path);
+    deny.routes = Some(vec!["embed".into()]);
+    let stage = stage(dir.path(), &[deny]);
     let r = forwarded(stage.apply(chat("{}")).await);
     assert_eq!(r.body, b"{}");
 }

@@ -1,10 +1,10 @@
 //! SIGHUP reloads the plugins. In its own test binary (its own process),
 //! because the signal goes to the whole process.
 
+mod example_plugins;
 mod support;
 
 use kiln_proxy::filter::{FilterRequest, RequestFilter, RouteKind, Verdict};
-use kiln_proxy::plugins::{OnError, PluginSpec};
 use kiln_proxy::plugins::{PluginOptions, load_chain};
 use std::time::{Duration, Instant};
 use support::fixtures::{self, Behaviour};
@@ -20,14 +20,7 @@ fn message(v: &Verdict) -> String {
 async fn sighup_reloads_the_plugins() {
     let dir = tempfile::tempdir().unwrap();
     let path = fixtures::write(dir.path(), "p", &Behaviour::Reject(403, "before"));
-    let spec = PluginSpec {
-        name: "p".into(),
-        path: path.clone(),
-        sha256: None,
-        on_error: OnError::Deny,
-        routes: None,
-        config: serde_json::Value::Null,
-    };
+    let spec = example_plugins::spec("p", path.clone(), serde_json::Value::Null);
     // A watch interval longer than the test: only the signal can reload.
     let options = PluginOptions {
         cache_dir: dir.path().join("cache"),
@@ -72,14 +65,8 @@ async fn sighup_reloads_the_plugins() {
 async fn sighup_rereads_the_plugin_entries_from_their_source() {
     let dir = tempfile::tempdir().unwrap();
     let path = fixtures::write(dir.path(), "echo", &Behaviour::RejectWithConfig);
-    let entry = move |config: serde_json::Value| PluginSpec {
-        name: "echo".into(),
-        path: path.clone(),
-        sha256: None,
-        on_error: OnError::Deny,
-        routes: None,
-        config,
-    };
+    let entry =
+        move |config: serde_json::Value| example_plugins::spec("echo", path.clone(), config);
     let options = PluginOptions {
         cache_dir: dir.path().join("cache"),
         watch_interval: Duration::from_secs(3600),

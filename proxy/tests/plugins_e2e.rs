@@ -3,6 +3,7 @@
 //! Ollama would receive.
 
 mod example_plugins;
+mod harness;
 
 use bytes::Bytes;
 use example_plugins::plugin;
@@ -28,11 +29,8 @@ struct Seen {
 
 type Log = Arc<Mutex<Vec<Seen>>>;
 
-/// reqwest is built with rustls and no crypto provider when the whole
-/// workspace builds together (the packager picks ring): install ring first.
 fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
+    harness::http_client()
 }
 
 fn reply(log: &Log, method: &Method, path: &str, headers: HeaderMap, body: &[u8]) -> String {

@@ -13,22 +13,11 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use example_plugins::plugin;
-use harness::{Stack, ndjson};
+use example_plugins::{plugin, spec};
+use harness::{Stack, ndjson, sse_data};
 use kiln_proxy::plugins::{OnError, PluginSpec};
 use serde_json::{Value, json};
 use support::fixtures;
-
-fn spec(name: &str, path: PathBuf, config: Value) -> PluginSpec {
-    PluginSpec {
-        name: name.into(),
-        path,
-        sha256: None,
-        on_error: OnError::Deny,
-        routes: None,
-        config,
-    }
-}
 
 async fn stack(specs: Vec<PluginSpec>) -> Stack {
     Stack::with_plugins(&specs).await
@@ -36,14 +25,6 @@ async fn stack(specs: Vec<PluginSpec>) -> Stack {
 
 fn guard() -> PluginSpec {
     plugin("output-guard", json!({"patterns": ["sky is"]}))
-}
-
-/// The `data:` payloads of an SSE body.
-fn sse_data(body: &str) -> Vec<String> {
-    body.split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .map(str::to_owned)
-        .collect()
 }
 
 fn openai_text(events: &[String]) -> String {

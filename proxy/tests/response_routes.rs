@@ -13,7 +13,7 @@ mod support;
 
 use example_plugins::plugin;
 use harness::{Stack, events, named, sequence_numbers};
-use kiln_proxy::plugins::{OnError, PluginSpec};
+use kiln_proxy::plugins::PluginSpec;
 use serde_json::{Value, json};
 use support::fixtures;
 
@@ -448,14 +448,11 @@ fn end_marker_plugin(dir: &std::path::Path) -> PluginSpec {
         (i32.store (i32.const 40) (i32.const 5))))
     (i32.const 32)",
     );
-    PluginSpec {
-        name: "end-marker".into(),
-        path: fixtures::write_bytes(dir, "end_marker", &bytes),
-        sha256: None,
-        on_error: OnError::Deny,
-        routes: None,
-        config: Value::Null,
-    }
+    example_plugins::spec(
+        "end-marker",
+        fixtures::write_bytes(dir, "end_marker", &bytes),
+        Value::Null,
+    )
 }
 
 #[tokio::test]

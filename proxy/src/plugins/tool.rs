@@ -4,8 +4,14 @@
 use super::chain::{Outcome, from_wit, to_wit};
 use super::{PluginOptions, PluginSpec, PluginStage, Runtime};
 use crate::filter::FilterRequest;
+use crate::framing::{Format, Framer};
+use crate::response::answer::{Answer, Output};
+use crate::response::{Kind, ResponseContext, ResponseOutcome, ResponseStage};
+use crate::response_body::SentTail;
+use crate::routes::error_body;
 use crate::routes::{self, RouteKind};
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -23,15 +29,29 @@ pub enum PluginCommand {
         #[arg(id = "plugin_config", long = "plugin-config", value_name = "JSON")]
         config: Option<String>,
     },
-    /// Run a plugin once on a request and print its decision as JSON.
+    /// Run a plugin once on a request and print its decision as JSON; or
+    /// replay a recorded answer through its response hooks and print what
+    /// the client would receive.
     Run {
         file: PathBuf,
         /// The plugin's config as JSON.
         #[arg(id = "plugin_config", long = "plugin-config", value_name = "JSON")]
         config: Option<String>,
         /// A JSON file: {"path": "/api/chat", "headers": {...}, "body": {...}}.
-        #[arg(long, value_name = "FILE")]
-        request: PathBuf,
+        #[arg(long, value_name = "FILE", required_unless_present = "answer")]
+        request: Option<PathBuf>,
+        /// A recorded answer of Ollama's: an NDJSON or SSE stream, or a JSON
+        /// body (an answer that does not stream).
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "request",
+            requires = "path"
+        )]
+        answer: Option<PathBuf>,
+        /// The route the answer is from, e.g. /api/chat or /v1/messages.
+        #[arg(long, value_name = "PATH")]
+        path: Option<String>,
     },
 }
 
@@ -48,8 +68,17 @@ impl PluginCommand {
             PluginCommand::Run {
                 file,
                 config,
-                request,
+                request: Some(request),
+                ..
             } => run(file, parse(config)?, request),
+            PluginCommand::Run {
+                file,
+                config,
+                answer: Some(answer),
+                path: Some(path),
+                ..
+            } => replay(file, parse(config)?, answer, path),
+            PluginCommand::Run { .. } => bail!("give --request FILE, or --answer FILE --path PATH"),
         }
     }
 }
@@ -195,6 +224,105 @@ pub fn run(path: &Path, config: Option<Value>, request_file: &Path) -> Result<St
         }
     };
     Ok(serde_json::to_string_pretty(&out)? + "\n")
+}
+
+/// Replays the recorded answer in `answer_file`, of the route `route_path`,
+/// through the plugin's response hooks, and returns what the client would
+/// receive: the stream as rewritten (ended with an error chunk in the
+/// client's format if a hook ends it), or the body.
+pub fn replay(
+    path: &Path,
+    config: Option<Value>,
+    answer_file: &Path,
+    route_path: &str,
+) -> Result<String> {
+    let recorded = std::fs::read(answer_file)
+        .with_context(|| format!("cannot read {}", answer_file.display()))?;
+    let route = route_of(route_path)
+        .with_context(|| format!("{route_path} is not a route kiln-proxy serves"))?;
+    let codec = route.codec.with_context(|| {
+        format!("{route_path} does not generate text: response hooks never see its answers")
+    })?;
+    let format = answer_format(&recorded);
+    let stage = load(path, config.unwrap_or_else(|| json!({})))?;
+    let ctx = ResponseContext {
+        request_id: "replay".into(),
+        route: route.kind,
+        path: route_path.to_owned(),
+        model: None,
+        stream: format.is_some(),
+        status: 200,
+        headers: Vec::new(),
+    };
+    let Some(hooks) = ResponseStage::begin(&stage, &ctx) else {
+        bail!("{} exports no response hooks", path.display())
+    };
+    let kind = match format {
+        Some(Format::Ndjson) => Kind::Line,
+        Some(Format::Sse) => Kind::Event,
+        None => Kind::Whole,
+    };
+    let mut answer = Answer::of(codec, kind, hooks, ctx, false);
+    let mut out = Output::default();
+    let Some(format) = format else {
+        answer.push(Bytes::from(recorded));
+        return match answer.run(&mut out) {
+            Ok(()) => {
+                answer.complete(ResponseOutcome::Completed);
+                Ok(String::from_utf8_lossy(&out.freeze()).into_owned())
+            }
+            Err(stop) => {
+                answer.complete(ResponseOutcome::EndedByPlugin);
+                let status = if (400..=599).contains(&stop.status) {
+                    stop.status
+                } else {
+                    500
+                };
+                eprintln!("the plugin refused the answer: the client gets status {status}");
+                let body = error_body(route.style, status, &stop.message);
+                Ok(String::from_utf8_lossy(&body).into_owned() + "\n")
+            }
+        };
+    };
+    // One chunk per read, as when the proxy keeps pace with Ollama.
+    let mut framer = Framer::new(format, recorded.len().max(1));
+    framer.push_bytes(Bytes::from(recorded));
+    let mut sent = Vec::new();
+    let mut frames = Vec::new();
+    while let Some(frame) = framer.next_frame()? {
+        frames.push(frame);
+    }
+    frames.extend(framer.finish()?);
+    for frame in frames {
+        answer.push(frame);
+        let mut out = Output::default();
+        let result = answer.run(&mut out);
+        sent.extend_from_slice(out.bytes());
+        if let Err(stop) = result {
+            answer.complete(ResponseOutcome::EndedByPlugin);
+            let mut tail = SentTail::default();
+            tail.follow(&sent);
+            sent.extend(tail.error_chunk(format == Format::Sse, route.style, &stop.message));
+            return Ok(String::from_utf8_lossy(&sent).into_owned());
+        }
+    }
+    answer.complete(ResponseOutcome::Completed);
+    Ok(String::from_utf8_lossy(&sent).into_owned())
+}
+
+/// How a recorded answer is framed: SSE events, NDJSON lines, or (`None`)
+/// one JSON body.
+fn answer_format(recorded: &[u8]) -> Option<Format> {
+    let text = String::from_utf8_lossy(recorded);
+    let text = text.trim_start();
+    if ["data:", "event:", "id:", ":"]
+        .iter()
+        .any(|p| text.starts_with(p))
+    {
+        return Some(Format::Sse);
+    }
+    let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+    (lines > 1).then_some(Format::Ndjson)
 }
 
 #[cfg(test)]

@@ -1,5 +1,8 @@
-//! The example plugins of plugins/examples, as scripts/build-plugins leaves
-//! them in target/plugins. Shared by the tests and the benches.
+//! Plugin entries for the tests: any plugin file ([`spec`]), and the example
+//! plugins of plugins/examples as scripts/build-plugins leaves them in
+//! target/plugins ([`plugin`]). Shared by the tests and the benches.
+
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 
@@ -16,9 +19,15 @@ pub fn plugin(name: &str, config: Value) -> PluginSpec {
         "{} is missing: run scripts/build-plugins first",
         file.display()
     );
+    spec(name, file, config)
+}
+
+/// The plugin at `path` named `name` with `config`, on every inference
+/// route, denying on error (the config defaults).
+pub fn spec(name: &str, path: impl Into<PathBuf>, config: Value) -> PluginSpec {
     PluginSpec {
         name: name.into(),
-        path: file,
+        path: path.into(),
         sha256: None,
         on_error: OnError::Deny,
         routes: None,

@@ -194,6 +194,14 @@ pub fn ndjson(body: &[u8]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The `data:` payloads of an SSE body, as sent (`[DONE]` included).
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The JSON payloads of an SSE body (`[DONE]` left out).
 pub fn sse_json(body: &str) -> Vec<serde_json::Value> {
     body.split_terminator("\n\n")
