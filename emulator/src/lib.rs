@@ -1,6 +1,6 @@
 //! An emulator of Ollama's HTTP API, for tests and benchmarks.
 //!
-//! It reproduces the wire behaviour kiln depends on (DESIGN.md §5): NDJSON
+//! It reproduces the wire behaviour kiln depends on (docs/ARCHITECTURE.md, "Facts about Ollama"): NDJSON
 //! and SSE streaming (the typed events of `/v1/responses` and `/v1/messages`
 //! too) with a configurable delay per token and a final metrics
 //! chunk, `stream:false`, Ollama's and OpenAI's error bodies, the loopback

@@ -1,4 +1,4 @@
-//! The proxy's configuration (DESIGN.md §3): a TOML file, then `KILN_*`
+//! The proxy's configuration (docs/ARCHITECTURE.md, "Config"): a TOML file, then `KILN_*`
 //! environment variables, then command-line flags, each overriding the last.
 
 use std::net::SocketAddr;

@@ -33,7 +33,7 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
-    /// TOML config file (DESIGN.md §3).
+    /// TOML config file (keys in the README; see docs/ARCHITECTURE.md).
     #[arg(long, env = "KILN_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Address to listen on [default: 0.0.0.0:$PORT, else 0.0.0.0:8080].
