@@ -41,7 +41,7 @@
 //! rewrites those copies once a hook changed or inserted thinking.
 //!
 //! Every event of a streamed Responses answer also has a `sequence_number`,
-//! counting up by one. A text event the host inserts (see `events`) takes
+//! counting up by one. A text event the host inserts (see [`event`]) takes
 //! the number of the event it goes before, and that event and every later
 //! one are renumbered one up; until an event is inserted, nothing is.
 
