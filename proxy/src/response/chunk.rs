@@ -39,13 +39,13 @@ pub struct Chunk {
     thinking_done_mark: Option<bool>,
     /// Per channel ([`Channel::index`]): a hook changed the chunk's own
     /// text (thinking).
-    edited: [bool; 2],
+    edited: [bool; Channel::COUNT],
     /// Per channel: what hooks put on this chunk that it has no place for,
     /// in order, and joined; it goes out in chunks of the API before this one.
-    pieces: [Vec<String>; 2],
-    joined: [Option<String>; 2],
+    pieces: [Vec<String>; Channel::COUNT],
+    joined: [Option<String>; Channel::COUNT],
     /// Per channel: those chunks' bytes.
-    inserted: [Vec<u8>; 2],
+    inserted: [Vec<u8>; Channel::COUNT],
     /// All of them, thinking first (the model thinks before it answers).
     before: Option<Vec<u8>>,
 }
@@ -61,7 +61,7 @@ impl Chunk {
             changed: false,
             done_mark: None,
             thinking_done_mark: None,
-            edited: [false; 2],
+            edited: [false; Channel::COUNT],
             pieces: Default::default(),
             joined: Default::default(),
             inserted: Default::default(),

@@ -37,7 +37,10 @@ pub enum Channel {
 }
 
 impl Channel {
-    pub const ALL: [Channel; 2] = [Channel::Thinking, Channel::Text];
+    /// Every channel, in the order inserted chunks go out (the model thinks
+    /// before it answers).
+    pub const ALL: [Channel; Channel::COUNT] = [Channel::Thinking, Channel::Text];
+    pub const COUNT: usize = 2;
 
     pub(super) fn index(self) -> usize {
         self as usize
@@ -106,11 +109,10 @@ impl View {
 
     /// Everything but `channel` reads the same in both views.
     pub(super) fn same_but(&self, other: &View, channel: Channel) -> bool {
-        let other_channel = match channel {
-            Channel::Text => Channel::Thinking,
-            Channel::Thinking => Channel::Text,
-        };
-        self.get(other_channel) == other.get(other_channel)
+        Channel::ALL
+            .into_iter()
+            .filter(|c| *c != channel)
+            .all(|c| self.get(c) == other.get(c))
             && self.done == other.done
             && self.thinking_done == other.thinking_done
             && self.tool_calls == other.tool_calls
