@@ -397,3 +397,81 @@ async fn without_response_plugins_answers_pass_through_untouched() {
     );
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn hanging_up_before_the_last_chunk_still_spends_the_budget() {
+    // Usage comes in the last chunk; a caller that reads part of a long
+    // answer and hangs up is charged the chunks generated up to then.
+    let stack = Stack::with_filter(
+        |e, _| e.token_delay = Duration::from_millis(20),
+        kiln_proxy::plugins::load_chain(
+            &[plugin(
+                "token-budget",
+                json!({"budget": 5, "count": "completion"}),
+            )],
+            &kiln_proxy::plugins::PluginOptions {
+                cache_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("../target/plugin-cache-tests"),
+                ..Default::default()
+            },
+        )
+        .expect("plugins load"),
+    )
+    .await;
+    let body = json!({"model": "gemma3:4b", "options": {"num_predict": 200},
+                      "messages": [{"role": "user", "content": "why is the sky blue?"}]});
+    let mut resp = stack
+        .client
+        .post(stack.url("/api/chat"))
+        .header("x-kiln-caller", "leaver")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut lines = 0;
+    let mut seen = Vec::new();
+    while lines < 9 {
+        let part = resp.chunk().await.unwrap().expect("more of the answer");
+        seen.extend_from_slice(&part);
+        lines = seen.iter().filter(|b| **b == b'\n').count();
+    }
+    drop(resp);
+    // The proxy notices the hang-up, cancels the generation and completes
+    // the answer for the plugins; then the budget is spent.
+    let cancelled =
+        harness::eventually(Duration::from_secs(5), || stack.stats().cancelled >= 1).await;
+    assert!(cancelled, "the generation was not cancelled");
+    let mut used = 0;
+    for _ in 0..50 {
+        let r = stack
+            .client
+            .post(stack.url("/api/chat"))
+            .header("x-kiln-caller", "leaver")
+            .json(
+                &json!({"model": "gemma3:4b", "stream": false, "options": {"num_predict": 1},
+                          "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            let v: Value = r.json().await.unwrap();
+            let msg = v["error"].as_str().unwrap().to_owned();
+            used = msg
+                .split("used ")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap();
+            break;
+        }
+        assert_eq!(r.status(), 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        used >= 9,
+        "charged {used} tokens for at least 9 streamed chunks"
+    );
+    stack.shutdown().await;
+}

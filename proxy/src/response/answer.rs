@@ -16,6 +16,10 @@ pub struct Answer {
     pub ctx: ResponseContext,
     hide_usage_chunk: bool,
     usage: Option<Usage>,
+    /// Streamed chunks that carried generated text, thinking or tool calls:
+    /// what the model generated so far, at about one token per chunk (Ollama
+    /// sends a chunk per token), for an answer that ends before its usage.
+    generated: u64,
     /// The chunks of the current read, on their way through the hooks
     /// (kept to reuse its allocation).
     batch: Vec<Chunk>,
@@ -50,6 +54,7 @@ impl Answer {
             ctx,
             hide_usage_chunk,
             usage: None,
+            generated: 0,
             batch: Vec::new(),
             completed: false,
         }
@@ -79,6 +84,9 @@ impl Answer {
             if let Some(u) = chunk.usage() {
                 self.usage = Some(Usage::merged(self.usage, u));
             }
+            if chunk.kind() != Kind::Whole && chunk.generated() {
+                self.generated += 1;
+            }
         }
         let result = self.hooks.on_chunks(&self.ctx, &mut self.batch);
         let sent = match &result {
@@ -104,8 +112,45 @@ impl Answer {
     /// Tells the hooks how the answer ended; once, later calls do nothing.
     pub fn complete(&mut self, outcome: ResponseOutcome) {
         if !std::mem::replace(&mut self.completed, true) {
-            self.hooks.on_complete(&self.ctx, outcome, self.usage);
+            let usage = charged_usage(self.usage, self.generated);
+            self.hooks.on_complete(&self.ctx, outcome, usage);
         }
+    }
+}
+
+/// The usage the completion hook is given: what Ollama reported, unless the
+/// answer ended (or was cut off by the client) before Ollama reported its
+/// output tokens — then the streamed chunks that carried generated output
+/// count as that many tokens. A caller who reads part of an answer and
+/// hangs up is charged what was generated, not nothing; the prompt is
+/// charged only when Ollama reported it.
+fn charged_usage(reported: Option<Usage>, generated: u64) -> Option<Usage> {
+    match reported {
+        Some(u) if u.completion_tokens > 0 || generated == 0 => Some(u),
+        None if generated == 0 => None,
+        reported => Some(Usage {
+            prompt_tokens: reported.map_or(0, |u| u.prompt_tokens),
+            completion_tokens: generated,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod charged_usage_tests {
+    use super::*;
+
+    #[test]
+    fn reported_output_tokens_win_and_a_cut_answer_is_charged_its_chunks() {
+        let u = |p, c| Usage {
+            prompt_tokens: p,
+            completion_tokens: c,
+        };
+        assert_eq!(charged_usage(Some(u(9, 40)), 12), Some(u(9, 40)));
+        assert_eq!(charged_usage(None, 0), None);
+        assert_eq!(charged_usage(None, 9), Some(u(0, 9)));
+        // Anthropic's message_start reports the input before any output.
+        assert_eq!(charged_usage(Some(u(7, 0)), 3), Some(u(7, 3)));
+        assert_eq!(charged_usage(Some(u(7, 0)), 0), Some(u(7, 0)));
     }
 }
 

@@ -173,6 +173,16 @@ impl Chunk {
         self.view().tool_calls
     }
 
+    /// True when the chunk carries output the model generated: text,
+    /// thinking or tool calls (as Ollama sent it; the hooks read the same
+    /// parse, so asking costs nothing more).
+    pub(super) fn generated(&self) -> bool {
+        let view = self.view();
+        view.text.as_deref().is_some_and(|t| !t.is_empty())
+            || view.thinking.as_deref().is_some_and(|t| !t.is_empty())
+            || view.tool_calls
+    }
+
     /// True when generation ends with this chunk (see the WIT `chunk.done`).
     pub fn done(&self) -> bool {
         self.kind == Kind::Whole || self.done_mark.unwrap_or_else(|| self.view().done)

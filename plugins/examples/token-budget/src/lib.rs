@@ -4,7 +4,8 @@
 //! Tokens are what Ollama reports at completion (`prompt_eval_count` +
 //! `eval_count` on /api/*, `usage` on /v1/*; kiln-proxy asks Ollama for
 //! usage on streamed OpenAI requests), so a budget holds whatever the
-//! client claims. It needs both hooks: `on-request` refuses callers whose
+//! client claims. A caller that hangs up before the last chunk is charged
+//! the output generated until then (the host counts the streamed chunks). It needs both hooks: `on-request` refuses callers whose
 //! budget is spent, `on-response-complete` adds each answer's tokens.
 //!
 //! The caller is the `x-kiln-caller` header (set by the `api-key` plugin:
