@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::counters_config::CountersConfig;
 use crate::plugins::PluginSpec;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,8 @@ pub struct Config {
     pub ollama: OllamaConfig,
     pub limits: Limits,
     pub plugins: Vec<PluginSpec>,
+    /// Where plugins' `counter-add` counts (see [`CountersConfig`]).
+    pub counters: CountersConfig,
 }
 
 /// Single-container mode: the proxy runs and supervises `ollama serve`.
@@ -115,6 +118,7 @@ impl Default for Config {
             ollama: OllamaConfig::default(),
             limits: Limits::default(),
             plugins: Vec::new(),
+            counters: CountersConfig::default(),
         }
     }
 }
@@ -190,6 +194,8 @@ pub struct Overrides {
     pub set: Vec<String>,
 }
 
+use crate::counters_config::ENV_KEYS as COUNTERS_ENV_KEYS;
+
 /// The variables [`Config::apply_env`] reads; `--set` accepts the same keys.
 const ENV_KEYS: &[&str] = &[
     "KILN_LISTEN",
@@ -235,9 +241,11 @@ impl Config {
                 .split_once('=')
                 .ok_or_else(|| bad("--set", item, "expected KEY=VALUE, e.g. limits.max_queue=8"))?;
             let var = format!("KILN_{}", key.trim().replace('.', "_").to_ascii_uppercase());
-            if !ENV_KEYS.contains(&var.as_str()) {
+            let known_var = |v: &str| ENV_KEYS.contains(&v) || COUNTERS_ENV_KEYS.contains(&v);
+            if !known_var(&var) {
                 let known: Vec<String> = ENV_KEYS
                     .iter()
+                    .chain(COUNTERS_ENV_KEYS)
                     .map(|k| {
                         // `limits.*` and `ollama.*` are tables; the rest are top-level keys.
                         let key = k["KILN_".len()..].to_ascii_lowercase();
@@ -362,6 +370,7 @@ impl Config {
                 *field = num(&k, &v)?;
             }
         }
+        self.counters.apply_env(&var)?;
         Ok(())
     }
 
@@ -445,6 +454,7 @@ impl Config {
                 ),
             ));
         }
+        self.counters.validate()?;
         Ok(())
     }
 

@@ -9,6 +9,7 @@ pub mod admission;
 pub mod body;
 pub mod config;
 pub mod decompress;
+pub mod counters_config;
 pub mod filter;
 pub mod framing;
 pub mod headers;

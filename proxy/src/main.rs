@@ -80,6 +80,7 @@ fn filter_stage(config: &Config, file: Option<PathBuf>) -> anyhow::Result<Arc<dy
     let mut options = kiln_proxy::plugins::PluginOptions::from_env(|k| std::env::var(k).ok())?;
     options.max_body_bytes = config.limits.plugin_max_body_bytes;
     options.max_json_values = config.limits.plugin_max_json_values;
+    options.counters = config.counters.clone();
     let stage = kiln_proxy::plugins::load_chain(&config.plugins, &options)
         .context("cannot load the [[plugins]]")?;
     // On SIGHUP the [[plugins]] entries are read again from the config file.

@@ -57,6 +57,8 @@ pub struct PluginOptions {
     /// `plugin_max_json_values`.
     pub max_body_bytes: usize,
     pub max_json_values: usize,
+    /// Where `counter-add` counts: the proxy config's `[counters]`.
+    pub counters: crate::counters_config::CountersConfig,
 }
 
 impl Default for PluginOptions {
@@ -69,6 +71,7 @@ impl Default for PluginOptions {
             watch_interval: Duration::from_secs(2),
             max_body_bytes: crate::config::Limits::default().plugin_max_body_bytes,
             max_json_values: crate::config::Limits::default().plugin_max_json_values,
+            counters: Default::default(),
         }
     }
 }
@@ -138,6 +141,8 @@ pub enum PluginError {
     },
     #[error("plugin `{name}` refused its [plugins.config]: {message}")]
     Config { name: String, message: String },
+    #[error("invalid [counters] setting: {0}")]
+    Counters(String),
     #[error("two [[plugins]] entries are named `{0}`; plugin names must be unique")]
     DuplicateName(String),
 }

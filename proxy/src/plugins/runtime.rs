@@ -4,6 +4,7 @@
 use super::counters::{CounterStore, PluginCounters};
 use super::stats::StatsStore;
 use super::{PluginError, PluginOptions};
+use crate::counters_config::CounterBackend;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -16,6 +17,10 @@ use wasmtime::{
 wasmtime::component::bindgen!({
     path: "../plugins/wit",
     world: "filter",
+    // A shared counter backend that is down with `fail_closed` fails the
+    // plugin's call: the import traps, and the request gets the plugin's
+    // failure status.
+    imports: { "kiln:filter/host.counter-add": trappable },
 });
 
 pub use kiln::filter::host::LogLevel;
@@ -66,12 +71,26 @@ impl Runtime {
         let deadline_ticks = (options.deadline.as_millis() as u64)
             .div_ceil(tick_ms)
             .max(1);
+        let namespace = options.counters.namespace(|k| std::env::var(k).ok());
+        let counters =
+            CounterStore::new(&options.counters, &namespace).map_err(PluginError::Counters)?;
+        // rate-limit makes two counter calls per request; both must fit in
+        // the deadline with room for the plugin's own work.
+        if options.counters.backend() == CounterBackend::Redis
+            && 4 * u128::from(options.counters.timeout_ms) > options.deadline.as_millis()
+        {
+            tracing::warn!(
+                timeout_ms = options.counters.timeout_ms,
+                deadline_ms = options.deadline.as_millis() as u64,
+                "[counters] timeout_ms is over a quarter of the plugin deadline: a slow Redis can make counting plugins miss their deadline"
+            );
+        }
         Ok(Arc::new(Runtime {
             _ticker: EpochTicker::start(engine.clone()),
             engine,
             linker,
             options: options.clone(),
-            counters: CounterStore::default(),
+            counters,
             stats: StatsStore::default(),
             deadline_ticks,
             budget: options.deadline,
@@ -314,15 +333,20 @@ impl kiln::filter::host::Host for CallState {
         key: String,
         window_ms: u64,
         delta: u64,
-    ) -> kiln::filter::host::WindowCount {
-        let (total, resets_in_ms) = self
+    ) -> wasmtime::Result<kiln::filter::host::WindowCount> {
+        // With a shared backend this waits for Redis, at most
+        // `[counters] timeout_ms`: the plugin's thread may block (see
+        // counters::redis), and the epoch deadline still runs meanwhile,
+        // so a slow answer counts against the plugin's deadline.
+        let count = self
             .plugin
             .counters
-            .add(&key, window_ms, delta, wall_now_ms());
-        kiln::filter::host::WindowCount {
-            total,
-            resets_in_ms,
-        }
+            .add(&key, window_ms, delta, wall_now_ms())
+            .map_err(|e| wasmtime::format_err!("{}", e.0))?;
+        Ok(kiln::filter::host::WindowCount {
+            total: count.total,
+            resets_in_ms: count.resets_in_ms,
+        })
     }
 
     fn config(&mut self) -> String {

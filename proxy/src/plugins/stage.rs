@@ -124,7 +124,8 @@ impl PluginStage {
 
     /// Appends per-plugin call metrics (Prometheus text format).
     pub fn render_metrics(&self, out: &mut String) {
-        self.runtime.stats.render(out)
+        self.runtime.stats.render(out);
+        self.runtime.counters.render_metrics(out);
     }
 
     /// The chain new requests use.
