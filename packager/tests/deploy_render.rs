@@ -274,3 +274,137 @@ fn deploy_examples_match_the_renderer() {
         );
     }
 }
+
+/// Shared counters on Memorystore: Direct VPC egress annotations, the Redis
+/// URL and password as secret references (never values), the CA mounted
+/// from a secret, and the same in the gcloud command.
+#[test]
+fn shared_counters_come_from_secrets_over_direct_vpc_egress() {
+    for mode in [Mode::Single, Mode::Sidecar] {
+        let mut o = DeployOptions::new(IMAGE);
+        o.mode = mode;
+        o.max_instances = 3;
+        o.network = Some("default".into());
+        o.subnet = Some("run-subnet".into());
+        o.counters_url_secret = Some("kiln-redis-url".parse().unwrap());
+        o.counters_password_secret = Some("kiln-redis-auth:2".parse().unwrap());
+        o.counters_ca_secret = Some("kiln-redis-ca".parse().unwrap());
+        let out = render(&o).unwrap();
+        assert!(
+            out.warnings.iter().all(|w| !w.contains("count")),
+            "{:?}",
+            out.warnings
+        );
+        let doc: Value = serde_yaml_ng::from_str(&out.yaml).unwrap();
+        let template = &doc["spec"]["template"];
+        let annotations = &template["metadata"]["annotations"];
+        let interfaces: Value = serde_json::from_str(
+            annotations["run.googleapis.com/network-interfaces"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            interfaces,
+            serde_json::json!([{"network": "default", "subnetwork": "run-subnet"}])
+        );
+        assert_eq!(
+            annotations["run.googleapis.com/vpc-access-egress"],
+            "private-ranges-only"
+        );
+        let proxy = &template["spec"]["containers"][0];
+        let env = proxy["env"].as_array().unwrap();
+        let by_name = |n: &str| {
+            env.iter()
+                .find(|e| e["name"] == n)
+                .unwrap_or_else(|| panic!("no {n}"))
+        };
+        assert_eq!(
+            by_name("KILN_COUNTERS_URL")["valueFrom"]["secretKeyRef"],
+            serde_json::json!({"name": "kiln-redis-url", "key": "latest"})
+        );
+        assert_eq!(
+            by_name("KILN_COUNTERS_PASSWORD")["valueFrom"]["secretKeyRef"],
+            serde_json::json!({"name": "kiln-redis-auth", "key": "2"})
+        );
+        assert!(
+            by_name("KILN_COUNTERS_URL").get("value").is_none(),
+            "never a literal"
+        );
+        let ca_file = by_name("KILN_COUNTERS_CA_FILE")["value"].as_str().unwrap();
+        let mount = proxy["volumeMounts"][0]["mountPath"].as_str().unwrap();
+        assert!(ca_file.starts_with(mount), "{ca_file} under {mount}");
+        let volume = &template["spec"]["volumes"][0];
+        assert_eq!(volume["name"], proxy["volumeMounts"][0]["name"]);
+        assert_eq!(volume["secret"]["secretName"], "kiln-redis-ca");
+        for flag in [
+            "--network default",
+            "--subnet run-subnet",
+            "--vpc-egress private-ranges-only",
+            "--set-secrets KILN_COUNTERS_URL=kiln-redis-url:latest,KILN_COUNTERS_PASSWORD=kiln-redis-auth:2",
+        ] {
+            assert!(
+                out.gcloud.contains(flag),
+                "{mode:?}: missing {flag}: {}",
+                out.gcloud
+            );
+        }
+    }
+}
+
+#[test]
+fn several_instances_counting_alone_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        "[[plugins]]\nname = \"rate-limit\"\npath = \"/plugins/rate_limit.wasm\"\n[plugins.config]\nrequests_per_minute = 10\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let base = [
+        "deploy",
+        "render",
+        "--image",
+        IMAGE,
+        "--proxy-config",
+        config,
+    ];
+    let warned = |extra: &[&str]| {
+        let out = kiln(&[&base[..], extra].concat());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).contains("each instance counts alone")
+    };
+    assert!(
+        warned(&["--max-instances", "3"]),
+        "3 instances, rate-limit, no shared counters"
+    );
+    assert!(
+        !warned(&["--max-instances", "1"]),
+        "one instance counts for all"
+    );
+    assert!(!warned(&[
+        "--max-instances",
+        "3",
+        "--network",
+        "default",
+        "--counters-url-secret",
+        "kiln-redis-url",
+    ]));
+    let refused = kiln(
+        &[
+            &base[..],
+            &["--counters-url-secret", "rediss://10.0.0.3:6378"],
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "a URL where a secret name belongs"
+    );
+}

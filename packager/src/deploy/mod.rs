@@ -1,9 +1,11 @@
 //! `kiln deploy render`: a Cloud Run service YAML (and the equivalent
 //! `gcloud run deploy` command) for a kiln image on an NVIDIA L4.
 
+mod counters;
 mod render;
 mod rules;
 
+pub use counters::{ProxyConfigFacts, SecretRef, VpcEgress};
 pub use render::{Rendered, render};
 pub use rules::RuleError;
 
@@ -37,6 +39,18 @@ pub struct DeployOptions {
     pub service_account: Option<String>,
     /// Models kiln-proxy loads into VRAM before reporting ready.
     pub preload: Vec<String>,
+    /// Direct VPC egress: the VPC network and subnet the instances join
+    /// (Memorystore is reached over a VPC), and which traffic goes there.
+    pub network: Option<String>,
+    pub subnet: Option<String>,
+    pub vpc_egress: VpcEgress,
+    /// Shared counters: Secret Manager secrets with the Redis URL, its AUTH
+    /// password and its server CA (PEM), handed to kiln-proxy as env and a file.
+    pub counters_url_secret: Option<SecretRef>,
+    pub counters_password_secret: Option<SecretRef>,
+    pub counters_ca_secret: Option<SecretRef>,
+    /// What the image's kiln-proxy config says (from `--proxy-config`).
+    pub proxy_config: Option<ProxyConfigFacts>,
 }
 
 impl DeployOptions {
@@ -57,6 +71,13 @@ impl DeployOptions {
             timeout_s: 600,
             service_account: None,
             preload: Vec::new(),
+            network: None,
+            subnet: None,
+            vpc_egress: VpcEgress::PrivateRangesOnly,
+            counters_url_secret: None,
+            counters_password_secret: None,
+            counters_ca_secret: None,
+            proxy_config: None,
         }
     }
 
@@ -129,6 +150,30 @@ pub struct RenderArgs {
     /// Write the YAML here instead of stdout.
     #[arg(long, short)]
     pub output: Option<std::path::PathBuf>,
+    /// Direct VPC egress: VPC network the instances join (e.g. to reach Memorystore).
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Direct VPC egress: subnet of --network the instances take addresses from.
+    #[arg(long)]
+    pub subnet: Option<String>,
+    /// Direct VPC egress: which traffic goes to the VPC.
+    #[arg(long, value_enum, default_value = "private-ranges-only")]
+    pub vpc_egress: VpcEgress,
+    /// Secret Manager secret (SECRET[:VERSION], default version latest) holding the
+    /// shared counters' Redis URL (rediss://IP:6378): set as KILN_COUNTERS_URL.
+    #[arg(long, value_name = "SECRET[:VERSION]")]
+    pub counters_url_secret: Option<SecretRef>,
+    /// Secret holding the Redis AUTH password: set as KILN_COUNTERS_PASSWORD.
+    #[arg(long, value_name = "SECRET[:VERSION]")]
+    pub counters_password_secret: Option<SecretRef>,
+    /// Secret holding the Redis server CA (PEM; Memorystore's in-transit encryption):
+    /// mounted as a file named by KILN_COUNTERS_CA_FILE.
+    #[arg(long, value_name = "SECRET[:VERSION]")]
+    pub counters_ca_secret: Option<SecretRef>,
+    /// The kiln-proxy config baked into the image (`kiln pack --proxy-config`): read
+    /// to warn when plugins that count run on several instances without shared counters.
+    #[arg(long, value_name = "FILE")]
+    pub proxy_config: Option<std::path::PathBuf>,
 }
 
 impl From<&RenderArgs> for DeployOptions {
@@ -148,6 +193,13 @@ impl From<&RenderArgs> for DeployOptions {
             timeout_s: a.timeout,
             service_account: a.service_account.clone(),
             preload: a.preload.clone(),
+            network: a.network.clone(),
+            subnet: a.subnet.clone(),
+            vpc_egress: a.vpc_egress,
+            counters_url_secret: a.counters_url_secret.clone(),
+            counters_password_secret: a.counters_password_secret.clone(),
+            counters_ca_secret: a.counters_ca_secret.clone(),
+            proxy_config: None,
         }
     }
 }
@@ -157,7 +209,15 @@ impl From<&RenderArgs> for DeployOptions {
 /// something Cloud Run refuses); anything else is a runtime failure.
 pub fn run_render(args: &RenderArgs) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let rendered = render(&DeployOptions::from(args))?;
+    let mut options = DeployOptions::from(args);
+    if let Some(path) = &args.proxy_config {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --proxy-config {}", path.display()))?;
+        let facts = ProxyConfigFacts::parse(&text)
+            .map_err(|e| anyhow::anyhow!("--proxy-config {}: {e}", path.display()))?;
+        options.proxy_config = Some(facts);
+    }
+    let rendered = render(&options)?;
     for warning in &rendered.warnings {
         eprintln!("warning: {warning}");
     }

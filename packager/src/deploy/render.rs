@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 
+use super::counters;
 use super::rules::{self, RuleError};
 use super::{DeployOptions, Mode};
 use crate::pack::layers::PROXY_BIN;
@@ -26,7 +27,8 @@ pub struct Rendered {
 }
 
 pub fn render(options: &DeployOptions) -> Result<Rendered, RuleError> {
-    let warnings = rules::check(options)?;
+    let mut warnings = rules::check(options)?;
+    warnings.extend(counters::warnings(options));
     let service = service(options);
     let yaml = serde_yaml_ng::to_string(&service).expect("a JSON value always serializes to YAML");
     Ok(Rendered {
@@ -44,6 +46,7 @@ fn service(o: &DeployOptions) -> Value {
         "run.googleapis.com/gpu-zonal-redundancy-disabled": "true",
         "run.googleapis.com/startup-cpu-boost": "true",
     });
+    counters::vpc_annotations(o, &mut template_annotations);
     let containers = match o.mode {
         Mode::Single => vec![single_container(o)],
         Mode::Sidecar => {
@@ -61,6 +64,9 @@ fn service(o: &DeployOptions) -> Value {
     });
     if let Some(account) = &o.service_account {
         spec["serviceAccountName"] = json!(account);
+    }
+    if let Some((volume, _)) = counters::ca_volume(o) {
+        spec["volumes"] = json!([volume]);
     }
     json!({
         "apiVersion": "serving.knative.dev/v1",
@@ -81,29 +87,47 @@ fn service(o: &DeployOptions) -> Value {
 
 /// One container: kiln-proxy (the image's entrypoint) supervises `ollama serve`.
 fn single_container(o: &DeployOptions) -> Value {
-    json!({
-        "name": "kiln",
-        "image": o.image,
-        "ports": [{"name": "http1", "containerPort": PROXY_PORT}],
-        "env": env_list(&proxy_env(o)),
-        "resources": {"limits": gpu_limits(o.cpu, &o.memory)},
-        "startupProbe": proxy_startup_probe(),
-        "livenessProbe": proxy_liveness_probe(),
-    })
+    with_counters(
+        o,
+        json!({
+            "name": "kiln",
+            "image": o.image,
+            "ports": [{"name": "http1", "containerPort": PROXY_PORT}],
+            "env": env_list(&proxy_env(o)),
+            "resources": {"limits": gpu_limits(o.cpu, &o.memory)},
+            "startupProbe": proxy_startup_probe(),
+            "livenessProbe": proxy_liveness_probe(),
+        }),
+    )
+}
+
+/// The shared counters' secrets (env from secret references) and CA mount
+/// on the kiln-proxy container.
+fn with_counters(o: &DeployOptions, mut container: Value) -> Value {
+    if let Some(env) = container["env"].as_array_mut() {
+        env.extend(counters::secret_env(o));
+    }
+    if let Some((_, mount)) = counters::ca_volume(o) {
+        container["volumeMounts"] = json!([mount]);
+    }
+    container
 }
 
 /// Ingress container in sidecar mode: kiln-proxy only, forwarding to the sidecar.
 fn sidecar_proxy(o: &DeployOptions) -> Value {
-    json!({
-        "name": "proxy",
-        "image": o.proxy_image.as_deref().unwrap_or(&o.image),
-        "command": [PROXY_BIN],
-        "ports": [{"name": "http1", "containerPort": PROXY_PORT}],
-        "env": env_list(&proxy_env(o)),
-        "resources": {"limits": {"cpu": "1", "memory": "1Gi"}},
-        "startupProbe": proxy_startup_probe(),
-        "livenessProbe": proxy_liveness_probe(),
-    })
+    with_counters(
+        o,
+        json!({
+            "name": "proxy",
+            "image": o.proxy_image.as_deref().unwrap_or(&o.image),
+            "command": [PROXY_BIN],
+            "ports": [{"name": "http1", "containerPort": PROXY_PORT}],
+            "env": env_list(&proxy_env(o)),
+            "resources": {"limits": {"cpu": "1", "memory": "1Gi"}},
+            "startupProbe": proxy_startup_probe(),
+            "livenessProbe": proxy_liveness_probe(),
+        }),
+    )
 }
 
 /// GPU sidecar in sidecar mode: `ollama serve` on loopback, no ports exposed.
@@ -182,6 +206,7 @@ fn proxy_env(o: &DeployOptions) -> Vec<(&'static str, String)> {
     if !o.preload.is_empty() {
         env.push(("KILN_OLLAMA_PRELOAD", o.preload.join(",")));
     }
+    env.extend(counters::ca_file_env(o));
     env
 }
 
@@ -228,6 +253,7 @@ fn gcloud_command(o: &DeployOptions) -> String {
     if let Some(account) = &o.service_account {
         args.push(format!("--service-account {account}"));
     }
+    args.extend(counters::gcloud_service_flags(o));
     let probe = format!(
         "httpGet.path=/healthz/ready,httpGet.port={PROXY_PORT},periodSeconds={PROBE_PERIOD_S},\
          timeoutSeconds={PROBE_PERIOD_S},failureThreshold={PROBE_FAILURES}"
@@ -237,33 +263,39 @@ fn gcloud_command(o: &DeployOptions) -> String {
         o.gpu_type
     );
     match o.mode {
-        Mode::Single => args.extend([
-            format!("--image {}", o.image),
-            format!("--port {PROXY_PORT}"),
-            format!("--cpu {} --memory {}", o.cpu, o.memory),
-            gpu,
-            env_flag(&proxy_env(o)),
-            format!("--startup-probe {probe}"),
-        ]),
-        Mode::Sidecar => args.extend([
-            "--container proxy".into(),
-            format!("--image {}", o.proxy_image.as_deref().unwrap_or(&o.image)),
-            format!("--command {PROXY_BIN}"),
-            format!("--port {PROXY_PORT}"),
-            "--cpu 1 --memory 1Gi".into(),
-            env_flag(&proxy_env(o)),
-            "--depends-on ollama".into(),
-            format!("--startup-probe {probe}"),
-            "--container ollama".into(),
-            format!("--image {}", o.image),
-            "--command /bin/ollama --args serve".into(),
-            {
-                let (cpu, memory) = sidecar_ollama_resources(o);
-                format!("--cpu {cpu} --memory {memory}")
-            },
-            gpu,
-            env_flag(&ollama_sidecar_env(o)),
-        ]),
+        Mode::Single => {
+            args.extend([
+                format!("--image {}", o.image),
+                format!("--port {PROXY_PORT}"),
+                format!("--cpu {} --memory {}", o.cpu, o.memory),
+                gpu,
+                env_flag(&proxy_env(o)),
+            ]);
+            args.extend(counters::gcloud_proxy_flags(o));
+            args.push(format!("--startup-probe {probe}"));
+        }
+        Mode::Sidecar => {
+            args.extend([
+                "--container proxy".into(),
+                format!("--image {}", o.proxy_image.as_deref().unwrap_or(&o.image)),
+                format!("--command {PROXY_BIN}"),
+                format!("--port {PROXY_PORT}"),
+                "--cpu 1 --memory 1Gi".into(),
+                env_flag(&proxy_env(o)),
+            ]);
+            args.extend(counters::gcloud_proxy_flags(o));
+            let (cpu, memory) = sidecar_ollama_resources(o);
+            args.extend([
+                "--depends-on ollama".into(),
+                format!("--startup-probe {probe}"),
+                "--container ollama".into(),
+                format!("--image {}", o.image),
+                "--command /bin/ollama --args serve".into(),
+                format!("--cpu {cpu} --memory {memory}"),
+                gpu,
+                env_flag(&ollama_sidecar_env(o)),
+            ]);
+        }
     }
     args.join(" \\\n  ")
 }

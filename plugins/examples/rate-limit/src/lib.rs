@@ -19,7 +19,17 @@
 //! counter per caller: TAT only ever moves forward, which is what a counter
 //! can do. Reading and then advancing it are two host calls, so concurrent
 //! requests of one caller can overshoot the bucket by at most the number of
-//! requests in flight at once; buckets reset when the proxy restarts.
+//! requests in flight at once.
+//!
+//! One instance or many: the bucket lives in the host's counters. With the
+//! default in-process counters each kiln-proxy has its own buckets, so N
+//! instances (Cloud Run `--max-instances N`) let a caller through up to N
+//! times the limit, and buckets reset when an instance restarts. With
+//! `[counters] backend = "redis"` every instance reads and advances the same
+//! bucket: the limit holds for the whole service, and survives restarts
+//! (while Redis is down with `fail_open`, each instance counts alone again).
+//! The read-then-advance overshoot above then spans the requests in flight
+//! across all instances.
 
 use kiln_plugin::host::{Counters, HostCounters};
 use kiln_plugin::{Decision, Plugin, Rejection, Request};

@@ -21,7 +21,14 @@
 //!
 //! A request that starts with budget left runs to its end, so a caller can
 //! overshoot by what its in-flight requests generate; windows are aligned to
-//! the wall clock, and counts reset when the proxy restarts.
+//! the wall clock.
+//!
+//! One instance or many: with the default in-process counters each
+//! kiln-proxy keeps its own budgets, so N instances let a caller spend up to
+//! N budgets per window, and counts reset when an instance restarts. With
+//! `[counters] backend = "redis"` all instances add to one count per caller
+//! and window: the budget holds for the whole service (while Redis is down
+//! with `fail_open`, each instance counts alone again).
 
 use kiln_plugin::host::{Counters, HostCounters};
 use kiln_plugin::response::{Completion, ResponseContext, ResponsePlugin, Usage};

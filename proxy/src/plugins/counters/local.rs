@@ -16,9 +16,13 @@ use lru::LruCache;
 #[cfg(doc)]
 use super::MAX_KEY_BYTES;
 
+/// (key, window length)
+type WindowId = (Box<str>, u64);
+/// (window index, total)
+type WindowCount = (u64, u64);
+
 pub struct LocalWindows {
-    /// (key, window length) -> (window index, total)
-    map: Mutex<LruCache<(Box<str>, u64), (u64, u64)>>,
+    map: Mutex<LruCache<WindowId, WindowCount>>,
     max_keys: usize,
     evictions: AtomicU64,
 }
