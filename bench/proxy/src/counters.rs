@@ -109,7 +109,7 @@ async fn proxy(
     };
     config.limits.max_in_flight = 256;
     config.limits.max_queue = 256;
-    Ok(kiln_proxy::start(config, stage).await?)
+    kiln_proxy::start(config, stage).await
 }
 
 async fn request(client: &reqwest::Client, url: &str, caller: &str) -> anyhow::Result<()> {

@@ -98,7 +98,7 @@ pub enum DeployCommand {
     #[command(
         after_help = "Example:\n  kiln deploy render --image us-central1-docker.pkg.dev/my-project/kiln/ollama-gemma:4b \\\n      --preload gemma3:4b > service.yaml\n  gcloud run services replace service.yaml --region us-central1"
     )]
-    Render(RenderArgs),
+    Render(Box<RenderArgs>),
 }
 
 #[derive(Debug, clap::Args)]
