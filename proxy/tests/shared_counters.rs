@@ -568,3 +568,85 @@ async fn tls_with_a_private_ca_and_a_password_from_the_environment() {
     let wrong = s.proxies(1, &config("rate-limit", RATE, ""), &env).await;
     assert_eq!(generate(&s.client, &wrong[0], "tls").await.0, 500);
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Issue 13 item 5, through the binary: 1,000 requests, each from a new
+/// caller with a 64 KB `X-Forwarded-For` (rate-limit keys callers by it, in
+/// a window that never ends). In-process counters keep at most `max_keys`
+/// keys of bounded size, so memory does not follow the callers, and the
+/// last requests are as fast as the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_huge_caller_keys_keep_memory_bounded_and_requests_fast() {
+    let s = setup().await;
+    let proxies = s
+        .proxies(
+            1,
+            &config("rate-limit", RATE, "backend = \"local\"\nmax_keys = 100"),
+            &[],
+        )
+        .await;
+    let p = &proxies[0];
+    let huge = "7".repeat(64 << 10);
+    let send = |i: usize| {
+        let (client, url, forwarded) = (
+            s.client.clone(),
+            format!("{}/api/generate", p.base),
+            format!("10.{}.{}.{}-{huge}", i >> 16, (i >> 8) & 255, i & 255),
+        );
+        async move {
+            let started = Instant::now();
+            let resp = client
+                .post(url)
+                .header("x-forwarded-for", forwarded)
+                .json(&json!({"model": "gemma3:4b", "prompt": "hi", "stream": false, "options": {"num_predict": 1}}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "a new caller is never limited");
+            resp.bytes().await.unwrap();
+            started.elapsed()
+        }
+    };
+    for i in 0..50 {
+        send(1_000_000 + i).await; // warm-up: allocator arenas, connections
+    }
+    let before = rss_kib(p.child.id());
+    let mut times = Vec::new();
+    for i in 0..1000 {
+        times.push(send(i).await);
+    }
+    let grown_mib = rss_kib(p.child.id()).saturating_sub(before) / 1024;
+    let metrics = s
+        .client
+        .get(format!("{}/metrics", p.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("kiln_counter_local_keys{plugin=\"rate-limit\"} 100"),
+        "{metrics}"
+    );
+    // Kept whole, 1,000 keys of 64 KB would be 64 MiB.
+    assert!(
+        grown_mib < 24,
+        "RSS grew {grown_mib} MiB over 1,000 callers"
+    );
+    let median = |t: &mut [Duration]| {
+        t.sort();
+        t[t.len() / 2]
+    };
+    let first = median(&mut times[..100].to_vec());
+    let last = median(&mut times[900..].to_vec());
+    assert!(
+        last < first * 3 + Duration::from_millis(20),
+        "median of the first 100 requests {first:?}, of the last 100 {last:?}"
+    );
+}
