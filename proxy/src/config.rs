@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::counters_config::CountersConfig;
+use crate::counters_config::{CountersConfig, ENV_KEYS as COUNTERS_ENV_KEYS};
 use crate::plugins::PluginSpec;
 
 #[derive(Debug, thiserror::Error)]
@@ -193,8 +193,6 @@ pub struct Overrides {
     /// `KEY=VALUE` for any key in dotted form, e.g. `limits.max_queue=8`.
     pub set: Vec<String>,
 }
-
-use crate::counters_config::ENV_KEYS as COUNTERS_ENV_KEYS;
 
 /// The variables [`Config::apply_env`] reads; `--set` accepts the same keys.
 const ENV_KEYS: &[&str] = &[
