@@ -28,7 +28,9 @@ pub struct CountersConfig {
     /// Longest wait for Redis per `counter-add`, connecting included. Keep it
     /// well under the plugin deadline: rate-limit makes two calls per request.
     pub timeout_ms: u64,
-    /// Connections kept open to Redis.
+    /// Connections to Redis at most: one per `counter-add` in progress (a
+    /// call waits for Redis on its thread), so at least the plugin calls
+    /// that run at once (about Cloud Run's `--concurrency`).
     pub pool_size: u32,
     /// What `counter-add` does while Redis is unreachable or slow.
     pub on_failure: CounterFailure,
@@ -63,7 +65,7 @@ impl Default for CountersConfig {
             ca_file: None,
             namespace: None,
             timeout_ms: 10,
-            pool_size: 16,
+            pool_size: 32,
             on_failure: CounterFailure::FailOpen,
             max_keys: 100_000,
         }

@@ -21,7 +21,7 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -40,6 +40,16 @@ return total
 
 /// While Redis is down, how often one call tries it again.
 pub const RETRY_EVERY: Duration = Duration::from_millis(500);
+
+/// Failed calls in a row that make an outage when Redis itself still
+/// answers connections: one slow answer under load is not an outage (that
+/// call alone is counted in process, or fails with `fail_closed`).
+const FAILURES_FOR_OUTAGE: u32 = 3;
+
+/// An outage that starts this soon after the last one ended is the same
+/// outage, as far as the log is concerned: a flapping link or an overloaded
+/// server logs once, not once per flap.
+const SAME_OUTAGE_WITHIN: Duration = Duration::from_secs(60);
 
 /// A key not touched for this long expires even if its window is longer
 /// (rate-limit's window never ends): Redis holds only live callers.
@@ -60,6 +70,16 @@ pub struct RedisCounters {
     outage: Mutex<Outage>,
     pub latency: LatencyHistogram,
     pub errors: AtomicU64,
+    failures_in_a_row: AtomicU32,
+}
+
+/// How a call failed.
+enum Failure {
+    /// Redis refused or dropped the connection, or TLS/AUTH failed: an
+    /// outage at once.
+    Unreachable(String),
+    /// No answer (or no free connection) within the timeout.
+    Slow(String),
 }
 
 #[derive(Default)]
@@ -67,6 +87,9 @@ struct Outage {
     since: Option<Instant>,
     retry_at: Option<Instant>,
     probing: bool,
+    /// When the last outage ended, and whether the current one was logged.
+    ended: Option<Instant>,
+    announced: bool,
 }
 
 /// Why an add did not reach Redis.
@@ -124,6 +147,7 @@ impl RedisCounters {
             outage: Mutex::new(Outage::default()),
             latency: LatencyHistogram::default(),
             errors: AtomicU64::new(0),
+            failures_in_a_row: AtomicU32::new(0),
         };
         Ok(counters)
     }
@@ -161,14 +185,22 @@ impl RedisCounters {
         self.latency.observe(started.elapsed());
         match result {
             Ok(total) => {
+                self.failures_in_a_row.store(0, Ordering::Relaxed);
                 if self.down.load(Ordering::Relaxed) {
                     self.recovered();
                 }
                 Ok(total)
             }
-            Err(e) => {
+            Err(failure) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
-                self.failed(&e);
+                let in_a_row = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+                let (e, outage) = match failure {
+                    Failure::Unreachable(e) => (e, true),
+                    Failure::Slow(e) => (e, in_a_row >= FAILURES_FOR_OUTAGE),
+                };
+                if outage || self.down.load(Ordering::Relaxed) {
+                    self.failed(&e);
+                }
                 Err(BackendError(format!("Redis at {}: {e}", self.shown_url)))
             }
         }
@@ -176,21 +208,29 @@ impl RedisCounters {
 
     /// One script run within the timeout; once more on another connection
     /// when the first one turned out to be closed (e.g. by a server restart).
-    fn run(&self, key: &str, delta: u64, expire_at: u64, started: Instant) -> Result<u64, String> {
+    fn run(&self, key: &str, delta: u64, expire_at: u64, started: Instant) -> Result<u64, Failure> {
         let pool = self.pool.load();
-        let mut last = String::new();
+        let slow = || Failure::Slow(format!("no answer within {} ms", self.timeout.as_millis()));
+        let mut dropped = None;
         for _ in 0..2 {
             let left = self
                 .timeout
                 .checked_sub(started.elapsed())
                 .filter(|d| !d.is_zero())
-                .ok_or_else(|| format!("no answer within {} ms", self.timeout.as_millis()))?;
-            let mut conn = pool.get_timeout(left).map_err(|e| {
-                if last.is_empty() {
-                    format!("no connection within {} ms ({e})", self.timeout.as_millis())
-                } else {
-                    last.clone()
+                .ok_or_else(slow)?;
+            let mut conn = pool.get_timeout(left).map_err(|e| match &dropped {
+                Some(d) => Failure::Unreachable(format!("{d}")),
+                // r2d2's error carries the last connect error only as text
+                // (`…: Connection refused`); without one, every connection
+                // was busy for the whole wait.
+                None if e.to_string().contains("connection: ") => {
+                    Failure::Unreachable(e.to_string())
                 }
+                None => Failure::Slow(format!(
+                    "no free connection within {} ms (all {} in use; raise [counters] pool_size)",
+                    self.timeout.as_millis(),
+                    self.pool_size
+                )),
             })?;
             // The socket's timeouts are what bound a blocking read or write.
             let _ = conn.set_read_timeout(Some(left));
@@ -203,14 +243,14 @@ impl RedisCounters {
                 .invoke(&mut *conn);
             match result {
                 Ok(total) => return Ok(total.max(0) as u64),
-                Err(e) if e.is_connection_dropped() && !e.is_timeout() => last = e.to_string(),
-                Err(e) if e.is_timeout() => {
-                    return Err(format!("no answer within {} ms", self.timeout.as_millis()));
-                }
-                Err(e) => return Err(e.to_string()),
+                Err(e) if e.is_timeout() => return Err(slow()),
+                Err(e) if e.is_connection_dropped() || e.is_io_error() => dropped = Some(e),
+                Err(e) => return Err(Failure::Unreachable(e.to_string())),
             }
         }
-        Err(last)
+        Err(Failure::Unreachable(
+            dropped.map(|e| e.to_string()).unwrap_or_default(),
+        ))
     }
 
     /// While down: whether this call is the one that tries Redis again.
@@ -238,6 +278,11 @@ impl RedisCounters {
             self.timeout,
             self.pool_size,
         )));
+        o.announced = o.ended.is_none_or(|t| t.elapsed() > SAME_OUTAGE_WITHIN);
+        if !o.announced {
+            tracing::debug!(url = %self.shown_url, error = %error, "shared counters unavailable again");
+            return;
+        }
         match self.policy {
             CounterFailure::FailOpen => tracing::warn!(
                 url = %self.shown_url,
@@ -259,7 +304,11 @@ impl RedisCounters {
         if !self.down.swap(false, Ordering::Relaxed) {
             return;
         }
+        o.ended = Some(Instant::now());
         let down_for = o.since.take().map(|s| s.elapsed()).unwrap_or_default();
+        if !o.announced {
+            return;
+        }
         tracing::info!(
             url = %self.shown_url,
             down_for_ms = down_for.as_millis() as u64,
