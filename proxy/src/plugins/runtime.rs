@@ -106,6 +106,7 @@ impl Runtime {
                 memory_cap: self.options.memory_cap,
                 memory_exceeded: false,
                 started: CallClock::now(),
+                counted_locally: false,
             },
         );
         store.limiter(|s| s as &mut dyn ResourceLimiter);
@@ -268,6 +269,9 @@ pub struct CallState {
     pub memory_exceeded: bool,
     /// When the current call started, for its CPU budget.
     started: CallClock,
+    /// A `counter-add` of this store fell back to in-process counting; the
+    /// store's later adds stay in process (see `PluginCounters::add`).
+    counted_locally: bool,
 }
 
 impl ResourceLimiter for CallState {
@@ -341,7 +345,13 @@ impl kiln::filter::host::Host for CallState {
         let count = self
             .plugin
             .counters
-            .add(&key, window_ms, delta, wall_now_ms())
+            .add(
+                &key,
+                window_ms,
+                delta,
+                wall_now_ms(),
+                &mut self.counted_locally,
+            )
             .map_err(|e| wasmtime::format_err!("{}", e.0))?;
         Ok(kiln::filter::host::WindowCount {
             total: count.total,

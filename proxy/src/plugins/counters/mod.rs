@@ -162,19 +162,33 @@ pub struct PluginCounters {
 
 impl PluginCounters {
     /// Adds `delta` to `key`'s window of `window_ms` containing `now_ms`.
+    ///
+    /// `local_from_now` belongs to one plugin call (one store): once an add
+    /// of that call was counted in process, the call's later adds are too. A
+    /// plugin may derive a delta from what it read (rate-limit advances a
+    /// timestamp by `new - stored`): a delta computed from an in-process read
+    /// and added on Redis would corrupt the shared count.
     pub fn add(
         &self,
         key: &str,
         window_ms: u64,
         delta: u64,
         now_ms: u64,
+        local_from_now: &mut bool,
     ) -> Result<Count, Unavailable> {
         let window_ms = window_ms.max(1);
         let index = now_ms / window_ms;
         let resets_in_ms = (index + 1) * window_ms - now_ms;
         let key = bounded_key(key);
         if let Some(shared) = &self.shared {
-            match shared.add(&self.name, &key, window_ms, index, delta, now_ms) {
+            let result = if *local_from_now {
+                Err(redis::BackendError(
+                    "an earlier add of this call was counted in process".into(),
+                ))
+            } else {
+                shared.add(&self.name, &key, window_ms, index, delta, now_ms)
+            };
+            match result {
                 Ok(total) => {
                     return Ok(Count {
                         total,
@@ -183,6 +197,7 @@ impl PluginCounters {
                 }
                 Err(e) => match shared.policy {
                     CounterFailure::FailOpen => {
+                        *local_from_now = true;
                         self.fallbacks.fetch_add(1, Ordering::Relaxed);
                     }
                     CounterFailure::FailClosed => {
@@ -208,7 +223,7 @@ mod tests {
     use std::time::Instant;
 
     fn add(c: &PluginCounters, key: &str, window_ms: u64, delta: u64, now: u64) -> (u64, u64) {
-        let n = c.add(key, window_ms, delta, now).unwrap();
+        let n = c.add(key, window_ms, delta, now, &mut false).unwrap();
         (n.total, n.resets_in_ms)
     }
 
@@ -285,6 +300,23 @@ mod tests {
     }
 
     const FOREVER: u64 = 1 << 62;
+
+    /// fail_open: an add that could not reach Redis counts in process, and
+    /// so does every later add of the same call.
+    #[test]
+    fn once_a_call_counts_in_process_it_stays_there() {
+        let config = CountersConfig {
+            url: Some("redis://127.0.0.1:1".into()), // nothing listens on port 1
+            ..CountersConfig::default()
+        };
+        let store = CounterStore::new(&config, "kiln").unwrap();
+        let c = store.for_plugin("rate-limit");
+        let mut local = false;
+        assert_eq!(c.add("k", FOREVER, 5, 0, &mut local).unwrap().total, 5);
+        assert!(local, "the call fell back");
+        assert_eq!(c.add("k", FOREVER, 1, 0, &mut local).unwrap().total, 6);
+        assert_eq!(store.fallbacks.load(Ordering::Relaxed), 2);
+    }
 
     /// A full map (the default 100,000 keys) costs an add no more than an
     /// empty one: no sweep, no scan. (A scan of 100,000 entries per add
