@@ -14,10 +14,13 @@
 //! can use without re-entering the tokio runtime from inside it. The pool
 //! gives each concurrent call its own connection.
 //!
-//! Outages: the first failure marks the backend down, logs one warning and
-//! opens a fresh pool (connections to a restarted server are dead); while
-//! down, one call per [`RETRY_EVERY`] tries Redis again and the others do
-//! not wait for it. The first success logs the recovery.
+//! Outages: a refused or dropped connection (or a failed TLS handshake or
+//! AUTH), or [`FAILURES_FOR_OUTAGE`] slow calls in a row, mark the backend
+//! down, log one warning and open a fresh pool (connections to a restarted
+//! server are dead); while down, one call per [`RETRY_EVERY`] tries Redis
+//! again and the others do not wait for it. The first success logs the
+//! recovery. A single slow call fails alone (the caller's policy applies to
+//! it) without declaring an outage.
 
 use std::sync::Arc;
 use std::sync::Mutex;
