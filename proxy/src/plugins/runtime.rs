@@ -74,15 +74,16 @@ impl Runtime {
         let namespace = options.counters.namespace(|k| std::env::var(k).ok());
         let counters =
             CounterStore::new(&options.counters, &namespace).map_err(PluginError::Counters)?;
-        // rate-limit makes two counter calls per request; both must fit in
-        // the deadline with room for the plugin's own work.
+        // A wait for Redis uses no CPU, so only the wall-time cap bounds it:
+        // rate-limit's two calls per request must fit well inside it.
+        let wall_cap = options.deadline * WALL_CAP_FACTOR;
         if options.counters.backend() == CounterBackend::Redis
-            && 4 * u128::from(options.counters.timeout_ms) > options.deadline.as_millis()
+            && 4 * u128::from(options.counters.timeout_ms) > wall_cap.as_millis()
         {
             tracing::warn!(
                 timeout_ms = options.counters.timeout_ms,
-                deadline_ms = options.deadline.as_millis() as u64,
-                "[counters] timeout_ms is over a quarter of the plugin deadline: a slow Redis can make counting plugins miss their deadline"
+                wall_cap_ms = wall_cap.as_millis() as u64,
+                "[counters] timeout_ms is over a quarter of a plugin call's wall-time cap: a slow Redis can make counting plugins fail"
             );
         }
         Ok(Arc::new(Runtime {
@@ -340,8 +341,8 @@ impl kiln::filter::host::Host for CallState {
     ) -> wasmtime::Result<kiln::filter::host::WindowCount> {
         // With a shared backend this waits for Redis, at most
         // `[counters] timeout_ms`: the plugin's thread may block (see
-        // counters::redis), and the epoch deadline still runs meanwhile,
-        // so a slow answer counts against the plugin's deadline.
+        // counters::redis). The wait uses no CPU, so it does not eat the
+        // call's CPU budget; the wall-time cap still bounds the call.
         let count = self
             .plugin
             .counters
