@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use kiln_proxy::counters_config::CountersConfig;
-use kiln_proxy::filter::{OnError, PluginSpec};
+use kiln_proxy::plugins::{OnError, PluginSpec};
 use kiln_proxy::plugins::{PluginOptions, load_chain};
 
 const PASSWORD: &str = "bench-pass";
