@@ -475,3 +475,49 @@ async fn hanging_up_before_the_last_chunk_still_spends_the_budget() {
     );
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_stream_labelled_json_by_the_upstream_is_still_filtered() {
+    // Read whole, an NDJSON stream is no answer the codec can read, so no
+    // hook would see its text: the framing follows what the client asked.
+    let stream = "{\"model\":\"m\",\"message\":{\"role\":\"assistant\",\"content\":\"The sky \"},\"done\":false}\n\
+                  {\"model\":\"m\",\"message\":{\"role\":\"assistant\",\"content\":\"is blue\"},\"done\":false}\n\
+                  {\"model\":\"m\",\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done\":true,\"done_reason\":\"stop\",\"eval_count\":2}\n";
+    for content_type in ["application/json; charset=utf-8", "text/plain"] {
+        let upstream = harness::canned_upstream(content_type, stream).await;
+        let stage = kiln_proxy::plugins::load_chain(
+            &[guard()],
+            &kiln_proxy::plugins::PluginOptions {
+                cache_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("../target/plugin-cache-tests"),
+                ..Default::default()
+            },
+        )
+        .expect("plugins load");
+        let proxy = kiln_proxy::start(harness::proxy_config(&upstream), stage)
+            .await
+            .unwrap();
+        let got = harness::http_client()
+            .post(format!("{}/api/chat", proxy.url()))
+            .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let text: String = ndjson(got.as_bytes())
+            .iter()
+            .filter_map(|c| c["message"]["content"].as_str().map(str::to_owned))
+            .collect();
+        assert!(
+            !text.contains("sky is"),
+            "{content_type}: unfiltered {text:?} in {got}"
+        );
+        assert!(
+            text.contains("blue"),
+            "{content_type}: the rest of the answer is kept: {got}"
+        );
+        proxy.shutdown().await.unwrap();
+    }
+}

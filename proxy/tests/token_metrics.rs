@@ -9,9 +9,8 @@ mod harness;
 use std::sync::Arc;
 
 use example_plugins::plugin;
-use harness::{Stack, http_client, proxy_config};
+use harness::{Stack, canned_upstream, http_client, proxy_config};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const N: u64 = 5;
 
@@ -96,53 +95,6 @@ async fn filtered_answers_of_every_generating_route_are_counted() {
         Stack::with_plugins(&[plugin("output-guard", json!({"patterns": ["never said"]}))]).await;
     every_route_is_counted(&stack).await;
     stack.shutdown().await;
-}
-
-/// A loopback upstream that answers every request with `body` of
-/// `content_type`: Ollama omits `prompt_eval_count` when it is 0 (a prompt
-/// all in its cache), which the emulator never does.
-async fn canned_upstream(content_type: &'static str, body: &'static str) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                // Read the head and the declared body, then answer and close.
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    let Ok(n) = conn.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&seen);
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let len = text[..end]
-                            .lines()
-                            .find_map(|l| {
-                                let (k, v) = l.split_once(':')?;
-                                k.eq_ignore_ascii_case("content-length")
-                                    .then(|| v.trim().parse::<usize>().ok())?
-                            })
-                            .unwrap_or(0);
-                        if seen.len() >= end + 4 + len {
-                            break;
-                        }
-                    }
-                }
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.write_all(answer.as_bytes()).await;
-                let _ = conn.shutdown().await;
-            });
-        }
-    });
-    url
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@ use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use super::chunk::Chunk;
+use crate::framing::Format;
 
 /// How the chunk was cut from the body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,6 +129,12 @@ impl View {
 pub trait Codec: Send + Sync + 'static {
     /// For logs and tests.
     fn name(&self) -> &'static str;
+
+    /// How the API frames a streamed answer: SSE events (the OpenAI and
+    /// Anthropic APIs); Ollama's own API overrides it with NDJSON lines.
+    fn stream_format(&self) -> Format {
+        Format::Sse
+    }
 
     /// Reads a chunk's JSON (a line, an event's data, a body). Anything not
     /// of the API's shape reads as nothing (no text, no usage, not done).

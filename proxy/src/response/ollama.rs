@@ -15,6 +15,7 @@ use super::chunk::Chunk;
 use super::codec::{
     AnswerState, Channel, Codec, Kind, Obj, Scalar, ThinkingEnd, Usage, View, frame, typed,
 };
+use crate::framing::Format;
 
 /// Only chunks with these bytes can carry token counts, thinking, the
 /// fields that describe the text token by token.
@@ -71,6 +72,10 @@ impl Codec for Ollama {
         } else {
             "ollama-generate"
         }
+    }
+
+    fn stream_format(&self) -> Format {
+        Format::Ndjson
     }
 
     fn read(&self, json: &[u8], _kind: Kind) -> View {

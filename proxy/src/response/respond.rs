@@ -47,9 +47,15 @@ impl Armed {
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
+        // A streamed request's successful answer is framed as its API
+        // streams, whatever Content-Type the upstream claims: read whole, a
+        // stream is no answer the codec can read, so no hook would see its
+        // text (a hostile upstream could label a stream JSON to slip past
+        // the response plugins).
         let format = match Framing::of_content_type(content_type) {
             Framing::Ndjson => Some(Format::Ndjson),
             Framing::Sse => Some(Format::Sse),
+            Framing::Opaque if status == 200 && self.ctx.stream => Some(self.codec.stream_format()),
             Framing::Opaque => None,
         };
         if let Some(format) = format {

@@ -243,3 +243,50 @@ pub fn sequence_numbers(ev: &[(String, serde_json::Value)]) -> Vec<u64> {
         })
         .collect()
 }
+
+/// A loopback upstream that answers every request with `body` of
+/// `content_type`: for answers the emulator never gives (Ollama omits
+/// `prompt_eval_count` when it is 0; a hostile upstream mislabels a stream).
+pub async fn canned_upstream(content_type: &'static str, body: &'static str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // Read the head and the declared body, then answer and close.
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n) = tokio::io::AsyncReadExt::read(&mut conn, &mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&seen);
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if seen.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut conn, answer.as_bytes()).await;
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut conn).await;
+            });
+        }
+    });
+    url
+}
