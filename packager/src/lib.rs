@@ -2,10 +2,11 @@
 //! into OCI images, with no Ollama and no Docker daemon.
 //!
 //! Where things are: `pull` downloads models into the `blob_cache`;
-//! `models_dir` lays them out as `OLLAMA_MODELS`; `pack` plans and builds an
-//! image (its tar layers in `layers`, config and manifests in `image`) and
-//! hands it to one of the `sinks` (registry push, OCI layout, docker archive);
-//! `registry` speaks the OCI distribution protocol, with credentials from
+//! `models_dir` lays them out as `OLLAMA_MODELS`; `pack` plans an image
+//! (`pack::layer_plan`: which file goes into which layer) and builds it (its
+//! tar layers in `layers`, config and manifests in `image`), then hands it to
+//! one of the `sinks` (registry push, OCI layout, docker archive); `registry`
+//! speaks the OCI distribution protocol, with credentials from
 //! `credentials`; `model_ref` and `image::reference` parse names.
 pub mod blob_cache;
 pub mod credentials;

@@ -658,7 +658,7 @@ async fn pulls_and_imports_record_the_digest_of_the_weights_layer_pack_builds() 
     // The layer as `kiln pack` builds it, hashed here with no cache at all.
     let weights = &pulled[0].layers[0];
     assert_eq!(weights.digest, model.layers[0].digest);
-    let spec = kiln::pack::layers::own_layer(
+    let spec = kiln::pack::layer_plan::own_layer(
         "/models",
         &weights.digest,
         weights.size,

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use super::counters;
 use super::rules::{self, RuleError};
 use super::{DeployOptions, Mode};
-use crate::pack::layers::PROXY_BIN;
+use crate::pack::layer_plan::PROXY_BIN;
 
 /// Port kiln-proxy listens on: Cloud Run's default `$PORT`.
 const PROXY_PORT: u16 = 8080;

@@ -3,7 +3,7 @@
 
 pub mod base;
 pub mod cli;
-pub mod layers;
+pub mod layer_plan;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,7 +23,7 @@ use crate::sinks::{
 };
 use base::BaseImage;
 
-pub use layers::ProxyFiles;
+pub use layer_plan::ProxyFiles;
 
 /// Where Ollama listens inside the image behind the proxy (loopback only: the
 /// proxy is the only way in), and without the proxy (Cloud Run's port).
@@ -152,9 +152,9 @@ pub async fn pack(opts: &PackOptions) -> Result<PackOutcome, PackError> {
     let models = pull_models(&pull, &opts.models).await?;
 
     let cache = LayerCache::new(Some(opts.pull.cache_dir.clone()));
-    let mut specs = layers::model_layers(&models, &opts.models_path)?;
+    let mut specs = layer_plan::model_layers(&models, &opts.models_path)?;
     if let Some(proxy) = &opts.proxy {
-        specs.push(layers::proxy_layer(proxy)?);
+        specs.push(layer_plan::proxy_layer(proxy)?);
     }
     let mut added = Vec::with_capacity(specs.len());
     for spec in specs {
@@ -239,7 +239,7 @@ fn assemble(
     let (entrypoint, cmd) = match &opts.proxy {
         Some(proxy) => {
             env.push(("OLLAMA_HOST".into(), OLLAMA_BEHIND_PROXY.into()));
-            let mut entry = vec![layers::PROXY_BIN.to_string(), "--spawn-ollama".into()];
+            let mut entry = vec![layer_plan::PROXY_BIN.to_string(), "--spawn-ollama".into()];
             // The base's entrypoint is the Ollama binary (`/bin/ollama`): tell
             // the proxy where it is rather than rely on PATH.
             if let Some(ollama) = base_config
@@ -249,7 +249,7 @@ fn assemble(
                 entry.extend(["--ollama-command".to_string(), ollama.to_string()]);
             }
             if proxy.config.is_some() {
-                env.push(("KILN_CONFIG".into(), layers::PROXY_CONFIG.into()));
+                env.push(("KILN_CONFIG".into(), layer_plan::PROXY_CONFIG.into()));
             }
             // The image preloads what it bakes. An environment variable rather
             // than flags, so a deploy (`kiln deploy render --preload`) can

@@ -26,7 +26,7 @@ use crate::blob_cache::{Cache, CacheError};
 use crate::credentials::{AuthOptions, Credential};
 use crate::layers::TarFraming;
 use crate::model_ref::ModelRef;
-use crate::pack::layers::{LayerPlan, PlannedBlob, own_layer};
+use crate::pack::layer_plan::{LayerPlan, PlannedBlob, own_layer};
 use crate::progress::{Progress, ProgressMode};
 use ollama_registry::{MANIFEST_ACCEPT, OllamaRegistry, redact};
 
