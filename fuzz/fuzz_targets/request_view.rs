@@ -22,17 +22,7 @@ mod response {
 use filter::RouteKind;
 use libfuzzer_sys::fuzz_target;
 
-const ROUTES: [RouteKind; 9] = [
-    RouteKind::OllamaGenerate,
-    RouteKind::OllamaChat,
-    RouteKind::OllamaEmbed,
-    RouteKind::OpenaiChat,
-    RouteKind::OpenaiCompletions,
-    RouteKind::OpenaiEmbeddings,
-    RouteKind::OpenaiResponses,
-    RouteKind::AnthropicMessages,
-    RouteKind::Other,
-];
+const ROUTES: [RouteKind; 9] = RouteKind::ALL;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&pick, body)) = data.split_first() else {

@@ -32,7 +32,7 @@ use crate::headers;
 use crate::metrics::Metrics;
 use crate::passthrough::Passthrough;
 use crate::readiness::Readiness;
-use crate::request_body::{self, BodyBudget};
+use crate::request_body::{self, BodyBudget, ReadError};
 use crate::request_view::{self, InferenceView};
 use crate::response_body::{Framing, Outcome, Slot, Tracker};
 use crate::routes::{self, ApiStyle, Route, RouteKind};
@@ -254,7 +254,6 @@ async fn read_body(
     headers: &mut HeaderMap,
     body: Incoming,
 ) -> Result<(Bytes, request_body::Reservation), Early> {
-    use request_body::ReadError;
     let l = &state.config.limits;
     let limits = request_body::Limits {
         max_body: l.max_body_bytes,
@@ -270,17 +269,7 @@ async fn read_body(
             Err(e @ (ReadError::Idle(_) | ReadError::Deadline(_))) => {
                 return Err(reject(state, ctx, 408, &e.to_string(), "slow_body", &[]));
             }
-            Err(e @ ReadError::Busy(_)) => {
-                let retry = [("retry-after".to_string(), "1".to_string())];
-                return Err(reject(
-                    state,
-                    ctx,
-                    503,
-                    &e.to_string(),
-                    "bodies_buffered",
-                    &retry,
-                ));
-            }
+            Err(e @ ReadError::Busy(_)) => return Err(buffers_full(state, ctx, &e)),
             Err(e) => return Err(reject(state, ctx, 400, &e.to_string(), "bad_body", &[])),
         };
     ctx.request_size = body.len() as u64;
@@ -315,15 +304,10 @@ async fn read_body(
         Err(e) => return Err(reject(state, ctx, 400, &e.to_string(), "bad_body", &[])),
     };
     if !reserved.grow(decoded.len()) {
-        let e = ReadError::Busy(l.max_buffered_bytes);
-        let retry = [("retry-after".to_string(), "1".to_string())];
-        return Err(reject(
+        return Err(buffers_full(
             state,
             ctx,
-            503,
-            &e.to_string(),
-            "bodies_buffered",
-            &retry,
+            &ReadError::Busy(l.max_buffered_bytes),
         ));
     }
     // Ollama gets (and plugins see) the decoded body.
@@ -540,6 +524,13 @@ fn too_large(state: &AppState, ctx: &Ctx) -> Early {
     let limit = state.config.limits.max_body_bytes;
     let msg = format!("request body is larger than limits.max_body_bytes = {limit} bytes");
     reject(state, ctx, 413, &msg, "body_too_large", &[])
+}
+
+/// 503 with Retry-After: the bodies held across requests reached
+/// `limits.max_buffered_bytes`.
+fn buffers_full(state: &AppState, ctx: &Ctx, e: &ReadError) -> Early {
+    let retry = [("retry-after".to_string(), "1".to_string())];
+    reject(state, ctx, 503, &e.to_string(), "bodies_buffered", &retry)
 }
 
 fn header_str(h: &HeaderMap, name: HeaderName) -> &str {

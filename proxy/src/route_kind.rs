@@ -21,6 +21,19 @@ pub enum RouteKind {
 }
 
 impl RouteKind {
+    /// Every kind: the inference kinds, then `Other`.
+    pub const ALL: [RouteKind; 9] = [
+        RouteKind::OllamaGenerate,
+        RouteKind::OllamaChat,
+        RouteKind::OllamaEmbed,
+        RouteKind::OpenaiChat,
+        RouteKind::OpenaiCompletions,
+        RouteKind::OpenaiEmbeddings,
+        RouteKind::OpenaiResponses,
+        RouteKind::AnthropicMessages,
+        RouteKind::Other,
+    ];
+
     /// True for the OpenAI-compatible routes, whose errors use OpenAI's format
     /// (`/v1/messages` is not one: its errors are Anthropic's).
     pub fn is_openai(self) -> bool {

@@ -27,17 +27,7 @@ const NAMES: &[(&str, &[RouteKind])] = &[
 /// Every route kind: what a plugin sees when its config names no routes,
 /// so that a policy (an authentication plugin above all) guards everything
 /// that reaches Ollama unless its entry narrows it.
-const ALL: &[RouteKind] = &[
-    RouteKind::OllamaGenerate,
-    RouteKind::OllamaChat,
-    RouteKind::OllamaEmbed,
-    RouteKind::OpenaiChat,
-    RouteKind::OpenaiCompletions,
-    RouteKind::OpenaiEmbeddings,
-    RouteKind::OpenaiResponses,
-    RouteKind::AnthropicMessages,
-    RouteKind::Other,
-];
+const ALL: &[RouteKind] = &RouteKind::ALL;
 
 /// The routes that run a model.
 const INFERENCE: &[RouteKind] = &[
