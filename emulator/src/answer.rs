@@ -90,6 +90,67 @@ impl Answer {
     }
 }
 
+/// A `/v1/responses` (`messages_api: false`) or `/v1/messages` request as
+/// the chat request Ollama's middleware makes of it (`FromResponsesRequest`,
+/// `FromMessagesRequest`), as far as the answer depends on it: its tools as
+/// `function`s and its turns' roles and texts (a function's output and a
+/// `tool_result` are `tool` turns).
+pub fn as_chat(req: &Value, messages_api: bool) -> Value {
+    let text_of = |content: Option<&Value>| match content {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    };
+    let tools: Vec<Value> = req
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            let schema = if messages_api { "input_schema" } else { "parameters" };
+            json!({"type": "function", "function": {"name": t.get("name"), "parameters": t.get(schema)}})
+        })
+        .collect();
+    let turns: Vec<Value> = if messages_api {
+        let list = req.get("messages").and_then(Value::as_array);
+        list.into_iter()
+            .flatten()
+            .map(|m| {
+                let content = m.get("content");
+                let answered = content.and_then(Value::as_array).is_some_and(|blocks| {
+                    blocks
+                        .iter()
+                        .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+                });
+                let role = if answered {
+                    "tool"
+                } else {
+                    m.get("role").and_then(Value::as_str).unwrap_or("user")
+                };
+                json!({"role": role, "content": text_of(content)})
+            })
+            .collect()
+    } else {
+        match req.get("input") {
+            Some(Value::String(s)) => vec![json!({"role": "user", "content": s})],
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| match item.get("type").and_then(Value::as_str) {
+                    Some("function_call_output") => json!({"role": "tool", "content": item.get("output")}),
+                    Some("function_call") => json!({"role": "assistant", "content": ""}),
+                    _ => json!({"role": item.get("role").and_then(Value::as_str).unwrap_or("user"), "content": text_of(item.get("content"))}),
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    json!({"tools": tools, "messages": turns})
+}
+
 /// `response_format` of /v1/chat/completions as the `format` Ollama runs with.
 fn openai_format(req: &Value) -> Option<Value> {
     let rf = req.get("response_format")?;

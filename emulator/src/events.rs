@@ -33,6 +33,9 @@ pub struct Responses {
     /// `reasoning.effort` and `reasoning.summary`, echoed in `reasoning`.
     pub effort: Option<String>,
     pub summary: Option<String>,
+    /// The model's tool calls, Ollama-shaped (`answer::Answer::ToolCalls`):
+    /// function-call items instead of a message.
+    pub calls: Vec<Value>,
 }
 
 /// A `/v1/messages` answer.
@@ -42,6 +45,8 @@ pub struct Messages {
     /// `message_start` reports this estimate (`EstimateInputTokens`: the
     /// request's characters / 4); the final count comes in `message_delta`.
     pub estimated_input: usize,
+    /// The model's tool calls, Ollama-shaped: `tool_use` blocks.
+    pub calls: Vec<Value>,
 }
 
 impl Responses {
@@ -77,6 +82,7 @@ impl Responses {
             reasoning_id: format!("rs_{}", 300_000 + next),
             effort: reasoning("effort"),
             summary: reasoning("summary"),
+            calls: Vec::new(),
         }
     }
 
@@ -177,10 +183,41 @@ impl Responses {
         let a = i - think;
         let index = usize::from(think > 0);
         let seq = Self::message_seq(think);
-        if a == 0 {
-            if think > 0 {
-                self.finish_reasoning(&mut out, think, seq - 2);
+        if a == 0 && think > 0 {
+            self.finish_reasoning(&mut out, think, seq - 2);
+        }
+        if !self.calls.is_empty() {
+            // `processToolCalls`: the calls, whole, in place of a message.
+            for (k, item) in self.call_items().into_iter().enumerate() {
+                let (id, arguments) = (item["id"].clone(), item["arguments"].clone());
+                let (n, seq) = (index + k, seq + 4 * k);
+                let mut added = item.clone();
+                added["status"] = json!("in_progress");
+                added["arguments"] = json!("");
+                event(
+                    &mut out,
+                    "response.output_item.added",
+                    json!({"output_index": n, "item": added, "sequence_number": seq}),
+                );
+                event(
+                    &mut out,
+                    "response.function_call_arguments.delta",
+                    json!({"item_id": id, "output_index": n, "delta": arguments, "sequence_number": seq + 1}),
+                );
+                event(
+                    &mut out,
+                    "response.function_call_arguments.done",
+                    json!({"item_id": id, "output_index": n, "arguments": arguments, "sequence_number": seq + 2}),
+                );
+                event(
+                    &mut out,
+                    "response.output_item.done",
+                    json!({"output_index": n, "item": item, "sequence_number": seq + 3}),
+                );
             }
+            return out;
+        }
+        if a == 0 {
             let item = json!({"id": self.item_id, "type": "message", "status": "in_progress", "role": "assistant", "content": []});
             event(
                 &mut out,
@@ -204,6 +241,26 @@ impl Responses {
             }),
         );
         out
+    }
+
+    /// The function-call items of the answer's tool calls (`ToToolCalls`:
+    /// the arguments as a JSON string), completed.
+    fn call_items(&self) -> Vec<Value> {
+        let n = self.id.trim_start_matches("resp_");
+        self.calls
+            .iter()
+            .enumerate()
+            .map(|(k, call)| {
+                let arguments = call
+                    .pointer("/function/arguments")
+                    .map_or("{}".into(), Value::to_string);
+                json!({
+                    "id": format!("fc_{n}_{k}"), "type": "function_call", "status": "completed",
+                    "call_id": call.get("id"), "name": call.pointer("/function/name"),
+                    "arguments": arguments,
+                })
+            })
+            .collect()
     }
 
     /// `finishReasoning` after `think` thinking tokens: the summary's done
@@ -230,9 +287,11 @@ impl Responses {
     pub fn last_chunk(&self, model: &str, t: &Totals) -> String {
         let (think, n) = (t.thinking_tokens, t.answer_tokens());
         let mut out = String::new();
+        let calls = if n > 0 { self.call_items() } else { Vec::new() };
         let mut seq = match (t.eval_tokens, n) {
             (0, _) => 0,
             (_, 0) => 3 + think,
+            _ if !calls.is_empty() => Self::message_seq(think) + 4 * calls.len(),
             _ => Self::message_seq(think) + 2 + n,
         };
         let mut output = Vec::new();
@@ -254,7 +313,8 @@ impl Responses {
             seq += 1;
             seq - 1
         };
-        if n > 0 {
+        output.extend(calls.iter().cloned());
+        if n > 0 && calls.is_empty() {
             let all = text(n);
             let index = usize::from(think > 0);
             let common = |seq: usize| json!({"item_id": self.item_id, "output_index": index, "content_index": 0, "sequence_number": seq});
@@ -309,24 +369,43 @@ impl Responses {
                 ("encrypted_content", j(&thinking)),
             ]));
         }
-        items.push(ordered(&[
-            ("id", j(&self.item_id)),
-            ("type", j("message")),
-            ("status", j("completed")),
-            ("role", j("assistant")),
-            (
-                "content",
-                format!(
-                    "[{}]",
-                    ordered(&[
-                        ("type", j("output_text")),
-                        ("text", j(&all)),
-                        ("annotations", "[]".into()),
-                        ("logprobs", "[]".into()),
-                    ])
+        let calls = if t.answer_tokens() > 0 {
+            self.call_items()
+        } else {
+            Vec::new()
+        };
+        for call in &calls {
+            // ResponsesOutputItem, in declared order.
+            let field = |k: &str| call[k].to_string();
+            items.push(ordered(&[
+                ("id", field("id")),
+                ("type", field("type")),
+                ("status", field("status")),
+                ("call_id", field("call_id")),
+                ("name", field("name")),
+                ("arguments", field("arguments")),
+            ]));
+        }
+        if calls.is_empty() {
+            items.push(ordered(&[
+                ("id", j(&self.item_id)),
+                ("type", j("message")),
+                ("status", j("completed")),
+                ("role", j("assistant")),
+                (
+                    "content",
+                    format!(
+                        "[{}]",
+                        ordered(&[
+                            ("type", j("output_text")),
+                            ("text", j(&all)),
+                            ("annotations", "[]".into()),
+                            ("logprobs", "[]".into()),
+                        ])
+                    ),
                 ),
-            ),
-        ]));
+            ]));
+        }
         let e = t.eval_tokens;
         let usage = ordered(&[
             ("input_tokens", j(t.prompt_tokens)),
@@ -397,6 +476,7 @@ impl Messages {
             // GenerateMessageID: "msg_" and 24 hex digits.
             id: format!("msg_{:024x}", 0x5eed_0000 + next),
             estimated_input: if total / 4 == 0 && some { 1 } else { total / 4 },
+            calls: Vec::new(),
         }
     }
 
@@ -404,6 +484,15 @@ impl Messages {
     /// (`StreamConverter.contentIndex`).
     fn text_index(&self, think: usize) -> usize {
         usize::from(think > 0)
+    }
+
+    /// `mapStopReason`: a call sent makes it `tool_use`.
+    fn stop_reason(&self, t: &Totals) -> &'static str {
+        match t.done_reason {
+            _ if !self.calls.is_empty() && t.answer_tokens() > 0 => "tool_use",
+            "length" => "max_tokens",
+            _ => "end_turn",
+        }
     }
 
     fn stop(out: &mut String, index: usize) {
@@ -443,10 +532,47 @@ impl Messages {
             return out;
         }
         let a = i - think;
-        if a == 0 {
-            if think > 0 {
-                Self::stop(&mut out, 0);
+        if a == 0 && think > 0 {
+            Self::stop(&mut out, 0);
+        }
+        if !self.calls.is_empty() {
+            // Each call a `tool_use` block of its own, its input whole in
+            // one `input_json_delta`, closed at once.
+            for (k, call) in self.calls.iter().enumerate() {
+                let index = index + k;
+                let block = ordered(&[
+                    ("type", j("tool_use")),
+                    ("id", call["id"].to_string()),
+                    (
+                        "name",
+                        call.pointer("/function/name")
+                            .map_or("\"\"".into(), Value::to_string),
+                    ),
+                    ("input", "{}".into()),
+                ]);
+                event_raw(
+                    &mut out,
+                    "content_block_start",
+                    &format!(
+                        r#"{{"type":"content_block_start","index":{index},"content_block":{block}}}"#
+                    ),
+                );
+                let input = call
+                    .pointer("/function/arguments")
+                    .map_or("{}".into(), Value::to_string);
+                event_raw(
+                    &mut out,
+                    "content_block_delta",
+                    &format!(
+                        r#"{{"type":"content_block_delta","index":{index},"delta":{{"type":"input_json_delta","partial_json":{}}}}}"#,
+                        j(input)
+                    ),
+                );
+                Self::stop(&mut out, index);
             }
+            return out;
+        }
+        if a == 0 {
             event_raw(
                 &mut out,
                 "content_block_start",
@@ -495,6 +621,8 @@ impl Messages {
         let mut out = String::new();
         if t.eval_tokens == 0 {
             self.start(&mut out, model);
+        } else if t.answer_tokens() > 0 && !self.calls.is_empty() {
+            // The calls' blocks closed as they went out.
         } else if t.answer_tokens() > 0 {
             Self::stop(&mut out, self.text_index(t.thinking_tokens));
         } else {
@@ -506,7 +634,7 @@ impl Messages {
             "message_delta",
             &format!(
                 r#"{{"type":"message_delta","delta":{{"stop_reason":{}}},"usage":{{"input_tokens":{},"output_tokens":{}}}}}"#,
-                j(stop_reason(t)),
+                j(self.stop_reason(t)),
                 t.prompt_tokens,
                 t.eval_tokens
             ),
@@ -527,8 +655,24 @@ impl Messages {
                 j(thinking)
             ));
         }
-        if n > 0 {
+        if n > 0 && self.calls.is_empty() {
             blocks.push(format!(r#"{{"type":"text","text":{}}}"#, j(text(n))));
+        }
+        for call in self.calls.iter().filter(|_| n > 0) {
+            blocks.push(ordered(&[
+                ("type", j("tool_use")),
+                ("id", call["id"].to_string()),
+                (
+                    "name",
+                    call.pointer("/function/name")
+                        .map_or("\"\"".into(), Value::to_string),
+                ),
+                (
+                    "input",
+                    call.pointer("/function/arguments")
+                        .map_or("{}".into(), Value::to_string),
+                ),
+            ]));
         }
         let content = if blocks.is_empty() {
             "null".to_owned()
@@ -541,7 +685,7 @@ impl Messages {
             ("role", j("assistant")),
             ("model", j(model)),
             ("content", content),
-            ("stop_reason", j(stop_reason(t))),
+            ("stop_reason", j(self.stop_reason(t))),
             (
                 "usage",
                 format!(
@@ -551,14 +695,6 @@ impl Messages {
             ),
         ]);
         format!("{body}\n")
-    }
-}
-
-/// `mapStopReason`.
-fn stop_reason(t: &Totals) -> &'static str {
-    match t.done_reason {
-        "length" => "max_tokens",
-        _ => "end_turn",
     }
 }
 

@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::answer::Answer;
+use crate::answer::{Answer, as_chat};
 use crate::api::{
     Api, AppState, Inner, ensure_loaded, error, header_num, keep_alive_expiry, parse_request,
     writer_error,
@@ -227,11 +227,13 @@ pub(crate) async fn generate(
     let think = thinks && requested.unwrap_or(true);
     // routes.go: tools ask for the `tools` capability, which scheduleRunner
     // checks (`"%s %w"`: the model's full name, then "does not support tools").
-    let tools = matches!(api, Api::Chat | Api::OpenaiChat)
-        && req
-            .get("tools")
-            .and_then(|t| t.as_array())
-            .is_some_and(|t| !t.is_empty());
+    let tools = matches!(
+        api,
+        Api::Chat | Api::OpenaiChat | Api::Responses | Api::Messages
+    ) && req
+        .get("tools")
+        .and_then(|t| t.as_array())
+        .is_some_and(|t| !t.is_empty());
     if tools && !load_only && !models::calls_tools(st.config.models_dir.as_deref(), &model) {
         let msg = format!("{} does not support tools", models::full_name(&model));
         return writer_error(api, StatusCode::BAD_REQUEST, &msg);
@@ -289,8 +291,22 @@ pub(crate) async fn generate(
     let answer = match api {
         Api::Chat | Api::Generate => Answer::of_request(&req, true, next),
         Api::OpenaiChat => Answer::of_request(&req, false, next),
+        // Only a tool call: their text answers are words.
+        Api::Responses | Api::Messages => {
+            match Answer::of_request(&as_chat(&req, api == Api::Messages), true, next) {
+                calls @ Answer::ToolCalls(_) => calls,
+                _ => Answer::Words,
+            }
+        }
         _ => Answer::Words,
     };
+    let mut shape = shape;
+    let calls = answer.tool_calls().map(<[_]>::to_vec).unwrap_or_default();
+    match &mut shape {
+        Shape::Responses(r) => r.calls = calls,
+        Shape::Messages(m) => m.calls = calls,
+        _ => {}
+    }
     let generation = Generation::admit(st).await;
     let load = ensure_loaded(st, &model, &req).await;
     let header_ms = |n| header_num(&headers, n).map(|v| v as usize);

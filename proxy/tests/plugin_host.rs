@@ -586,7 +586,7 @@ fn plugin_check_tool_describes_the_plugin_and_refuses_bad_configs() {
     let path = fixtures::write(dir.path(), "p", &Behaviour::Allow);
     let out = kiln_proxy::plugins::tool::check(&path, None).unwrap();
     for expected in [
-        "kiln:filter@0.1.0",
+        "kiln:filter@0.2.0",
         "componentized at load",
         "on-request",
         "validate-config",

@@ -78,6 +78,11 @@ pub struct Chunk {
     /// Thinking ends with this chunk (always when `done`): release any
     /// thinking held back now.
     pub thinking_done: bool,
+    /// The arguments of the tool calls this chunk carries, as JSON text, one
+    /// line per call (see the WIT); `None` when it carries none. Each call
+    /// comes whole in one chunk: filter its arguments there, they cannot be
+    /// held back. They reach the client too.
+    pub tool_arguments: Option<String>,
 }
 
 impl Chunk {
@@ -85,6 +90,14 @@ impl Chunk {
     pub fn with_text(text: &str) -> Self {
         Chunk {
             text: Some(text.into()),
+            ..Chunk::default()
+        }
+    }
+
+    /// A chunk carrying one tool call with `arguments`; for tests.
+    pub fn with_tool_arguments(arguments: &str) -> Self {
+        Chunk {
+            tool_arguments: Some(arguments.into()),
             ..Chunk::default()
         }
     }
@@ -137,11 +150,13 @@ pub enum ChunkAction {
     PassRest,
     /// Replace its generated text (empty to hold the text back).
     Rewrite(String),
-    /// Replace its text and/or its thinking (`None` leaves that part as it
-    /// came; empty holds it back).
+    /// Replace its text, thinking and/or tool-call arguments (`None` leaves
+    /// that part as it came; empty holds text or thinking back). Arguments
+    /// go one line per call, as [`Chunk::tool_arguments`] gives them.
     RewriteParts {
         text: Option<String>,
         thinking: Option<String>,
+        tool_arguments: Option<String>,
     },
     /// Stop the answer with this error (status used only when not streaming).
     End(Rejection),
@@ -274,6 +289,7 @@ impl From<wit::Chunk> for Chunk {
             raw: c.raw,
             done: c.done,
             thinking_done: c.thinking_done,
+            tool_arguments: c.tool_arguments,
         }
     }
 }
@@ -284,9 +300,15 @@ impl From<ChunkAction> for wit::ChunkAction {
             ChunkAction::Pass => wit::ChunkAction::Pass,
             ChunkAction::PassRest => wit::ChunkAction::PassRest,
             ChunkAction::Rewrite(t) => wit::ChunkAction::RewriteText(t),
-            ChunkAction::RewriteParts { text, thinking } => {
-                wit::ChunkAction::RewriteParts(wit::Parts { text, thinking })
-            }
+            ChunkAction::RewriteParts {
+                text,
+                thinking,
+                tool_arguments,
+            } => wit::ChunkAction::RewriteParts(wit::Parts {
+                text,
+                thinking,
+                tool_arguments,
+            }),
             ChunkAction::End(r) => wit::ChunkAction::End(types::Rejection {
                 status: r.status,
                 message: r.message,
@@ -383,7 +405,7 @@ macro_rules! __kiln_response_hooks {
             }
         }
 
-        // Wasm only: the export names (`kiln:filter/response@0.1.0#…`)
+        // Wasm only: the export names (`kiln:filter/response@0.2.0#…`)
         // are not valid symbol names for a native cdylib's linker, and
         // native builds exist only to run plugin unit tests.
         #[cfg(target_arch = "wasm32")]

@@ -14,21 +14,21 @@
 
 #![allow(clippy::too_many_arguments)]
 
-/// Exports `kiln:filter/response@0.1.0` only.
+/// Exports `kiln:filter/response@0.2.0` only.
 pub mod hooks {
     wit_bindgen::generate!({
         inline: "
             package kiln:sdk;
             world response-hooks {
-                import kiln:filter/host@0.1.0;
-                export kiln:filter/response@0.1.0;
+                import kiln:filter/host@0.2.0;
+                export kiln:filter/response@0.2.0;
             }
         ",
         path: "../wit",
         world: "kiln:sdk/response-hooks",
         with: {
-            "kiln:filter/types@0.1.0": crate::bindings::kiln::filter::types,
-            "kiln:filter/host@0.1.0": crate::bindings::kiln::filter::host,
+            "kiln:filter/types@0.2.0": crate::bindings::kiln::filter::types,
+            "kiln:filter/host@0.2.0": crate::bindings::kiln::filter::host,
         },
         pub_export_macro: true,
         export_macro_name: "__export_response_hooks_world",
@@ -42,14 +42,14 @@ pub mod config {
         inline: "
             package kiln:sdk;
             world config-check {
-                import kiln:filter/host@0.1.0;
+                import kiln:filter/host@0.2.0;
                 export validate-config: func() -> result<_, string>;
             }
         ",
         path: "../wit",
         world: "kiln:sdk/config-check",
         with: {
-            "kiln:filter/host@0.1.0": crate::bindings::kiln::filter::host,
+            "kiln:filter/host@0.2.0": crate::bindings::kiln::filter::host,
         },
         pub_export_macro: true,
         export_macro_name: "__export_config_check_world",

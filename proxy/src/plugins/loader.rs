@@ -13,11 +13,11 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 /// The WIT package a plugin must be built against.
-pub const INTERFACE: &str = "kiln:filter@0.1.0";
+pub const INTERFACE: &str = "kiln:filter@0.2.0";
 
 /// The export name of the response hooks (`response-filter` and
 /// `filter-with-response` worlds).
-pub const RESPONSE_INTERFACE: &str = "kiln:filter/response@0.1.0";
+pub const RESPONSE_INTERFACE: &str = "kiln:filter/response@0.2.0";
 
 /// A plugin ready to serve: one `FilterPre` per plugin, shared by every call.
 pub struct LoadedPlugin {
@@ -169,6 +169,19 @@ pub fn load(runtime: &Runtime, spec: &PluginSpec) -> Result<LoadedPlugin, Plugin
         .map(|(name, _)| name.to_owned())
         .collect();
 
+    // A plugin built against another version of the WIT package names it
+    // in every import: say so before the linker's type mismatch does.
+    let version = INTERFACE.rsplit_once('@').map_or("", |(_, v)| v);
+    let other = imports.iter().chain(&exports).find_map(|name| {
+        let (_, v) = name.strip_prefix("kiln:filter")?.rsplit_once('@')?;
+        (v != version).then_some(v)
+    });
+    if let Some(other) = other {
+        return Err(fail(format!(
+            "it was built against kiln:filter@{other}, and this kiln-proxy speaks {INTERFACE}: \
+             rebuild it with the kiln-plugin SDK (or the WIT in plugins/wit) of this release"
+        )));
+    }
     let instance_pre = runtime.linker.instantiate_pre(&component).map_err(|e| {
         fail(format!(
             "its imports do not match what kiln offers ({INTERFACE}): {e:#}; it imports [{}]",

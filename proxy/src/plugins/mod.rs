@@ -2,7 +2,7 @@
 //!
 //! The rest of the proxy sees a [`RequestFilter`](crate::filter::RequestFilter)
 //! built by [`load_chain`]. The contract with plugins is the WIT package
-//! `kiln:filter@0.1.0` in `plugins/wit/filter.wit`.
+//! `kiln:filter@0.2.0` in `plugins/wit/filter.wit`.
 //!
 //! - `runtime`: the engine (pooling allocator, epoch deadlines, memory cap)
 //!   and the host imports.

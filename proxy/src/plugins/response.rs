@@ -115,19 +115,19 @@ fn stop_of(r: types::Rejection) -> Stop {
     }
 }
 
-/// A plugin's new thinking and text for `chunk` (thinking first: it comes
-/// before the text on the wire).
-fn rewrite(
-    chunk: &mut Chunk,
-    thinking: Option<String>,
-    text: Option<String>,
-    plugin: &str,
-    ctx: &ResponseContext,
-) {
-    let placed =
-        thinking.is_none_or(|t| chunk.set_thinking(t)) & text.is_none_or(|t| chunk.set_text(t));
+/// A plugin's new thinking, text and tool-call arguments for `chunk`
+/// (thinking first: it comes before the text on the wire).
+fn rewrite(chunk: &mut Chunk, parts: wit::Parts, plugin: &str, ctx: &ResponseContext) {
+    let wit::Parts {
+        text,
+        thinking,
+        tool_arguments,
+    } = parts;
+    let placed = thinking.is_none_or(|t| chunk.set_thinking(t))
+        & text.is_none_or(|t| chunk.set_text(t))
+        & tool_arguments.is_none_or(|a| chunk.set_tool_arguments(a));
     if !placed {
-        tracing::debug!(plugin, path = %ctx.path, "response plugin rewrote text or thinking on a route whose chunks carry none; ignored");
+        tracing::debug!(plugin, path = %ctx.path, "response plugin rewrote a part this chunk has no place for (thinking on a route without it, tool-call arguments on a chunk without a call); ignored");
     }
 }
 
@@ -245,6 +245,7 @@ impl ResponseHooks for ResponseRun {
                     raw: chunk.raw().to_vec(),
                     done: chunk.done(),
                     thinking_done: chunk.thinking_done(),
+                    tool_arguments: chunk.tool_arguments().map(str::to_owned),
                 };
                 let action = instance
                     .kiln_filter_response()
@@ -256,11 +257,20 @@ impl ResponseHooks for ResponseRun {
                         ChunkOutcome::Pass
                     }
                     Ok(wit::ChunkAction::RewriteText(text)) => {
-                        rewrite(chunk, None, Some(text), &plugin.name, ctx);
+                        rewrite(
+                            chunk,
+                            wit::Parts {
+                                text: Some(text),
+                                thinking: None,
+                                tool_arguments: None,
+                            },
+                            &plugin.name,
+                            ctx,
+                        );
                         ChunkOutcome::Rewrite
                     }
                     Ok(wit::ChunkAction::RewriteParts(parts)) => {
-                        rewrite(chunk, parts.thinking, parts.text, &plugin.name, ctx);
+                        rewrite(chunk, parts, &plugin.name, ctx);
                         ChunkOutcome::Rewrite
                     }
                     Ok(wit::ChunkAction::End(r)) => {

@@ -1,4 +1,4 @@
-//! Host bindings of the `response-filter` world (`kiln:filter@0.1.0`): the
+//! Host bindings of the `response-filter` world (`kiln:filter@0.2.0`): the
 //! `response` interface a plugin exports to see answers. The `types` and
 //! `host` interfaces are shared with the `filter` world's bindings, so one
 //! linker serves both kinds of plugin.

@@ -168,6 +168,12 @@ impl Chunk {
         self.thinking_done_mark = Some(done);
     }
 
+    /// The arguments of the chunk's tool calls, one line per call (see
+    /// [`Channel::ToolArguments`]), if it carries any.
+    pub fn tool_arguments(&self) -> Option<&str> {
+        self.view().tool_arguments.as_deref()
+    }
+
     /// True when the chunk carries tool calls.
     pub(super) fn has_tool_calls(&self) -> bool {
         self.view().tool_calls
@@ -247,6 +253,13 @@ impl Chunk {
         self.set(Channel::Thinking, thinking)
     }
 
+    /// Replaces the arguments of the chunk's tool calls (see
+    /// [`Channel::ToolArguments`]). `false` when it carries no tool call:
+    /// arguments have no place elsewhere.
+    pub fn set_tool_arguments(&mut self, arguments: String) -> bool {
+        self.set(Channel::ToolArguments, arguments)
+    }
+
     /// Replaces `channel`: the fast splice, else the tree, else chunks of
     /// the API inserted before this one.
     pub fn set(&mut self, channel: Channel, value: String) -> bool {
@@ -255,6 +268,9 @@ impl Chunk {
         }
         if !self.codec.carries(channel) {
             return false;
+        }
+        if channel == Channel::ToolArguments {
+            return self.set_arguments(value);
         }
         let had = self.view().get(channel).is_some();
         // Thinking is spliced only where it is: a look-alike key elsewhere
@@ -277,6 +293,26 @@ impl Chunk {
         }
         self.insert_before(channel, value);
         true
+    }
+
+    /// The tool calls' arguments, rewritten in the tree: they are JSON (an
+    /// object on some APIs), which a splice of one string cannot rewrite.
+    fn set_arguments(&mut self, value: String) -> bool {
+        if self.view().tool_arguments.is_none() {
+            return false;
+        }
+        let (codec, kind) = (self.codec, self.kind);
+        let placed = self
+            .tree()
+            .is_some_and(|v| super::codec::set_arguments(codec.tool_arguments(v, kind), &value));
+        if placed {
+            self.changed = true;
+            self.edited[Channel::ToolArguments.index()] = true;
+            let mut view = self.view().clone();
+            view.set(Channel::ToolArguments, value);
+            self.view = OnceCell::from(view);
+        }
+        placed
     }
 
     /// The fast rewrite: the channel's JSON string replaced in the bytes as
@@ -360,6 +396,17 @@ impl Chunk {
     /// True when a hook changed this chunk's own thinking.
     pub fn thinking_edited(&self) -> bool {
         self.edited[Channel::Thinking.index()]
+    }
+
+    /// True when a hook changed this chunk's tool-call arguments.
+    pub fn tool_arguments_edited(&self) -> bool {
+        self.edited[Channel::ToolArguments.index()]
+    }
+
+    /// True when a hook changed any channel of this chunk's own (not what
+    /// went before it).
+    pub(super) fn own_edited(&self) -> bool {
+        self.edited.iter().any(|e| *e)
     }
 
     /// True when a hook changed this chunk's text or thinking, or put text

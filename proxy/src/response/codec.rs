@@ -30,18 +30,26 @@ pub enum Kind {
     Whole,
 }
 
-/// The text channels of an answer: the text, and the model's thinking.
+/// The text channels of an answer: the text, the model's thinking, and
+/// the arguments of its tool calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Channel {
     Text,
     Thinking,
+    /// Every tool call's arguments in the chunk as JSON text, one line per
+    /// call (see [`arguments_text`]). Ollama sends each call whole, in one
+    /// chunk, on every API, so a call's arguments are never split between
+    /// chunks, and have no place outside the chunk that carries the call:
+    /// this channel is only rewritten, never inserted.
+    ToolArguments,
 }
 
 impl Channel {
     /// Every channel, in the order inserted chunks go out (the model thinks
     /// before it answers).
-    pub const ALL: [Channel; Channel::COUNT] = [Channel::Thinking, Channel::Text];
-    pub const COUNT: usize = 2;
+    pub const ALL: [Channel; Channel::COUNT] =
+        [Channel::Thinking, Channel::Text, Channel::ToolArguments];
+    pub const COUNT: usize = 3;
 
     pub(super) fn index(self) -> usize {
         self as usize
@@ -80,6 +88,8 @@ pub struct View {
     pub text: Option<String>,
     /// The model's thinking (reasoning) in this chunk.
     pub thinking: Option<String>,
+    /// The arguments of the tool calls in this chunk ([`Channel::ToolArguments`]).
+    pub tool_arguments: Option<String>,
     /// Generation ends with this chunk, by what the chunk itself says.
     pub done: bool,
     /// The thinking ends with this chunk, by what the chunk itself says (a
@@ -98,6 +108,7 @@ impl View {
         match channel {
             Channel::Text => self.text.as_deref(),
             Channel::Thinking => self.thinking.as_deref(),
+            Channel::ToolArguments => self.tool_arguments.as_deref(),
         }
     }
 
@@ -105,6 +116,7 @@ impl View {
         match channel {
             Channel::Text => self.text = Some(value),
             Channel::Thinking => self.thinking = Some(value),
+            Channel::ToolArguments => self.tool_arguments = Some(value),
         }
     }
 
@@ -152,6 +164,15 @@ pub trait Codec: Send + Sync + 'static {
     /// The object key (`"name":`) whose JSON string holds `channel` in a
     /// chunk of `kind`, for the in-place splice; `None`: always the tree.
     fn splice_key(&self, channel: Channel, kind: Kind) -> Option<&'static [u8]>;
+
+    /// The arguments of each tool call in the tree `v` of a chunk of `kind`,
+    /// in order: a JSON string (OpenAI's, the Responses API's) or an object
+    /// (Ollama's, Anthropic's). What [`Channel::ToolArguments`] reads and
+    /// rewrites; none on an API without tool calls.
+    fn tool_arguments<'v>(&self, v: &'v mut Value, kind: Kind) -> Vec<&'v mut Value> {
+        let _ = (v, kind);
+        Vec::new()
+    }
 
     /// Puts `value` as `channel` into the tree `v` of a chunk of `kind`
     /// (`had`: the chunk carried that channel). `false` when the chunk has
@@ -498,6 +519,61 @@ pub fn splice_string(raw: &[u8], key: &[u8], text: &str) -> Option<Vec<u8>> {
         return Some(out);
     }
     None
+}
+
+/// The [`Channel::ToolArguments`] text of a chunk whose JSON is `json`:
+/// each call's arguments (see [`Codec::tool_arguments`]) as JSON text, a
+/// string's as it is and an object compact, one line per call. Compact JSON
+/// has no raw line break (one inside a string is written `\n`), so the
+/// lines tell the calls apart. Parses the chunk again: read only for chunks
+/// that carry tool calls.
+pub fn arguments_text(codec: &dyn Codec, json: &[u8], kind: Kind) -> Option<String> {
+    let mut v: Value = serde_json::from_slice(json).ok()?;
+    let slots = codec.tool_arguments(&mut v, kind);
+    if slots.is_empty() {
+        return None;
+    }
+    let lines: Vec<String> = slots
+        .iter()
+        .map(|a| match a {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect();
+    Some(lines.join("\n"))
+}
+
+/// Writes `text` (see [`arguments_text`]) back into `slots`: line `i` to
+/// call `i`, a line missing as empty, lines beyond the last call onto the
+/// last. A slot that held a string gets the line as a string; one that
+/// held an object gets the line parsed, or — not JSON, which a hook that
+/// edits JSON carelessly makes — the line as a string, so the client sees
+/// what the hook wrote rather than what it meant to hide. `false`: no call.
+pub fn set_arguments(slots: Vec<&mut Value>, text: &str) -> bool {
+    let n = slots.len();
+    if n == 0 {
+        return false;
+    }
+    let mut lines: Vec<&str> = text.splitn(n, '\n').collect();
+    lines.resize(n, "");
+    for (slot, line) in slots.into_iter().zip(lines) {
+        *slot = match slot {
+            Value::String(_) => Value::String(line.to_owned()),
+            _ => serde_json::from_str(line).unwrap_or_else(|_| Value::String(line.to_owned())),
+        };
+    }
+    true
+}
+
+/// The values at `key` of the objects in the list at `pointer` in `v`
+/// (e.g. each call's `function.arguments`: `("/tool_calls", "/function/arguments")`).
+pub fn each_at<'v>(v: &'v mut Value, pointer: &str, key: &str) -> Vec<&'v mut Value> {
+    v.pointer_mut(pointer)
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+        .filter_map(|item| item.pointer_mut(key))
+        .collect()
 }
 
 /// An SSE event: its `event:`/`id:` lines (`lines`, each with its line

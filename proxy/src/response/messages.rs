@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::chunk::Chunk;
 use super::codec::{
-    AnswerState, Channel, Codec, Kind, List, Obj, Scalar, View, frame_event, typed,
+    AnswerState, Channel, Codec, Kind, List, Obj, Scalar, View, arguments_text, frame_event, typed,
 };
 use super::responses::{Part, Tokens, fill, joined};
 
@@ -56,9 +56,18 @@ impl Codec for Messages {
             return View::default();
         };
         if kind == Kind::Whole {
+            let tool_calls = p
+                .content
+                .0
+                .iter()
+                .any(|p| p.kind.as_str() == Some("tool_use"));
             return View {
                 text: joined(p.content.0.iter(), "text", |p| &p.text),
                 thinking: joined(p.content.0.iter(), "thinking", |p| &p.thinking),
+                tool_arguments: tool_calls
+                    .then(|| arguments_text(self, json, kind))
+                    .flatten(),
+                tool_calls,
                 done: true,
                 thinking_done: true,
                 usage: p.usage.0.as_ref().map(Tokens::usage),
@@ -66,16 +75,17 @@ impl Codec for Messages {
             };
         }
         let event = p.kind.as_str().unwrap_or("");
-        let (text, thinking) = match (event, &p.delta.0) {
+        let (text, thinking, arguments) = match (event, &p.delta.0) {
             ("content_block_delta", Some(d)) => {
                 let s = |f: &Scalar| Some(f.as_str().unwrap_or("").to_owned());
                 match d.kind.as_str() {
-                    Some("text_delta") => (s(&d.text), None),
-                    Some("thinking_delta") => (None, s(&d.thinking)),
-                    _ => (None, None),
+                    Some("text_delta") => (s(&d.text), None, None),
+                    Some("thinking_delta") => (None, s(&d.thinking), None),
+                    Some("input_json_delta") => (None, None, s(&d.partial_json)),
+                    _ => (None, None, None),
                 }
             }
-            _ => (None, None),
+            _ => (None, None, None),
         };
         let usage = match event {
             "message_start" => p.message.0.as_ref().and_then(|m| m.usage.0.as_ref()),
@@ -85,6 +95,8 @@ impl Codec for Messages {
         View {
             text,
             thinking,
+            tool_calls: arguments.is_some(),
+            tool_arguments: arguments,
             // `message_delta` ends the message; the stop of a text block
             // ends the text too, which only [`Blocks`] can tell.
             done: event == "message_delta",
@@ -101,7 +113,24 @@ impl Codec for Messages {
         Some(match channel {
             Channel::Text => b"\"text\":",
             Channel::Thinking => b"\"thinking\":",
+            Channel::ToolArguments => return None,
         })
+    }
+
+    /// Streamed, the `partial_json` of an `input_json_delta` (Ollama sends
+    /// a call's whole input in one); whole, the `input` of each `tool_use`
+    /// block of `content[]`.
+    fn tool_arguments<'v>(&self, v: &'v mut Value, kind: Kind) -> Vec<&'v mut Value> {
+        if kind != Kind::Whole {
+            return v.pointer_mut("/delta/partial_json").into_iter().collect();
+        }
+        v.get_mut("content")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+            .filter(|b| is_type(b, "tool_use"))
+            .filter_map(|b| b.get_mut("input"))
+            .collect()
     }
 
     /// The delta of a text or thinking event (`had`: the chunk is one); in
@@ -111,6 +140,7 @@ impl Codec for Messages {
         let field = match channel {
             Channel::Text => "text",
             Channel::Thinking => "thinking",
+            Channel::ToolArguments => return false,
         };
         match (kind, channel) {
             (Kind::Event | Kind::Line, _) if had => {
@@ -151,6 +181,7 @@ impl Codec for Messages {
         let delta = match channel {
             Channel::Text => format!("{{\"type\":\"text_delta\",\"text\":{text}}}"),
             Channel::Thinking => format!("{{\"type\":\"thinking_delta\",\"thinking\":{text}}}"),
+            Channel::ToolArguments => return Vec::new(),
         };
         let json =
             format!("{{\"type\":\"content_block_delta\",\"index\":{index},\"delta\":{delta}}}");

@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 
 use super::chunk::Chunk;
 use super::codec::{
-    AnswerState, Channel, Codec, Kind, Obj, Scalar, ThinkingEnd, Usage, View, frame, typed,
+    AnswerState, Channel, Codec, Kind, Obj, Scalar, ThinkingEnd, Usage, View, arguments_text,
+    each_at, frame, typed,
 };
 use crate::framing::Format;
 
@@ -78,7 +79,7 @@ impl Codec for Ollama {
         Format::Ndjson
     }
 
-    fn read(&self, json: &[u8], _kind: Kind) -> View {
+    fn read(&self, json: &[u8], kind: Kind) -> View {
         let Some(p) = typed::<Peek>(json) else {
             return View::default();
         };
@@ -93,6 +94,9 @@ impl Codec for Ollama {
         View {
             text: text.map(Cow::into_owned),
             thinking: thinking.map(Cow::into_owned),
+            tool_arguments: tool_calls
+                .then(|| arguments_text(self, json, kind))
+                .flatten(),
             done: p.done.is_true(),
             tool_calls,
             usage: p.eval_count.u64().map(|completion_tokens| Usage {
@@ -112,7 +116,19 @@ impl Codec for Ollama {
             (Channel::Text, false) => b"\"response\":",
             (Channel::Text, true) => b"\"content\":",
             (Channel::Thinking, _) => b"\"thinking\":",
+            (Channel::ToolArguments, _) => return None,
         })
+    }
+
+    /// `message.tool_calls[].function.arguments` (objects); `tool_calls` at
+    /// the top on `/api/generate`.
+    fn tool_arguments<'v>(&self, v: &'v mut Value, _kind: Kind) -> Vec<&'v mut Value> {
+        let calls = if self.chat {
+            "/message/tool_calls"
+        } else {
+            "/tool_calls"
+        };
+        each_at(v, calls, "/function/arguments")
     }
 
     /// The field, created when missing — only in a chunk of Ollama's (not
@@ -124,6 +140,7 @@ impl Codec for Ollama {
             Channel::Text if self.chat => "content",
             Channel::Text => "response",
             Channel::Thinking => "thinking",
+            Channel::ToolArguments => return false,
         };
         let parent = if self.chat {
             if v.get("message").is_none() {
@@ -177,6 +194,7 @@ impl Codec for Ollama {
                     "message": {"role": "assistant", "content": "", "thinking": piece},
                     "done": false,
                 }),
+                (_, Channel::ToolArguments) => return Vec::new(),
             };
             let json = serde_json::to_vec(&v).unwrap_or_default();
             out.extend(frame(kind, &json));
@@ -221,7 +239,7 @@ impl AnswerState for OllamaAnswer {
 
     fn after_hooks(&mut self, chunk: &mut Chunk) {
         self.changed |= chunk.changed_by_hooks();
-        if (chunk.text_edited() || chunk.thinking_edited()) && chunk.raw_has(&LOGPROBS) {
+        if chunk.own_edited() && chunk.raw_has(&LOGPROBS) {
             chunk.remove_field("", "logprobs");
         }
         if self.changed && self.generate && chunk.raw_has(&CONTEXT) {

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::chunk::Chunk;
 use super::codec::{
     AnswerState, Channel, Codec, First, Kind, Obj, Scalar, ThinkingEnd, Usage, UsagePlan, View,
-    frame, typed, unix_now,
+    arguments_text, each_at, frame, typed, unix_now,
 };
 use super::ollama::LOGPROBS;
 
@@ -115,6 +115,9 @@ impl Codec for OpenAi {
         View {
             text: text.map(Cow::into_owned),
             thinking: thinking.map(Cow::into_owned),
+            tool_arguments: tool_calls
+                .then(|| arguments_text(self, json, kind))
+                .flatten(),
             done,
             tool_calls,
             usage,
@@ -136,7 +139,19 @@ impl Codec for OpenAi {
             (Channel::Text, true) => b"\"content\":",
             (Channel::Text, false) => b"\"text\":",
             (Channel::Thinking, _) => b"\"reasoning\":",
+            (Channel::ToolArguments, _) => return None,
         })
+    }
+
+    /// `choices[0].delta.tool_calls[].function.arguments` streamed,
+    /// `choices[0].message.tool_calls[]…` whole (JSON strings).
+    fn tool_arguments<'v>(&self, v: &'v mut Value, kind: Kind) -> Vec<&'v mut Value> {
+        let calls = match (self.chat, kind) {
+            (false, _) => return Vec::new(),
+            (true, Kind::Whole) => "/choices/0/message/tool_calls",
+            (true, _) => "/choices/0/delta/tool_calls",
+        };
+        each_at(v, calls, "/function/arguments")
     }
 
     /// In the first choice, created when missing (a finish chunk may lack
@@ -163,6 +178,7 @@ impl Codec for OpenAi {
             (Channel::Text, true) => "content",
             (Channel::Text, false) => "text",
             (Channel::Thinking, _) => "reasoning",
+            (Channel::ToolArguments, _) => return false,
         };
         match parent {
             Some(o) => {
@@ -203,7 +219,7 @@ impl Codec for OpenAi {
                     "id": id, "object": "text_completion", "created": unix_now(), "model": model,
                     "choices": [{"index": 0, "text": piece, "finish_reason": null}],
                 }),
-                (false, Channel::Thinking) => return Vec::new(),
+                (false, Channel::Thinking) | (_, Channel::ToolArguments) => return Vec::new(),
             };
             out.extend(frame(kind, &serde_json::to_vec(&v).unwrap_or_default()));
         }
@@ -271,7 +287,7 @@ impl AnswerState for OpenAiAnswer {
     }
 
     fn after_hooks(&mut self, chunk: &mut Chunk) {
-        if (chunk.text_edited() || chunk.thinking_edited()) && chunk.raw_has(&LOGPROBS) {
+        if chunk.own_edited() && chunk.raw_has(&LOGPROBS) {
             chunk.remove_field("/choices/0", "logprobs");
         }
     }

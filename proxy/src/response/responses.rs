@@ -53,7 +53,8 @@ use serde_json::{Value, json};
 
 use super::chunk::Chunk;
 use super::codec::{
-    AnswerState, Channel, Codec, Kind, List, Obj, Scalar, Usage, View, frame_event, typed,
+    AnswerState, Channel, Codec, Kind, List, Obj, Scalar, Usage, View, arguments_text, frame_event,
+    typed,
 };
 
 static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
@@ -122,6 +123,9 @@ pub(super) struct Part<'a> {
     /// An Anthropic `thinking` block's (or `thinking_delta`'s) thinking.
     #[serde(borrow, default)]
     pub thinking: Scalar<'a>,
+    /// An Anthropic `input_json_delta`'s piece of a tool call's input.
+    #[serde(borrow, default)]
+    pub partial_json: Scalar<'a>,
 }
 
 /// The `field` of the parts of type `kind`, joined; `None` when there are none.
@@ -144,6 +148,7 @@ pub(super) fn joined<'a>(
 const THINKING_DONE: &str = "response.reasoning_summary_text.done";
 const THINKING_DELTA: &str = "response.reasoning_summary_text.delta";
 const TEXT_DELTA: &str = "response.output_text.delta";
+const ARGUMENTS_DELTA: &str = "response.function_call_arguments.delta";
 
 /// The events that end generation: `response.output_text.done` closes the
 /// text (held text must go out before it, while deltas are still allowed),
@@ -178,9 +183,14 @@ impl Codec for Responses {
             // Ollama's `ToResponse` repeats the thinking as
             // `encrypted_content`, which is not read: a copy.
             let summaries = items("reasoning").flat_map(|i| &i.summary.0);
+            let tool_calls = items("function_call").next().is_some();
             return View {
                 text: joined(parts, "output_text", |p| &p.text),
                 thinking: joined(summaries, "summary_text", |p| &p.text),
+                tool_arguments: tool_calls
+                    .then(|| arguments_text(self, json, kind))
+                    .flatten(),
+                tool_calls,
                 done: true,
                 thinking_done: true,
                 usage: p.usage.0.as_ref().map(Tokens::usage),
@@ -192,6 +202,8 @@ impl Codec for Responses {
         View {
             text: (event == TEXT_DELTA).then(delta).flatten(),
             thinking: (event == THINKING_DELTA).then(delta).flatten(),
+            tool_arguments: (event == ARGUMENTS_DELTA).then(delta).flatten(),
+            tool_calls: event == ARGUMENTS_DELTA,
             done: ends(event),
             thinking_done: event == THINKING_DONE,
             usage: p
@@ -214,8 +226,28 @@ impl Codec for Responses {
         match (kind, channel) {
             (Kind::Event | Kind::Line, _) => Some(b"\"delta\":"),
             (Kind::Whole, Channel::Text) => Some(b"\"text\":"),
-            (Kind::Whole, Channel::Thinking) => None,
+            (Kind::Whole, Channel::Thinking) | (_, Channel::ToolArguments) => None,
         }
+    }
+
+    /// Streamed, the `delta` of a `response.function_call_arguments.delta`
+    /// (Ollama sends a call's whole arguments in one; the transcript keeps
+    /// their copies in step); whole, the `arguments` of each
+    /// `function_call` item of `output[]`.
+    fn tool_arguments<'v>(&self, v: &'v mut Value, kind: Kind) -> Vec<&'v mut Value> {
+        if kind != Kind::Whole {
+            if !is_type(v, ARGUMENTS_DELTA) {
+                return Vec::new();
+            }
+            return v.get_mut("delta").into_iter().collect();
+        }
+        let calls = v.get_mut("output").and_then(Value::as_array_mut);
+        calls
+            .into_iter()
+            .flatten()
+            .filter(|item| is_type(item, "function_call"))
+            .filter_map(|item| item.get_mut("arguments"))
+            .collect()
     }
 
     /// The delta of a text or thinking event (`had`: the chunk is one); in
@@ -223,6 +255,7 @@ impl Codec for Responses {
     /// the body says `value` once, adding a part when there is none.
     fn place(&self, v: &mut Value, channel: Channel, kind: Kind, had: bool, value: &str) -> bool {
         match (kind, channel) {
+            (_, Channel::ToolArguments) => false,
             (Kind::Event | Kind::Line, _) if had => match v.as_object_mut() {
                 Some(o) => {
                     o.insert("delta".into(), Value::String(value.into()));
@@ -296,6 +329,8 @@ fn event(
             );
             (TEXT_DELTA, json)
         }
+        // Arguments are never inserted (see `Channel::ToolArguments`).
+        Channel::ToolArguments => return Vec::new(),
     };
     let mut out = Vec::with_capacity(json.len() + 40);
     frame_event(
@@ -518,6 +553,10 @@ pub struct Transcript {
     thoughts: Vec<(String, String)>,
     /// A hook changed the thinking: its copies need rewriting.
     thoughts_diverged: bool,
+    /// The function calls' arguments as sent: item id, arguments.
+    calls: Vec<(String, String)>,
+    /// A hook changed a call's arguments: their copies need rewriting.
+    calls_diverged: bool,
     /// The last reasoning item added: id, `output_index` (the item thinking
     /// inserted before an event that names none goes to).
     reasoning: Option<(String, u64)>,
@@ -550,6 +589,19 @@ impl Transcript {
             let (id, _) = message_item(chunk.tree().map(|v| &*v));
             self.item(&id).push_str(&inserted);
             self.diverged = true;
+        }
+        if chunk.event_name() == Some(ARGUMENTS_DELTA) {
+            // A call's arguments, whole (Ollama sends them in one delta).
+            let id = chunk
+                .tree()
+                .and_then(|v| v.get("item_id"))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            let sent = chunk.tool_arguments().unwrap_or("").to_owned();
+            entry(&mut self.calls, &id).push_str(&sent);
+            self.calls_diverged |= chunk.tool_arguments_edited();
+            return;
         }
         let is_thought = if self.thoughts_diverged {
             chunk.thinking().is_some()
@@ -608,11 +660,12 @@ impl Transcript {
                 name @ ("response.output_text.done"
                 | "response.content_part.done"
                 | "response.reasoning_summary_text.done"
+                | "response.function_call_arguments.done"
                 | "response.output_item.done"
                 | "response.completed"
                 | "response.incomplete"
                 | "response.failed"),
-            ) if self.diverged || self.thoughts_diverged => {
+            ) if self.diverged || self.thoughts_diverged || self.calls_diverged => {
                 let name = name.to_owned();
                 if let Some(v) = chunk.tree() {
                     self.patch(&name, v);
@@ -678,6 +731,14 @@ impl Transcript {
                     set_text(v, &sent);
                 }
             }
+            "response.function_call_arguments.done" => {
+                if self.calls_diverged {
+                    let sent = sent_of(&self.calls, id.as_deref()).to_owned();
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("arguments".into(), Value::String(sent));
+                    }
+                }
+            }
             "response.output_text.done" | "response.content_part.done" if !text => {}
             "response.output_text.done" => {
                 let text = self.text_of(id.as_deref()).to_owned();
@@ -707,10 +768,17 @@ impl Transcript {
 
     /// A message item: its first `output_text` part gets the text sent, the
     /// others none. A reasoning item: its first `summary_text` part and its
-    /// `encrypted_content` get the thinking sent, the other parts none.
+    /// `encrypted_content` get the thinking sent, the other parts none. A
+    /// function call: its `arguments` as sent.
     fn patch_item(&self, item: &mut Value) {
         let id = item.get("id").and_then(Value::as_str);
         match item.get("type").and_then(Value::as_str) {
+            Some("function_call") if self.calls_diverged => {
+                let sent = sent_of(&self.calls, id).to_owned();
+                if let Some(o) = item.as_object_mut() {
+                    o.insert("arguments".into(), Value::String(sent));
+                }
+            }
             Some("reasoning") if self.thoughts_diverged => {
                 let sent = sent_of(&self.thoughts, id).to_owned();
                 fill_reasoning_item(item, &sent);

@@ -1,5 +1,5 @@
 //! Hand-written plugins for host tests: core modules in WAT that follow the
-//! canonical ABI of `kiln:filter@0.1.0` by hand, with the world embedded the
+//! canonical ABI of `kiln:filter@0.2.0` by hand, with the world embedded the
 //! way wit-bindgen does, so the host componentizes them at load like any
 //! SDK-built plugin.
 //!
@@ -185,8 +185,8 @@ pub fn wat(behaviour: &Behaviour, config_error: Option<&str>) -> String {
         .collect();
     format!(
         r#"(module
-  (import "kiln:filter/host@0.1.0" "monotonic-now" (func $now (result i64)))
-  (import "kiln:filter/host@0.1.0" "config" (func $config (param i32)))
+  (import "kiln:filter/host@0.2.0" "monotonic-now" (func $now (result i64)))
+  (import "kiln:filter/host@0.2.0" "config" (func $config (param i32)))
   (memory (export "memory") 2)
   (global $heap (mut i32) (i32.const 4096))
   (func $realloc (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
@@ -254,12 +254,13 @@ pub fn write_bytes(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 /// stores (discriminant byte, then a string's pointer and length);
 /// `fields` adds module fields (globals, data).
 ///
-/// Flattened, the context and a chunk are 10 i32s each (a chunk: its text
-/// and thinking options, 3 each, raw list, 2, `done`, the 9th, and
-/// `thinking-done`), a completion i32 i32 i64 i64 i32 i32 (outcome, usage
-/// option, headers list).
+/// Flattened, the context is 10 i32s and a chunk 13 (its text and thinking
+/// options, 3 each, raw list, 2, `done`, the 9th, `thinking-done`, and the
+/// tool-arguments option, 3), a completion i32 i32 i64 i64 i32 i32
+/// (outcome, usage option, headers list).
 pub fn response_filter(fields: &str, on_chunk: &str) -> Vec<u8> {
     let params10 = "i32 ".repeat(10);
+    let params13 = "i32 ".repeat(13);
     let wat = format!(
         r#"(module
   (memory (export "memory") 1)
@@ -272,10 +273,10 @@ pub fn response_filter(fields: &str, on_chunk: &str) -> Vec<u8> {
     (local.get $p))
   (func (export "validate-config") (result i32)
     (i32.store8 (i32.const 16) (i32.const 0)) (i32.const 16))
-  (func (export "kiln:filter/response@0.1.0#on-response-start") (param {params10}))
-  (func (export "kiln:filter/response@0.1.0#on-response-chunk") (param {params10}) (result i32)
+  (func (export "kiln:filter/response@0.2.0#on-response-start") (param {params10}))
+  (func (export "kiln:filter/response@0.2.0#on-response-chunk") (param {params13}) (result i32)
     {on_chunk})
-  (func (export "kiln:filter/response@0.1.0#on-response-complete")
+  (func (export "kiln:filter/response@0.2.0#on-response-complete")
     (param i32 i32 i64 i64 i32 i32)))"#
     );
     with_world(&wat, "response-filter")

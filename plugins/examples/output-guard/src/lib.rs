@@ -17,6 +17,12 @@
 //! are two texts: a match cannot span them), released at the latest where
 //! the thinking ends.
 //!
+//! Tool-call arguments reach the client too, and each call comes whole in
+//! one chunk: every string in them (keys included, and numbers, where a
+//! card number may hide) is redacted on its own, so the arguments stay the
+//! JSON the client's tool expects; arguments that are not JSON are redacted
+//! as plain text.
+//!
 //! Token log-probabilities (`logprobs`, `top_logprobs`) name every token the
 //! model wrote, and Ollama sends some of them on an earlier chunk than the
 //! token's text, before any plugin can know the text is to be redacted. So
@@ -206,11 +212,87 @@ pub fn filter_chunk(guards: &mut Guards, chunk: &Chunk) -> ChunkAction {
         Some(text) => through(&mut guards.text, text, chunk.done),
         None => flush(&mut guards.text, chunk, chunk.done),
     };
-    match (text, thinking) {
-        (None, None) => ChunkAction::Pass,
-        (Some(text), None) => ChunkAction::Rewrite(text),
-        (text, thinking) => ChunkAction::RewriteParts { text, thinking },
+    let tool_arguments = chunk
+        .tool_arguments
+        .as_deref()
+        .and_then(|a| redact_arguments(&guards.text, a));
+    match (text, thinking, tool_arguments) {
+        (None, None, None) => ChunkAction::Pass,
+        (Some(text), None, None) => ChunkAction::Rewrite(text),
+        (text, thinking, tool_arguments) => ChunkAction::RewriteParts {
+            text,
+            thinking,
+            tool_arguments,
+        },
     }
+}
+
+/// The tool calls' arguments (one call per line) with every match
+/// redacted, or `None` when nothing matched.
+fn redact_arguments(like: &Guard, arguments: &str) -> Option<String> {
+    let mut changed = false;
+    let lines: Vec<String> = arguments
+        .split('\n')
+        .map(|line| {
+            let redacted = match serde_json::from_str::<serde_json::Value>(line) {
+                Ok(mut v) => redact_json(like, &mut v).then(|| v.to_string()),
+                Err(_) => redact_whole(like, line),
+            };
+            changed |= redacted.is_some();
+            redacted.unwrap_or_else(|| line.to_owned())
+        })
+        .collect();
+    changed.then(|| lines.join("\n"))
+}
+
+/// Redacts every string, key and number in `v`; true when any changed.
+fn redact_json(like: &Guard, v: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => match redact_whole(like, s) {
+            Some(r) => {
+                *s = r;
+                true
+            }
+            None => false,
+        },
+        Value::Number(n) => match redact_whole(like, &n.to_string()) {
+            Some(r) => {
+                *v = Value::String(r);
+                true
+            }
+            None => false,
+        },
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |changed, item| redact_json(like, item) | changed),
+        Value::Object(map) => {
+            let entries = std::mem::take(map);
+            let mut changed = false;
+            for (key, mut value) in entries {
+                changed |= redact_json(like, &mut value);
+                let key = match redact_whole(like, &key) {
+                    Some(k) => {
+                        changed = true;
+                        k
+                    }
+                    None => key,
+                };
+                map.insert(key, value);
+            }
+            changed
+        }
+        Value::Null | Value::Bool(_) => false,
+    }
+}
+
+/// `text`, complete in itself, through a fresh guard: redacted, or `None`
+/// when nothing matched.
+fn redact_whole(like: &Guard, text: &str) -> Option<String> {
+    let mut guard = like.fresh();
+    let mut out = guard.push(text).to_owned();
+    out.push_str(guard.finish());
+    (out != text).then_some(out)
 }
 
 /// `piece` through `guard` (everything held released when `ends`): the
@@ -328,7 +410,8 @@ mod tests {
             filter_chunk(&mut g, &first_text),
             ChunkAction::RewriteParts {
                 text: None,
-                thinking: Some("[REDACTED]".into())
+                thinking: Some("[REDACTED]".into()),
+                tool_arguments: None,
             }
         );
     }
@@ -349,7 +432,8 @@ mod tests {
             filter_chunk(&mut g, &both),
             ChunkAction::RewriteParts {
                 text: Some("ret [REDACTED].".into()),
-                thinking: Some("a [REDACTED], and sec".into())
+                thinking: Some("a [REDACTED], and sec".into()),
+                tool_arguments: None,
             }
         );
     }
@@ -407,6 +491,48 @@ mod tests {
         assert_eq!(
             <OutputGuard as Plugin>::on_request(&allowed, &asks),
             Decision::Allow
+        );
+    }
+
+    #[test]
+    fn tool_call_arguments_are_redacted_and_stay_json() {
+        let c = config(r#"{"patterns":["secret-\\d+"],"pii":true}"#);
+        let mut g = Guards::new(c.guard().unwrap());
+        // Two calls (one line each): a string value, a key, a number.
+        let calls = concat!(
+            r#"{"note":"the code is secret-4242","n":1}"#,
+            "\n",
+            r#"{"secret-7":true,"card":4111111111111111}"#
+        );
+        let ChunkAction::RewriteParts {
+            text: None,
+            thinking: None,
+            tool_arguments: Some(out),
+        } = filter_chunk(&mut g, &Chunk::with_tool_arguments(calls))
+        else {
+            panic!("expected an arguments rewrite");
+        };
+        let lines: Vec<serde_json::Value> = out
+            .split('\n')
+            .map(|l| serde_json::from_str(l).expect("still JSON"))
+            .collect();
+        assert_eq!(lines[0]["note"], "the code is [REDACTED]");
+        assert_eq!(lines[0]["n"], 1);
+        assert_eq!(lines[1]["[REDACTED]"], true);
+        assert_eq!(lines[1]["card"], "[REDACTED]");
+        // Arguments that are not JSON (a piece of a call) are plain text.
+        assert_eq!(
+            filter_chunk(&mut g, &Chunk::with_tool_arguments(r#"{"a":"secret-1"#)),
+            ChunkAction::RewriteParts {
+                text: None,
+                thinking: None,
+                tool_arguments: Some(r#"{"a":"[REDACTED]"#.into()),
+            }
+        );
+        // Nothing to redact: the chunk passes untouched.
+        assert_eq!(
+            filter_chunk(&mut g, &Chunk::with_tool_arguments(r#"{"city":"Paris"}"#)),
+            ChunkAction::Pass
         );
     }
 

@@ -549,3 +549,155 @@ mod thinking_end {
         assert_eq!(marked(OLLAMA_GENERATE, &mut gen_chunks), [false, true]);
     }
 }
+
+/// Each API's tool calls, as Ollama writes them: the chunk and where the
+/// arguments are, so the tests can read them back from what goes out.
+fn tool_call_chunks() -> Vec<(&'static dyn Codec, Kind, String, &'static str)> {
+    let ollama = r#"{"model":"m","message":{"role":"assistant","content":"","tool_calls":[{"id":"call_1","function":{"index":0,"name":"f","arguments":{"q":"secret-4242","n":2}}},{"id":"call_2","function":{"index":1,"name":"g","arguments":{"x":"ok"}}}]},"done":false}"#;
+    let openai_delta = r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":"","tool_calls":[{"id":"call_1","index":0,"type":"function","function":{"name":"f","arguments":"{\"q\":\"secret-4242\",\"n\":2}"}},{"id":"call_2","index":1,"type":"function","function":{"name":"g","arguments":"{\"x\":\"ok\"}"}}]},"finish_reason":null}]}"#;
+    let openai_whole = r#"{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"","tool_calls":[{"id":"call_1","index":0,"type":"function","function":{"name":"f","arguments":"{\"q\":\"secret-4242\",\"n\":2}"}},{"id":"call_2","index":1,"type":"function","function":{"name":"g","arguments":"{\"x\":\"ok\"}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#;
+    let responses_delta = r#"{"delta":"{\"q\":\"secret-4242\",\"n\":2}","item_id":"fc_1_0","output_index":0,"sequence_number":3,"type":"response.function_call_arguments.delta"}"#;
+    let responses_whole = r#"{"id":"resp_1","object":"response","status":"completed","output":[{"id":"fc_1_0","type":"function_call","status":"completed","call_id":"call_1","name":"f","arguments":"{\"q\":\"secret-4242\",\"n\":2}"},{"id":"fc_1_1","type":"function_call","status":"completed","call_id":"call_2","name":"g","arguments":"{\"x\":\"ok\"}"}],"usage":{"input_tokens":1,"output_tokens":2}}"#;
+    let messages_delta = r#"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\"q\":\"secret-4242\",\"n\":2}"}}"#;
+    let messages_whole = r#"{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"tool_use","id":"call_1","name":"f","input":{"q":"secret-4242","n":2}},{"type":"tool_use","id":"call_2","name":"g","input":{"x":"ok"}}],"stop_reason":"tool_use","usage":{"input_tokens":1,"output_tokens":2}}"#;
+    let event = |name: &str, json: &str| format!("event: {name}\ndata: {json}\n\n");
+    vec![
+        (
+            OLLAMA_CHAT,
+            Kind::Line,
+            format!("{ollama}\n"),
+            "/message/tool_calls/0/function/arguments",
+        ),
+        (
+            OLLAMA_CHAT,
+            Kind::Whole,
+            ollama.to_owned(),
+            "/message/tool_calls/0/function/arguments",
+        ),
+        (
+            OPENAI_CHAT,
+            Kind::Event,
+            format!("data: {openai_delta}\n\n"),
+            "/choices/0/delta/tool_calls/0/function/arguments",
+        ),
+        (
+            OPENAI_CHAT,
+            Kind::Whole,
+            openai_whole.to_owned(),
+            "/choices/0/message/tool_calls/0/function/arguments",
+        ),
+        (
+            RESPONSES,
+            Kind::Event,
+            event("response.function_call_arguments.delta", responses_delta),
+            "/delta",
+        ),
+        (
+            RESPONSES,
+            Kind::Whole,
+            responses_whole.to_owned(),
+            "/output/0/arguments",
+        ),
+        (
+            MESSAGES,
+            Kind::Event,
+            event("content_block_delta", messages_delta),
+            "/delta/partial_json",
+        ),
+        (
+            MESSAGES,
+            Kind::Whole,
+            messages_whole.to_owned(),
+            "/content/0/input",
+        ),
+    ]
+}
+
+/// The first call's arguments in a chunk as it goes out, as JSON.
+fn first_arguments(out: &[u8], kind: Kind, at: &str) -> Value {
+    let json = match kind {
+        Kind::Event => crate::framing::sse_data(out).unwrap().into_owned(),
+        _ => out.to_vec(),
+    };
+    let v: Value = serde_json::from_slice(&json).unwrap();
+    match v.pointer(at).unwrap() {
+        Value::String(s) => serde_json::from_str(s).unwrap(),
+        other => other.clone(),
+    }
+}
+
+#[test]
+fn tool_call_arguments_are_a_channel_on_every_api() {
+    for (codec, kind, raw, at) in tool_call_chunks() {
+        let what = format!("{} {kind:?}", codec.name());
+        let mut chunk = Chunk::new(Bytes::from(raw), kind, codec);
+        let args = chunk.tool_arguments().expect(&what).to_owned();
+        let first = args.lines().next().unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(first).unwrap(),
+            serde_json::json!({"q": "secret-4242", "n": 2}),
+            "{what}: {args}"
+        );
+        let calls = args.lines().count();
+        assert_eq!(
+            calls,
+            if kind == Kind::Event && codec.name() != "openai-chat" {
+                1
+            } else {
+                2
+            },
+            "{what}"
+        );
+        // A hook's redaction lands in the call it was read from, the other
+        // call untouched, and the text and thinking are still none.
+        let redacted = args.replace("secret-4242", "[REDACTED]");
+        assert!(chunk.set_tool_arguments(redacted.clone()), "{what}");
+        assert_eq!(chunk.tool_arguments(), Some(redacted.as_str()), "{what}");
+        assert!(chunk.tool_arguments_edited(), "{what}");
+        let mut out = bytes::BytesMut::new();
+        chunk.write_to(&mut out);
+        assert!(
+            chunk.inserted().is_none(),
+            "{what}: arguments are never inserted"
+        );
+        assert!(
+            !out.windows(11).any(|w| w == b"secret-4242"),
+            "{what}: {out:?}"
+        );
+        assert_eq!(
+            first_arguments(&out, kind, at),
+            serde_json::json!({"q": "[REDACTED]", "n": 2}),
+            "{what}"
+        );
+        // Read back from the bytes sent, the channel says what the hook put.
+        let sent = Chunk::new(out.freeze(), kind, codec);
+        assert_eq!(sent.tool_arguments(), Some(redacted.as_str()), "{what}");
+    }
+}
+
+#[test]
+fn arguments_that_are_not_json_go_out_as_a_string_and_chunks_without_calls_refuse_them() {
+    let (codec, kind, raw, at) = tool_call_chunks().remove(0);
+    let mut chunk = Chunk::new(Bytes::from(raw), kind, codec);
+    // One line for two calls: the second call's arguments are emptied.
+    assert!(chunk.set_tool_arguments("not json".into()));
+    let mut out = bytes::BytesMut::new();
+    chunk.write_to(&mut out);
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v.pointer(at).unwrap(), "not json");
+    assert_eq!(
+        v.pointer("/message/tool_calls/1/function/arguments")
+            .unwrap(),
+        ""
+    );
+    let mut text = Chunk::new(
+        Bytes::from_static(
+            b"{\"message\":{\"role\":\"assistant\",\"content\":\"hi\"},\"done\":false}\n",
+        ),
+        Kind::Line,
+        OLLAMA_CHAT,
+    );
+    assert_eq!(text.tool_arguments(), None);
+    assert!(!text.set_tool_arguments("{}".into()));
+    assert!(text.inserted().is_none());
+}
