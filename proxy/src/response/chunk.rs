@@ -17,7 +17,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use memchr::memmem::Finder;
 use serde_json::Value;
 
-use super::codec::{Channel, Codec, Kind, Usage, View, event_lines, frame_event};
+use super::codec::{Channel, Codec, Kind, Usage, View, event_lines, frame_event, object_tree};
 use crate::framing::sse_data;
 
 pub struct Chunk {
@@ -27,6 +27,10 @@ pub struct Chunk {
     /// What the hooks see, read on first use: a chunk every hook passes
     /// without looking is never parsed.
     view: OnceCell<View>,
+    /// The chunk's bytes with each duplicated key once (the last, as JSON
+    /// readers take it), when the codec could read only that form (see
+    /// [`Chunk::view`]); what goes out in place of `raw` then.
+    canonical: OnceCell<Bytes>,
     /// The chunk's JSON as a tree, built only to rewrite it; `None` when it
     /// is not a JSON object (`[DONE]`, comments) or not built yet.
     tree: Option<Value>,
@@ -57,6 +61,7 @@ impl Chunk {
             kind,
             codec,
             view: OnceCell::new(),
+            canonical: OnceCell::new(),
             tree: None,
             changed: false,
             done_mark: None,
@@ -87,10 +92,50 @@ impl Chunk {
 
     fn view(&self) -> &View {
         self.view.get_or_init(|| {
-            self.data()
-                .map(|d| self.codec.read(&d, self.kind))
-                .unwrap_or_default()
+            let Some(data) = self.data() else {
+                return View::default();
+            };
+            let view = self.codec.read(&data, self.kind);
+            if view != View::default() {
+                return view;
+            }
+            // Nothing of the API's read, yet it may be JSON with a key twice
+            // (which the typed reading refuses and clients read last-wins)
+            // or bytes that are not UTF-8: Go writes neither, something
+            // posing as Ollama could. Then the hooks read, and the client
+            // gets, the form of `object_tree`. Only chunks that read as
+            // nothing pay for the check.
+            let Some(tree) = object_tree(&data) else {
+                return view;
+            };
+            let json = serde_json::to_vec(&tree).unwrap_or_default();
+            let canonical = self.codec.read(&json, self.kind);
+            if canonical == view {
+                return view;
+            }
+            let _ = self.canonical.set(self.framed(&json));
+            canonical
         })
+    }
+
+    /// `json` framed as this chunk is: a line, an event with this chunk's
+    /// `event:` lines, a body (with the line end it came with).
+    fn framed(&self, json: &[u8]) -> Bytes {
+        let mut out = Vec::with_capacity(json.len() + 8);
+        match self.kind {
+            Kind::Line => {
+                out.extend_from_slice(json);
+                out.push(b'\n');
+            }
+            Kind::Event => frame_event(&mut out, event_lines(&self.raw), json),
+            Kind::Whole => {
+                out.extend_from_slice(json);
+                if self.raw.ends_with(b"\n") {
+                    out.push(b'\n');
+                }
+            }
+        }
+        Bytes::from(out)
     }
 
     /// True when the chunk's bytes (as they came) contain the `finder`'s needle.
@@ -101,10 +146,7 @@ impl Chunk {
     /// The tree of the chunk's JSON, built on first use.
     pub(super) fn tree(&mut self) -> Option<&mut Value> {
         if self.tree.is_none() {
-            self.tree = self
-                .data()
-                .and_then(|d| serde_json::from_slice::<Value>(&d).ok())
-                .filter(Value::is_object);
+            self.tree = self.data().and_then(|d| object_tree(&d));
         }
         self.tree.as_mut()
     }
@@ -218,26 +260,11 @@ impl Chunk {
     /// chunk inserted before it.
     pub fn raw(&self) -> Bytes {
         let Some(v) = self.tree.as_ref().filter(|_| self.changed) else {
-            return self.raw.clone();
+            return self.canonical.get().unwrap_or(&self.raw).clone();
         };
         // Serializing a Value cannot fail; keys come out sorted (serde_json
         // has no order-preserving map here), which JSON readers ignore.
-        let json = serde_json::to_vec(v).unwrap_or_default();
-        let mut out = Vec::with_capacity(json.len() + 8);
-        match self.kind {
-            Kind::Line => {
-                out.extend_from_slice(&json);
-                out.push(b'\n');
-            }
-            Kind::Event => frame_event(&mut out, event_lines(&self.raw), &json),
-            Kind::Whole => {
-                out.extend_from_slice(&json);
-                if self.raw.ends_with(b"\n") {
-                    out.push(b'\n');
-                }
-            }
-        }
-        Bytes::from(out)
+        self.framed(&serde_json::to_vec(v).unwrap_or_default())
     }
 
     /// Replaces the generated text. A chunk with no place for text (a usage
@@ -291,8 +318,7 @@ impl Chunk {
             self.view = OnceCell::from(view);
             return true;
         }
-        self.insert_before(channel, value);
-        true
+        self.insert_before(channel, value)
     }
 
     /// The tool calls' arguments, rewritten in the tree: they are JSON (an
@@ -320,6 +346,9 @@ impl Chunk {
     /// gives the new value and nothing else changed; otherwise (a missing
     /// field, a look-alike key) the tree does it.
     fn splice(&mut self, channel: Channel, value: &str) -> bool {
+        if self.canonical.get().is_some() {
+            return false; // the bytes as they came are not what was read
+        }
         let Some(key) = self.codec.splice_key(channel, self.kind) else {
             return false;
         };
@@ -337,8 +366,14 @@ impl Chunk {
         true
     }
 
-    /// Puts `value` of `channel` in chunks of the API sent before this one.
-    fn insert_before(&mut self, channel: Channel, value: String) {
+    /// Puts `value` of `channel` in chunks of the API sent before this one;
+    /// `false` when the API has no chunk to carry it there (a whole body).
+    fn insert_before(&mut self, channel: Channel, value: String) -> bool {
+        if self.kind == Kind::Whole {
+            // One body: there is no "before" (its text has one place, which
+            // `place` takes when the body is an answer).
+            return false;
+        }
         self.joined[channel.index()]
             .get_or_insert_with(String::new)
             .push_str(&value);
@@ -347,7 +382,9 @@ impl Chunk {
         let bytes = self
             .codec
             .synthesize(near, self.kind, channel, &self.pieces[channel.index()]);
+        let carried = !bytes.is_empty();
         self.set_inserted(channel, bytes);
+        carried
     }
 
     /// Replaces the bytes of what goes before this chunk for `channel`

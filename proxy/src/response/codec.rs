@@ -528,7 +528,7 @@ pub fn splice_string(raw: &[u8], key: &[u8], text: &str) -> Option<Vec<u8>> {
 /// lines tell the calls apart. Parses the chunk again: read only for chunks
 /// that carry tool calls.
 pub fn arguments_text(codec: &dyn Codec, json: &[u8], kind: Kind) -> Option<String> {
-    let mut v: Value = serde_json::from_slice(json).ok()?;
+    let mut v = object_tree(json)?;
     let slots = codec.tool_arguments(&mut v, kind);
     if slots.is_empty() {
         return None;
@@ -541,6 +541,17 @@ pub fn arguments_text(codec: &dyn Codec, json: &[u8], kind: Kind) -> Option<Stri
         })
         .collect();
     Some(lines.join("\n"))
+}
+
+/// The JSON object in `data` as a tree: a key twice is the last one, as
+/// JSON readers take it, and bytes that are not UTF-8 become U+FFFD (the
+/// typed readings skip the fields they do not name unchecked), so a chunk
+/// reads — and a rewrite lands — the same however odd its bytes.
+pub fn object_tree(data: &[u8]) -> Option<Value> {
+    serde_json::from_slice::<Value>(data)
+        .or_else(|_| serde_json::from_str(&String::from_utf8_lossy(data)))
+        .ok()
+        .filter(Value::is_object)
 }
 
 /// Writes `text` (see [`arguments_text`]) back into `slots`: line `i` to
@@ -602,12 +613,16 @@ pub fn frame(kind: Kind, json: &[u8]) -> Vec<u8> {
 /// `id:`…), kept when the data is rewritten: the event APIs name every
 /// event there, and their clients dispatch on it.
 pub fn event_lines(raw: &[u8]) -> &[u8] {
+    // Lines end at `\n` or `\r`, as `framing::sse_data` reads them.
     let mut at = 0;
     while at < raw.len() && !raw[at..].starts_with(b"data") {
-        match memchr::memchr(b'\n', &raw[at..]) {
+        match memchr::memchr2(b'\n', b'\r', &raw[at..]) {
             Some(n) => at += n + 1,
             None => return &[],
         }
+    }
+    if at >= raw.len() {
+        return &[]; // no data line: nothing before it to keep
     }
     &raw[..at]
 }

@@ -55,6 +55,15 @@ impl Codec for Messages {
         let Some(p) = typed::<Peek>(json) else {
             return View::default();
         };
+        // Only a message has text where `place` puts it.
+        if kind == Kind::Whole && p.kind.as_str() != Some("message") {
+            return View {
+                done: true,
+                thinking_done: true,
+                usage: p.usage.0.as_ref().map(Tokens::usage),
+                ..View::default()
+            };
+        }
         if kind == Kind::Whole {
             let tool_calls = p
                 .content

@@ -70,7 +70,9 @@ struct Peek<'a> {
     /// The response object of the lifecycle events.
     #[serde(borrow, default)]
     response: Obj<WithUsage<'a>>,
-    /// Whole body.
+    /// Whole body: `"object": "response"` and its items.
+    #[serde(borrow, default)]
+    object: Scalar<'a>,
     #[serde(borrow, default)]
     output: List<OutputItem<'a>>,
     #[serde(borrow, default)]
@@ -173,6 +175,15 @@ impl Codec for Responses {
             return View::default();
         };
         if kind == Kind::Whole {
+            // Only a response object has text where `place` puts it.
+            if p.object.as_str() != Some("response") {
+                return View {
+                    done: true,
+                    thinking_done: true,
+                    usage: p.usage.0.as_ref().map(Tokens::usage),
+                    ..View::default()
+                };
+            }
             let items = |kind: &'static str| {
                 p.output
                     .0

@@ -941,3 +941,19 @@ mod events {
         assert_eq!(Usage::merged(start.usage(), ollama), ollama);
     }
 }
+
+/// A key twice (which Go never writes, and something posing as Ollama
+/// could): the hooks read what clients read, the last one, and the client
+/// gets that form, so text no hook saw cannot reach it.
+#[test]
+fn a_duplicated_key_reads_as_clients_read_it() {
+    let raw = "{\"model\":\"m\",\"response\":\"hidden\",\"done\":false,\"response\":\"shown\"}\n";
+    let c = Chunk::new(Bytes::from(raw), Kind::Line, OLLAMA_GENERATE);
+    assert_eq!(c.text(), Some("shown"));
+    let out = c.raw();
+    assert!(!out.windows(6).any(|w| w == b"hidden"), "{out:?}");
+    let mut c = Chunk::new(Bytes::from(raw), Kind::Line, OLLAMA_GENERATE);
+    assert!(c.set_text("[REDACTED]".into()));
+    let v: serde_json::Value = serde_json::from_slice(&c.raw()).unwrap();
+    assert_eq!(v["response"], "[REDACTED]");
+}
