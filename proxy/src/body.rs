@@ -6,7 +6,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::body::Incoming;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ReqBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -30,11 +29,11 @@ pub enum ReadError {
 
 /// Reads a whole (small, inference) request body: at most `limit` bytes,
 /// with at most `idle` between pieces, so a slow client cannot hold a slot.
-pub async fn read_limited(
-    mut body: Incoming,
-    limit: usize,
-    idle: Duration,
-) -> Result<Bytes, ReadError> {
+pub async fn read_limited<B>(mut body: B, limit: usize, idle: Duration) -> Result<Bytes, ReadError>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let mut buf = BytesMut::new();
     loop {
         let frame = match tokio::time::timeout(idle, body.frame()).await {

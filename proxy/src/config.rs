@@ -58,6 +58,17 @@ pub struct Config {
     pub plugins: Vec<PluginSpec>,
     /// Where plugins' `counter-add` counts (see [`CountersConfig`]).
     pub counters: CountersConfig,
+    pub gemini: GeminiConfig,
+}
+
+/// The Gemini API (`/v1beta/models/…`): Gemini-style model names the
+/// clients use, mapped to the Ollama models that answer them.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeminiConfig {
+    /// e.g. `{ "gemma-3-4b-it" = "gemma3:4b" }`; env
+    /// `KILN_GEMINI_ALIASES="gemma-3-4b-it=gemma3:4b,…"`.
+    pub aliases: std::collections::BTreeMap<String, String>,
 }
 
 /// Single-container mode: the proxy runs and supervises `ollama serve`.
@@ -119,6 +130,7 @@ impl Default for Config {
             limits: Limits::default(),
             plugins: Vec::new(),
             counters: CountersConfig::default(),
+            gemini: GeminiConfig::default(),
         }
     }
 }
@@ -218,6 +230,7 @@ const ENV_KEYS: &[&str] = &[
     "KILN_LIMITS_MAX_OTHER_IN_FLIGHT",
     "KILN_LIMITS_PLUGIN_MAX_BODY_BYTES",
     "KILN_LIMITS_PLUGIN_MAX_JSON_VALUES",
+    "KILN_GEMINI_ALIASES",
 ];
 
 impl Config {
@@ -248,7 +261,7 @@ impl Config {
                         // `limits.*` and `ollama.*` are tables; the rest are top-level keys.
                         let key = k["KILN_".len()..].to_ascii_lowercase();
                         match key.split_once('_') {
-                            Some((table @ ("limits" | "ollama"), rest)) => {
+                            Some((table @ ("limits" | "ollama" | "gemini"), rest)) => {
                                 format!("{table}.{rest}")
                             }
                             _ => key,
@@ -322,6 +335,21 @@ impl Config {
         }
         if let Some((_, v)) = get("KILN_OLLAMA_PRELOAD") {
             self.ollama.preload = list(&v);
+        }
+        if let Some((k, v)) = get("KILN_GEMINI_ALIASES") {
+            self.gemini.aliases = list(&v)
+                .iter()
+                .map(|pair| match pair.split_once('=') {
+                    Some((a, m)) if !a.trim().is_empty() && !m.trim().is_empty() => {
+                        Ok((a.trim().to_string(), m.trim().to_string()))
+                    }
+                    _ => Err(bad(
+                        &k,
+                        &v,
+                        "expected ALIAS=MODEL,… e.g. gemma-3-4b-it=gemma3:4b",
+                    )),
+                })
+                .collect::<Result<_, _>>()?;
         }
         if let Some((_, v)) = get("KILN_OLLAMA_COMMAND") {
             self.ollama.command = v.into();

@@ -12,6 +12,7 @@ pub mod counters_config;
 pub mod decompress;
 pub mod filter;
 pub mod framing;
+pub mod gemini;
 pub mod headers;
 pub mod local;
 pub mod logging;

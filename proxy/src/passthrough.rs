@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 
 use crate::body::BoxError;
 use crate::response::{Codec, Kind, Usage};
@@ -14,7 +14,7 @@ use crate::response_body::{COALESCE_MAX, Framing, OnEnd, Outcome, Tracker};
 
 /// Ollama's response, passed through frame by frame.
 pub struct Passthrough<E: OnEnd> {
-    inner: Incoming,
+    inner: crate::body::RespBody,
     framing: Framing,
     tracker: Tracker<E>,
     /// The token counts, for routes whose answers a codec reads.
@@ -41,7 +41,7 @@ enum State {
 impl<E: OnEnd> Passthrough<E> {
     /// `codec`: the route's, which reads the token counts.
     pub fn new(
-        inner: Incoming,
+        inner: crate::body::RespBody,
         framing: Framing,
         codec: Option<&'static dyn Codec>,
         tracker: Tracker<E>,

@@ -73,11 +73,10 @@ pub async fn handle(
         request_id: headers::request_id(req.headers()),
         trace: headers::trace_id(req.headers()),
         method: req.method().clone(),
-        path_and_query: req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string(),
+        // Gemini clients may send their API key as `?key=`: never logged.
+        path_and_query: crate::gemini::redact_key(
+            req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        ),
         route: "unknown",
         user_agent: header_str(req.headers(), header::USER_AGENT).to_string(),
         remote,
@@ -150,6 +149,17 @@ async fn run(
     // The client's hop-by-hop headers go before any plugin runs, so that a
     // `Connection` header cannot later name (and strip) a header a plugin added.
     headers::strip_hop_by_hop(&mut parts.headers);
+    if route.style == ApiStyle::Gemini {
+        // Google reads `?key=` as `x-goog-api-key`: so do the plugins, which
+        // see headers, not the query (the query is never forwarded).
+        let key = crate::gemini::query_key(parts.uri.query());
+        if let Some(key) = key.and_then(|k| HeaderValue::from_str(&k).ok()) {
+            parts.headers.entry(GOOG_API_KEY).or_insert(key);
+        }
+    }
+    if route.label == "gemini_models" {
+        return gemini_models(state, ctx, route, parts).await;
+    }
     if route.inference {
         inference(state, ctx, route, parts, body).await
     } else {
@@ -167,15 +177,51 @@ async fn inference(
     // Stage: read.
     let mut parts = parts;
     let (body, _reserved) = read_body(state, ctx, route, &mut parts.headers, body).await?;
-    // Stage: view.
-    let view = parse_view(state, ctx, route.kind, &body)?;
+    // Stage: view. A Gemini request names its model in the path.
+    let gemini = route
+        .kind
+        .is_gemini()
+        .then(|| crate::gemini::call(parts.uri.path()))
+        .flatten()
+        .map(|(model, method)| {
+            let model = crate::gemini::resolve(&state.config.gemini.aliases, &model);
+            (model, method)
+        });
+    let view = match &gemini {
+        Some((model, method)) => gemini_view(state, ctx, route.kind, model, *method, &body)?,
+        None => parse_view(state, ctx, route.kind, &body)?,
+    };
     // Stage: filter.
     let model = Some(view.model.clone());
     let (headers, pairs, rewritten) = filter(state, ctx, route.kind, &parts, &body, model).await?;
     // A filter rewrote the body: the typed view must describe what Ollama will see.
-    let (view, body) = match rewritten {
-        Some(b) => (parse_view(state, ctx, route.kind, &b)?, b),
-        None => (view, body),
+    let (view, body) = match (rewritten, &gemini) {
+        (Some(b), Some((model, method))) => {
+            (gemini_view(state, ctx, route.kind, model, *method, &b)?, b)
+        }
+        (Some(b), None) => (parse_view(state, ctx, route.kind, &b)?, b),
+        (None, _) => (view, body),
+    };
+    // Stage: translate. A Gemini body becomes Ollama's, after the plugins.
+    let mut target = ctx.path_and_query.clone();
+    let mut plan = None;
+    let body = match &gemini {
+        None => body,
+        Some((model, method)) => {
+            let up = match crate::gemini::request::translate(*method, model, &body) {
+                Ok(up) => up,
+                Err(msg) => return Err(reject(state, ctx, 400, &msg, "bad_request", &[])),
+            };
+            target = up.path.to_string();
+            plan = Some(crate::gemini::answer::Plan {
+                method: *method,
+                sse: crate::gemini::wants_sse(parts.uri.query()),
+                include_thoughts: up.include_thoughts,
+                model: model.clone(),
+                response_id: ctx.request_id.to_str().unwrap_or("").to_owned(),
+            });
+            Bytes::from(up.body)
+        }
     };
     // Stage: admit.
     let (permit, waited) = match state.admission.admit().await {
@@ -221,14 +267,138 @@ async fn inference(
     forward(
         state,
         ctx,
+        &target,
         parts,
         headers,
         body::full(body),
         Some(Slot::Admitted(permit)),
-        Reader { codec, response },
+        Reader {
+            codec,
+            response,
+            gemini: plan,
+        },
     )
     .await
 }
+
+/// The view of a Gemini request: the model from the path (aliases
+/// resolved), streaming from the method; the body must be a JSON object
+/// (its fields are read when it is translated, after the plugins).
+fn gemini_view(
+    state: &Arc<AppState>,
+    ctx: &mut Ctx,
+    kind: RouteKind,
+    model: &str,
+    method: crate::gemini::Method,
+    body: &[u8],
+) -> Result<InferenceView, Early> {
+    let object = serde_json::from_slice::<serde_json::Value>(body).map(|v| v.is_object());
+    if !matches!(object, Ok(true)) {
+        let msg = "Invalid JSON payload received: the body must be a JSON object";
+        return Err(reject(state, ctx, 400, msg, "bad_request", &[]));
+    }
+    ctx.model = Some(model.to_string());
+    Ok(InferenceView {
+        route: kind,
+        model: model.to_string(),
+        stream: method == crate::gemini::Method::StreamGenerate,
+        options: None,
+        keep_alive: None,
+    })
+}
+
+/// `GET models` and `GET models/{m}` of the Gemini API, from Ollama's
+/// `/api/tags` (small: read whole, under `limits.max_body_bytes`).
+async fn gemini_models(
+    state: &Arc<AppState>,
+    ctx: &mut Ctx,
+    route: Route,
+    parts: http::request::Parts,
+) -> Result<Response<RespBody>, Early> {
+    let Ok(_slot) = state.other_slots.clone().try_acquire_owned() else {
+        let msg = "server busy: too many non-inference requests (limits.max_other_in_flight); retry shortly";
+        let retry = [("retry-after".to_string(), "1".to_string())];
+        return Err(reject(state, ctx, 429, msg, "other_busy", &retry));
+    };
+    let wanted = crate::gemini::models_path(parts.uri.path()).flatten();
+    let (mut headers, ..) = filter(state, ctx, route.kind, &parts, &Bytes::new(), None).await?;
+    let up = &state.upstream;
+    headers::for_upstream(
+        &mut headers,
+        up.authority(),
+        &state.config.allowed_origins,
+        &ctx.request_id,
+    );
+    headers.remove(GOOG_API_KEY);
+    let uri = up
+        .uri("/api/tags")
+        .map_err(|e| reject(state, ctx, 500, &e.to_string(), "bad_request", &[]))?;
+    let mut req = Request::new(body::full(Bytes::new()));
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    let resp = match tokio::time::timeout_at(ctx.deadline, up.send(req)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            state.metrics.upstream_error();
+            return Err(reject(
+                state,
+                ctx,
+                502,
+                &e.to_string(),
+                "upstream_unreachable",
+                &[],
+            ));
+        }
+        Err(_) => {
+            state.metrics.upstream_error();
+            let msg = "Ollama did not answer within limits.request_timeout_s";
+            return Err(reject(state, ctx, 504, msg, "upstream_timeout", &[]));
+        }
+    };
+    let status = resp.status().as_u16();
+    let limits = &state.config.limits;
+    let tags = body::read_limited(
+        resp.into_body(),
+        limits.max_body_bytes,
+        state.config.idle_timeout(),
+    )
+    .await
+    .map_err(|e| {
+        reject(
+            state,
+            ctx,
+            502,
+            &format!("Ollama's model list broke off: {e}"),
+            "upstream_broke",
+            &[],
+        )
+    })?;
+    if status != 200 {
+        let msg = format!(
+            "Ollama answered {status} to its model list: {}",
+            String::from_utf8_lossy(&tags)
+        );
+        return Err(reject(state, ctx, 502, &msg, "upstream_error", &[]));
+    }
+    let (status, out) =
+        crate::gemini::models::answer(&state.config.gemini.aliases, wanted.as_deref(), &tags);
+    state
+        .metrics
+        .request(ctx.route, status, ctx.start.elapsed());
+    access_log(ctx, status, out.len() as u64, Outcome::Completed, None);
+    let mut resp = Response::new(body::full(out));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    h.insert(headers::REQUEST_ID, ctx.request_id.clone());
+    Ok(resp)
+}
+
+/// Gemini's API-key header (`?key=` is read as it).
+const GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
 
 fn parse_view(
     state: &Arc<AppState>,
@@ -339,10 +509,17 @@ async fn other(
     let reader = Reader {
         codec: None,
         response: None,
+        gemini: None,
     };
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
     forward(
         state,
         ctx,
+        &target,
         parts,
         headers,
         body,
@@ -396,12 +573,16 @@ async fn filter(
 struct Reader {
     codec: Option<&'static dyn crate::response::Codec>,
     response: Option<crate::response::Armed>,
+    /// A Gemini request: Ollama's answer is translated back.
+    gemini: Option<crate::gemini::answer::Plan>,
 }
 
 /// Stage: forward, then respond.
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     state: &Arc<AppState>,
     ctx: &mut Ctx,
+    target: &str,
     parts: http::request::Parts,
     mut headers: HeaderMap,
     body: body::ReqBody,
@@ -415,7 +596,7 @@ async fn forward(
         &state.config.allowed_origins,
         &ctx.request_id,
     );
-    let uri = up.uri(&ctx.path_and_query).map_err(|e| {
+    let uri = up.uri(target).map_err(|e| {
         reject(
             state,
             ctx,
@@ -453,11 +634,60 @@ async fn forward(
     };
     state.metrics.first_byte(ctx.route, ctx.start.elapsed());
     let (mut rparts, rbody) = resp.into_parts();
+    let mut rbody: RespBody = rbody.map_err(body::BoxError::from).boxed_unsync();
     headers::strip_hop_by_hop(&mut rparts.headers);
     rparts
         .headers
         .insert(headers::REQUEST_ID, ctx.request_id.clone());
-    if let Some(armed) = reader.response {
+    // A JSON array (`streamGenerateContent` without `alt=sse`) is made
+    // from the SSE events after every response stage.
+    let mut to_array = false;
+    if let Some(plan) = &reader.gemini {
+        let status = rparts.status.as_u16();
+        let ct = HeaderValue::from_static(plan.content_type(status));
+        rparts.headers.insert(header::CONTENT_TYPE, ct);
+        rparts.headers.remove(header::CONTENT_LENGTH);
+        to_array =
+            status == 200 && plan.method == crate::gemini::Method::StreamGenerate && !plan.sse;
+        let max = state.config.limits.max_body_bytes;
+        rbody = plan.translate(status, rbody, max).boxed_unsync();
+    }
+    let resp = respond(
+        state,
+        ctx,
+        rparts,
+        rbody,
+        slot,
+        reader.codec,
+        reader.response,
+    )
+    .await;
+    if !to_array {
+        return Ok(resp);
+    }
+    let (mut parts, body) = resp.into_parts();
+    if parts.status == StatusCode::OK {
+        let json = HeaderValue::from_static("application/json; charset=utf-8");
+        parts.headers.insert(header::CONTENT_TYPE, json);
+        let max = state.config.limits.max_body_bytes;
+        let body = crate::gemini::answer::ToArray::new(body, max).boxed_unsync();
+        return Ok(Response::from_parts(parts, body));
+    }
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Stage: respond. Through the response hooks when they look at this
+/// answer, else passed through.
+async fn respond(
+    state: &Arc<AppState>,
+    ctx: &mut Ctx,
+    rparts: http::response::Parts,
+    rbody: RespBody,
+    slot: Option<Slot>,
+    codec: Option<&'static dyn crate::response::Codec>,
+    response: Option<crate::response::Armed>,
+) -> Response<RespBody> {
+    if let Some(armed) = response {
         // Stage: response filter (response plugins).
         let limits = crate::response::respond::Limits {
             style: ctx.style,
@@ -467,7 +697,7 @@ async fn forward(
         };
         let (state, ctx) = (state.clone(), take_ctx(ctx));
         let end = move |status| Access { state, ctx, status };
-        return Ok(armed.respond(rparts, rbody, limits, slot, end).await);
+        return armed.respond(rparts, rbody, limits, slot, end).await;
     }
     let framing = Framing::of_content_type(
         rparts
@@ -482,8 +712,8 @@ async fn forward(
     };
     let (style, deadline) = (end.ctx.style, end.ctx.deadline);
     let tracker = Tracker::new(deadline, state.config.idle_timeout(), style, slot, end);
-    let body = Passthrough::new(rbody, framing, reader.codec, tracker);
-    Ok(Response::from_parts(rparts, body.boxed_unsync()))
+    let body = Passthrough::new(rbody, framing, codec, tracker);
+    Response::from_parts(rparts, body.boxed_unsync())
 }
 
 /// An answer the proxy gives itself, in the client's error format.

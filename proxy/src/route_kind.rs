@@ -18,11 +18,19 @@ pub enum RouteKind {
     /// `/v1/messages`: Anthropic Messages body (`messages`, top-level
     /// `system`, `max_tokens`).
     AnthropicMessages,
+    /// Gemini's `models/{model}:generateContent` and
+    /// `:streamGenerateContent`: `contents`, `systemInstruction`,
+    /// `generationConfig.maxOutputTokens`; the model is in the path.
+    GeminiGenerate,
+    /// Gemini's `:countTokens`.
+    GeminiCountTokens,
+    /// Gemini's `:embedContent` and `:batchEmbedContents`.
+    GeminiEmbed,
 }
 
 impl RouteKind {
     /// Every kind: the inference kinds, then `Other`.
-    pub const ALL: [RouteKind; 9] = [
+    pub const ALL: [RouteKind; 12] = [
         RouteKind::OllamaGenerate,
         RouteKind::OllamaChat,
         RouteKind::OllamaEmbed,
@@ -31,6 +39,9 @@ impl RouteKind {
         RouteKind::OpenaiEmbeddings,
         RouteKind::OpenaiResponses,
         RouteKind::AnthropicMessages,
+        RouteKind::GeminiGenerate,
+        RouteKind::GeminiCountTokens,
+        RouteKind::GeminiEmbed,
         RouteKind::Other,
     ];
 
@@ -43,6 +54,15 @@ impl RouteKind {
                 | RouteKind::OpenaiCompletions
                 | RouteKind::OpenaiEmbeddings
                 | RouteKind::OpenaiResponses
+        )
+    }
+
+    /// True for Gemini's routes, whose model is named in the path and whose
+    /// bodies the proxy translates to Ollama's after the request plugins.
+    pub fn is_gemini(self) -> bool {
+        matches!(
+            self,
+            RouteKind::GeminiGenerate | RouteKind::GeminiCountTokens | RouteKind::GeminiEmbed
         )
     }
 }

@@ -20,6 +20,9 @@ pub enum ApiStyle {
     /// (Anthropic's format, which Ollama uses there: anthropic.NewError);
     /// streamed, an `error` event.
     Anthropic,
+    /// Google's `{"error":{"code":…,"message":…,"status":…}}` on the Gemini
+    /// API (`/v1beta/…`, `/v1/models/…:generateContent`…).
+    Gemini,
 }
 
 impl ApiStyle {
@@ -28,6 +31,10 @@ impl ApiStyle {
     pub fn of_unknown(path: &str) -> ApiStyle {
         if path.trim_end_matches('/') == "/v1/messages" {
             ApiStyle::Anthropic
+        } else if path.starts_with("/v1beta/")
+            || path.contains(':') && path.starts_with("/v1/models/")
+        {
+            ApiStyle::Gemini
         } else if path.starts_with("/v1/") {
             ApiStyle::OpenAi
         } else {
@@ -87,7 +94,7 @@ fn inference(
 /// Looks up the route of a path (no query). `None` for paths Ollama does not
 /// serve: the proxy answers those itself with 404, so nothing unknown reaches Ollama.
 pub fn classify(path: &str) -> Option<Route> {
-    use ApiStyle::{Anthropic, Ollama, OpenAi};
+    use ApiStyle::{Anthropic, Gemini, Ollama, OpenAi};
     use RouteKind::*;
     let models = Route {
         style: OpenAi,
@@ -141,6 +148,33 @@ pub fn classify(path: &str) -> Option<Route> {
             Anthropic,
             Some(response::MESSAGES),
         ),
+        p if crate::gemini::call(p).is_some() => {
+            use crate::gemini::Method;
+            let (_, method) = crate::gemini::call(p)?;
+            match method {
+                Method::Generate => inference(
+                    "gemini_generate",
+                    GeminiGenerate,
+                    Gemini,
+                    Some(response::GEMINI),
+                ),
+                Method::StreamGenerate => inference(
+                    "gemini_stream_generate",
+                    GeminiGenerate,
+                    Gemini,
+                    Some(response::GEMINI),
+                ),
+                Method::CountTokens => {
+                    inference("gemini_count_tokens", GeminiCountTokens, Gemini, None)
+                }
+                Method::Embed => inference("gemini_embed", GeminiEmbed, Gemini, None),
+                Method::BatchEmbed => inference("gemini_batch_embed", GeminiEmbed, Gemini, None),
+            }
+        }
+        p if crate::gemini::models_path(p).is_some() => Route {
+            style: Gemini,
+            ..other("gemini_models", GET)
+        },
         "/v1/models" => models,
         p if one_segment_after(p, "/v1/models/") => models,
         _ => return None,
@@ -234,6 +268,7 @@ pub fn error_body(style: ApiStyle, status: u16, message: &str) -> Vec<u8> {
             };
             serde_json::json!({"type": "error", "error": {"type": kind, "message": message}})
         }
+        ApiStyle::Gemini => crate::gemini::error_json(status, message),
     };
     serde_json::to_vec(&v).unwrap_or_default()
 }

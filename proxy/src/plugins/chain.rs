@@ -238,6 +238,9 @@ fn route_kind(r: wit::RouteKind) -> RouteKind {
         wit::RouteKind::Other => RouteKind::Other,
         wit::RouteKind::OpenaiResponses => RouteKind::OpenaiResponses,
         wit::RouteKind::AnthropicMessages => RouteKind::AnthropicMessages,
+        wit::RouteKind::GeminiGenerate => RouteKind::GeminiGenerate,
+        wit::RouteKind::GeminiCountTokens => RouteKind::GeminiCountTokens,
+        wit::RouteKind::GeminiEmbed => RouteKind::GeminiEmbed,
     }
 }
 
@@ -252,6 +255,9 @@ pub(super) fn wit_route(r: RouteKind) -> wit::RouteKind {
         RouteKind::Other => wit::RouteKind::Other,
         RouteKind::OpenaiResponses => wit::RouteKind::OpenaiResponses,
         RouteKind::AnthropicMessages => wit::RouteKind::AnthropicMessages,
+        RouteKind::GeminiGenerate => wit::RouteKind::GeminiGenerate,
+        RouteKind::GeminiCountTokens => wit::RouteKind::GeminiCountTokens,
+        RouteKind::GeminiEmbed => wit::RouteKind::GeminiEmbed,
     }
 }
 

@@ -21,6 +21,17 @@ const NAMES: &[(&str, &[RouteKind])] = &[
     ("openai-embeddings", &[RouteKind::OpenaiEmbeddings]),
     ("openai-responses", &[RouteKind::OpenaiResponses]),
     ("anthropic-messages", &[RouteKind::AnthropicMessages]),
+    (
+        "gemini",
+        &[
+            RouteKind::GeminiGenerate,
+            RouteKind::GeminiCountTokens,
+            RouteKind::GeminiEmbed,
+        ],
+    ),
+    ("gemini-generate", &[RouteKind::GeminiGenerate]),
+    ("gemini-count-tokens", &[RouteKind::GeminiCountTokens]),
+    ("gemini-embed", &[RouteKind::GeminiEmbed]),
     ("other", &[RouteKind::Other]),
 ];
 
@@ -39,6 +50,9 @@ const INFERENCE: &[RouteKind] = &[
     RouteKind::OpenaiEmbeddings,
     RouteKind::OpenaiResponses,
     RouteKind::AnthropicMessages,
+    RouteKind::GeminiGenerate,
+    RouteKind::GeminiCountTokens,
+    RouteKind::GeminiEmbed,
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq)]

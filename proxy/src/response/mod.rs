@@ -9,9 +9,10 @@
 //! Split by what varies — one codec per API — and what does not:
 //! - `codec`: the [`Codec`] trait every API implements, the normalized
 //!   [`codec::View`] of a chunk, and what the codecs share.
-//! - `ollama`, `openai`, `responses`, `messages`: the codecs (Ollama's
-//!   generate and chat; OpenAI chat and completions; OpenAI Responses;
-//!   Anthropic Messages), each with its own per-answer state.
+//! - `ollama`, `openai`, `responses`, `messages`, `gemini`: the codecs
+//!   (Ollama's generate and chat; OpenAI chat and completions; OpenAI
+//!   Responses; Anthropic Messages; Gemini's generateContent, as the proxy
+//!   translates it), each with its own per-answer state.
 //! - `chunk`: one chunk of any API, read and rewritten through its codec.
 //! - `answer`: one answer's chunks through the hooks, format-blind.
 //! - `stream`: the streamed body; `respond`: building the client's
@@ -20,6 +21,7 @@
 pub mod answer;
 pub mod chunk;
 pub mod codec;
+pub mod gemini;
 pub mod messages;
 pub mod ollama;
 pub mod openai;
@@ -37,6 +39,7 @@ pub static OPENAI_CHAT: &dyn Codec = &openai::OpenAi { chat: true };
 pub static OPENAI_COMPLETIONS: &dyn Codec = &openai::OpenAi { chat: false };
 pub static RESPONSES: &dyn Codec = &responses::Responses;
 pub static MESSAGES: &dyn Codec = &messages::Messages;
+pub static GEMINI: &dyn Codec = &gemini::Gemini;
 
 use crate::routes::RouteKind;
 

@@ -10,7 +10,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::answer::{Answer, Output};
@@ -36,7 +35,7 @@ impl Armed {
     pub async fn respond<E: OnEnd + Unpin + 'static>(
         mut self,
         mut parts: http::response::Parts,
-        body: Incoming,
+        body: crate::body::RespBody,
         limits: Limits,
         slot: Option<Slot>,
         end: impl FnOnce(u16) -> E,

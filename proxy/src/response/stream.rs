@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 
 use super::ResponseOutcome;
 use super::answer::{Answer, Output};
@@ -24,7 +24,7 @@ use crate::framing::{Format, Framer};
 use crate::response_body::{COALESCE_MAX, OnEnd, Outcome, Tracker};
 
 pub struct FilteredStream<E: OnEnd> {
-    inner: Incoming,
+    inner: crate::body::RespBody,
     framer: Framer,
     answer: Answer,
     tracker: Tracker<E>,
@@ -34,7 +34,7 @@ pub struct FilteredStream<E: OnEnd> {
 impl<E: OnEnd> FilteredStream<E> {
     /// `max_chunk`: the longest chunk accepted (`limits.max_body_bytes`).
     pub fn new(
-        inner: Incoming,
+        inner: crate::body::RespBody,
         format: Format,
         max_chunk: usize,
         answer: Answer,
