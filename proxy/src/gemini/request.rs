@@ -22,6 +22,61 @@ pub struct Upstream {
 
 type Result<T> = std::result::Result<T, String>;
 
+/// A field by its proto JSON name, or by its proto name: Google's API
+/// reads both (`mimeType`, `mime_type`), and google-genai sends nested
+/// objects (an image's `inlineData`, `thinkingConfig`) in snake_case.
+fn get<'a>(v: &'a Value, camel: &str) -> Option<&'a Value> {
+    v.get(camel).or_else(|| v.get(snake(camel).as_str()))
+}
+
+fn snake(camel: &str) -> String {
+    let mut out = String::with_capacity(camel.len() + 4);
+    for c in camel.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn camel(snake: &str) -> String {
+    let mut out = String::with_capacity(snake.len());
+    let mut up = false;
+    for c in snake.chars() {
+        match c {
+            '_' if !out.is_empty() => up = true,
+            c if up => {
+                out.push(c.to_ascii_uppercase());
+                up = false;
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Standard, padded base64, which Ollama reads images as (Go's
+/// `[]byte`); clients may send the URL-safe alphabet (pydantic does),
+/// which Google accepts too.
+fn std_base64(data: &str) -> String {
+    let mut out: String = data
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
+    while out.len() % 4 != 0 {
+        out.push('=');
+    }
+    out
+}
+
 /// Translates the client's body (a JSON object) for `method` on `model`.
 pub fn translate(method: Method, model: &str, body: &[u8]) -> Result<Upstream> {
     let v: Value =
@@ -144,8 +199,8 @@ fn turn(content: &Value, i: usize) -> Result<Vec<Value>> {
             } else {
                 text.push_str(t);
             }
-        } else if let Some(data) = part.get("inlineData") {
-            let mime = data.get("mimeType").and_then(Value::as_str).unwrap_or("");
+        } else if let Some(data) = get(part, "inlineData") {
+            let mime = get(data, "mimeType").and_then(Value::as_str).unwrap_or("");
             if !mime.starts_with("image/") {
                 return Err(format!(
                     "{at}.inlineData.mimeType {mime:?} is not supported: the model reads images only"
@@ -155,8 +210,8 @@ fn turn(content: &Value, i: usize) -> Result<Vec<Value>> {
                 .get("data")
                 .and_then(Value::as_str)
                 .ok_or(format!("{at}.inlineData.data must be base64 text"))?;
-            images.push(Value::String(bytes.to_string()));
-        } else if let Some(call) = part.get("functionCall") {
+            images.push(Value::String(std_base64(bytes)));
+        } else if let Some(call) = get(part, "functionCall") {
             let name = call
                 .get("name")
                 .and_then(Value::as_str)
@@ -167,12 +222,12 @@ fn turn(content: &Value, i: usize) -> Result<Vec<Value>> {
                 c["id"] = id.clone();
             }
             calls.push(c);
-        } else if let Some(result) = part.get("functionResponse") {
+        } else if let Some(result) = get(part, "functionResponse") {
             let name = result.get("name").and_then(Value::as_str).unwrap_or("");
             let response = result.get("response").cloned().unwrap_or(Value::Null);
             results
                 .push(json!({"role": "tool", "tool_name": name, "content": response.to_string()}));
-        } else if part.get("fileData").is_some() {
+        } else if get(part, "fileData").is_some() {
             return Err(format!(
                 "{at}.fileData is not supported: this service cannot fetch file URIs; send the bytes as inlineData"
             ));
@@ -275,9 +330,11 @@ fn generation_config(config: &Value, out: &mut Map<String, Value>) -> Result<boo
                 continue;
             }
             "thinkingConfig" => {
-                if value.get("thinkingBudget").and_then(Value::as_i64) == Some(0) {
+                let budget = get(value, "thinkingBudget").and_then(Value::as_i64);
+                let include = get(value, "includeThoughts").and_then(Value::as_bool);
+                if budget == Some(0) {
                     out.insert("think".into(), json!(false));
-                } else if value.get("includeThoughts").and_then(Value::as_bool) == Some(true) {
+                } else if include == Some(true) {
                     out.insert("think".into(), json!(true));
                     thoughts = true;
                 }
@@ -324,7 +381,7 @@ fn json_schema(schema: &Value) -> Value {
                         let t = Value::String(v.as_str().unwrap_or("").to_ascii_lowercase());
                         out.insert("type".into(), if nullable { json!([t, "null"]) } else { t });
                     }
-                    "nullable" | "propertyOrdering" => {}
+                    "nullable" | "propertyOrdering" | "property_ordering" => {}
                     "properties" => {
                         let props = v
                             .as_object()
@@ -335,12 +392,13 @@ fn json_schema(schema: &Value) -> Value {
                     "items" => {
                         out.insert(k.clone(), json_schema(v));
                     }
-                    "anyOf" => {
+                    "anyOf" | "any_of" => {
                         let all = v.as_array().map(|a| a.iter().map(json_schema).collect());
-                        out.insert(k.clone(), Value::Array(all.unwrap_or_default()));
+                        out.insert("anyOf".into(), Value::Array(all.unwrap_or_default()));
                     }
+                    // `max_items` (a pydantic dump) is JSON Schema's `maxItems`.
                     _ => {
-                        out.insert(k.clone(), v.clone());
+                        out.insert(camel(k), v.clone());
                     }
                 }
             }
@@ -369,7 +427,7 @@ fn function_tools(tools: &Value) -> Result<Vec<Value>> {
                 let name = f.get("name").and_then(Value::as_str).ok_or(format!(
                     "tools[{i}].functionDeclarations[].name is required"
                 ))?;
-                let parameters = match (f.get("parametersJsonSchema"), f.get("parameters")) {
+                let parameters = match (get(f, "parametersJsonSchema"), f.get("parameters")) {
                     (Some(p), _) => p.clone(),
                     (None, Some(p)) => json_schema(p),
                     (None, None) => json!({"type": "object", "properties": {}}),

@@ -1,0 +1,213 @@
+//! The official `google-genai` Python SDK works unchanged against
+//! kiln-proxy in front of the Ollama emulator: the proxy speaks the Gemini
+//! API and translates it to Ollama's native API. Every assertion reads
+//! values the SDK parsed.
+
+mod harness;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use harness::Stack;
+
+/// Runs a Python script with `HOST` set to the proxy's URL and a `client`
+/// made for it (`key` as the API key); checks that it ran to its end.
+async fn assert_genai_passes(stack: &Stack, key: &str, script: &str) {
+    let prelude = r#"
+import os, base64, threading, time
+from google import genai
+from google.genai import types, errors
+def make(key):
+    return genai.Client(api_key=key, http_options=types.HttpOptions(base_url=os.environ["HOST"], api_version="v1beta"))
+client = make(os.environ["KEY"])
+"#;
+    let child = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!("{prelude}\n{script}\nprint(\"ok\")\n"))
+        .env("HOST", stack.proxy().url())
+        .env("KEY", key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 not found; run scripts/setup");
+    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+        .await
+        .expect("python client timed out")
+        .expect("python client failed to run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "google-genai client failed (missing packages? run scripts/setup):\n{stderr}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok",
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn google_genai_generates_streams_and_calls_functions() {
+    let stack = Stack::new(|_, p| {
+        p.gemini
+            .aliases
+            .insert("gemma-3-4b-it".into(), "gemma3:4b".into());
+    })
+    .await;
+    // Gemma 3's template has no tools; Qwen 3 calls tools and thinks.
+    ollama_emulator::models::write_fake_model(stack.models.path(), "qwen3:0.6b", 128).unwrap();
+    assert_genai_passes(
+        &stack,
+        "unused",
+        r#"
+r = client.models.generate_content(model="gemma3:4b", contents="Why is the sky blue?")
+assert r.text.startswith("The sky is blue"), r
+assert r.candidates[0].finish_reason == types.FinishReason.STOP, r
+u = r.usage_metadata
+assert u.candidates_token_count == 8 and u.total_token_count == u.prompt_token_count + 8, u
+
+# Streamed (alt=sse), through an alias and the models/ spelling.
+chunks = list(client.models.generate_content_stream(model="models/gemma-3-4b-it", contents="Why?"))
+assert len(chunks) >= 8, chunks
+assert "".join(c.text or "" for c in chunks) == r.text, chunks
+assert chunks[-1].candidates[0].finish_reason == types.FinishReason.STOP
+assert chunks[-1].usage_metadata.candidates_token_count == 8
+
+# A system instruction reaches the model: the prompt grows by its tokens.
+long = "Answer like a pirate. " * 40
+s = client.models.generate_content(model="gemma3:4b", contents="Why is the sky blue?",
+    config=types.GenerateContentConfig(system_instruction=long, max_output_tokens=3))
+assert s.usage_metadata.prompt_token_count > u.prompt_token_count + len(long) // 8, (s.usage_metadata, u)
+assert s.usage_metadata.candidates_token_count == 3
+assert s.candidates[0].finish_reason == types.FinishReason.MAX_TOKENS
+
+# A JSON-schema answer, parsed by the SDK into the pydantic model.
+from pydantic import BaseModel
+class City(BaseModel):
+    name: str
+    population: int
+j = client.models.generate_content(model="gemma3:4b", contents="Describe Paris",
+    config=types.GenerateContentConfig(response_mime_type="application/json", response_schema=City))
+assert isinstance(j.parsed, City), j.text
+assert isinstance(j.parsed.population, int)
+
+# A function call round trip.
+weather = types.FunctionDeclaration(name="get_weather", description="Weather in a city",
+    parameters=types.Schema(type="OBJECT", properties={"city": types.Schema(type="STRING")}, required=["city"]))
+tools = [types.Tool(function_declarations=[weather])]
+cfg = types.GenerateContentConfig(tools=tools, automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True))
+ask = types.Content(role="user", parts=[types.Part(text="What is the weather in Paris?")])
+c = client.models.generate_content(model="qwen3:0.6b", contents=[ask], config=cfg)
+calls = c.function_calls
+assert calls and calls[0].name == "get_weather" and isinstance(calls[0].args.get("city"), str), c
+answer = types.Part.from_function_response(name="get_weather", response={"temperature": "18 C"})
+d = client.models.generate_content(model="qwen3:0.6b", config=cfg,
+    contents=[ask, c.candidates[0].content, types.Content(role="user", parts=[answer])])
+assert not d.function_calls and d.text.startswith("The sky"), d
+# Thoughts come back only when asked for.
+assert not any(p.thought for p in d.candidates[0].content.parts), d
+th = client.models.generate_content(model="qwen3:0.6b", contents="Why?",
+    config=types.GenerateContentConfig(thinking_config=types.ThinkingConfig(include_thoughts=True)))
+parts = th.candidates[0].content.parts
+assert parts[0].thought and parts[0].text and not parts[-1].thought and parts[-1].text, parts
+
+# An image part reaches the model as an image (Gemma 3 reads 256 tokens for one).
+png = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+i = client.models.generate_content(model="gemma3:4b",
+    contents=[types.Part.from_bytes(data=png, mime_type="image/png"), "What is in this image?"])
+assert i.usage_metadata.prompt_token_count >= 256, i.usage_metadata
+assert i.text.startswith("The sky"), i
+
+# Embeddings, one and a batch.
+e = client.models.embed_content(model="gemma3:4b", contents="hello")
+assert len(e.embeddings) == 1 and len(e.embeddings[0].values) == 8, e
+b = client.models.embed_content(model="gemma3:4b", contents=["hello", "a longer text"])
+assert len(b.embeddings) == 2 and b.embeddings[0].values != b.embeddings[1].values, b
+
+# countTokens: the model's own count of the prompt.
+t = client.models.count_tokens(model="gemma3:4b", contents="Why is the sky blue?")
+assert t.total_tokens > 0, t
+t2 = client.models.count_tokens(model="gemma3:4b", contents="Why is the sky blue? " * 20)
+assert t2.total_tokens > t.total_tokens, (t, t2)
+
+# Models: Ollama's, plus the alias.
+names = sorted(m.name for m in client.models.list())
+assert names == ["models/gemma-3-4b-it", "models/gemma3:1b", "models/gemma3:4b", "models/qwen3:0.6b"], names
+m = client.models.get(model="gemma3:1b")
+assert m.name == "models/gemma3:1b" and "generateContent" in m.supported_actions, m
+
+# An unknown model: the SDK's own error, with Google's status.
+for call in (lambda: client.models.generate_content(model="gemma3:27b", contents="x"),
+             lambda: client.models.get(model="gemma3:27b")):
+    try:
+        call()
+        raise SystemExit("expected a 404")
+    except errors.ClientError as e:
+        assert e.code == 404 and e.status == "NOT_FOUND" and "not found" in e.message, (e.code, e.status, e.message)
+
+# What Ollama cannot do is refused, in Google's format.
+try:
+    client.models.generate_content(model="gemma3:4b", contents="x", config=types.GenerateContentConfig(candidate_count=2))
+    raise SystemExit("expected a 400")
+except errors.ClientError as e:
+    assert e.code == 400 and e.status == "INVALID_ARGUMENT" and "candidateCount" in e.message, e
+"#,
+    )
+    .await;
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_full_queue_is_resource_exhausted() {
+    let stack = Stack::new(|e, p| {
+        e.token_delay = Duration::from_millis(200);
+        p.limits.max_in_flight = 1;
+        p.limits.max_queue = 0;
+    })
+    .await;
+    assert_genai_passes(
+        &stack,
+        "unused",
+        r#"
+stream = client.models.generate_content_stream(model="gemma3:4b", contents="Why?")
+first = next(stream)
+assert first.text, first
+try:
+    client.models.generate_content(model="gemma3:4b", contents="x")
+    raise SystemExit("expected a 429")
+except errors.ClientError as e:
+    assert e.code == 429 and e.status == "RESOURCE_EXHAUSTED", (e.code, e.status)
+    assert e.response.headers.get("retry-after") == "1", dict(e.response.headers)
+rest = "".join(c.text or "" for c in stream)
+assert (first.text + rest).startswith("The sky is blue")
+"#,
+    )
+    .await;
+    stack.shutdown().await;
+}
+
+/// Without `alt=sse` the stream is a JSON array, element by element.
+#[tokio::test]
+async fn a_stream_without_alt_sse_is_a_json_array() {
+    let stack = Stack::new(|_, _| {}).await;
+    let body = serde_json::json!({"contents": [{"parts": [{"text": "Why?"}]}]});
+    let resp = stack
+        .post("/v1beta/models/gemma3:4b:streamGenerateContent", &body)
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let all: Vec<serde_json::Value> = resp.json().await.unwrap();
+    let text: String = all
+        .iter()
+        .filter_map(|c| c["candidates"][0]["content"]["parts"][0]["text"].as_str())
+        .collect();
+    assert!(text.starts_with("The sky is blue"), "{text}");
+    assert_eq!(all.last().unwrap()["candidates"][0]["finishReason"], "STOP");
+    stack.shutdown().await;
+}
