@@ -1,5 +1,5 @@
-//! Typed views of the request bodies of Ollama's, OpenAI's and Anthropic's
-//! APIs.
+//! Typed views of the request bodies of Ollama's, OpenAI's, Anthropic's
+//! and Gemini's APIs.
 //!
 //! Every view keeps the fields it does not name in `extra`, so parsing and
 //! re-serializing a body never drops what a client sent: a plugin that only
@@ -197,6 +197,45 @@ pub struct AnthropicMessagesRequest {
     pub extra: Object,
 }
 
+/// Gemini's `generateContent` and `streamGenerateContent` (the model is in
+/// the path). `contents` are `{"role": "user"|"model", "parts": [...]}`
+/// with text, `inlineData` (images), `functionCall` and
+/// `functionResponse` parts; the system prompt is `systemInstruction`
+/// (`{"parts": [{"text"}]}`), never a turn.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GeminiGenerateRequest {
+    #[serde(default)]
+    pub contents: Vec<Value>,
+    #[serde(
+        rename = "systemInstruction",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub system_instruction: Option<Value>,
+    /// `maxOutputTokens`, `temperature`, `responseSchema`, …
+    #[serde(
+        rename = "generationConfig",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub generation_config: Option<Object>,
+    #[serde(flatten)]
+    pub extra: Object,
+}
+
+impl GeminiGenerateRequest {
+    /// The system instruction's text (its text parts joined).
+    pub fn system_text(&self) -> Option<String> {
+        let parts = self.system_instruction.as_ref()?.get("parts")?.as_array()?;
+        Some(
+            parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect(),
+        )
+    }
+}
+
 /// A request body in the typed view of its route.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Body {
@@ -208,6 +247,13 @@ pub enum Body {
     OpenaiEmbeddings(OpenaiCompletionRequest),
     OpenaiResponses(OpenaiResponsesRequest),
     AnthropicMessages(AnthropicMessagesRequest),
+    GeminiGenerate(GeminiGenerateRequest),
+    /// Gemini's `countTokens` (`contents`, or a whole
+    /// `generateContentRequest`) and embeddings (`content`, or
+    /// `requests[].content`), as JSON: their text is walked by
+    /// [`Body::for_each_text_mut`].
+    GeminiCountTokens(Value),
+    GeminiEmbed(Value),
     /// A route without a typed view: the JSON as is.
     Other(Value),
 }
@@ -267,6 +313,9 @@ impl Body {
             Route::OpenaiEmbeddings => Body::OpenaiEmbeddings(parse(bytes)?),
             Route::OpenaiResponses => Body::OpenaiResponses(parse(bytes)?),
             Route::AnthropicMessages => Body::AnthropicMessages(parse(bytes)?),
+            Route::GeminiGenerate => Body::GeminiGenerate(parse(bytes)?),
+            Route::GeminiCountTokens => Body::GeminiCountTokens(parse(bytes)?),
+            Route::GeminiEmbed => Body::GeminiEmbed(parse(bytes)?),
             Route::Other => Body::Other(parse(bytes)?),
         })
     }
@@ -281,12 +330,16 @@ impl Body {
             Body::OpenaiCompletions(b) | Body::OpenaiEmbeddings(b) => serde_json::to_vec(b),
             Body::OpenaiResponses(b) => serde_json::to_vec(b),
             Body::AnthropicMessages(b) => serde_json::to_vec(b),
+            Body::GeminiGenerate(b) => serde_json::to_vec(b),
+            Body::GeminiCountTokens(v) | Body::GeminiEmbed(v) => serde_json::to_vec(v),
             Body::Other(v) => serde_json::to_vec(v),
         };
         // Serializing maps of JSON values with string keys cannot fail.
         result.unwrap_or_default()
     }
 
+    /// The model the body names; `None` on the Gemini routes, whose model
+    /// is in the path ([`crate::Request::model`]).
     pub fn model(&self) -> Option<&str> {
         match self {
             Body::OllamaGenerate(b) => Some(&b.model),
@@ -296,6 +349,7 @@ impl Body {
             Body::OpenaiCompletions(b) | Body::OpenaiEmbeddings(b) => Some(&b.model),
             Body::OpenaiResponses(b) => Some(&b.model),
             Body::AnthropicMessages(b) => Some(&b.model),
+            Body::GeminiGenerate(_) | Body::GeminiCountTokens(_) | Body::GeminiEmbed(_) => None,
             Body::Other(v) => v.get("model").and_then(Value::as_str),
         }
     }
@@ -312,6 +366,8 @@ impl Body {
             Body::Other(Value::Object(o)) => {
                 o.insert("model".into(), Value::String(model.into()));
             }
+            // The model is in the path.
+            Body::GeminiGenerate(_) | Body::GeminiCountTokens(_) | Body::GeminiEmbed(_) => {}
             Body::Other(_) => {}
         }
     }
@@ -341,8 +397,10 @@ impl Body {
     /// messages (content, thinking, tool calls and their arguments), every
     /// `/v1/responses` input item, Anthropic content blocks of every type,
     /// tool definitions (`tools`), the legacy completions' `suffix` and
-    /// embedding inputs. Not seen: images and other media, and
-    /// `/api/generate`'s `context` (token ids of an earlier answer).
+    /// embedding inputs, Gemini's `systemInstruction`, parts (text,
+    /// function calls and responses) and function declarations. Not seen:
+    /// images and other media, and `/api/generate`'s `context` (token ids
+    /// of an earlier answer).
     pub fn for_each_text_mut(&mut self, mut f: impl FnMut(&mut String)) {
         match self {
             Body::OllamaGenerate(b) => {
@@ -394,6 +452,16 @@ impl Body {
                     .for_each(|m| m.for_each_text_mut(&mut f));
                 visit_tools(&mut b.extra, &mut f);
             }
+            Body::GeminiGenerate(b) => {
+                b.system_instruction
+                    .iter_mut()
+                    .for_each(|v| text::visit_gemini(v, &mut f));
+                b.contents
+                    .iter_mut()
+                    .for_each(|v| text::visit_gemini(v, &mut f));
+                visit_tools(&mut b.extra, &mut f);
+            }
+            Body::GeminiCountTokens(v) | Body::GeminiEmbed(v) => text::visit_gemini(v, &mut f),
             Body::Other(_) => {}
         }
     }
@@ -416,8 +484,11 @@ impl Body {
             Body::OpenaiCompletions(b) | Body::OpenaiEmbeddings(b) => Some(&mut b.extra),
             Body::OpenaiResponses(b) => Some(&mut b.extra),
             Body::AnthropicMessages(b) => Some(&mut b.extra),
-            Body::Other(Value::Object(o)) => Some(o),
-            Body::Other(_) => None,
+            Body::GeminiGenerate(b) => Some(&mut b.extra),
+            Body::GeminiCountTokens(Value::Object(o))
+            | Body::GeminiEmbed(Value::Object(o))
+            | Body::Other(Value::Object(o)) => Some(o),
+            Body::GeminiCountTokens(_) | Body::GeminiEmbed(_) | Body::Other(_) => None,
         }
     }
 
@@ -436,7 +507,7 @@ impl Body {
     /// The cap on generated tokens the client asked for: `options.num_predict`
     /// for Ollama, `max_completion_tokens` or `max_tokens` for OpenAI chat,
     /// `max_output_tokens` for OpenAI Responses, `max_tokens` for Anthropic
-    /// Messages. Ollama's
+    /// Messages, `generationConfig.maxOutputTokens` for Gemini. Ollama's
     /// `num_predict` of -1 (or any negative) means "no limit" and reads as `None`.
     pub fn max_tokens(&self) -> Option<u64> {
         match self {
@@ -448,6 +519,11 @@ impl Body {
             Body::OpenaiCompletions(b) => b.max_tokens,
             Body::OpenaiResponses(b) => b.max_output_tokens,
             Body::AnthropicMessages(b) => b.max_tokens,
+            Body::GeminiGenerate(b) => b
+                .generation_config
+                .as_ref()?
+                .get("maxOutputTokens")?
+                .as_u64(),
             _ => None,
         }
     }
@@ -472,6 +548,11 @@ impl Body {
             Body::OpenaiCompletions(b) => b.max_tokens = Some(n),
             Body::OpenaiResponses(b) => b.max_output_tokens = Some(n),
             Body::AnthropicMessages(b) => b.max_tokens = Some(n),
+            Body::GeminiGenerate(b) => {
+                b.generation_config
+                    .get_or_insert_with(Object::new)
+                    .insert("maxOutputTokens".into(), Value::from(n));
+            }
             _ => {}
         }
     }
@@ -486,6 +567,7 @@ impl Body {
                 | Body::OpenaiCompletions(_)
                 | Body::OpenaiResponses(_)
                 | Body::AnthropicMessages(_)
+                | Body::GeminiGenerate(_)
         )
     }
 }

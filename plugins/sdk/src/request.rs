@@ -17,6 +17,14 @@ pub enum Route {
     OpenaiResponses,
     /// `POST /v1/messages`: the Anthropic Messages API.
     AnthropicMessages,
+    /// `POST /v1beta/models/{model}:generateContent` and
+    /// `:streamGenerateContent`: the Gemini API. The model is in the path
+    /// (the host passes it as [`Request::model`]), not in the body.
+    GeminiGenerate,
+    /// Gemini's `:countTokens`.
+    GeminiCountTokens,
+    /// Gemini's `:embedContent` and `:batchEmbedContents`.
+    GeminiEmbed,
 }
 
 impl Route {
@@ -49,7 +57,8 @@ pub struct Request {
     /// Lower-cased names, arrival order; a name may repeat.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
-    /// The body's `model` field, when it has one.
+    /// The model the request names: the body's `model` field, or on the
+    /// Gemini routes the one in the path (with the proxy's aliases resolved).
     pub model: Option<String>,
 }
 
@@ -112,6 +121,9 @@ impl From<wit::RouteKind> for Route {
             wit::RouteKind::Other => Route::Other,
             wit::RouteKind::OpenaiResponses => Route::OpenaiResponses,
             wit::RouteKind::AnthropicMessages => Route::AnthropicMessages,
+            wit::RouteKind::GeminiGenerate => Route::GeminiGenerate,
+            wit::RouteKind::GeminiCountTokens => Route::GeminiCountTokens,
+            wit::RouteKind::GeminiEmbed => Route::GeminiEmbed,
         }
     }
 }

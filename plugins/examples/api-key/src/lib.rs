@@ -1,6 +1,9 @@
 //! `api-key`: only callers with a known API key get through.
 //!
-//! The key is read from `Authorization: Bearer KEY` or `X-API-Key: KEY`. On
+//! The key is read from `Authorization: Bearer KEY`, `X-API-Key: KEY` or
+//! (Gemini clients) `x-goog-api-key: KEY`; a Gemini client's `?key=KEY` is
+//! handed over as `x-goog-api-key` by the proxy, which never forwards or
+//! logs the query's key. On
 //! Cloud Run with IAM on, clients put their Google ID token in
 //! `X-Serverless-Authorization` (Cloud Run checks that one and passes
 //! `Authorization` through), so both layers work together.
@@ -105,12 +108,16 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 
 /// The key the client sent, if any.
 fn presented_key(request: &Request) -> Option<&str> {
-    request.bearer_token().or_else(|| {
+    let header = |name| {
         request
-            .header("x-api-key")
+            .header(name)
             .map(str::trim)
             .filter(|k| !k.is_empty())
-    })
+    };
+    request
+        .bearer_token()
+        .or_else(|| header("x-api-key"))
+        .or_else(|| header("x-goog-api-key"))
 }
 
 pub struct ApiKey;
@@ -130,7 +137,7 @@ impl Plugin for ApiKey {
     fn on_request(config: &Config, request: &Request) -> Decision {
         let Some(key) = presented_key(request) else {
             return unauthorized(
-                "missing API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+                "missing API key: send `Authorization: Bearer <key>`, `X-API-Key: <key>` or `x-goog-api-key: <key>`",
             );
         };
         let known = match known_keys(config) {
@@ -150,6 +157,7 @@ impl Plugin for ApiKey {
             Some(name) => Modification::default()
                 .remove_header("authorization")
                 .remove_header("x-api-key")
+                .remove_header("x-goog-api-key")
                 .set_header(CALLER_HEADER, name)
                 .into(),
             None => unauthorized("invalid API key"),
@@ -209,6 +217,27 @@ mod tests {
             r.headers,
             vec![("www-authenticate".into(), "Bearer".into())]
         );
+    }
+
+    #[test]
+    fn gemini_clients_send_x_goog_api_key() {
+        let r = Request::new(
+            Route::GeminiGenerate,
+            "/v1beta/models/gemma3:4b:generateContent",
+            r#"{"contents":[]}"#,
+        );
+        let d = ApiKey::on_request(
+            &config(),
+            &r.clone().with_header("x-goog-api-key", "sk-alice"),
+        );
+        assert_eq!(caller(&d).as_deref(), Some("alice"));
+        let Decision::Modify(m) = d else { panic!() };
+        assert!(
+            m.header_edits
+                .contains(&HeaderEdit::Remove("x-goog-api-key".into()))
+        );
+        let d = ApiKey::on_request(&config(), &r.with_header("x-goog-api-key", "sk-nope"));
+        assert_eq!(d.as_rejection().map(|r| r.status), Some(401));
     }
 
     #[test]

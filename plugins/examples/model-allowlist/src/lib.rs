@@ -68,7 +68,9 @@ impl Plugin for ModelAllowlist {
             Ok(b) => b,
             Err(e) => return Decision::reject(400, e.to_string()),
         };
-        let Some(asked) = body.model().map(str::to_owned) else {
+        // Gemini's routes name the model in the path: the host passes it.
+        let in_path = body.model().is_none();
+        let Some(asked) = body.model().or(request.model.as_deref()).map(str::to_owned) else {
             return Decision::reject(400, "the request names no model");
         };
         let target = resolve(config, &asked);
@@ -87,6 +89,15 @@ impl Plugin for ModelAllowlist {
         }
         if target == asked {
             return Decision::Allow;
+        }
+        if in_path {
+            return Decision::reject(
+                403,
+                format!(
+                    "model `{asked}` is an alias of this plugin, which cannot rewrite a model named in the path; \
+                     call `{target}`, or map the name in the proxy's [gemini] aliases"
+                ),
+            );
         }
         body.set_model(&target);
         Decision::rewrite(&body)
@@ -127,6 +138,25 @@ mod tests {
             r#"{"allow":["gemma3:4b","qwen3"],"aliases":{"gemma":"gemma3:4b"}}"#,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn gemini_models_are_read_from_the_path() {
+        let c = config();
+        let mut r = Request::new(
+            Route::GeminiGenerate,
+            "/v1beta/models/gemma3:4b:generateContent",
+            r#"{"contents":[]}"#,
+        );
+        r.model = Some("gemma3:4b".into());
+        assert_eq!(ModelAllowlist::on_request(&c, &r), Decision::Allow);
+        r.model = Some("llama3:8b".into());
+        assert_eq!(
+            ModelAllowlist::on_request(&c, &r)
+                .as_rejection()
+                .map(|r| r.status),
+            Some(403)
+        );
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //! prompt is not a message get it where they read it: `/v1/responses` in
 //! `instructions` (enforce also drops `system`/`developer` input items), and
 //! `/v1/messages` in the top-level `system` (Anthropic refuses a `system`
-//! role; a client's `system` blocks stay after ours in prepend mode).
+//! role; a client's `system` blocks stay after ours in prepend mode), and
+//! Gemini's `generateContent` in `systemInstruction` (its turns are `user`
+//! and `model` only; the client's parts stay after ours in prepend mode).
 //! Embedding routes are untouched.
 //!
 //! On `/api/generate`, Ollama leaves every system prompt out of what the
@@ -149,6 +151,24 @@ pub fn apply(config: &Config, body: &mut Body) -> bool {
             });
             true
         }
+        Body::GeminiGenerate(g) => {
+            // Parts, not one string: the client's parts stay as they were.
+            let mut parts = vec![json!({"text": prompt})];
+            if config.mode == Mode::Prepend
+                && let Some(Value::Array(theirs)) = g
+                    .system_instruction
+                    .as_mut()
+                    .and_then(|s| s.get_mut("parts"))
+                    .map(Value::take)
+            {
+                if !theirs.is_empty() {
+                    parts.push(json!({"text": "\n\n"}));
+                }
+                parts.extend(theirs);
+            }
+            g.system_instruction = Some(json!({"parts": parts}));
+            true
+        }
         Body::OpenaiCompletions(c) => match &mut c.prompt {
             Some(Value::String(p)) => {
                 *p = format!("{prompt}\n\n{p}");
@@ -229,6 +249,35 @@ mod tests {
             v["messages"],
             json!([{"role":"system","content":"Be brief."},{"role":"user","content":"hi"}])
         );
+    }
+
+    #[test]
+    fn gemini_gets_the_system_instruction() {
+        let body = json!({"contents":[{"role":"user","parts":[{"text":"hi"}]}],
+            "systemInstruction":{"parts":[{"text":"Speak French."}]}});
+        let mut b = Body::parse(Route::GeminiGenerate, body.to_string().as_bytes()).unwrap();
+        let c = Config {
+            prompt: "Be brief.".into(),
+            mode: Mode::Prepend,
+        };
+        assert!(apply(&c, &mut b));
+        let Body::GeminiGenerate(g) = &b else {
+            panic!()
+        };
+        assert_eq!(
+            g.system_text().as_deref(),
+            Some("Be brief.\n\nSpeak French.")
+        );
+        let mut b = Body::parse(Route::GeminiGenerate, body.to_string().as_bytes()).unwrap();
+        let c = Config {
+            prompt: "Be brief.".into(),
+            mode: Mode::Enforce,
+        };
+        assert!(apply(&c, &mut b));
+        let Body::GeminiGenerate(g) = &b else {
+            panic!()
+        };
+        assert_eq!(g.system_text().as_deref(), Some("Be brief."));
     }
 
     #[test]

@@ -261,3 +261,43 @@ fn texts_cover_every_field_the_model_reads() {
         );
     }
 }
+
+#[test]
+fn gemini_bodies_expose_texts_system_and_token_cap() {
+    let raw = r#"{"contents":[{"role":"user","parts":[{"text":"hello"},{"inlineData":{"mimeType":"image/png","data":"iVBOR"}}]}],
+        "systemInstruction":{"parts":[{"text":"Be brief."}]},
+        "generationConfig":{"maxOutputTokens":4096,"temperature":0.1},
+        "tools":[{"functionDeclarations":[{"name":"get_weather"}]}],"safetySettings":[]}"#;
+    let mut b = Body::parse(Route::GeminiGenerate, raw.as_bytes()).unwrap();
+    let mut texts = b.texts();
+    texts.sort();
+    assert_eq!(
+        texts,
+        [
+            "Be brief.",
+            "functionDeclarations",
+            "get_weather",
+            "hello",
+            "name"
+        ]
+    );
+    assert_eq!(b.max_tokens(), Some(4096));
+    assert!(b.generates() && b.model().is_none());
+    b.set_max_tokens(256);
+    let v: serde_json::Value = serde_json::from_slice(&b.to_bytes()).unwrap();
+    assert_eq!(
+        v["generationConfig"],
+        serde_json::json!({"maxOutputTokens": 256, "temperature": 0.1})
+    );
+    assert_eq!(
+        v["safetySettings"],
+        serde_json::json!([]),
+        "unknown fields are kept"
+    );
+    let embed = Body::parse(
+        Route::GeminiEmbed,
+        br#"{"requests":[{"model":"models/m","content":{"parts":[{"text":"a"}]}}]}"#,
+    )
+    .unwrap();
+    assert_eq!(embed.texts(), ["a"]);
+}

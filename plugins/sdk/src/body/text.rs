@@ -88,6 +88,57 @@ pub(crate) fn visit_json(value: &mut Value, f: &mut impl FnMut(&mut String)) {
     }
 }
 
+/// Keys of Gemini bodies whose values the model does not read as text:
+/// structure, media (`inlineData`'s base64, file URIs), ids and signatures,
+/// and settings (`generationConfig`, safety settings, tool config…). The
+/// function-call arguments and responses (`args`, `response`) and the
+/// function declarations are free-form JSON: keys and values are text.
+const GEMINI_NOT_TEXT: &[&str] = &[
+    "role",
+    "inlineData",
+    "inline_data",
+    "fileData",
+    "file_data",
+    "thought",
+    "thoughtSignature",
+    "thought_signature",
+    "id",
+    "videoMetadata",
+    "generationConfig",
+    "safetySettings",
+    "toolConfig",
+    "labels",
+    "model",
+    "taskType",
+    "outputDimensionality",
+    "cachedContent",
+];
+
+const GEMINI_FREE_FORM: &[&str] = &["args", "response", "functionDeclarations"];
+
+/// Visits the text of a Gemini value (a content, its parts, a whole
+/// countTokens or embedding body): every string at any depth except under
+/// [`GEMINI_NOT_TEXT`] keys, and the keys of free-form JSON.
+pub(crate) fn visit_gemini(value: &mut Value, f: &mut impl FnMut(&mut String)) {
+    match value {
+        Value::String(s) => f(s),
+        Value::Array(items) => items.iter_mut().for_each(|v| visit_gemini(v, f)),
+        Value::Object(fields) => {
+            for (key, v) in fields.iter_mut() {
+                if GEMINI_NOT_TEXT.contains(&key.as_str()) {
+                    continue;
+                }
+                if GEMINI_FREE_FORM.contains(&key.as_str()) {
+                    visit_json(v, f);
+                } else {
+                    visit_gemini(v, f);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +171,18 @@ mod tests {
         assert_eq!(message_texts(m), ["f", "path", "x"]);
         let tools = json_texts(json!([{"type":"function","function":{"description":"d"}}]));
         assert_eq!(tools, ["d", "description", "function", "function", "type"]);
+    }
+
+    #[test]
+    fn gemini_parts_are_text_but_images_and_settings_are_not() {
+        let mut v = json!({"contents":[{"role":"user","parts":[{"text":"a"},
+            {"inlineData":{"mimeType":"image/png","data":"iVBOR"}},
+            {"functionResponse":{"name":"f","response":{"k":"v"}}}]}],
+            "generationConfig":{"stopSequences":["x"]}});
+        let mut out = Vec::new();
+        visit_gemini(&mut v, &mut |s| out.push(s.clone()));
+        out.sort();
+        assert_eq!(out, ["a", "f", "k", "v"]);
     }
 
     #[test]
