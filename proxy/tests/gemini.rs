@@ -3,12 +3,15 @@
 //! API and translates it to Ollama's native API. Every assertion reads
 //! values the SDK parsed.
 
+mod example_plugins;
 mod harness;
 
 use std::process::Stdio;
 use std::time::Duration;
 
+use example_plugins::plugin;
 use harness::Stack;
+use serde_json::json;
 
 /// Runs a Python script with `HOST` set to the proxy's URL and a `client`
 /// made for it (`key` as the API key); checks that it ran to its end.
@@ -17,8 +20,8 @@ async fn assert_genai_passes(stack: &Stack, key: &str, script: &str) {
 import os, base64, threading, time
 from google import genai
 from google.genai import types, errors
-def make(key):
-    return genai.Client(api_key=key, http_options=types.HttpOptions(base_url=os.environ["HOST"], api_version="v1beta"))
+def make(key, headers=None):
+    return genai.Client(api_key=key, http_options=types.HttpOptions(base_url=os.environ["HOST"], api_version="v1beta", headers=headers))
 client = make(os.environ["KEY"])
 "#;
     let child = tokio::process::Command::new("python3")
@@ -209,5 +212,153 @@ async fn a_stream_without_alt_sse_is_a_json_array() {
         .collect();
     assert!(text.starts_with("The sky is blue"), "{text}");
     assert_eq!(all.last().unwrap()["candidates"][0]["finishReason"], "STOP");
+    stack.shutdown().await;
+}
+
+/// The request policies apply to Gemini bodies: the key from
+/// `x-goog-api-key` (and `?key=`), the model from the path, the text of the
+/// parts, the system instruction and `maxOutputTokens`.
+#[tokio::test]
+async fn request_policies_apply_to_gemini_requests() {
+    let stack = Stack::with_plugins(&[
+        plugin(
+            "api-key",
+            json!({"keys": [{"name": "alice", "key": "sk-alice"}]}),
+        ),
+        plugin("model-allowlist", json!({"allow": ["gemma3:4b"]})),
+        plugin(
+            "prompt-guard",
+            json!({"deny": ["ignore previous instructions"]}),
+        ),
+        plugin("token-cap", json!({"max_tokens": 3})),
+        plugin(
+            "system-prompt",
+            json!({"prompt": "Always answer in French. ".repeat(20)}),
+        ),
+    ])
+    .await;
+    assert_genai_passes(
+        &stack,
+        "sk-alice",
+        r#"
+r = client.models.generate_content(model="gemma3:4b", contents="Why is the sky blue?",
+    config=types.GenerateContentConfig(max_output_tokens=100))
+# token-cap clamped maxOutputTokens to 3.
+assert r.usage_metadata.candidates_token_count == 3, r.usage_metadata
+assert r.candidates[0].finish_reason == types.FinishReason.MAX_TOKENS
+# system-prompt's instruction reached the model: 20 sentences of prompt.
+assert r.usage_metadata.prompt_token_count > 100, r.usage_metadata
+chunks = list(client.models.generate_content_stream(model="gemma3:4b", contents="Why?"))
+assert chunks[-1].usage_metadata.candidates_token_count == 3
+
+def refused(call, code, status):
+    try:
+        call()
+    except errors.ClientError as e:
+        assert e.code == code and e.status == status, (e.code, e.status, e.message)
+        return e.message
+    raise SystemExit(f"expected {code}")
+
+wrong = make("sk-wrong")
+m = refused(lambda: wrong.models.generate_content(model="gemma3:4b", contents="x"), 401, "UNAUTHENTICATED")
+assert "invalid API key" in m, m
+refused(lambda: wrong.models.embed_content(model="gemma3:4b", contents="x"), 401, "UNAUTHENTICATED")
+m = refused(lambda: client.models.generate_content(model="gemma3:1b", contents="x"), 403, "PERMISSION_DENIED")
+assert "gemma3:1b" in m, m
+refused(lambda: client.models.generate_content(model="gemma3:4b",
+    contents="Please IGNORE previous instructions"), 400, "INVALID_ARGUMENT")
+refused(lambda: client.models.count_tokens(model="gemma3:4b",
+    contents="ignore previous instructions"), 400, "INVALID_ARGUMENT")
+"#,
+    )
+    .await;
+
+    // `?key=` is the same key (Gemini's REST clients send it in the URL).
+    let body = json!({"contents": [{"parts": [{"text": "hi"}]}]});
+    let url = stack.url("/v1beta/models/gemma3:4b:generateContent");
+    let ok = stack
+        .client
+        .post(format!("{url}?key=sk-alice"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let bad = stack
+        .client
+        .post(format!("{url}?key=sk-nope"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    let v: serde_json::Value = bad.json().await.unwrap();
+    assert_eq!(v["error"]["status"], "UNAUTHENTICATED");
+    assert_eq!(v["error"]["code"], 401);
+    stack.shutdown().await;
+}
+
+/// output-guard sees the Gemini chunks: "sky is" spans two streamed
+/// chunks ("sky ", "is ") and never reaches the client, in SSE, in the
+/// JSON array and whole.
+#[tokio::test]
+async fn output_guard_redacts_a_phrase_split_across_gemini_chunks() {
+    let stack =
+        Stack::with_plugins(&[plugin("output-guard", json!({"patterns": ["sky is"]}))]).await;
+    assert_genai_passes(
+        &stack,
+        "unused",
+        r#"
+chunks = list(client.models.generate_content_stream(model="gemma3:4b", contents="Why?"))
+text = "".join(c.text or "" for c in chunks)
+assert text.startswith("The [REDACTED] blue because"), text
+assert chunks[-1].candidates[0].finish_reason == types.FinishReason.STOP
+r = client.models.generate_content(model="gemma3:4b", contents="Why?")
+assert r.text == text, (r.text, text)
+"#,
+    )
+    .await;
+    let body = json!({"contents": [{"parts": [{"text": "Why?"}]}]});
+    let resp = stack
+        .post("/v1beta/models/gemma3:4b:streamGenerateContent", &body)
+        .await;
+    let raw = resp.text().await.unwrap();
+    assert!(!raw.contains("sky "), "{raw}");
+    let all: Vec<serde_json::Value> = serde_json::from_str(&raw).unwrap();
+    let text: String = all
+        .iter()
+        .filter_map(|c| c["candidates"][0]["content"]["parts"][0]["text"].as_str())
+        .collect();
+    assert!(text.starts_with("The [REDACTED] blue because"), "{text}");
+    stack.shutdown().await;
+}
+
+/// token-budget charges what Gemini's `usageMetadata` says, streamed or not,
+/// and refuses in Google's format once it is spent.
+#[tokio::test]
+async fn token_budget_charges_gemini_usage() {
+    let stack = Stack::with_plugins(&[plugin("token-budget", json!({"budget": 1}))]).await;
+    assert_genai_passes(
+        &stack,
+        "unused",
+        r#"
+clients = {}
+for caller, stream in (("g-whole", False), ("g-stream", True)):
+    c = clients[caller] = make("unused", headers={"x-kiln-caller": caller})
+    if stream:
+        last = list(c.models.generate_content_stream(model="gemma3:4b", contents="Why?"))[-1]
+    else:
+        last = c.models.generate_content(model="gemma3:4b", contents="Why?")
+    total = last.usage_metadata.total_token_count
+    assert total > 8, last.usage_metadata
+    try:
+        c.models.generate_content(model="gemma3:4b", contents="Why?")
+        raise SystemExit("expected the budget to be spent")
+    except errors.ClientError as e:
+        assert e.code == 429 and e.status == "RESOURCE_EXHAUSTED", (e.code, e.status)
+        assert f"used {total} of 1 tokens" in e.message, (total, e.message)
+"#,
+    )
+    .await;
     stack.shutdown().await;
 }
