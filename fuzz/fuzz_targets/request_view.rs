@@ -22,7 +22,7 @@ mod response {
 use filter::RouteKind;
 use libfuzzer_sys::fuzz_target;
 
-const ROUTES: [RouteKind; 9] = RouteKind::ALL;
+const ROUTES: [RouteKind; 12] = RouteKind::ALL;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&pick, body)) = data.split_first() else {
