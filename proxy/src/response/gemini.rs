@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::codec::{
     AnswerState, Channel, Codec, First, Kind, List, Obj, Scalar, ThinkingEnd, Usage, View,
-    frame_event, typed,
+    arguments_text, each_at, frame_event, typed,
 };
 
 static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usageMetadata\""));
@@ -51,8 +51,8 @@ struct Part<'a> {
     text: Scalar<'a>,
     #[serde(borrow, default)]
     thought: Scalar<'a>,
-    /// `{"name", "args": {…}, "id"?}`: only its presence is read (it ends
-    /// the thinking, like text).
+    /// `{"name", "args": {…}, "id"?}`: its presence is read here (it ends
+    /// the thinking, like text); the `args` through [`Codec::tool_arguments`].
     #[serde(rename = "functionCall", borrow, default)]
     function_call: Option<Scalar<'a>>,
 }
@@ -98,6 +98,9 @@ impl Codec for Gemini {
             };
             into.get_or_insert_with(String::new).push_str(t);
         }
+        if view.tool_calls {
+            view.tool_arguments = arguments_text(self, json, kind);
+        }
         view.done = kind == Kind::Whole || c.finish_reason.as_str().is_some_and(|r| !r.is_empty());
         view.thinking_done = kind == Kind::Whole;
         view
@@ -110,13 +113,24 @@ impl Codec for Gemini {
     /// Both channels are a part's `text`; the splice is checked by reading
     /// the result back, so a thought part's `text` is never taken for the
     /// answer's.
-    fn splice_key(&self, _channel: Channel, _kind: Kind) -> Option<&'static [u8]> {
-        Some(b"\"text\":")
+    fn splice_key(&self, channel: Channel, _kind: Kind) -> Option<&'static [u8]> {
+        match channel {
+            Channel::Text | Channel::Thinking => Some(b"\"text\":"),
+            Channel::ToolArguments => None,
+        }
+    }
+
+    /// `candidates[0].content.parts[].functionCall.args` (objects).
+    fn tool_arguments<'v>(&self, v: &'v mut Value, _kind: Kind) -> Vec<&'v mut Value> {
+        each_at(v, "/candidates/0/content/parts", "/functionCall/args")
     }
 
     /// The first part of the channel gets `value`, the others of that
     /// channel are emptied; without one, a part is added (thoughts first).
     fn place(&self, v: &mut Value, channel: Channel, _kind: Kind, _had: bool, value: &str) -> bool {
+        if channel == Channel::ToolArguments {
+            return false;
+        }
         let Some(parts) = v
             .pointer_mut("/candidates/0/content/parts")
             .and_then(Value::as_array_mut)
@@ -163,6 +177,8 @@ impl Codec for Gemini {
             let part = match channel {
                 Channel::Text => json!({"text": piece}),
                 Channel::Thinking => json!({"text": piece, "thought": true}),
+                // A call's arguments go only where the call is.
+                Channel::ToolArguments => return Vec::new(),
             };
             let v = json!({
                 "candidates": [{"content": {"parts": [part], "role": "model"}, "index": 0}],
@@ -227,6 +243,7 @@ mod tests {
                 completion_tokens: 4
             })
         );
+        assert_eq!(v.tool_arguments.as_deref(), Some(r#"{"a":1}"#));
         let error = Gemini.read(br#"{"error":{"code":500,"message":"x"}}"#, Kind::Event);
         assert_eq!(error, View::default());
     }
@@ -242,6 +259,22 @@ mod tests {
         let s = String::from_utf8(out.to_vec()).unwrap();
         assert!(s.contains(r#"{"text":"think","thought":true}"#), "{s}");
         assert!(s.contains(r#"[redacted]"#) && !s.contains("secret"), "{s}");
+    }
+
+    #[test]
+    fn function_call_arguments_are_rewritten_where_the_call_is() {
+        let mut c = event(
+            r#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"f","args":{"card":"4111"}}}],"role":"model"},"index":0}]}"#,
+        );
+        assert!(c.set_tool_arguments(r#"{"card":"[REDACTED]"}"#.into()));
+        let mut out = bytes::BytesMut::new();
+        c.write_to(&mut out);
+        let s = String::from_utf8(out.to_vec()).unwrap();
+        let v: Value = serde_json::from_str(s.strip_prefix("data: ").unwrap().trim()).unwrap();
+        assert_eq!(
+            v["candidates"][0]["content"]["parts"][0]["functionCall"],
+            json!({"name": "f", "args": {"card": "[REDACTED]"}})
+        );
     }
 
     #[test]
