@@ -289,6 +289,12 @@ fn vector(seed: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Ollama's `normalize`: scaled to unit length.
+fn normalize(v: Vec<f32>) -> Vec<f32> {
+    let norm = 1.0 / v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.into_iter().map(|x| x * norm).collect()
+}
+
 async fn embed(State(st): State<AppState>, body: Bytes, api: Api) -> Response {
     let st = &st.inner;
     let (req, model) = match parse_request(st, &body) {
@@ -311,10 +317,20 @@ async fn embed(State(st): State<AppState>, body: Bytes, api: Api) -> Response {
     };
     generation.finish(Counter::Completed);
     let tokens: usize = inputs.iter().map(|s| s.len() / 4 + 1).sum();
+    // routes.go EmbedHandler: every vector normalized, then cut to
+    // `dimensions` (when smaller) and normalized again.
+    let dimensions = req.get("dimensions").and_then(Value::as_u64).unwrap_or(0) as usize;
     let v = match api {
         Api::Embed => json!({
             "model": model,
-            "embeddings": inputs.iter().map(|s| vector(s.len())).collect::<Vec<_>>(),
+            "embeddings": inputs.iter().map(|s| {
+                let mut v = normalize(vector(s.len()));
+                if dimensions > 0 && dimensions < v.len() {
+                    v.truncate(dimensions);
+                    v = normalize(v);
+                }
+                v
+            }).collect::<Vec<_>>(),
             "total_duration": load.as_nanos() as u64 + 1000, "load_duration": load.as_nanos() as u64,
             "prompt_eval_count": tokens,
         }),

@@ -115,3 +115,26 @@ async fn preload_pins_and_keep_alive_zero_unloads() {
     let e = post_json(&client, &emu, "/api/embed", body).await;
     assert_eq!(e["embeddings"].as_array().unwrap().len(), 2);
 }
+
+/// routes.go EmbedHandler: vectors are unit length, and `dimensions` cuts
+/// them (normalized again).
+#[tokio::test]
+async fn embeddings_are_normalized_and_cut_to_dimensions() {
+    let (emu, _dir) = start(|_| {}).await;
+    let client = client();
+    let norm = |v: &Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap().powi(2))
+            .sum::<f64>()
+    };
+    let body = json!({"model": "gemma3:4b", "input": "hello"});
+    let e = post_json(&client, &emu, "/api/embed", body).await;
+    assert_eq!(e["embeddings"][0].as_array().unwrap().len(), 8);
+    assert!((norm(&e["embeddings"][0]) - 1.0).abs() < 1e-4);
+    let body = json!({"model": "gemma3:4b", "input": "hello", "dimensions": 3});
+    let e = post_json(&client, &emu, "/api/embed", body).await;
+    assert_eq!(e["embeddings"][0].as_array().unwrap().len(), 3);
+    assert!((norm(&e["embeddings"][0]) - 1.0).abs() < 1e-4);
+}

@@ -127,6 +127,9 @@ e = client.models.embed_content(model="gemma3:4b", contents="hello")
 assert len(e.embeddings) == 1 and len(e.embeddings[0].values) == 8, e
 b = client.models.embed_content(model="gemma3:4b", contents=["hello", "a longer text"])
 assert len(b.embeddings) == 2 and b.embeddings[0].values != b.embeddings[1].values, b
+d = client.models.embed_content(model="gemma3:4b", contents="hello",
+    config=types.EmbedContentConfig(output_dimensionality=4))
+assert len(d.embeddings[0].values) == 4 and abs(sum(x * x for x in d.embeddings[0].values) - 1) < 1e-3, d
 
 # countTokens: the model's own count of the prompt.
 t = client.models.count_tokens(model="gemma3:4b", contents="Why is the sky blue?")
