@@ -263,6 +263,10 @@ async fn inference(
     // Stage: forward. The body length may have changed in the filter stage.
     let mut headers = headers;
     headers.remove(header::CONTENT_LENGTH);
+    if gemini.is_some() {
+        // Ollama never reads it: a key a plugin left in place stays here.
+        headers.remove(GOOG_API_KEY);
+    }
     let codec = route.codec;
     forward(
         state,

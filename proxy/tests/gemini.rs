@@ -215,7 +215,25 @@ async fn a_stream_without_alt_sse_is_a_json_array() {
         .collect();
     assert!(text.starts_with("The sky is blue"), "{text}");
     assert_eq!(all.last().unwrap()["candidates"][0]["finishReason"], "STOP");
+    assert_eq!(completion_tokens(&stack).await, 8);
+    // Not streamed: the same answer, counted too.
+    let resp = stack
+        .post("/v1beta/models/gemma3:4b:generateContent", &body)
+        .await;
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["usageMetadata"]["candidatesTokenCount"], 8);
+    assert_eq!(completion_tokens(&stack).await, 16);
     stack.shutdown().await;
+}
+
+/// `kiln_tokens_total{kind="completion"}`, read with the Gemini codec.
+async fn completion_tokens(stack: &Stack) -> u64 {
+    let metrics = stack.metrics().await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kiln_tokens_total{kind=\"completion\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The request policies apply to Gemini bodies: the key from
