@@ -585,6 +585,25 @@ keys = ["k1"]
     }
 
     #[test]
+    fn gemini_aliases_come_from_the_file_or_the_environment() {
+        let c: Config =
+            toml::from_str("[gemini]\naliases = { \"gemma-3-4b-it\" = \"gemma3:4b\" }").unwrap();
+        assert_eq!(c.gemini.aliases["gemma-3-4b-it"], "gemma3:4b");
+        let mut c = Config::default();
+        let env = |k: &str| {
+            (k == "KILN_GEMINI_ALIASES")
+                .then(|| "gemma-3-4b-it=gemma3:4b, gemma-3-1b-it = gemma3:1b".into())
+        };
+        c.apply_env(env).unwrap();
+        assert_eq!(c.gemini.aliases["gemma-3-1b-it"], "gemma3:1b");
+        assert_eq!(c.gemini.aliases.len(), 2);
+        let err = c
+            .apply_env(|k| (k == "KILN_GEMINI_ALIASES").then(|| "gemma3:4b".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("ALIAS=MODEL"), "{err}");
+    }
+
+    #[test]
     fn set_takes_any_key_and_refuses_unknown_ones() {
         let flags = Overrides {
             set: vec![

@@ -321,11 +321,12 @@ refused(lambda: client.models.count_tokens(model="gemma3:4b",
 
 /// output-guard sees the Gemini chunks: "sky is" spans two streamed
 /// chunks ("sky ", "is ") and never reaches the client, in SSE, in the
-/// JSON array and whole.
+/// JSON array and whole; nor does a pattern in a function call's args.
 #[tokio::test]
 async fn output_guard_redacts_a_phrase_split_across_gemini_chunks() {
-    let stack =
-        Stack::with_plugins(&[plugin("output-guard", json!({"patterns": ["sky is"]}))]).await;
+    let guard = json!({"patterns": ["sky is", "Paris"]});
+    let stack = Stack::with_plugins(&[plugin("output-guard", guard)]).await;
+    ollama_emulator::models::write_fake_model(stack.models.path(), "qwen3:0.6b", 128).unwrap();
     assert_genai_passes(
         &stack,
         "unused",
@@ -336,6 +337,21 @@ assert text.startswith("The [REDACTED] blue because"), text
 assert chunks[-1].candidates[0].finish_reason == types.FinishReason.STOP
 r = client.models.generate_content(model="gemma3:4b", contents="Why?")
 assert r.text == text, (r.text, text)
+
+# A function call's args (the emulator fills them from the prompt) are
+# redacted too, and stay the object the tool expects.
+weather = types.FunctionDeclaration(name="get_weather",
+    parameters=types.Schema(type="OBJECT", properties={"city": types.Schema(type="STRING")}, required=["city"]))
+cfg = types.GenerateContentConfig(tools=[types.Tool(function_declarations=[weather])],
+    automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True))
+ask = "What is the weather in Paris?"
+whole = client.models.generate_content(model="qwen3:0.6b", contents=ask, config=cfg).function_calls
+streamed = [f for c in client.models.generate_content_stream(model="qwen3:0.6b", contents=ask, config=cfg)
+            for f in (c.function_calls or [])]
+for calls in (whole, streamed):
+    assert len(calls) == 1 and calls[0].name == "get_weather", calls
+    city = calls[0].args["city"]
+    assert "[REDACTED]" in city and "Paris" not in city, city
 "#,
     )
     .await;
