@@ -28,6 +28,7 @@ use crate::admission::Admission;
 use crate::body::{self, RespBody};
 use crate::config::Config;
 use crate::filter::{FilterRequest, RequestFilter, Verdict};
+use crate::gemini::stage as gemini;
 use crate::headers;
 use crate::metrics::Metrics;
 use crate::passthrough::Passthrough;
@@ -150,12 +151,7 @@ async fn run(
     // `Connection` header cannot later name (and strip) a header a plugin added.
     headers::strip_hop_by_hop(&mut parts.headers);
     if route.style == ApiStyle::Gemini {
-        // Google reads `?key=` as `x-goog-api-key`: so do the plugins, which
-        // see headers, not the query (the query is never forwarded).
-        let key = crate::gemini::query_key(parts.uri.query());
-        if let Some(key) = key.and_then(|k| HeaderValue::from_str(&k).ok()) {
-            parts.headers.entry(GOOG_API_KEY).or_insert(key);
-        }
+        gemini::key_from_query(&parts.uri, &mut parts.headers);
     }
     if route.label == "gemini_models" {
         return gemini_models(state, ctx, route, parts).await;
@@ -178,17 +174,10 @@ async fn inference(
     let mut parts = parts;
     let (body, _reserved) = read_body(state, ctx, route, &mut parts.headers, body).await?;
     // Stage: view. A Gemini request names its model in the path.
-    let gemini = route
-        .kind
-        .is_gemini()
-        .then(|| crate::gemini::call(parts.uri.path()))
-        .flatten()
-        .map(|(model, method)| {
-            let model = crate::gemini::resolve(&state.config.gemini.aliases, &model);
-            (model, method)
-        });
+    let aliases = &state.config.gemini.aliases;
+    let gemini = gemini::Call::of(route.kind, parts.uri.path(), aliases);
     let view = match &gemini {
-        Some((model, method)) => gemini_view(state, ctx, route.kind, model, *method, &body)?,
+        Some(call) => gemini_view(state, ctx, call, route.kind, &body)?,
         None => parse_view(state, ctx, route.kind, &body)?,
     };
     // Stage: filter.
@@ -196,31 +185,28 @@ async fn inference(
     let (headers, pairs, rewritten) = filter(state, ctx, route.kind, &parts, &body, model).await?;
     // A filter rewrote the body: the typed view must describe what Ollama will see.
     let (view, body) = match (rewritten, &gemini) {
-        (Some(b), Some((model, method))) => {
-            (gemini_view(state, ctx, route.kind, model, *method, &b)?, b)
-        }
+        (Some(b), Some(call)) => (gemini_view(state, ctx, call, route.kind, &b)?, b),
         (Some(b), None) => (parse_view(state, ctx, route.kind, &b)?, b),
         (None, _) => (view, body),
     };
     // Stage: translate. A Gemini body becomes Ollama's, after the plugins.
-    let mut target = ctx.path_and_query.clone();
+    let mut target = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
     let mut plan = None;
     let body = match &gemini {
         None => body,
-        Some((model, method)) => {
-            let up = match crate::gemini::request::translate(*method, model, &body) {
-                Ok(up) => up,
+        Some(call) => {
+            let id = ctx.request_id.to_str().unwrap_or("");
+            match call.translate(&body, parts.uri.query(), id) {
+                Ok((path, body, p)) => {
+                    (target, plan) = (path.to_string(), Some(p));
+                    body
+                }
                 Err(msg) => return Err(reject(state, ctx, 400, &msg, "bad_request", &[])),
-            };
-            target = up.path.to_string();
-            plan = Some(crate::gemini::answer::Plan {
-                method: *method,
-                sse: crate::gemini::wants_sse(parts.uri.query()),
-                include_thoughts: up.include_thoughts,
-                model: model.clone(),
-                response_id: ctx.request_id.to_str().unwrap_or("").to_owned(),
-            });
-            Bytes::from(up.body)
+            }
         }
     };
     // Stage: admit.
@@ -265,7 +251,7 @@ async fn inference(
     headers.remove(header::CONTENT_LENGTH);
     if gemini.is_some() {
         // Ollama never reads it: a key a plugin left in place stays here.
-        headers.remove(GOOG_API_KEY);
+        headers.remove(gemini::GOOG_API_KEY);
     }
     let codec = route.codec;
     forward(
@@ -285,34 +271,21 @@ async fn inference(
     .await
 }
 
-/// The view of a Gemini request: the model from the path (aliases
-/// resolved), streaming from the method; the body must be a JSON object
-/// (its fields are read when it is translated, after the plugins).
 fn gemini_view(
     state: &Arc<AppState>,
     ctx: &mut Ctx,
+    call: &gemini::Call,
     kind: RouteKind,
-    model: &str,
-    method: crate::gemini::Method,
     body: &[u8],
 ) -> Result<InferenceView, Early> {
-    let object = serde_json::from_slice::<serde_json::Value>(body).map(|v| v.is_object());
-    if !matches!(object, Ok(true)) {
-        let msg = "Invalid JSON payload received: the body must be a JSON object";
-        return Err(reject(state, ctx, 400, msg, "bad_request", &[]));
-    }
-    ctx.model = Some(model.to_string());
-    Ok(InferenceView {
-        route: kind,
-        model: model.to_string(),
-        stream: method == crate::gemini::Method::StreamGenerate,
-        options: None,
-        keep_alive: None,
-    })
+    ctx.model = Some(call.model.clone());
+    call.view(kind, body)
+        .map_err(|msg| reject(state, ctx, 400, msg, "bad_request", &[]))
 }
 
 /// `GET models` and `GET models/{m}` of the Gemini API, from Ollama's
-/// `/api/tags` (small: read whole, under `limits.max_body_bytes`).
+/// `/api/tags` (small: read whole, under `limits.max_body_bytes`), with
+/// the head filtered as on every other route.
 async fn gemini_models(
     state: &Arc<AppState>,
     ctx: &mut Ctx,
@@ -324,68 +297,27 @@ async fn gemini_models(
         let retry = [("retry-after".to_string(), "1".to_string())];
         return Err(reject(state, ctx, 429, msg, "other_busy", &retry));
     };
-    let wanted = crate::gemini::models_path(parts.uri.path()).flatten();
     let (mut headers, ..) = filter(state, ctx, route.kind, &parts, &Bytes::new(), None).await?;
-    let up = &state.upstream;
+    let (up, config) = (&state.upstream, &state.config);
     headers::for_upstream(
         &mut headers,
         up.authority(),
-        &state.config.allowed_origins,
+        &config.allowed_origins,
         &ctx.request_id,
     );
-    headers.remove(GOOG_API_KEY);
-    let uri = up
-        .uri("/api/tags")
-        .map_err(|e| reject(state, ctx, 500, &e.to_string(), "bad_request", &[]))?;
-    let mut req = Request::new(body::full(Bytes::new()));
-    *req.uri_mut() = uri;
-    *req.headers_mut() = headers;
-    let resp = match tokio::time::timeout_at(ctx.deadline, up.send(req)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            state.metrics.upstream_error();
-            return Err(reject(
-                state,
-                ctx,
-                502,
-                &e.to_string(),
-                "upstream_unreachable",
-                &[],
-            ));
-        }
-        Err(_) => {
-            state.metrics.upstream_error();
-            let msg = "Ollama did not answer within limits.request_timeout_s";
-            return Err(reject(state, ctx, 504, msg, "upstream_timeout", &[]));
+    let (max, idle) = (config.limits.max_body_bytes, config.idle_timeout());
+    let tags = match gemini::fetch_tags(up, headers, ctx.deadline, max, idle).await {
+        Ok(tags) => tags,
+        Err((status, msg, reason)) => {
+            if status != 500 {
+                state.metrics.upstream_error();
+            }
+            return Err(reject(state, ctx, status, &msg, reason, &[]));
         }
     };
-    let status = resp.status().as_u16();
-    let limits = &state.config.limits;
-    let tags = body::read_limited(
-        resp.into_body(),
-        limits.max_body_bytes,
-        state.config.idle_timeout(),
-    )
-    .await
-    .map_err(|e| {
-        reject(
-            state,
-            ctx,
-            502,
-            &format!("Ollama's model list broke off: {e}"),
-            "upstream_broke",
-            &[],
-        )
-    })?;
-    if status != 200 {
-        let msg = format!(
-            "Ollama answered {status} to its model list: {}",
-            String::from_utf8_lossy(&tags)
-        );
-        return Err(reject(state, ctx, 502, &msg, "upstream_error", &[]));
-    }
+    let wanted = crate::gemini::models_path(parts.uri.path()).flatten();
     let (status, out) =
-        crate::gemini::models::answer(&state.config.gemini.aliases, wanted.as_deref(), &tags);
+        crate::gemini::models::answer(&config.gemini.aliases, wanted.as_deref(), &tags);
     state
         .metrics
         .request(ctx.route, status, ctx.start.elapsed());
@@ -400,9 +332,6 @@ async fn gemini_models(
     h.insert(headers::REQUEST_ID, ctx.request_id.clone());
     Ok(resp)
 }
-
-/// Gemini's API-key header (`?key=` is read as it).
-const GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
 
 fn parse_view(
     state: &Arc<AppState>,

@@ -13,6 +13,7 @@
 pub mod answer;
 pub mod models;
 pub mod request;
+pub mod stage;
 
 use std::collections::BTreeMap;
 
