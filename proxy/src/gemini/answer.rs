@@ -46,6 +46,7 @@ impl Plan {
             whole: BytesMut::new(),
             max,
             ended: false,
+            last_sent: std::time::Instant::now(),
         }
     }
 
@@ -68,6 +69,13 @@ impl Plan {
             None => self.response(&v, false)?,
         };
         serde_json::to_vec(&out).ok()
+    }
+
+    /// A chunk with an empty text part: nothing to read, but alive.
+    fn empty_chunk(&self) -> Vec<u8> {
+        let v = json!({"candidates": [{"content": {"parts": [{"text": ""}], "role": "model"}, "index": 0}],
+            "modelVersion": self.model, "responseId": self.response_id});
+        to_vec(&v)
     }
 
     /// A `GenerateContentResponse` from one `/api/chat` chunk or answer.
@@ -183,7 +191,11 @@ pub struct Translated {
     whole: BytesMut,
     max: usize,
     ended: bool,
+    last_sent: std::time::Instant,
 }
+
+/// How long hidden thinking goes without a chunk to the client.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Translated {
     /// SSE events for the whole lines framed so far.
@@ -193,9 +205,19 @@ impl Translated {
             return Ok(out);
         };
         while let Some(line) = framer.next_frame()? {
-            if let Some(json) = self.plan.chunk(&line) {
-                event(&mut out, &json);
+            match self.plan.chunk(&line) {
+                Some(json) => event(&mut out, &json),
+                // Thinking the client did not ask for is not sent; after a
+                // while of it, an empty chunk tells the client (and the
+                // proxy's own idle timeout) that the answer is alive.
+                None if self.last_sent.elapsed() >= KEEPALIVE => {
+                    event(&mut out, &self.plan.empty_chunk());
+                }
+                None => {}
             }
+        }
+        if !out.is_empty() {
+            self.last_sent = std::time::Instant::now();
         }
         Ok(out)
     }
@@ -439,6 +461,30 @@ mod tests {
             .to_bytes();
         let array: Vec<Value> = serde_json::from_slice(&array).unwrap();
         assert_eq!(array, events);
+    }
+
+    /// Thinking the client did not ask for is not sent, but a long spell of
+    /// it gets an empty chunk, so neither the client nor the proxy's idle
+    /// timeout takes the answer for dead.
+    #[tokio::test]
+    async fn hidden_thinking_sends_an_empty_chunk_now_and_then() {
+        let thinking = "{\"model\":\"m\",\"message\":{\"role\":\"assistant\",\"content\":\"\",\"thinking\":\"hm\"},\"done\":false}\n";
+        let mut t =
+            plan(Method::StreamGenerate).translate(200, body(&[thinking, thinking]), 1 << 20);
+        assert!(t.framer.as_mut().unwrap().next_frame().unwrap().is_none());
+        t.framer.as_mut().unwrap().push(thinking.as_bytes());
+        assert!(
+            t.drain().unwrap().is_empty(),
+            "recent output: nothing to send"
+        );
+        t.last_sent = std::time::Instant::now() - KEEPALIVE;
+        t.framer.as_mut().unwrap().push(thinking.as_bytes());
+        let out = String::from_utf8(t.drain().unwrap()).unwrap();
+        let v: Value = serde_json::from_str(out.strip_prefix("data: ").unwrap().trim()).unwrap();
+        assert_eq!(
+            v["candidates"][0]["content"]["parts"],
+            json!([{"text": ""}])
+        );
     }
 
     fn body_from(s: String) -> RespBody {

@@ -168,7 +168,9 @@ pub fn parse_request_file(text: &str) -> Result<FilterRequest> {
         method,
         path: path.to_owned(),
         headers,
-        model: super::chain::model_of(&body),
+        // Gemini's model is in the path (aliases are the proxy's config).
+        model: super::chain::model_of(&body)
+            .or_else(|| crate::gemini::call(path.split('?').next()?).map(|(m, _)| m)),
         body,
     })
 }
