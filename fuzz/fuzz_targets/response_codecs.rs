@@ -18,13 +18,14 @@ use libfuzzer_sys::fuzz_target;
 use response::chunk::Chunk;
 use response::codec::{Channel, Codec, Kind};
 
-static CODECS: [&dyn Codec; 6] = [
+static CODECS: [&dyn Codec; 7] = [
     &response::ollama::Ollama { chat: false },
     &response::ollama::Ollama { chat: true },
     &response::openai::OpenAi { chat: true },
     &response::openai::OpenAi { chat: false },
     &response::responses::Responses,
     &response::messages::Messages,
+    &response::gemini::Gemini,
 ];
 
 /// Every channel of `chunk`, indexed by `Channel as usize`.

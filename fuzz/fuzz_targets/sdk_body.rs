@@ -8,7 +8,7 @@ use kiln_plugin::Route;
 use kiln_plugin::body::Body;
 use libfuzzer_sys::fuzz_target;
 
-const ROUTES: [Route; 9] = [
+const ROUTES: [Route; 12] = [
     Route::OllamaGenerate,
     Route::OllamaChat,
     Route::OllamaEmbed,
@@ -17,6 +17,9 @@ const ROUTES: [Route; 9] = [
     Route::OpenaiEmbeddings,
     Route::OpenaiResponses,
     Route::AnthropicMessages,
+    Route::GeminiGenerate,
+    Route::GeminiCountTokens,
+    Route::GeminiEmbed,
     Route::Other,
 ];
 

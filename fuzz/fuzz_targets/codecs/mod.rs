@@ -15,3 +15,5 @@ pub mod openai;
 pub mod responses;
 #[path = "../../../proxy/src/response/messages.rs"]
 pub mod messages;
+#[path = "../../../proxy/src/response/gemini.rs"]
+pub mod gemini;

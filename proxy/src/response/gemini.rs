@@ -208,7 +208,7 @@ struct GeminiAnswer {
 }
 
 impl AnswerState for GeminiAnswer {
-    fn before_hooks(&mut self, chunk: &mut super::Chunk) {
+    fn before_hooks(&mut self, chunk: &mut super::chunk::Chunk) {
         self.thinking_end.mark(chunk);
     }
 }
