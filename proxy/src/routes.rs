@@ -324,6 +324,28 @@ mod tests {
         assert!(is_management(&classify("/api/delete").unwrap()));
         assert!(is_management(&classify("/api/blobs/sha256:1").unwrap()));
         assert!(!is_management(&classify("/api/show").unwrap()));
+        // Gemini: the method after the model; both API versions.
+        let g = classify("/v1beta/models/gemma3:4b:streamGenerateContent").unwrap();
+        assert_eq!(
+            (g.kind, g.label),
+            (RouteKind::GeminiGenerate, "gemini_stream_generate")
+        );
+        assert_eq!(g.codec.map(|c| c.name()), Some("gemini"));
+        assert_eq!(
+            classify("/v1/models/gemma3:4b:embedContent").unwrap().kind,
+            RouteKind::GeminiEmbed
+        );
+        assert_eq!(classify("/v1beta/models").unwrap().label, "gemini_models");
+        assert_eq!(
+            classify("/v1beta/models/gemma3:4b").unwrap().label,
+            "gemini_models"
+        );
+        // `/v1/models/…` without a method stays the OpenAI model route.
+        assert_eq!(
+            classify("/v1/models/gemma3:4b").unwrap().label,
+            "openai_models"
+        );
+        assert!(classify("/v1beta/models/gemma3:4b:nope").is_none());
     }
 
     #[test]
@@ -375,5 +397,13 @@ mod tests {
         assert!(sse_error(ApiStyle::OpenAi, 500, "boom").starts_with(b"data: {\"error\""));
         assert_eq!(style("/api/chat"), ApiStyle::Ollama);
         assert_eq!(style("/v1/nope"), ApiStyle::OpenAi);
+        assert_eq!(style("/v1beta/models/m:generateContent"), ApiStyle::Gemini);
+        assert_eq!(style("/v1beta/nope"), ApiStyle::Gemini);
+        let g: serde_json::Value =
+            serde_json::from_slice(&error_body(ApiStyle::Gemini, 429, "busy")).unwrap();
+        assert_eq!(
+            g,
+            serde_json::json!({"error": {"code": 429, "message": "busy", "status": "RESOURCE_EXHAUSTED"}})
+        );
     }
 }

@@ -59,9 +59,11 @@ pub fn models_path(path: &str) -> Option<Option<String>> {
         "" | "/" => Some(None),
         r => {
             let m = r.strip_prefix('/')?.replace("%3A", ":").replace("%3a", ":");
-            // `gemma3:4b` is a name; `gemma3:4b:countTokens` is a call.
+            // `gemma3:4b` is a name; `gemma3:4b:countTokens` is a call, and
+            // `gemma3:4b:nope` neither (a name has one tag at most).
             let is_call = call(&format!("/v1beta/models/{m}")).is_some();
-            (!m.is_empty() && !m.contains('/') && !is_call).then_some(Some(m))
+            let name = !m.is_empty() && !m.contains('/') && m.matches(':').count() <= 1;
+            (name && !is_call).then_some(Some(m))
         }
     }
 }
@@ -155,6 +157,7 @@ mod tests {
             Some(Some("gemma3:4b".into()))
         );
         assert_eq!(models_path("/v1beta/models/gemma3:4b:countTokens"), None);
+        assert_eq!(models_path("/v1beta/models/gemma3:4b:nope"), None);
         assert_eq!(models_path("/v1/models"), None);
     }
 

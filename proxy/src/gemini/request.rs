@@ -471,13 +471,12 @@ fn count_tokens(model: &str, req: &Map<String, Value>) -> Result<Value> {
         }
     };
     let (mut body, _) = chat(model, &inner, false)?;
-    body["options"]
-        .as_object_mut()
-        .map(|o| o.insert("num_predict".into(), json!(1)))
-        .unwrap_or_else(|| {
-            body["options"] = json!({"num_predict": 1});
-            None
-        });
+    match body.get_mut("options").and_then(Value::as_object_mut) {
+        Some(options) => {
+            options.insert("num_predict".into(), json!(1));
+        }
+        None => body["options"] = json!({"num_predict": 1}),
+    }
     Ok(body)
 }
 
