@@ -28,6 +28,7 @@
 //! made from it. Keep the decision logic in plain functions over [`Request`]
 //! and [`Body`] so it can be unit-tested natively with `cargo test`.
 
+pub mod arena;
 #[doc(hidden)]
 pub mod bindings;
 pub mod body;
@@ -39,6 +40,12 @@ pub mod response;
 pub mod response_bindings;
 
 pub use body::{Body, BodyError, Message};
+
+/// Every SDK plugin allocates from an arena in its initial memory (see
+/// [`arena`]); a plugin crate must not declare another global allocator.
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: arena::Arena<{ arena::ARENA_BYTES }> = arena::Arena::new();
 pub use decision::{Decision, HeaderEdit, Modification, Rejection};
 pub use request::{Request, Route};
 
