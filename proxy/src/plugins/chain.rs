@@ -4,6 +4,7 @@
 
 use super::OnError;
 use super::loader::LoadedPlugin;
+use super::pace::Pace;
 use super::runtime::{CallState, Runtime, wit};
 use super::stats::CallOutcome;
 use crate::filter::{FilterRequest, Verdict};
@@ -16,6 +17,8 @@ use wasmtime::{Store, Trap};
 pub struct Chain {
     pub(super) runtime: Arc<Runtime>,
     pub(super) plugins: Vec<LoadedPlugin>,
+    /// How quick its recent runs were (see `pace`).
+    pub(super) pace: Pace,
 }
 
 /// The decision of one plugin, as the host understood it.

@@ -10,12 +10,14 @@
 //! - `cache`: compiled artifacts on disk.
 //! - `chain`: running a request through the plugins in order.
 //! - `stage`: the current chain, hot reload.
+//! - `pace`: whether a chain runs on the worker thread or beside it.
 //! - `tool`: `kiln-proxy plugin check|run`.
 
 mod cache;
 mod chain;
 mod counters;
 mod loader;
+mod pace;
 mod response;
 mod response_world;
 mod routes;

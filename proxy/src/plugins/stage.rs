@@ -14,8 +14,10 @@
 
 use super::chain::Chain;
 use super::loader;
-use super::runtime::Runtime;
+use super::pace::Pace;
+use super::runtime::{Runtime, thread_cpu_time};
 use super::{PluginError, PluginSpec};
+use crate::counters_config::CounterBackend;
 use crate::filter::{FilterRequest, RequestFilter, Verdict, VerdictFuture};
 use arc_swap::ArcSwap;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -51,9 +53,12 @@ fn build(runtime: &Arc<Runtime>, specs: &[PluginSpec]) -> Result<Chain, PluginEr
         );
         plugins.push(plugin);
     }
+    // Redis counters make a plugin call wait for the network.
+    let may_run_in_place = runtime.options.counters.backend() != CounterBackend::Redis;
     Ok(Chain {
         runtime: runtime.clone(),
         plugins,
+        pace: Pace::new(may_run_in_place),
     })
 }
 
@@ -284,17 +289,29 @@ impl RequestFilter for PluginStage {
                     headers: Vec::new(),
                 };
             }
-            // Plugin calls are CPU work bounded by their deadline (tens of
-            // µs typically, up to the deadline per plugin). On the proxy's
-            // multi-thread runtime, block_in_place runs them right here and
-            // hands this worker's other tasks to another thread, so a slow
-            // plugin cannot stall other connections, without the thread hop
-            // of spawn_blocking (which costs more than a plugin call). Other
-            // runtimes (current-thread, as in tests) use spawn_blocking.
+            // Plugin calls are CPU work bounded by their budget (about 10 µs
+            // each typically, up to the budget per plugin). On the proxy's
+            // multi-thread runtime a chain that has been quick lately runs
+            // right here; otherwise block_in_place runs it here and hands
+            // this worker's other tasks to another thread, so a slow plugin
+            // cannot stall other connections (see `pace`). Either avoids the
+            // thread hop of spawn_blocking. Other runtimes (current-thread,
+            // as in tests) use spawn_blocking.
             let on_multi_thread = tokio::runtime::Handle::try_current()
                 .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
             if on_multi_thread {
-                return tokio::task::block_in_place(move || chain.run(request));
+                // CPU time, not wall time: a thread the OS preempts on a busy
+                // machine has not met a slow plugin.
+                let timed = |chain: &Chain, request| {
+                    let started = thread_cpu_time();
+                    let verdict = chain.run(request);
+                    chain.pace.record(thread_cpu_time().saturating_sub(started));
+                    verdict
+                };
+                if chain.pace.run_in_place() {
+                    return timed(&chain, request);
+                }
+                return tokio::task::block_in_place(move || timed(&chain, request));
             }
             match tokio::task::spawn_blocking(move || chain.run(request)).await {
                 Ok(verdict) => verdict,
