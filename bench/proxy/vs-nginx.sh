@@ -4,6 +4,8 @@
 #
 #   bench/proxy/vs-nginx.sh                 # 3 interleaved rounds of 4 s per row
 #   ROUNDS=5 SECONDS_PER_RUN=8 bench/proxy/vs-nginx.sh
+#   BASELINE_PROXY=/tmp/kiln-proxy-old bench/proxy/vs-nginx.sh   # adds rows for another build
+#   BASELINE_PLUGINS=/tmp/old-plugins ...                         # and its plugin files (default: the same)
 #
 # The upstream is nginx answering every request with a fixed, small /api/chat
 # JSON (`return 200`, worker_processes 1), so the proxies are measured, not a
@@ -11,6 +13,8 @@
 #   nginx        nginx proxy_pass (worker_processes 1, upstream keepalive 64, no access log)
 #   kiln         kiln-proxy, no plugins (limits raised so nothing queues)
 #   kiln+3       kiln-proxy with api-key, model-allowlist and token-cap (the quickstart's policy)
+#   base, base+3 the same two with the kiln-proxy binary BASELINE_PROXY, when set
+#                (to compare two builds in one run on a shared machine)
 # Reported per row: median requests/s over the rounds and its ratio to nginx's
 # in the same round, median p99, non-2xx answers, and kiln-proxy's CPU time
 # (user + system) per request. Not part of the test suite.
@@ -39,6 +43,9 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 up_port=$(free_port); nginx_port=$(free_port); kiln_port=$(free_port); kiln3_port=$(free_port)
+base_port=$(free_port); base3_port=$(free_port)
+baseline=${BASELINE_PROXY:-}
+[ -z "$baseline" ] || [ -x "$baseline" ] || die "BASELINE_PROXY=$baseline is not an executable"
 
 answer='{"model":"gemma3:4b","created_at":"2026-01-01T00:00:00Z","message":{"role":"assistant","content":"The sky is blue."},"done":true,"done_reason":"stop","total_duration":1000,"load_duration":10,"prompt_eval_count":9,"prompt_eval_duration":100,"eval_count":5,"eval_duration":500}'
 nginx_conf() { # nginx_conf NAME SERVER_BLOCK
@@ -71,40 +78,52 @@ nginx_conf proxy "upstream ollama { server 127.0.0.1:$up_port; keepalive 64; }
 
 key=bench-key-0123456789
 key_sha=$(printf %s "$key" | sha256sum | cut -d' ' -f1)
-cat >"$work/plugins.toml" <<EOF
+plugins_toml() { # plugins_toml DIR: the quickstart's policy with the plugin files of DIR
+    cat <<EOF
 [[plugins]]
 name = "api-key"
-path = "$PWD/target/plugins/api_key.wasm"
+path = "$1/api_key.wasm"
 [plugins.config]
 keys = [{ name = "bench", sha256 = "$key_sha" }]
 
 [[plugins]]
 name = "model-allowlist"
-path = "$PWD/target/plugins/model_allowlist.wasm"
+path = "$1/model_allowlist.wasm"
 [plugins.config]
 allow = ["gemma3:4b"]
 
 [[plugins]]
 name = "token-cap"
-path = "$PWD/target/plugins/token_cap.wasm"
+path = "$1/token_cap.wasm"
 [plugins.config]
 max_tokens = 512
 EOF
+}
+plugins_toml "$PWD/target/plugins" >"$work/plugins.toml"
+plugins_toml "${BASELINE_PLUGINS:-$PWD/target/plugins}" >"$work/base-plugins.toml"
 : >"$work/empty.toml"
-start_kiln() { # start_kiln PORT CONFIG
+start_kiln() { # start_kiln PORT CONFIG [BINARY]
     KILN_LISTEN=127.0.0.1:$1 KILN_UPSTREAM=http://127.0.0.1:$up_port \
         KILN_LIMITS_MAX_IN_FLIGHT=4096 KILN_LIMITS_MAX_QUEUE=4096 RUST_LOG=warn \
         KILN_PLUGIN_CACHE_DIR="$work/cache" \
-        target/release/kiln-proxy --config "$2" >"$work/kiln-$1.log" 2>&1 &
+        "${3:-target/release/kiln-proxy}" --config "$2" >"$work/kiln-$1.log" 2>&1 &
     pids+=($!)
     echo $!
 }
 kiln_pid=$(start_kiln "$kiln_port" "$work/empty.toml")
 kiln3_pid=$(start_kiln "$kiln3_port" "$work/plugins.toml")
+kiln_ports="$kiln_port $kiln3_port"
+rows=("nginx $nginx_port" "kiln $kiln_port $kiln_pid" "kiln+3 $kiln3_port $kiln3_pid")
+if [ -n "$baseline" ]; then
+    base_pid=$(start_kiln "$base_port" "$work/empty.toml" "$baseline")
+    base3_pid=$(start_kiln "$base3_port" "$work/base-plugins.toml" "$baseline")
+    kiln_ports="$kiln_ports $base_port $base3_port"
+    rows+=("base $base_port $base_pid" "base+3 $base3_port $base3_pid")
+fi
 for port in $up_port $nginx_port; do
     for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.05; done
 done
-for port in $kiln_port $kiln3_port; do
+for port in $kiln_ports; do
     for _ in $(seq 200); do curl -sf -o /dev/null "http://127.0.0.1:$port/healthz/ready" && break; sleep 0.05; done
     curl -sf -o /dev/null "http://127.0.0.1:$port/healthz/ready" || die "kiln-proxy on $port did not become ready: $(cat "$work/kiln-$port.log")"
 done
@@ -147,10 +166,9 @@ PY
 for round in $(seq "$ROUNDS"); do
     say "round $round of $ROUNDS"
     # Rotate the order every round, so a slow moment of the machine does not land on one row.
-    rows=("nginx $nginx_port" "kiln $kiln_port $kiln_pid" "kiln+3 $kiln3_port $kiln3_pid")
-    for k in 0 1 2; do
+    for k in "${!rows[@]}"; do
         # shellcheck disable=SC2086
-        run_row "$round" ${rows[$(((k + round) % 3))]}
+        run_row "$round" ${rows[$(((k + round) % ${#rows[@]}))]}
     done
 done
 
@@ -162,15 +180,20 @@ for rnd, name, rps, p99, bad, cpu, errs in rows:
     by.setdefault(name, {})[rnd] = (float(rps), float(p99), int(bad), float(cpu), errs)
 nginx = by["nginx"]
 print(f"\nkiln-proxy vs nginx, wrk -t1 -c64, small non-streaming /api/chat, {len(nginx)} rounds; {sys.argv[2]} cores, {sys.argv[3]}\n")
-print("| path | req/s (median) | ratio to nginx (median of rounds) | p99 ms (median) | non-2xx | kiln CPU per request |")
-print("|---|---|---|---|---|---|")
-for name in ["nginx", "kiln", "kiln+3"]:
+print("| path | req/s (median) | ratio to nginx (median of rounds) | with plugins / without (median of rounds) | p99 ms (median) | non-2xx | kiln CPU per request |")
+print("|---|---|---|---|---|---|---|")
+for name in ["nginx", "kiln", "kiln+3", "base", "base+3"]:
+    if name not in by:
+        continue
     r = by[name]
     rps = statistics.median(v[0] for v in r.values())
     ratio = statistics.median(r[k][0] / nginx[k][0] for k in r)
+    # The plugin row over the same build without plugins, in the same round.
+    plain = by.get(name[:-2]) if name.endswith("+3") else None
+    vs_plain = f"{statistics.median(r[k][0] / plain[k][0] for k in r):.2f}×" if plain else "–"
     p99 = statistics.median(v[1] for v in r.values())
     bad = sum(v[2] for v in r.values())
     cpu = statistics.median(v[3] for v in r.values())
     cpu_s = f"{cpu:.0f} µs" if name != "nginx" else "–"
-    print(f"| {name} | {rps:,.0f} | {ratio:.2f}× | {p99:.2f} | {bad} | {cpu_s} |")
+    print(f"| {name} | {rps:,.0f} | {ratio:.2f}× | {vs_plain} | {p99:.2f} | {bad} | {cpu_s} |")
 PY

@@ -173,6 +173,43 @@ fn plugin_trap_fails_closed_and_the_next_request_is_served() {
     assert_eq!(rejection(&run(&stage, chat("{}"))).0, 500);
 }
 
+/// filter.wit promises a fresh instance per request: globals, memory
+/// contents and memory size left by one call are gone in the next, also
+/// when calls run on several threads at once (the pool reuses its slots).
+#[test]
+fn every_request_sees_a_fresh_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = fixtures::write(dir.path(), "stateful", &Behaviour::LeaveState);
+    let stage = stage(dir.path(), &[spec("stateful", &path)]);
+    for _ in 0..50 {
+        forwarded(run(&stage, chat("{}")));
+    }
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                for _ in 0..50 {
+                    forwarded(run(&stage, chat("{}")));
+                }
+            });
+        }
+    });
+    // The fixture does notice state: started with its global already set,
+    // as a reused instance would be, it refuses.
+    let wat = fixtures::wat(&Behaviour::LeaveState, None);
+    let seeded = wat.replace(
+        "(global $calls (mut i32) (i32.const 0))",
+        "(global $calls (mut i32) (i32.const 1))",
+    );
+    assert_ne!(wat, seeded);
+    let path = fixtures::write_bytes(
+        dir.path(),
+        "seeded",
+        &fixtures::with_world(&seeded, "filter"),
+    );
+    let stage = self::stage(dir.path(), &[spec("seeded", &path)]);
+    assert_eq!(rejection(&run(&stage, chat("{}"))), (409, fixtures::STALE));
+}
+
 #[test]
 fn plugin_failure_is_skipped_when_on_error_is_allow() {
     let dir = tempfile::tempdir().unwrap();

@@ -28,11 +28,21 @@ pub enum Behaviour<'a> {
     SlowReject(u64, &'a str),
     /// Counts down from this number (a fixed amount of CPU work), then allows.
     Work(u64),
+    /// Leaves state behind in every place an instance has (a global, a word
+    /// of memory, one more page of memory), then allows; but rejects with
+    /// 409 when it finds any of it already there, left by an earlier call.
+    LeaveState,
 }
 
 const DECISION: u32 = 256;
 const EDITS: u32 = 512;
 const DATA: u32 = 1024;
+/// Where `LeaveState` leaves a word in memory.
+const STATE: u32 = 128;
+/// The fixtures' initial memory, in 64 KiB pages.
+const PAGES: u32 = 2;
+/// `LeaveState`'s message when it finds state from an earlier call.
+pub const STALE: &str = "this instance has state from an earlier call";
 /// A zero word in a decision: a null pointer or an empty list.
 const NONE: &str = "(i32.const 0)";
 
@@ -149,6 +159,21 @@ fn on_request_body(b: &Behaviour) -> (String, Vec<(u32, Vec<u8>)>) {
             ),
             vec![],
         ),
+        Behaviour::LeaveState => (
+            format!(
+                "(block $fresh
+                   (br_if $fresh (i32.and (i32.eqz (global.get $calls))
+                     (i32.and (i32.eqz (i32.load (i32.const {STATE})))
+                              (i32.eq (memory.size) (i32.const {PAGES})))))
+                   (return {}))
+                 (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+                 (i32.store (i32.const {STATE}) (i32.const 1))
+                 (drop (memory.grow (i32.const 1)))
+                 (i32.store8 (i32.const {DECISION}) (i32.const 0)) (i32.const {DECISION})",
+                reject(409, &format!("(i32.const {DATA})"), &format!("(i32.const {})", STALE.len())),
+            ),
+            vec![(DATA, STALE.as_bytes().to_vec())],
+        ),
         Behaviour::MemoryBomb => ("(loop $l (drop (memory.grow (i32.const 16))) (br $l)) (unreachable)".into(), vec![]),
         Behaviour::SlowReject(ms, msg) => (
             format!(
@@ -187,8 +212,9 @@ pub fn wat(behaviour: &Behaviour, config_error: Option<&str>) -> String {
         r#"(module
   (import "kiln:filter/host@0.2.0" "monotonic-now" (func $now (result i64)))
   (import "kiln:filter/host@0.2.0" "config" (func $config (param i32)))
-  (memory (export "memory") 2)
+  (memory (export "memory") {PAGES})
   (global $heap (mut i32) (i32.const 4096))
+  (global $calls (mut i32) (i32.const 0))
   (func $realloc (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
     (local $p i32)
     (local.set $p (i32.and (i32.add (global.get $heap) (i32.sub (local.get 2) (i32.const 1)))
