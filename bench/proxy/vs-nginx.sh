@@ -102,21 +102,22 @@ EOF
 plugins_toml "$PWD/target/plugins" >"$work/plugins.toml"
 plugins_toml "${BASELINE_PLUGINS:-$PWD/target/plugins}" >"$work/base-plugins.toml"
 : >"$work/empty.toml"
-start_kiln() { # start_kiln PORT CONFIG [BINARY]
+start_kiln() { # start_kiln PORT CONFIG [BINARY]; its pid in $started
     KILN_LISTEN=127.0.0.1:$1 KILN_UPSTREAM=http://127.0.0.1:$up_port \
         KILN_LIMITS_MAX_IN_FLIGHT=4096 KILN_LIMITS_MAX_QUEUE=4096 RUST_LOG=warn \
         KILN_PLUGIN_CACHE_DIR="$work/cache" \
         "${3:-target/release/kiln-proxy}" --config "$2" >"$work/kiln-$1.log" 2>&1 &
-    pids+=($!)
-    echo $!
+    # Not in a $(…) subshell: the pid must reach `pids` for the cleanup.
+    started=$!
+    pids+=("$started")
 }
-kiln_pid=$(start_kiln "$kiln_port" "$work/empty.toml")
-kiln3_pid=$(start_kiln "$kiln3_port" "$work/plugins.toml")
+start_kiln "$kiln_port" "$work/empty.toml"; kiln_pid=$started
+start_kiln "$kiln3_port" "$work/plugins.toml"; kiln3_pid=$started
 kiln_ports="$kiln_port $kiln3_port"
 rows=("nginx $nginx_port" "kiln $kiln_port $kiln_pid" "kiln+3 $kiln3_port $kiln3_pid")
 if [ -n "$baseline" ]; then
-    base_pid=$(start_kiln "$base_port" "$work/empty.toml" "$baseline")
-    base3_pid=$(start_kiln "$base3_port" "$work/base-plugins.toml" "$baseline")
+    start_kiln "$base_port" "$work/empty.toml" "$baseline"; base_pid=$started
+    start_kiln "$base3_port" "$work/base-plugins.toml" "$baseline"; base3_pid=$started
     kiln_ports="$kiln_ports $base_port $base3_port"
     rows+=("base $base_port $base_pid" "base+3 $base3_port $base3_pid")
 fi
@@ -154,8 +155,11 @@ rnd, name, ticks, hz = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 reqs = int(re.search(r"(\d+) requests in", out).group(1))
 def ms(v):
-    n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
-    return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+    m = re.match(r"([\d.]+)(us|ms|s|m|h)$", v)
+    if not m:
+        sys.exit(f"{name}: cannot read wrk's p99 {v!r}:\n{out}")
+    n, unit = m.groups()
+    return float(n) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}[unit]
 p99 = ms(re.search(r"99%\s+(\S+)", out).group(1))
 bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
 errs = re.search(r"Socket errors:.*", out)
