@@ -4,9 +4,9 @@
 //! Why not only the standard allocator: kiln-proxy gives every request a
 //! fresh instance, and the standard wasm32 allocator takes all of its memory
 //! with `memory.grow`. So every call grew the instance's memory, and the
-//! host had to shrink the pooled slot back before the next instance, two
-//! `mprotect` calls (and a TLB flush) per plugin call: about a third of the
-//! host's cost of a call. The arena lives in the module's zero-initialised
+//! host had to shrink the pooled slot back before the next instance: two
+//! `mprotect` calls (and a TLB flush) per plugin call, about half of what a
+//! call of a small plugin cost (docs/BENCHMARKS.md, "Next to nginx"). The arena lives in the module's zero-initialised
 //! data (its `.bss`), which is part of the initial memory, so a request that
 //! fits in it never grows memory, and the host resets only the pages it
 //! wrote. One request per instance makes a bump arena a good fit: memory is

@@ -40,14 +40,14 @@ pub mod response;
 pub mod response_bindings;
 
 pub use body::{Body, BodyError, Message};
+pub use decision::{Decision, HeaderEdit, Modification, Rejection};
+pub use request::{Request, Route};
 
 /// Every SDK plugin allocates from an arena in its initial memory (see
 /// [`arena`]); a plugin crate must not declare another global allocator.
 #[cfg(target_arch = "wasm32")]
 #[global_allocator]
 static ALLOCATOR: arena::Arena<{ arena::ARENA_BYTES }> = arena::Arena::new();
-pub use decision::{Decision, HeaderEdit, Modification, Rejection};
-pub use request::{Request, Route};
 
 /// A request filter. One instance of the plugin's wasm module serves one
 /// request, so there is no `&self`: state that must outlive a request goes
