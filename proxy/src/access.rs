@@ -26,6 +26,8 @@ pub(crate) struct Ctx {
     pub(crate) remote: SocketAddr,
     pub(crate) request_size: u64,
     pub(crate) model: Option<String>,
+    /// The request's spans, when traces are on.
+    pub(crate) span: Option<crate::telemetry::RequestTrace>,
 }
 
 pub(crate) fn take_ctx(ctx: &mut Ctx) -> Ctx {
@@ -42,6 +44,7 @@ pub(crate) fn take_ctx(ctx: &mut Ctx) -> Ctx {
         remote: ctx.remote,
         request_size: ctx.request_size,
         model: ctx.model.take(),
+        span: ctx.span.take(),
     }
 }
 
@@ -58,6 +61,10 @@ impl OnEnd for Access {
         m.request(self.ctx.route, self.status, self.ctx.start.elapsed());
         if let Some((p, c)) = tokens {
             m.tokens(p, c);
+        }
+        let broke = matches!(outcome, Outcome::UpstreamBroke | Outcome::TimedOut);
+        if let Some(span) = &self.ctx.span {
+            span.end(self.status, outcome.as_str(), broke, tokens);
         }
         match outcome {
             Outcome::ClientGone => m.client_disconnect(),
@@ -88,12 +95,23 @@ pub(crate) fn access_log(
     });
     let (prompt, completion) = tokens.unwrap_or((0, 0));
     let request_id = ctx.request_id.to_str().unwrap_or("");
+    // With traces on, the line names the request's span; else only the
+    // client's trace ID is known.
+    let (trace, span_id, sampled) = match &ctx.span {
+        Some(s) => {
+            let (t, s, on) = s.log_ids();
+            (t, s, if on { "true" } else { "false" })
+        }
+        None => (ctx.trace.clone().unwrap_or_default(), String::new(), ""),
+    };
     macro_rules! log {
         ($level:ident) => {
             tracing::$level!(
                 target: "kiln_proxy::access",
                 http_request = %http_request,
-                trace = ctx.trace.as_deref().unwrap_or(""),
+                trace = trace.as_str(),
+                span_id = span_id.as_str(),
+                trace_sampled = sampled,
                 request_id,
                 route = ctx.route,
                 model = ctx.model.as_deref().unwrap_or(""),

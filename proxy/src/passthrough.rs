@@ -290,6 +290,7 @@ impl TokenTap {
         }
         if let Some(u) = self.codec.read(json, self.kind).usage {
             self.found = Some(Usage::merged(self.found, u));
+            crate::telemetry::note_final_chunk(json);
         }
     }
 

@@ -296,7 +296,12 @@ impl RequestFilter for PluginStage {
             if on_multi_thread {
                 return tokio::task::block_in_place(move || chain.run(request));
             }
-            match tokio::task::spawn_blocking(move || chain.run(request)).await {
+            let trace = crate::telemetry::current();
+            let run = move || {
+                let _attached = trace.map(|cx| cx.attach());
+                chain.run(request)
+            };
+            match tokio::task::spawn_blocking(run).await {
                 Ok(verdict) => verdict,
                 Err(e) => {
                     tracing::error!(error = %e, "the plugin chain's thread failed; request refused");

@@ -27,7 +27,7 @@ impl CallOutcome {
         CallOutcome::Failure,
     ];
 
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             CallOutcome::Allow => "allow",
             CallOutcome::Modify => "modify",
@@ -58,7 +58,7 @@ impl ChunkOutcome {
         ChunkOutcome::Failure,
     ];
 
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             ChunkOutcome::Pass => "pass",
             ChunkOutcome::Rewrite => "rewrite",

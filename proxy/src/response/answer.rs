@@ -83,6 +83,7 @@ impl Answer {
             }
             if let Some(u) = chunk.usage() {
                 self.usage = Some(Usage::merged(self.usage, u));
+                crate::telemetry::note_final_chunk(&chunk.raw());
             }
             if chunk.kind() != Kind::Whole && chunk.generated() {
                 self.generated += 1;
