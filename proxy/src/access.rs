@@ -26,6 +26,10 @@ pub(crate) struct Ctx {
     pub(crate) remote: SocketAddr,
     pub(crate) request_size: u64,
     pub(crate) model: Option<String>,
+    /// The answer streams (a generating route asked to stream).
+    pub(crate) stream: bool,
+    /// When a streamed answer's first token arrived (its 200 response head).
+    pub(crate) first_token: Option<Instant>,
     /// The request's spans, when traces are on.
     pub(crate) span: Option<crate::telemetry::RequestTrace>,
 }
@@ -44,6 +48,8 @@ pub(crate) fn take_ctx(ctx: &mut Ctx) -> Ctx {
         remote: ctx.remote,
         request_size: ctx.request_size,
         model: ctx.model.take(),
+        stream: ctx.stream,
+        first_token: ctx.first_token,
         span: ctx.span.take(),
     }
 }
@@ -59,8 +65,14 @@ impl OnEnd for Access {
     fn on_end(&mut self, outcome: Outcome, bytes: u64, tokens: Option<(u64, u64)>) {
         let m = &self.state.metrics;
         m.request(self.ctx.route, self.status, self.ctx.start.elapsed());
+        let (route, model) = (self.ctx.route, self.ctx.model.as_deref());
         if let Some((p, c)) = tokens {
-            m.tokens(p, c);
+            m.tokens(route, model, p, c);
+            if let Some(first) = self.ctx.first_token
+                && outcome == Outcome::Completed
+            {
+                m.generation(route, model, first.elapsed(), c);
+            }
         }
         let broke = matches!(outcome, Outcome::UpstreamBroke | Outcome::TimedOut);
         if let Some(span) = &self.ctx.span {
@@ -68,7 +80,8 @@ impl OnEnd for Access {
         }
         match outcome {
             Outcome::ClientGone => m.client_disconnect(),
-            Outcome::UpstreamBroke | Outcome::TimedOut => m.upstream_error(),
+            Outcome::UpstreamBroke => m.upstream_error("broke"),
+            Outcome::TimedOut => m.upstream_error("stalled"),
             Outcome::Completed => {}
         }
         access_log(&self.ctx, self.status, bytes, outcome, tokens);

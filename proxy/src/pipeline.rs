@@ -84,6 +84,8 @@ pub async fn handle(
         remote,
         request_size: 0,
         model: None,
+        stream: false,
+        first_token: None,
         span: None,
     };
     // With traces on, the request runs under its span's context, so that
@@ -226,6 +228,7 @@ async fn inference(
             }
         }
     };
+    ctx.stream = view.stream;
     if let Some(span) = &ctx.span {
         span.request(route.kind, &view.model, &body);
     }
@@ -336,7 +339,12 @@ async fn gemini_models(
         Ok(tags) => tags,
         Err((status, msg, reason)) => {
             if status != 500 {
-                state.metrics.upstream_error();
+                let kind = if status == 504 {
+                    "timeout"
+                } else {
+                    "unreachable"
+                };
+                state.metrics.upstream_error(kind);
             }
             return Err(reject(state, ctx, status, &msg, reason, &[]));
         }
@@ -348,6 +356,9 @@ async fn gemini_models(
         .metrics
         .request(ctx.route, status, ctx.start.elapsed());
     access_log(ctx, status, out.len() as u64, Outcome::Completed, None);
+    if let Some(span) = &ctx.span {
+        span.end(status, Outcome::Completed.as_str(), false, None);
+    }
     let mut resp = Response::new(body::full(out));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     let h = resp.headers_mut();
@@ -576,7 +587,7 @@ async fn forward(
     let resp = match tokio::time::timeout_at(ctx.deadline, up.send(req)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            state.metrics.upstream_error();
+            state.metrics.upstream_error("unreachable");
             return Err(reject(
                 state,
                 ctx,
@@ -587,7 +598,7 @@ async fn forward(
             ));
         }
         Err(_) => {
-            state.metrics.upstream_error();
+            state.metrics.upstream_error("timeout");
             let msg = format!(
                 "Ollama did not answer within limits.request_timeout_s = {} s",
                 state.config.limits.request_timeout_s
@@ -596,6 +607,14 @@ async fn forward(
         }
     };
     state.metrics.first_byte(ctx.route, ctx.start.elapsed());
+    if ctx.stream && resp.status() == StatusCode::OK {
+        // Ollama sends a streamed answer's head with its first token.
+        ctx.first_token = Some(Instant::now());
+        let model = ctx.model.as_deref();
+        state
+            .metrics
+            .first_token(ctx.route, model, ctx.start.elapsed());
+    }
     // The answer's body runs under the request's trace context (token
     // reader, response plugins): see `telemetry::traced`.
     let cx = ctx.span.as_ref().map(|s| {

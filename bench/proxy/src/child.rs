@@ -23,6 +23,15 @@ pub struct ProxyChild {
 impl ProxyChild {
     /// `log_filter` is the child's RUST_LOG (the proxy's default is `info`).
     pub async fn start(upstream: &str, log_filter: &str) -> anyhow::Result<ProxyChild> {
+        ProxyChild::start_with(upstream, log_filter, &[]).await
+    }
+
+    /// As [`ProxyChild::start`], with more variables for the child (traces).
+    pub async fn start_with(
+        upstream: &str,
+        log_filter: &str,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<ProxyChild> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -38,6 +47,7 @@ impl ProxyChild {
             .env("KILN_LIMITS_MAX_IN_FLIGHT", "4096")
             .env("KILN_LIMITS_MAX_QUEUE", "64")
             .env("KILN_LIMITS_IDLE_TIMEOUT_S", "600")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             // Logs are written (a pipe would be the same syscalls) and dropped.
             .stderr(Stdio::null())
