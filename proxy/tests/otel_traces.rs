@@ -143,13 +143,18 @@ async fn streamed_chat_through_two_plugins_is_one_trace_with_genai_attributes() 
 
     let client = harness::http_client();
     let base = format!("http://127.0.0.1:{port}");
-    let end = Instant::now() + Duration::from_secs(30);
+    // Compiling the plugins (the first time, in a debug build) takes a while.
+    let end = Instant::now() + Duration::from_secs(90);
     while client
         .get(format!("{base}/api/version"))
         .send()
         .await
         .is_err()
     {
+        if let Ok(Some(status)) = proxy.try_wait() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            panic!("kiln-proxy exited ({status}):\n{log}");
+        }
         assert!(Instant::now() < end, "kiln-proxy never answered");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
