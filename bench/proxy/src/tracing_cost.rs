@@ -1,9 +1,11 @@
 //! `kiln-bench-proxy --tracing`: the proxy's CPU per request with traces
 //! off, on (every request sampled, exported over OTLP/HTTP to a sink on
-//! loopback), and on with no request sampled (`tracing.sample_ratio = 0`).
+//! loopback), and on with no request sampled (`tracing.sample_ratio = 0`);
+//! with `BENCH_BASELINE_BIN`, also another build's proxy with its defaults.
 //! Three proxy processes, measured in rotating rounds so machine noise hits
 //! all three; the proxy's exporter thread is part of its process, so its
-//! CPU (protobuf encoding, HTTP) is counted.
+//! CPU (protobuf encoding, HTTP) is counted. CPU comes from the threads'
+//! schedstat (nanoseconds).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,7 +72,7 @@ pub async fn measure(upstream: &str, quick: bool) -> anyhow::Result<String> {
     ];
     let mut unsampled = on.to_vec();
     unsampled.push(("KILN_TRACING_SAMPLE_RATIO", "0".to_string()));
-    let children = [
+    let mut children = vec![
         ("traces off", ProxyChild::start(upstream, "info").await?),
         (
             "traces on, every request sampled",
@@ -81,6 +83,12 @@ pub async fn measure(upstream: &str, quick: bool) -> anyhow::Result<String> {
             ProxyChild::start_with(upstream, "info", &unsampled).await?,
         ),
     ];
+    // Another build's proxy (BENCH_BASELINE_BIN: a kiln-bench-proxy built
+    // from the commit before the traces), to show what the code costs when off.
+    if let Ok(exe) = std::env::var("BENCH_BASELINE_BIN") {
+        let base = ProxyChild::start_exe(exe.as_ref(), upstream, "info", &[]).await?;
+        children.push(("baseline build (BENCH_BASELINE_BIN)", base));
+    }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .tcp_nodelay(true)
@@ -101,12 +109,12 @@ pub async fn measure(upstream: &str, quick: bool) -> anyhow::Result<String> {
         for k in 0..children.len() {
             let i = (round + k) % children.len();
             let child = &children[i].1;
-            let before = child.cpu()?;
+            let before = child.cpu_ns()?;
             let n = run(&bench, &child.url(), concurrency, per_worker)
                 .await
                 .with_context(|| children[i].0)?
                 .len();
-            let cpu = child.cpu()? - before;
+            let cpu = child.cpu_ns()? - before;
             per_round[i].push(cpu.as_secs_f64() * 1e6 / n as f64);
         }
     }

@@ -209,6 +209,17 @@ pub fn admission_span(started: SystemTime, admitted: bool, in_flight: usize, que
     cx.span().end();
 }
 
+/// A span's first name, without an allocation.
+fn method_name(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::DELETE => "DELETE",
+        _ => "HTTP",
+    }
+}
+
 /// One request's spans: the server span, and the upstream call's once it starts.
 pub struct RequestTrace {
     cx: Context,
@@ -221,18 +232,22 @@ impl RequestTrace {
     pub fn start(headers: &HeaderMap, method: &Method, path: &str) -> Option<RequestTrace> {
         let tracer = TRACER.get()?;
         let parent = cloud_trace::extract(headers);
+        // Names and attributes are given once the span is known to be
+        // recorded: an unsampled request pays for no strings.
         let builder = tracer
-            .span_builder(format!("{method} {path}"))
-            .with_kind(SpanKind::Server)
-            .with_attributes([
+            .span_builder(method_name(method))
+            .with_kind(SpanKind::Server);
+        let span = tracer.build_with_context(builder, &parent);
+        let cx = parent.with_span(span);
+        let span = cx.span();
+        if span.is_recording() {
+            span.update_name(format!("{method} {path}"));
+            span.set_attributes([
                 KeyValue::new("http.request.method", method.as_str().to_owned()),
                 KeyValue::new("url.path", path.to_owned()),
             ]);
-        let span = tracer.build_with_context(builder, &parent);
-        Some(RequestTrace {
-            cx: parent.with_span(span),
-            upstream: None,
-        })
+        }
+        Some(RequestTrace { cx, upstream: None })
     }
 
     pub fn context(&self) -> &Context {
@@ -275,15 +290,18 @@ impl RequestTrace {
     pub fn start_upstream(&mut self, method: &Method, path: &str, headers: &mut HeaderMap) {
         let Some(tracer) = TRACER.get() else { return };
         let builder = tracer
-            .span_builder(format!("{method} {path}"))
-            .with_kind(SpanKind::Client)
-            .with_attributes([
+            .span_builder(method_name(method))
+            .with_kind(SpanKind::Client);
+        let span = tracer.build_with_context(builder, &self.cx);
+        let cx = self.cx.with_span(span);
+        if cx.span().is_recording() {
+            cx.span().update_name(format!("{method} {path}"));
+            cx.span().set_attributes([
                 KeyValue::new("http.request.method", method.as_str().to_owned()),
                 KeyValue::new("url.path", path.to_owned()),
                 KeyValue::new("peer.service", "ollama"),
             ]);
-        let span = tracer.build_with_context(builder, &self.cx);
-        let cx = self.cx.with_span(span);
+        }
         let sc = cx.span().span_context().clone();
         let flags = if sc.is_sampled() { "01" } else { "00" };
         let value = format!("00-{}-{}-{flags}", sc.trace_id(), sc.span_id());
