@@ -307,6 +307,29 @@ async fn streamed_chat_through_two_plugins_is_one_trace_with_genai_attributes() 
     assert_eq!(access["logging.googleapis.com/spanId"], server_id);
     assert_eq!(access["logging.googleapis.com/trace_sampled"], true);
 
+    // Cloud Run's own header continues a trace too (its span ID is decimal).
+    let cloud_trace = "105445aa7843bc8bf206b12000100000";
+    let resp = client
+        .post(format!("{base}/api/chat"))
+        .header("x-cloud-trace-context", format!("{cloud_trace}/258;o=1"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap();
+    let spans = receiver
+        .spans_until(|got| {
+            got.iter()
+                .any(|s| s["name"] == "chat gemma3:4b" && s["trace_id"] == cloud_trace)
+        })
+        .await;
+    let server = spans
+        .iter()
+        .find(|s| s["name"] == "chat gemma3:4b" && s["trace_id"] == cloud_trace)
+        .unwrap_or_else(|| panic!("no span of the Cloud Run trace: {spans:#?}"));
+    assert_eq!(server["parent_span_id"], "0000000000000102", "258 in hex");
+
     let _ = proxy.kill().await;
     let _ = receiver.child.kill().await;
     emulator.shutdown().await;
