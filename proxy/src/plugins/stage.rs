@@ -122,7 +122,7 @@ impl PluginStage {
         })
     }
 
-    /// Appends per-plugin call metrics (Prometheus text format).
+    /// Appends per-plugin call metrics (OpenMetrics text, see `crate::metrics`).
     pub fn render_metrics(&self, out: &mut String) {
         self.runtime.stats.render(out);
         self.runtime.counters.render_metrics(out);

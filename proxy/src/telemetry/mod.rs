@@ -68,9 +68,14 @@ pub async fn init(config: &TracingConfig) -> anyhow::Result<bool> {
     if !endpoint_configured(&var) {
         return Ok(false);
     }
-    let project = match &config.project_id {
-        Some(p) => Some(p.clone()),
-        None => project::from_env(&var).or(project::on_cloud_run(&var).await),
+    // The metadata server is asked last, and only on Cloud Run.
+    let project = match config
+        .project_id
+        .clone()
+        .or_else(|| project::from_env(&var))
+    {
+        Some(p) => Some(p),
+        None => project::on_cloud_run(&var).await,
     };
     if let Some(p) = &project {
         crate::logging::set_project(p);
