@@ -330,6 +330,57 @@ async fn streamed_chat_through_two_plugins_is_one_trace_with_genai_attributes() 
         .unwrap_or_else(|| panic!("no span of the Cloud Run trace: {spans:#?}"));
     assert_eq!(server["parent_span_id"], "0000000000000102", "258 in hex");
 
+    // An OpenAI stream says why it stopped before its usage chunk: both are read.
+    let openai_trace = "0af7651916cd43dd8448eb211c80319c";
+    let resp = client
+        .post(format!("{base}/v1/chat/completions"))
+        .header(
+            "traceparent",
+            format!("00-{openai_trace}-b7ad6b7169203331-01"),
+        )
+        .json(&json!({
+            "model": "gemma3:4b",
+            "messages": [{"role": "user", "content": format!("Tell me about {PROMPT_MARKER}")}],
+            "stream": true,
+            "max_tokens": 3,
+            "stream_options": {"include_usage": true}
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap();
+    let spans = receiver
+        .spans_until(|got| {
+            got.iter()
+                .any(|s| s["trace_id"] == openai_trace && s["kind"] == 2)
+        })
+        .await;
+    let server = spans
+        .iter()
+        .find(|s| s["trace_id"] == openai_trace && s["kind"] == 2)
+        .unwrap_or_else(|| panic!("no span of the OpenAI request: {spans:#?}"));
+    let a = &server["attributes"];
+    assert_eq!(server["name"], "chat gemma3:4b");
+    assert_eq!(a["http.route"], "openai_chat");
+    assert_eq!(a["gen_ai.request.max_tokens"], 3);
+    assert_eq!(
+        a["gen_ai.response.finish_reasons"],
+        json!(["length"]),
+        "{server:#}"
+    );
+    assert_eq!(a["gen_ai.usage.output_tokens"], 3);
+    for s in &spans {
+        assert!(
+            !s.to_string().contains(PROMPT_MARKER),
+            "prompt text in a span: {s}"
+        );
+        assert!(
+            s.get("marker_found").is_none(),
+            "prompt text in an OTLP payload"
+        );
+    }
+
     let _ = proxy.kill().await;
     let _ = receiver.child.kill().await;
     emulator.shutdown().await;

@@ -141,6 +141,12 @@ pub fn note_final_chunk(chunk: &[u8]) {
     });
 }
 
+/// Whether a passing chunk may name an OpenAI finish reason, with traces
+/// on: a byte search, so chunks of token text are not parsed.
+pub fn may_finish(chunk: &[u8]) -> bool {
+    super::enabled() && memchr::memmem::find(chunk, b"\"finish_reason\":\"").is_some()
+}
+
 /// The JSON of a chunk: itself, or the `data:` line of an SSE event.
 fn sse_data(chunk: &[u8]) -> &[u8] {
     let trimmed = chunk.trim_ascii_start();

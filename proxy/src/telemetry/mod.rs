@@ -32,7 +32,7 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 
 pub use body::traced;
-pub use genai::note_final_chunk;
+pub use genai::{may_finish, note_final_chunk};
 
 use crate::config::TracingConfig;
 use crate::routes::RouteKind;
