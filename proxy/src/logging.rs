@@ -191,10 +191,12 @@ impl CloudLogging {
             _ => "DEBUG",
         };
         obj.insert("severity".into(), severity.into());
-        obj.insert(
-            "message".into(),
-            fields.remove("message").unwrap_or_default(),
-        );
+        // The OpenTelemetry SDK's own events have a `name` and no message.
+        let message = fields
+            .remove("message")
+            .or_else(|| fields.get("name").cloned())
+            .unwrap_or_default();
+        obj.insert("message".into(), message);
         obj.insert("time".into(), rfc3339(SystemTime::now()).into());
         obj.insert("target".into(), target.into());
         if let Some(Value::String(s)) = fields.remove("http_request") {

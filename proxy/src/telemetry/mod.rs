@@ -68,6 +68,23 @@ pub async fn init(config: &TracingConfig) -> anyhow::Result<bool> {
     if !endpoint_configured(&var) {
         return Ok(false);
     }
+    for key in [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ] {
+        if let Some(url) = var(key).filter(|u| u.trim().starts_with("https:")) {
+            // A refused configuration: exit 2, as for any other.
+            return Err(crate::config::ConfigError::Value {
+                key: key.into(),
+                value: url,
+                reason: "kiln-proxy exports traces over plain HTTP to a collector beside it \
+                         (e.g. http://localhost:4318); let the collector hold the TLS and credentials \
+                         (deploy/otel-collector.yaml)"
+                    .into(),
+            }
+            .into());
+        }
+    }
     // The metadata server is asked last, and only on Cloud Run.
     let project = match config
         .project_id
