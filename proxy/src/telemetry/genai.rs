@@ -18,7 +18,10 @@ pub fn operation(kind: RouteKind) -> Option<&'static str> {
         | RouteKind::OpenaiResponses
         | RouteKind::AnthropicMessages => Some("chat"),
         RouteKind::OllamaGenerate | RouteKind::OpenaiCompletions => Some("text_completion"),
-        RouteKind::OllamaEmbed | RouteKind::OpenaiEmbeddings => Some("embeddings"),
+        RouteKind::GeminiGenerate => Some("generate_content"),
+        RouteKind::OllamaEmbed | RouteKind::OpenaiEmbeddings | RouteKind::GeminiEmbed => {
+            Some("embeddings")
+        }
         _ => None,
     }
 }
@@ -35,13 +38,31 @@ struct Params {
     top_p: Option<f64>,
     top_k: Option<f64>,
     options: Option<Box<Params>>,
+    /// Gemini.
+    #[serde(rename = "generationConfig")]
+    generation_config: Option<GenerationConfig>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct GenerationConfig {
+    max_output_tokens: Option<f64>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<f64>,
 }
 
 /// `gen_ai.request.*` attributes for the parameters the body names.
 pub fn request_params(body: &[u8]) -> Vec<KeyValue> {
     // A parameter of an unexpected type leaves them all out: these
     // attributes describe, they never decide.
-    let p: Params = serde_json::from_slice(body).unwrap_or_default();
+    let mut p: Params = serde_json::from_slice(body).unwrap_or_default();
+    if let Some(g) = p.generation_config.take() {
+        p.max_output_tokens = p.max_output_tokens.or(g.max_output_tokens);
+        p.temperature = p.temperature.or(g.temperature);
+        p.top_p = p.top_p.or(g.top_p);
+        p.top_k = p.top_k.or(g.top_k);
+    }
     let o = p.options.as_deref();
     let pick = |top: Option<f64>, f: fn(&Params) -> Option<f64>| top.or_else(|| o.and_then(f));
     let max_tokens = p
@@ -194,6 +215,15 @@ mod tests {
         assert_eq!(
             responses,
             [("gen_ai.request.max_tokens".into(), "3".into())]
+        );
+        let gemini =
+            attrs(r#"{"contents":[],"generationConfig":{"maxOutputTokens":8,"temperature":0.5}}"#);
+        assert_eq!(
+            gemini,
+            [
+                ("gen_ai.request.max_tokens".into(), "8".into()),
+                ("gen_ai.request.temperature".into(), "0.5".into())
+            ]
         );
         assert!(attrs(r#"{"model":"m","temperature":"hot"}"#).is_empty());
         assert!(attrs("not json").is_empty());
