@@ -26,6 +26,12 @@ pub(crate) struct Ctx {
     pub(crate) remote: SocketAddr,
     pub(crate) request_size: u64,
     pub(crate) model: Option<String>,
+    /// The answer streams (a generating route asked to stream).
+    pub(crate) stream: bool,
+    /// When a streamed answer's first token arrived (its 200 response head).
+    pub(crate) first_token: Option<Instant>,
+    /// The request's spans, when traces are on.
+    pub(crate) span: Option<crate::telemetry::RequestTrace>,
 }
 
 pub(crate) fn take_ctx(ctx: &mut Ctx) -> Ctx {
@@ -42,6 +48,9 @@ pub(crate) fn take_ctx(ctx: &mut Ctx) -> Ctx {
         remote: ctx.remote,
         request_size: ctx.request_size,
         model: ctx.model.take(),
+        stream: ctx.stream,
+        first_token: ctx.first_token,
+        span: ctx.span.take(),
     }
 }
 
@@ -56,12 +65,23 @@ impl OnEnd for Access {
     fn on_end(&mut self, outcome: Outcome, bytes: u64, tokens: Option<(u64, u64)>) {
         let m = &self.state.metrics;
         m.request(self.ctx.route, self.status, self.ctx.start.elapsed());
+        let (route, model) = (self.ctx.route, self.ctx.model.as_deref());
         if let Some((p, c)) = tokens {
-            m.tokens(p, c);
+            m.tokens(route, model, p, c);
+            if let Some(first) = self.ctx.first_token
+                && outcome == Outcome::Completed
+            {
+                m.generation(route, model, first.elapsed(), c);
+            }
+        }
+        let broke = matches!(outcome, Outcome::UpstreamBroke | Outcome::TimedOut);
+        if let Some(span) = &self.ctx.span {
+            span.end(self.status, outcome.as_str(), broke, tokens);
         }
         match outcome {
             Outcome::ClientGone => m.client_disconnect(),
-            Outcome::UpstreamBroke | Outcome::TimedOut => m.upstream_error(),
+            Outcome::UpstreamBroke => m.upstream_error("broke"),
+            Outcome::TimedOut => m.upstream_error("stalled"),
             Outcome::Completed => {}
         }
         access_log(&self.ctx, self.status, bytes, outcome, tokens);
@@ -88,12 +108,23 @@ pub(crate) fn access_log(
     });
     let (prompt, completion) = tokens.unwrap_or((0, 0));
     let request_id = ctx.request_id.to_str().unwrap_or("");
+    // With traces on, the line names the request's span; else only the
+    // client's trace ID is known.
+    let (trace, span_id, sampled) = match &ctx.span {
+        Some(s) => {
+            let (t, s, on) = s.log_ids();
+            (t, s, if on { "true" } else { "false" })
+        }
+        None => (ctx.trace.clone().unwrap_or_default(), String::new(), ""),
+    };
     macro_rules! log {
         ($level:ident) => {
             tracing::$level!(
                 target: "kiln_proxy::access",
                 http_request = %http_request,
-                trace = ctx.trace.as_deref().unwrap_or(""),
+                trace = trace.as_str(),
+                span_id = span_id.as_str(),
+                trace_sampled = sampled,
                 request_id,
                 route = ctx.route,
                 model = ctx.model.as_deref().unwrap_or(""),

@@ -59,6 +59,31 @@ pub struct Config {
     /// Where plugins' `counter-add` counts (see [`CountersConfig`]).
     pub counters: CountersConfig,
     pub gemini: GeminiConfig,
+    /// OpenTelemetry traces (on when an `OTEL_EXPORTER_OTLP_*ENDPOINT` is set).
+    pub tracing: TracingConfig,
+}
+
+/// Traces: the exporter itself is configured by the standard
+/// `OTEL_EXPORTER_OTLP_*` variables; these are the proxy's own choices.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// Share of new traces recorded (0.0..=1.0) when the request carries no
+    /// sampling decision; a parent's sampled flag always wins.
+    pub sample_ratio: f64,
+    /// The Google Cloud project the traces belong to (log lines name their
+    /// trace as `projects/P/traces/T`). Unset on Cloud Run: asked of the
+    /// metadata server once at start.
+    pub project_id: Option<String>,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            sample_ratio: 1.0,
+            project_id: None,
+        }
+    }
 }
 
 /// The Gemini API (`/v1beta/models/…`): Gemini-style model names the
@@ -131,6 +156,7 @@ impl Default for Config {
             plugins: Vec::new(),
             counters: CountersConfig::default(),
             gemini: GeminiConfig::default(),
+            tracing: TracingConfig::default(),
         }
     }
 }
@@ -231,6 +257,8 @@ const ENV_KEYS: &[&str] = &[
     "KILN_LIMITS_PLUGIN_MAX_BODY_BYTES",
     "KILN_LIMITS_PLUGIN_MAX_JSON_VALUES",
     "KILN_GEMINI_ALIASES",
+    "KILN_TRACING_SAMPLE_RATIO",
+    "KILN_TRACING_PROJECT_ID",
 ];
 
 impl Config {
@@ -261,7 +289,7 @@ impl Config {
                         // `limits.*` and `ollama.*` are tables; the rest are top-level keys.
                         let key = k["KILN_".len()..].to_ascii_lowercase();
                         match key.split_once('_') {
-                            Some((table @ ("limits" | "ollama" | "gemini"), rest)) => {
+                            Some((table @ ("limits" | "ollama" | "gemini" | "tracing"), rest)) => {
                                 format!("{table}.{rest}")
                             }
                             _ => key,
@@ -396,6 +424,15 @@ impl Config {
                 *field = num(&k, &v)?;
             }
         }
+        if let Some((k, v)) = get("KILN_TRACING_SAMPLE_RATIO") {
+            self.tracing.sample_ratio = v
+                .trim()
+                .parse()
+                .map_err(|_| bad(&k, &v, "expected a number from 0.0 to 1.0"))?;
+        }
+        if let Some((_, v)) = get("KILN_TRACING_PROJECT_ID") {
+            self.tracing.project_id = Some(v).filter(|p| !p.is_empty());
+        }
         self.counters.apply_env(&var)?;
         Ok(())
     }
@@ -422,6 +459,14 @@ impl Config {
                 "upstream",
                 up,
                 "expected http://HOST:PORT (Ollama runs beside the proxy over plain HTTP)",
+            ));
+        }
+        let ratio = self.tracing.sample_ratio;
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(bad(
+                "tracing.sample_ratio",
+                &ratio.to_string(),
+                "expected a number from 0.0 to 1.0",
             ));
         }
         let l = &self.limits;

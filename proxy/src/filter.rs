@@ -51,7 +51,8 @@ pub trait RequestFilter: Send + Sync {
         None
     }
 
-    /// Appends the stage's own metrics (Prometheus text format) to `/metrics`.
+    /// Appends the stage's own metric families (OpenMetrics text, without
+    /// the closing `# EOF`) to `/metrics`.
     fn render_metrics(&self, _out: &mut String) {}
 }
 

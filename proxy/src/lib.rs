@@ -29,6 +29,7 @@ pub mod route_kind;
 pub mod routes;
 pub mod server;
 pub mod supervisor;
+pub mod telemetry;
 pub mod upstream;
 pub mod write_stall;
 

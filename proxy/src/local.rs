@@ -69,7 +69,8 @@ pub(crate) fn endpoint(
             };
             let mut text = state.metrics.render(&gauges);
             state.filter.render_metrics(&mut text);
-            (200, "text/plain; version=0.0.4", text)
+            crate::metrics::finish(&mut text);
+            (200, crate::metrics::CONTENT_TYPE, text)
         }
         _ => return None,
     };

@@ -3,8 +3,10 @@
 //! `logging.googleapis.com/trace` so a request's lines group under its trace.
 //!
 //! Events name these with fields: `http_request` (a JSON string, turned into
-//! the `httpRequest` object) and `trace` (a bare trace ID). Prompt and
-//! completion text are never put in fields.
+//! the `httpRequest` object), `trace` (a bare trace ID), `span_id` and
+//! `trace_sampled`; with traces on, a line without them belongs to the
+//! current request's span (`logging.googleapis.com/spanId` links it there).
+//! Prompt and completion text are never put in fields.
 
 use std::fmt;
 use std::io::Write;
@@ -154,6 +156,15 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Background {
     }
 }
 
+/// The project found after the logger started (the metadata server, in
+/// [`crate::telemetry::init`]).
+static PROJECT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names the project for the trace field of later lines.
+pub fn set_project(project: &str) {
+    let _ = PROJECT.set(project.to_owned());
+}
+
 /// The event formatter.
 pub struct CloudLogging {
     /// With a project, traces are written in the full form Cloud Logging links:
@@ -180,22 +191,42 @@ impl CloudLogging {
             _ => "DEBUG",
         };
         obj.insert("severity".into(), severity.into());
-        obj.insert(
-            "message".into(),
-            fields.remove("message").unwrap_or_default(),
-        );
+        // The OpenTelemetry SDK's own events have a `name` and no message.
+        let message = fields
+            .remove("message")
+            .or_else(|| fields.get("name").cloned())
+            .unwrap_or_default();
+        obj.insert("message".into(), message);
         obj.insert("time".into(), rfc3339(SystemTime::now()).into());
         obj.insert("target".into(), target.into());
         if let Some(Value::String(s)) = fields.remove("http_request") {
             let parsed = serde_json::from_str(&s).unwrap_or(Value::String(s));
             obj.insert("httpRequest".into(), parsed);
         }
-        if let Some(Value::String(t)) = fields.remove("trace").filter(|t| t != "") {
-            let full = match &self.project {
+        let mut trace = fields.remove("trace").filter(|t| t != "");
+        let mut span = fields.remove("span_id").filter(|s| s != "");
+        // A bool, or the access log's "true"/"false"/"" (unknown).
+        let mut sampled = match fields.remove("trace_sampled") {
+            Some(Value::String(s)) => s.parse::<bool>().ok().map(Value::Bool),
+            other => other,
+        };
+        if trace.is_none()
+            && let Some((t, s, on)) = crate::telemetry::current_log_ids()
+        {
+            (trace, span, sampled) = (Some(t.into()), Some(s.into()), Some(on.into()));
+        }
+        if let Some(Value::String(t)) = trace {
+            let full = match self.project.as_ref().or(PROJECT.get()) {
                 Some(p) => format!("projects/{p}/traces/{t}"),
                 None => t,
             };
             obj.insert("logging.googleapis.com/trace".into(), full.into());
+            if let Some(s) = span {
+                obj.insert("logging.googleapis.com/spanId".into(), s);
+            }
+            if let Some(on) = sampled {
+                obj.insert("logging.googleapis.com/trace_sampled".into(), on);
+            }
         }
         obj.extend(fields);
         Value::Object(obj)
@@ -284,6 +315,8 @@ mod tests {
             r#"{"status":200,"requestMethod":"POST"}"#.into(),
         );
         fields.insert("trace".into(), "abc123".into());
+        fields.insert("span_id".into(), "00f067aa0ba902b7".into());
+        fields.insert("trace_sampled".into(), true.into());
         fields.insert("request_id".into(), "r1".into());
         let v = logger.to_json(&Level::WARN, "kiln_proxy::access", fields);
         assert_eq!(v["severity"], "WARNING");
@@ -293,6 +326,8 @@ mod tests {
             v["logging.googleapis.com/trace"],
             "projects/proj/traces/abc123"
         );
+        assert_eq!(v["logging.googleapis.com/spanId"], "00f067aa0ba902b7");
+        assert_eq!(v["logging.googleapis.com/trace_sampled"], true);
         assert_eq!(v["request_id"], "r1");
     }
 

@@ -256,7 +256,7 @@ impl TokenTap {
             Some(nl) => (&rest[..nl], &rest[nl + 1..]),
             None => (&rest[..0], rest),
         };
-        if self.codec.may_carry_usage(whole) {
+        if self.codec.may_carry_usage(whole) || crate::telemetry::may_finish(whole) {
             for line in whole.split(|b| *b == b'\n') {
                 self.inspect(line);
             }
@@ -285,11 +285,16 @@ impl TokenTap {
 
     fn inspect(&mut self, line: &[u8]) {
         let json = line.strip_prefix(b"data:").unwrap_or(line);
+        // OpenAI's streams say why they stopped before their usage chunk.
+        if crate::telemetry::may_finish(json) {
+            crate::telemetry::note_final_chunk(json);
+        }
         if !self.codec.may_carry_usage(json) {
             return;
         }
         if let Some(u) = self.codec.read(json, self.kind).usage {
             self.found = Some(Usage::merged(self.found, u));
+            crate::telemetry::note_final_chunk(json);
         }
     }
 

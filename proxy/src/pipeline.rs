@@ -21,6 +21,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use opentelemetry::context::FutureExt as _;
 use tokio::time::Instant;
 
 use crate::access::{Access, Ctx, access_log, take_ctx};
@@ -83,8 +84,23 @@ pub async fn handle(
         remote,
         request_size: 0,
         model: None,
+        stream: false,
+        first_token: None,
+        span: None,
     };
-    match run(&state, &mut ctx, route, req).await {
+    // With traces on, the request runs under its span's context, so that
+    // its stages (plugins, admission, log lines) find it as the current one.
+    let traced =
+        crate::telemetry::RequestTrace::start(req.headers(), req.method(), req.uri().path());
+    let result = match traced {
+        Some(span) => {
+            let cx = span.context().clone();
+            ctx.span = Some(span);
+            run(&state, &mut ctx, route, req).with_context(cx).await
+        }
+        None => run(&state, &mut ctx, route, req).await,
+    };
+    match result {
         Ok(resp) => resp,
         Err(early) => *early,
     }
@@ -116,6 +132,9 @@ async fn run(
         return Err(reject(state, ctx, 404, &msg, "unknown_route", &[]));
     };
     ctx.route = route.label;
+    if let Some(span) = &ctx.span {
+        span.route(route.label, route.kind);
+    }
     if !route.methods.contains(req.method()) {
         let allow = routes::allow_header(&route);
         let msg = format!(
@@ -209,8 +228,18 @@ async fn inference(
             }
         }
     };
+    ctx.stream = view.stream;
+    if let Some(span) = &ctx.span {
+        span.request(route.kind, &view.model, &body);
+    }
     // Stage: admit.
-    let (permit, waited) = match state.admission.admit().await {
+    let span_start = crate::telemetry::span_start();
+    let admitted = state.admission.admit().await;
+    if let Some(t) = span_start {
+        let a = &state.admission;
+        crate::telemetry::admission_span(t, admitted.is_ok(), a.in_flight(), a.queued());
+    }
+    let (permit, waited) = match admitted {
         Ok(p) => p,
         Err(_) => {
             let a = &state.admission;
@@ -310,7 +339,12 @@ async fn gemini_models(
         Ok(tags) => tags,
         Err((status, msg, reason)) => {
             if status != 500 {
-                state.metrics.upstream_error();
+                let kind = if status == 504 {
+                    "timeout"
+                } else {
+                    "unreachable"
+                };
+                state.metrics.upstream_error(kind);
             }
             return Err(reject(state, ctx, status, &msg, reason, &[]));
         }
@@ -322,6 +356,9 @@ async fn gemini_models(
         .metrics
         .request(ctx.route, status, ctx.start.elapsed());
     access_log(ctx, status, out.len() as u64, Outcome::Completed, None);
+    if let Some(span) = &ctx.span {
+        span.end(status, Outcome::Completed.as_str(), false, None);
+    }
     let mut resp = Response::new(body::full(out));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     let h = resp.headers_mut();
@@ -529,6 +566,10 @@ async fn forward(
         &state.config.allowed_origins,
         &ctx.request_id,
     );
+    if let Some(span) = &mut ctx.span {
+        let path = target.split('?').next().unwrap_or(target);
+        span.start_upstream(&parts.method, path, &mut headers);
+    }
     let uri = up.uri(target).map_err(|e| {
         reject(
             state,
@@ -546,7 +587,7 @@ async fn forward(
     let resp = match tokio::time::timeout_at(ctx.deadline, up.send(req)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            state.metrics.upstream_error();
+            state.metrics.upstream_error("unreachable");
             return Err(reject(
                 state,
                 ctx,
@@ -557,7 +598,7 @@ async fn forward(
             ));
         }
         Err(_) => {
-            state.metrics.upstream_error();
+            state.metrics.upstream_error("timeout");
             let msg = format!(
                 "Ollama did not answer within limits.request_timeout_s = {} s",
                 state.config.limits.request_timeout_s
@@ -566,6 +607,20 @@ async fn forward(
         }
     };
     state.metrics.first_byte(ctx.route, ctx.start.elapsed());
+    if ctx.stream && resp.status() == StatusCode::OK {
+        // Ollama sends a streamed answer's head with its first token.
+        ctx.first_token = Some(Instant::now());
+        let model = ctx.model.as_deref();
+        state
+            .metrics
+            .first_token(ctx.route, model, ctx.start.elapsed());
+    }
+    // The answer's body runs under the request's trace context (token
+    // reader, response plugins): see `telemetry::traced`.
+    let cx = ctx.span.as_ref().map(|s| {
+        s.upstream_answered(resp.status().as_u16());
+        s.context().clone()
+    });
     let (mut rparts, rbody) = resp.into_parts();
     let mut rbody: RespBody = rbody.map_err(body::BoxError::from).boxed_unsync();
     headers::strip_hop_by_hop(&mut rparts.headers);
@@ -595,6 +650,7 @@ async fn forward(
         reader.response,
     )
     .await;
+    let resp = crate::telemetry::traced(resp, cx);
     if !to_array {
         return Ok(resp);
     }
@@ -664,6 +720,9 @@ fn reject(
         .request(ctx.route, status, ctx.start.elapsed());
     let body = routes::error_body(ctx.style, status, message);
     access_log(ctx, status, body.len() as u64, Outcome::Completed, None);
+    if let Some(span) = &ctx.span {
+        span.end(status, reason, false, None);
+    }
     let mut resp = Response::new(body::full(body));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let h = resp.headers_mut();

@@ -68,11 +68,13 @@ pub fn canonical_model(name: &str) -> String {
 }
 
 /// Waits for Ollama, preloads `models` pinned in memory, and waits until
-/// `/api/ps` lists them all. Progress goes to `readiness` detail.
+/// `/api/ps` lists them all. Progress goes to `readiness` detail; each
+/// model's load time to `metrics`.
 pub async fn prepare(
     upstream: &Upstream,
     models: &[String],
     readiness: &Readiness,
+    metrics: &crate::metrics::Metrics,
     timeout: Duration,
 ) -> Result<(), PrepareError> {
     tokio::time::timeout(timeout, async {
@@ -83,6 +85,7 @@ pub async fn prepare(
         }
         for model in models {
             readiness.set(false, format!("loading {model}"));
+            let started = tokio::time::Instant::now();
             let body = serde_json::json!({"model": model, "keep_alive": -1, "stream": false});
             upstream
                 .json(Method::POST, "/api/generate", Some(body))
@@ -91,6 +94,7 @@ pub async fn prepare(
                     model: model.clone(),
                     source,
                 })?;
+            metrics.model_load(model, started.elapsed());
         }
         let want: Vec<String> = models.iter().map(|m| canonical_model(m)).collect();
         loop {

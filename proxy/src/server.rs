@@ -72,6 +72,7 @@ impl RunningProxy {
 /// so the caller decides what it is (no plugins: [`crate::filter::NoFilters`]).
 pub async fn start(config: Config, filter: Arc<dyn RequestFilter>) -> anyhow::Result<RunningProxy> {
     config.validate()?;
+    crate::telemetry::init(&config.tracing).await?;
     let listen = config.listen_addr(std::env::var("PORT").ok().as_deref())?;
     let upstream = Upstream::new(&config.upstream_uri()?);
     let listener = TcpListener::bind(listen).await.with_context(|| {
@@ -192,12 +193,15 @@ pub async fn run(config: Config, filter: Arc<dyn RequestFilter>) -> anyhow::Resu
     let proxy = start(config, filter).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;
-    proxy
+    let result = proxy
         .run_until(async move {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM received"),
                 _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
             }
         })
-        .await
+        .await;
+    // The exporter's last batch blocks on its own thread; not on a worker.
+    let _ = tokio::task::spawn_blocking(crate::telemetry::shutdown).await;
+    result
 }

@@ -43,7 +43,13 @@ pub async fn supervise(
     if !cfg.spawn {
         // Sidecar mode: Ollama is someone else's process; keep trying until it is ready.
         loop {
-            let prep = readiness::prepare(&state.upstream, &cfg.preload, &state.readiness, timeout);
+            let prep = readiness::prepare(
+                &state.upstream,
+                &cfg.preload,
+                &state.readiness,
+                &state.metrics,
+                timeout,
+            );
             tokio::select! {
                 r = prep => match r {
                     Ok(()) => {
@@ -64,7 +70,13 @@ pub async fn supervise(
     let mut restarts = 0;
     loop {
         let mut child = spawn(&state)?;
-        let prep = readiness::prepare(&state.upstream, &cfg.preload, &state.readiness, timeout);
+        let prep = readiness::prepare(
+            &state.upstream,
+            &cfg.preload,
+            &state.readiness,
+            &state.metrics,
+            timeout,
+        );
         tokio::pin!(prep);
         let mut prepared = false;
         let status = loop {

@@ -229,3 +229,26 @@ fn plugin_run_replays_a_recorded_answer_through_the_response_hooks() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("does not generate text"), "{stderr}");
 }
+
+#[test]
+fn an_https_trace_endpoint_is_refused_with_what_to_do() {
+    let out = kiln_proxy()
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "http://127.0.0.1:9",
+        ])
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://collector.example:4318",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("OTEL_EXPORTER_OTLP_ENDPOINT") && stderr.contains("http://localhost:4318"),
+        "{stderr}"
+    );
+}

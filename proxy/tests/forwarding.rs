@@ -347,7 +347,12 @@ async fn metrics_count_requests_tokens_and_rejections() {
         "{text}"
     );
     assert!(text.contains("kiln_requests_total{route=\"generate\",status=\"400\"} 1"));
-    assert!(text.contains("kiln_tokens_total{kind=\"completion\"} 7"));
+    assert!(
+        text.contains(
+            "kiln_tokens_total{route=\"generate\",model=\"gemma3:4b\",kind=\"completion\"} 7"
+        ),
+        "{text}"
+    );
     assert!(text.contains("kiln_rejections_total{reason=\"bad_request\"} 1"));
     assert!(text.contains("kiln_time_to_first_byte_seconds_count{route=\"generate\"} 1"));
     assert!(text.contains("kiln_queue_depth 0"));

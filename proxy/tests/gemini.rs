@@ -226,14 +226,15 @@ async fn a_stream_without_alt_sse_is_a_json_array() {
     stack.shutdown().await;
 }
 
-/// `kiln_tokens_total{kind="completion"}`, read with the Gemini codec.
+/// `kiln_tokens_total` of kind `completion` (all routes and models), read with the Gemini codec.
 async fn completion_tokens(stack: &Stack) -> u64 {
+    // `kiln_tokens_total{route=…,model=…,kind="completion"}`, over every route and model.
     let metrics = stack.metrics().await;
     metrics
         .lines()
-        .find_map(|l| l.strip_prefix("kiln_tokens_total{kind=\"completion\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+        .filter(|l| l.starts_with("kiln_tokens_total{") && l.contains("kind=\"completion\""))
+        .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<u64>().ok())
+        .sum()
 }
 
 /// The request policies apply to Gemini bodies: the key from

@@ -23,11 +23,31 @@ pub struct ProxyChild {
 impl ProxyChild {
     /// `log_filter` is the child's RUST_LOG (the proxy's default is `info`).
     pub async fn start(upstream: &str, log_filter: &str) -> anyhow::Result<ProxyChild> {
+        ProxyChild::start_with(upstream, log_filter, &[]).await
+    }
+
+    /// As [`ProxyChild::start`], with more variables for the child (traces).
+    pub async fn start_with(
+        upstream: &str,
+        log_filter: &str,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<ProxyChild> {
+        ProxyChild::start_exe(&std::env::current_exe()?, upstream, log_filter, env).await
+    }
+
+    /// As [`ProxyChild::start_with`], with the proxy of another build of this
+    /// benchmark (`exe proxy-child`), e.g. a baseline.
+    pub async fn start_exe(
+        exe: &std::path::Path,
+        upstream: &str,
+        log_filter: &str,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<ProxyChild> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let addr = format!("127.0.0.1:{port}");
-        let child = tokio::process::Command::new(std::env::current_exe()?)
+        let child = tokio::process::Command::new(exe)
             .arg("proxy-child")
             .env("KILN_LISTEN", &addr)
             .env("RUST_LOG", log_filter)
@@ -38,6 +58,7 @@ impl ProxyChild {
             .env("KILN_LIMITS_MAX_IN_FLIGHT", "4096")
             .env("KILN_LIMITS_MAX_QUEUE", "64")
             .env("KILN_LIMITS_IDLE_TIMEOUT_S", "600")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             // Logs are written (a pipe would be the same syscalls) and dropped.
             .stderr(Stdio::null())
@@ -79,6 +100,24 @@ impl ProxyChild {
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
         Ok(Duration::from_micros(ticks * 1_000_000 / hz))
+    }
+
+    /// CPU time the proxy's live threads have used so far, in nanoseconds
+    /// (each thread's `/proc/PID/task/TID/schedstat`): the clock-tick
+    /// resolution of [`ProxyChild::cpu`] (10 ms) is too coarse for a few µs
+    /// per request. Threads that have exited are not counted.
+    pub fn cpu_ns(&self) -> anyhow::Result<Duration> {
+        let pid = self.child.id().context("proxy child exited")?;
+        let mut total = 0u64;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let stat = std::fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
+            total += stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        Ok(Duration::from_nanos(total))
     }
 
     /// Resident memory of the proxy process, in bytes.

@@ -8,6 +8,7 @@
 
 mod child;
 mod measure;
+mod tracing_cost;
 
 use std::sync::Arc;
 
@@ -33,6 +34,10 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         })
         .await?;
+        if args.iter().any(|a| a == "--tracing") {
+            println!("{}", tracing_cost::measure(&emulator.url(), quick).await?);
+            return Ok(());
+        }
         let proxy = child::ProxyChild::start(&emulator.url(), "info")
             .await
             .context("starting the proxy")?;

@@ -67,7 +67,7 @@ async fn one(client: &reqwest::Client, base: &str) -> anyhow::Result<Duration> {
 }
 
 /// `per_worker` sequential requests from each of `concurrency` workers.
-async fn run(
+pub async fn run(
     b: &Arc<Bench>,
     base: &str,
     concurrency: usize,

@@ -103,6 +103,7 @@ impl Chain {
         if plugin.pre.is_none() {
             return Ok(Outcome::Allow);
         }
+        let span_start = crate::telemetry::span_start();
         let started = Instant::now();
         let result = self.decide(plugin, req);
         let outcome = match &result {
@@ -112,6 +113,9 @@ impl Chain {
             Err(_) => CallOutcome::Failure,
         };
         plugin.stats.record(outcome, started.elapsed());
+        if let Some(t) = span_start {
+            crate::telemetry::plugin_span(None, t, &plugin.name, "request", outcome.label(), 1);
+        }
         result
     }
 

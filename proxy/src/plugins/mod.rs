@@ -23,7 +23,7 @@ mod response_world;
 mod routes;
 mod runtime;
 mod stage;
-mod stats;
+pub(crate) mod stats;
 pub mod tool;
 
 pub mod spec;

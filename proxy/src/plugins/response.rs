@@ -9,7 +9,7 @@
 //! answer with an error, `allow` leaves the plugin out for the rest of it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use wasmtime::Store;
 
@@ -43,6 +43,8 @@ enum Slot {
 struct Tally {
     calls: [u64; 4],
     time: Duration,
+    /// The first call, when the answer is traced.
+    first: Option<SystemTime>,
 }
 
 pub struct ResponseRun {
@@ -55,6 +57,9 @@ pub struct ResponseRun {
     /// The context as the plugins get it at their start, built when the
     /// first one starts (it does not change during an answer).
     wctx: Option<wit::ResponseContext>,
+    /// The request's trace context, when its span is recorded: each
+    /// plugin's calls on this answer become one span under it.
+    trace: Option<opentelemetry::Context>,
 }
 
 impl ResponseStage for PluginStage {
@@ -75,6 +80,7 @@ impl ResponseStage for PluginStage {
             tallies: vec![Tally::default(); slots.len()],
             slots,
             wctx: None,
+            trace: crate::telemetry::recording_context(),
         }))
     }
 }
@@ -217,6 +223,9 @@ impl ResponseHooks for ResponseRun {
             }
             let plugin = &chain.plugins[*index];
             let started = Instant::now();
+            if self.trace.is_some() && tally.first.is_none() {
+                tally.first = Some(SystemTime::now());
+            }
             for (k, chunk) in chunks[..live].iter_mut().enumerate() {
                 if done_with_chunks(slot) {
                     break;
@@ -348,6 +357,26 @@ impl ResponseHooks for ResponseRun {
                 }
             }
             plugin.stats.record_response(tally.calls, tally.time);
+            if let Some(parent) = &self.trace {
+                let calls = tally.calls.iter().sum::<u64>() + 1;
+                let started = tally.first.unwrap_or_else(SystemTime::now);
+                let decision = [
+                    ChunkOutcome::Failure,
+                    ChunkOutcome::End,
+                    ChunkOutcome::Rewrite,
+                ]
+                .into_iter()
+                .find(|o| tally.calls[*o as usize] > 0)
+                .unwrap_or(ChunkOutcome::Pass);
+                crate::telemetry::plugin_span(
+                    Some(parent),
+                    started,
+                    &plugin.name,
+                    "response",
+                    decision.label(),
+                    calls,
+                );
+            }
             // Instances are dropped with the answer; nothing is called twice.
             *slot = Slot::Off;
         }

@@ -127,7 +127,7 @@ impl PluginStage {
         })
     }
 
-    /// Appends per-plugin call metrics (Prometheus text format).
+    /// Appends per-plugin call metrics (OpenMetrics text, see `crate::metrics`).
     pub fn render_metrics(&self, out: &mut String) {
         self.runtime.stats.render(out);
         self.runtime.counters.render_metrics(out);
@@ -313,7 +313,12 @@ impl RequestFilter for PluginStage {
                 }
                 return tokio::task::block_in_place(move || timed(&chain, request));
             }
-            match tokio::task::spawn_blocking(move || chain.run(request)).await {
+            let trace = crate::telemetry::current();
+            let run = move || {
+                let _attached = trace.map(|cx| cx.attach());
+                chain.run(request)
+            };
+            match tokio::task::spawn_blocking(run).await {
                 Ok(verdict) => verdict,
                 Err(e) => {
                     tracing::error!(error = %e, "the plugin chain's thread failed; request refused");

@@ -1,4 +1,5 @@
-//! Per-plugin call counts and time, rendered as Prometheus metrics.
+//! Per-plugin call counts and time, rendered as OpenMetrics families (see
+//! `crate::metrics`), with call durations in the proxy-work buckets.
 //!
 //! Kept per plugin name in the runtime (like the counters), so the figures
 //! survive hot reloads.
@@ -8,6 +9,13 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::metrics::{HistogramFamily, PROXY_BUCKETS};
 
 /// How a call ended, as a metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,7 +35,7 @@ impl CallOutcome {
         CallOutcome::Failure,
     ];
 
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             CallOutcome::Allow => "allow",
             CallOutcome::Modify => "modify",
@@ -58,7 +66,7 @@ impl ChunkOutcome {
         ChunkOutcome::Failure,
     ];
 
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             ChunkOutcome::Pass => "pass",
             ChunkOutcome::Rewrite => "rewrite",
@@ -68,17 +76,27 @@ impl ChunkOutcome {
     }
 }
 
-#[derive(Default)]
 pub struct PluginStats {
     calls: [AtomicU64; 4],
     /// Response-hook calls, by [`ChunkOutcome`].
     chunks: [AtomicU64; 4],
     nanos: AtomicU64,
+    /// Each request-hook call.
+    request_seconds: Histogram,
+    /// The response hooks' time on each answer.
+    response_seconds: Histogram,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginHook {
+    plugin: String,
+    hook: &'static str,
 }
 
 impl PluginStats {
     pub fn record(&self, outcome: CallOutcome, took: Duration) {
         self.calls[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        self.request_seconds.observe(took.as_secs_f64());
         self.add_time(took);
     }
 
@@ -94,6 +112,7 @@ impl PluginStats {
                 slot.fetch_add(n, Ordering::Relaxed);
             }
         }
+        self.response_seconds.observe(took.as_secs_f64());
         self.add_time(took);
     }
 
@@ -109,15 +128,41 @@ impl PluginStats {
     }
 }
 
-#[derive(Default)]
 pub struct StatsStore {
     by_plugin: Mutex<BTreeMap<String, Arc<PluginStats>>>,
+    seconds: HistogramFamily<PluginHook>,
+}
+
+impl Default for StatsStore {
+    fn default() -> Self {
+        StatsStore {
+            by_plugin: Mutex::default(),
+            seconds: Family::new_with_constructor(|| Histogram::new(PROXY_BUCKETS)),
+        }
+    }
 }
 
 impl StatsStore {
     pub fn for_plugin(&self, name: &str) -> Arc<PluginStats> {
         let mut map = self.by_plugin.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(name.to_owned()).or_default().clone()
+        let histogram = |hook| {
+            let labels = PluginHook {
+                plugin: name.to_owned(),
+                hook,
+            };
+            self.seconds.get_or_create(&labels).clone()
+        };
+        map.entry(name.to_owned())
+            .or_insert_with(|| {
+                Arc::new(PluginStats {
+                    calls: Default::default(),
+                    chunks: Default::default(),
+                    nanos: AtomicU64::new(0),
+                    request_seconds: histogram("request"),
+                    response_seconds: histogram("response"),
+                })
+            })
+            .clone()
     }
 
     /// Appends the metrics in Prometheus' text format. Plugin names come from
@@ -134,9 +179,9 @@ impl StatsStore {
         };
         let _ = writeln!(
             out,
-            "# HELP kiln_plugin_calls_total Request-hook calls, by plugin and outcome."
+            "# HELP kiln_plugin_calls Request-hook calls, by plugin and outcome."
         );
-        let _ = writeln!(out, "# TYPE kiln_plugin_calls_total counter");
+        let _ = writeln!(out, "# TYPE kiln_plugin_calls counter");
         for (name, stats) in map.iter() {
             for outcome in CallOutcome::ALL {
                 let _ = writeln!(
@@ -150,9 +195,9 @@ impl StatsStore {
         }
         let _ = writeln!(
             out,
-            "# HELP kiln_plugin_response_calls_total Response-hook calls (one per chunk, plus failed completion calls), by plugin and outcome."
+            "# HELP kiln_plugin_response_calls Response-hook calls (one per chunk, plus failed completion calls), by plugin and outcome."
         );
-        let _ = writeln!(out, "# TYPE kiln_plugin_response_calls_total counter");
+        let _ = writeln!(out, "# TYPE kiln_plugin_response_calls counter");
         for (name, stats) in map.iter() {
             for outcome in ChunkOutcome::ALL {
                 let _ = writeln!(
@@ -166,9 +211,9 @@ impl StatsStore {
         }
         let _ = writeln!(
             out,
-            "# HELP kiln_plugin_call_seconds_total Time spent in plugin calls (request and response hooks), instantiation included."
+            "# HELP kiln_plugin_call_seconds Time spent in plugin calls (request and response hooks), instantiation included."
         );
-        let _ = writeln!(out, "# TYPE kiln_plugin_call_seconds_total counter");
+        let _ = writeln!(out, "# TYPE kiln_plugin_call_seconds counter");
         for (name, stats) in map.iter() {
             let secs = stats.nanos.load(Ordering::Relaxed) as f64 / 1e9;
             let _ = writeln!(
@@ -177,6 +222,13 @@ impl StatsStore {
                 label(name)
             );
         }
+        let mut registry = Registry::default();
+        registry.register(
+            "kiln_plugin_call_duration_seconds",
+            "Plugin call time by plugin and hook: each request-hook call, and the response hooks' time on each answer (instantiation included).",
+            self.seconds.clone(),
+        );
+        let _ = prometheus_client::encoding::text::encode_registry(out, &registry);
     }
 }
 
@@ -211,6 +263,10 @@ mod tests {
         );
         assert!(
             out.contains("kiln_plugin_call_seconds_total{plugin=\"api-key\"} 0.00005"),
+            "{out}"
+        );
+        assert!(
+            out.contains("kiln_plugin_call_duration_seconds_bucket{le=\"0.000025\",plugin=\"api-key\",hook=\"request\"} 1"),
             "{out}"
         );
         assert!(

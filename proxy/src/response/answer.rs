@@ -83,6 +83,10 @@ impl Answer {
             }
             if let Some(u) = chunk.usage() {
                 self.usage = Some(Usage::merged(self.usage, u));
+                crate::telemetry::note_final_chunk(&chunk.raw());
+            } else if chunk.done() && crate::telemetry::enabled() {
+                // OpenAI's streams say why they stopped before their usage chunk.
+                crate::telemetry::note_final_chunk(&chunk.raw());
             }
             if chunk.kind() != Kind::Whole && chunk.generated() {
                 self.generated += 1;

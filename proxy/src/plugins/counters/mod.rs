@@ -107,7 +107,7 @@ impl CounterStore {
         }
         let _ = writeln!(
             out,
-            "# HELP kiln_counter_local_evictions_total Keys forgotten in process to stay within [counters] max_keys.\n# TYPE kiln_counter_local_evictions_total counter"
+            "# HELP kiln_counter_local_evictions Keys forgotten in process to stay within [counters] max_keys.\n# TYPE kiln_counter_local_evictions counter"
         );
         for (name, c) in map.iter() {
             let _ = writeln!(
@@ -125,12 +125,12 @@ impl CounterStore {
         );
         let _ = writeln!(
             out,
-            "# HELP kiln_counter_backend_errors_total Counter-adds the shared backend did not answer (unreachable, timeout, error).\n# TYPE kiln_counter_backend_errors_total counter\nkiln_counter_backend_errors_total {}",
+            "# HELP kiln_counter_backend_errors Counter-adds the shared backend did not answer (unreachable, timeout, error).\n# TYPE kiln_counter_backend_errors counter\nkiln_counter_backend_errors_total {}",
             shared.errors.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,
-            "# HELP kiln_counter_fallbacks_total Counter-adds counted in process because the shared backend was unavailable (fail_open).\n# TYPE kiln_counter_fallbacks_total counter\nkiln_counter_fallbacks_total {}",
+            "# HELP kiln_counter_fallbacks Counter-adds counted in process because the shared backend was unavailable (fail_open).\n# TYPE kiln_counter_fallbacks counter\nkiln_counter_fallbacks_total {}",
             self.fallbacks.load(Ordering::Relaxed)
         );
         let _ = writeln!(
