@@ -97,6 +97,10 @@ pub async fn init(config: &TracingConfig) -> anyhow::Result<bool> {
     if let Some(p) = &project {
         crate::logging::set_project(p);
     }
+    // The exporter's HTTP client (reqwest) builds its TLS config even for
+    // plain HTTP, and the workspace builds reqwest with rustls and no
+    // provider chosen: ring is the one the proxy links already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .build()
