@@ -247,11 +247,16 @@ fn cli_writes_output_file() {
 #[test]
 fn deploy_examples_match_the_renderer() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for (file, mode) in [
-        ("service.yaml", "single"),
-        ("service-sidecar.yaml", "sidecar"),
+    for (file, mode, extra) in [
+        ("service.yaml", "single", &[][..]),
+        ("service-sidecar.yaml", "sidecar", &[]),
+        (
+            "service-traced.yaml",
+            "single",
+            &["--trace-collector-config", "kiln-otel-config"],
+        ),
     ] {
-        let out = kiln(&[
+        let mut args = vec![
             "deploy",
             "render",
             "--image",
@@ -262,7 +267,9 @@ fn deploy_examples_match_the_renderer() {
             "3",
             "--mode",
             mode,
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let out = kiln(&args);
         assert!(out.status.success());
         let committed = std::fs::read_to_string(root.join("deploy").join(file)).unwrap();
         assert_eq!(
@@ -270,7 +277,8 @@ fn deploy_examples_match_the_renderer() {
             committed,
             "deploy/{file} is stale; regenerate it with: kiln deploy render --image \
              us-central1-docker.pkg.dev/PROJECT/kiln/ollama-gemma:4b --preload gemma3:4b --max-instances 3 \
-             --mode {mode} -o deploy/{file}"
+             --mode {mode} {} -o deploy/{file}",
+            extra.join(" ")
         );
     }
 }
@@ -407,4 +415,70 @@ fn several_instances_counting_alone_are_warned_about() {
         Some(2),
         "a URL where a secret name belongs"
     );
+}
+
+/// Traces on: the collector runs beside the GPU container with its config
+/// from the secret, takes its CPU and memory from the instance's, starts
+/// first, and kiln-proxy exports to it; in both modes.
+#[test]
+fn traces_add_the_collector_sidecar_from_its_secret() {
+    for (mode, proxy, gpu) in [(Mode::Single, "kiln", 0), (Mode::Sidecar, "proxy", 1)] {
+        let mut o = DeployOptions::new(IMAGE);
+        o.mode = mode;
+        o.trace_collector_config = Some("kiln-otel-config:3".parse().unwrap());
+        let out = render(&o).unwrap();
+        let doc: Value = serde_yaml_ng::from_str(&out.yaml).unwrap();
+        let template = &doc["spec"]["template"];
+        let containers = template["spec"]["containers"].as_array().unwrap();
+        let collector = containers
+            .iter()
+            .find(|c| c["name"] == "collector")
+            .expect("a collector");
+        assert_eq!(
+            collector["volumeMounts"][0]["mountPath"],
+            "/etc/otelcol-google/"
+        );
+        let volume = &template["spec"]["volumes"][0];
+        assert_eq!(volume["secret"]["secretName"], "kiln-otel-config");
+        assert_eq!(volume["secret"]["items"][0]["key"], "3");
+        let deps: Value = serde_json::from_str(
+            template["metadata"]["annotations"]["run.googleapis.com/container-dependencies"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(
+            deps[proxy]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d == "collector"),
+            "{deps}"
+        );
+        let proxy_c = containers.iter().find(|c| c["name"] == proxy).unwrap();
+        let env = proxy_c["env"].as_array().unwrap();
+        assert!(
+            env.iter()
+                .any(|e| e["name"] == "OTEL_EXPORTER_OTLP_ENDPOINT"
+                    && e["value"] == "http://localhost:4318")
+        );
+        // The GPU container gives the collector 1 vCPU and 1Gi of the instance's 8 and 32Gi.
+        let limits = &containers[gpu]["resources"]["limits"];
+        let (cpu, memory) = if mode == Mode::Single {
+            ("7", "31Gi")
+        } else {
+            ("6", "30Gi")
+        };
+        assert_eq!(
+            (limits["cpu"].as_str(), limits["memory"].as_str()),
+            (Some(cpu), Some(memory))
+        );
+        assert!(
+            out.gcloud
+                .contains("--set-secrets /etc/otelcol-google/config.yaml=kiln-otel-config:3"),
+            "{}",
+            out.gcloud
+        );
+        assert!(out.gcloud.contains("collector"), "{}", out.gcloud);
+    }
 }

@@ -4,6 +4,7 @@
 mod counters;
 mod render;
 mod rules;
+mod traces;
 
 pub use counters::{ProxyConfigFacts, SecretRef, VpcEgress};
 pub use render::{Rendered, render};
@@ -51,6 +52,9 @@ pub struct DeployOptions {
     pub counters_ca_secret: Option<SecretRef>,
     /// What the image's kiln-proxy config says (from `--proxy-config`).
     pub proxy_config: Option<ProxyConfigFacts>,
+    /// Traces on: the secret holding the OpenTelemetry Collector's config,
+    /// which then runs as a sidecar (see `traces`).
+    pub trace_collector_config: Option<SecretRef>,
 }
 
 impl DeployOptions {
@@ -78,6 +82,7 @@ impl DeployOptions {
             counters_password_secret: None,
             counters_ca_secret: None,
             proxy_config: None,
+            trace_collector_config: None,
         }
     }
 
@@ -174,6 +179,12 @@ pub struct RenderArgs {
     /// to warn when plugins that count run on several instances without shared counters.
     #[arg(long, value_name = "FILE")]
     pub proxy_config: Option<std::path::PathBuf>,
+    /// Traces to Cloud Trace: the secret (SECRET[:VERSION]) holding an OpenTelemetry
+    /// Collector config (deploy/otel-collector.yaml is one). The Google-Built Collector
+    /// then runs as a sidecar with 1 vCPU and 1Gi of the instance's, and kiln-proxy
+    /// exports its spans to it (OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[arg(long, value_name = "SECRET[:VERSION]")]
+    pub trace_collector_config: Option<SecretRef>,
 }
 
 impl From<&RenderArgs> for DeployOptions {
@@ -200,6 +211,7 @@ impl From<&RenderArgs> for DeployOptions {
             counters_password_secret: a.counters_password_secret.clone(),
             counters_ca_secret: a.counters_ca_secret.clone(),
             proxy_config: None,
+            trace_collector_config: a.trace_collector_config.clone(),
         }
     }
 }

@@ -5,6 +5,7 @@ use serde_json::{Value, json};
 
 use super::counters;
 use super::rules::{self, RuleError};
+use super::traces;
 use super::{DeployOptions, Mode};
 use crate::pack::layer_plan::PROXY_BIN;
 
@@ -47,15 +48,23 @@ fn service(o: &DeployOptions) -> Value {
         "run.googleapis.com/startup-cpu-boost": "true",
     });
     counters::vpc_annotations(o, &mut template_annotations);
-    let containers = match o.mode {
-        Mode::Single => vec![single_container(o)],
-        Mode::Sidecar => {
-            // The proxy starts only once Ollama's startup probe passed.
-            template_annotations["run.googleapis.com/container-dependencies"] =
-                json!(json!({"proxy": ["ollama"]}).to_string());
-            vec![sidecar_proxy(o), sidecar_ollama(o)]
-        }
+    let (mut containers, proxy, mut waits_for) = match o.mode {
+        Mode::Single => (vec![single_container(o)], "kiln", vec![]),
+        // The proxy starts only once Ollama's startup probe passed.
+        Mode::Sidecar => (
+            vec![sidecar_proxy(o), sidecar_ollama(o)],
+            "proxy",
+            vec!["ollama"],
+        ),
     };
+    if let Some(collector) = traces::collector(o) {
+        containers.push(collector);
+        waits_for.push(traces::COLLECTOR);
+    }
+    if !waits_for.is_empty() {
+        template_annotations["run.googleapis.com/container-dependencies"] =
+            json!(json!({ proxy: waits_for }).to_string());
+    }
     let mut spec = json!({
         "containerConcurrency": o.concurrency(),
         "timeoutSeconds": o.timeout_s,
@@ -65,8 +74,13 @@ fn service(o: &DeployOptions) -> Value {
     if let Some(account) = &o.service_account {
         spec["serviceAccountName"] = json!(account);
     }
-    if let Some((volume, _)) = counters::ca_volume(o) {
-        spec["volumes"] = json!([volume]);
+    let volumes: Vec<Value> = counters::ca_volume(o)
+        .map(|(volume, _)| volume)
+        .into_iter()
+        .chain(traces::config_volume(o))
+        .collect();
+    if !volumes.is_empty() {
+        spec["volumes"] = json!(volumes);
     }
     json!({
         "apiVersion": "serving.knative.dev/v1",
@@ -87,6 +101,7 @@ fn service(o: &DeployOptions) -> Value {
 
 /// One container: kiln-proxy (the image's entrypoint) supervises `ollama serve`.
 fn single_container(o: &DeployOptions) -> Value {
+    let (gpu_cpu, gpu_memory) = less_collector(o, o.cpu, o.memory.clone());
     with_counters(
         o,
         json!({
@@ -94,7 +109,7 @@ fn single_container(o: &DeployOptions) -> Value {
             "image": o.image,
             "ports": [{"name": "http1", "containerPort": PROXY_PORT}],
             "env": env_list(&proxy_env(o)),
-            "resources": {"limits": gpu_limits(o.cpu, &o.memory)},
+            "resources": {"limits": gpu_limits(gpu_cpu, &gpu_memory)},
             "startupProbe": proxy_startup_probe(),
             "livenessProbe": proxy_liveness_probe(),
         }),
@@ -150,17 +165,31 @@ fn sidecar_ollama(o: &DeployOptions) -> Value {
     })
 }
 
-/// The proxy container takes one CPU and 1 GiB; the rest of the instance is Ollama's.
+/// The proxy container takes one CPU and 1 GiB (and the collector as much,
+/// when traces are on); the rest of the instance is Ollama's.
 fn sidecar_ollama_resources(o: &DeployOptions) -> (u32, String) {
-    let memory = match o
-        .memory
+    let (cpu, memory) = less(o.cpu, &o.memory, 1, 1);
+    less_collector(o, cpu, memory)
+}
+
+/// `cpu` and `memory` less what the trace collector takes, when it runs.
+fn less_collector(o: &DeployOptions, cpu: u32, memory: String) -> (u32, String) {
+    match o.trace_collector_config {
+        Some(_) => less(cpu, &memory, traces::COLLECTOR_CPU, traces::COLLECTOR_GIB),
+        None => (cpu, memory),
+    }
+}
+
+/// `cpu` less `cpus`, and `memory` (in Gi; checked by the rules) less `gib`.
+fn less(cpu: u32, memory: &str, cpus: u32, gib: u32) -> (u32, String) {
+    let memory = match memory
         .strip_suffix("Gi")
         .and_then(|g| g.parse::<u32>().ok())
     {
-        Some(gib) => format!("{}Gi", gib - 1),
-        None => o.memory.clone(),
+        Some(total) => format!("{}Gi", total - gib),
+        None => memory.to_string(),
     };
-    (o.cpu - 1, memory)
+    (cpu - cpus, memory)
 }
 
 fn gpu_limits(cpu: u32, memory: &str) -> Value {
@@ -207,6 +236,7 @@ fn proxy_env(o: &DeployOptions) -> Vec<(&'static str, String)> {
         env.push(("KILN_OLLAMA_PRELOAD", o.preload.join(",")));
     }
     env.extend(counters::ca_file_env(o));
+    env.extend(traces::proxy_env(o));
     env
 }
 
@@ -264,14 +294,22 @@ fn gcloud_command(o: &DeployOptions) -> String {
     );
     match o.mode {
         Mode::Single => {
+            let (cpu, memory) = less_collector(o, o.cpu, o.memory.clone());
+            // With a collector beside it, the proxy's flags name their container.
+            if o.trace_collector_config.is_some() {
+                args.push("--container kiln".into());
+            }
             args.extend([
                 format!("--image {}", o.image),
                 format!("--port {PROXY_PORT}"),
-                format!("--cpu {} --memory {}", o.cpu, o.memory),
+                format!("--cpu {cpu} --memory {memory}"),
                 gpu,
                 env_flag(&proxy_env(o)),
             ]);
             args.extend(counters::gcloud_proxy_flags(o));
+            if o.trace_collector_config.is_some() {
+                args.push(format!("--depends-on {}", traces::COLLECTOR));
+            }
             args.push(format!("--startup-probe {probe}"));
         }
         Mode::Sidecar => {
@@ -285,8 +323,12 @@ fn gcloud_command(o: &DeployOptions) -> String {
             ]);
             args.extend(counters::gcloud_proxy_flags(o));
             let (cpu, memory) = sidecar_ollama_resources(o);
+            let waits = match o.trace_collector_config {
+                Some(_) => format!("--depends-on ollama,{}", traces::COLLECTOR),
+                None => "--depends-on ollama".into(),
+            };
             args.extend([
-                "--depends-on ollama".into(),
+                waits,
                 format!("--startup-probe {probe}"),
                 "--container ollama".into(),
                 format!("--image {}", o.image),
@@ -297,5 +339,6 @@ fn gcloud_command(o: &DeployOptions) -> String {
             ]);
         }
     }
+    args.extend(traces::gcloud_flags(o));
     args.join(" \\\n  ")
 }
