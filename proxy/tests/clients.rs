@@ -4,34 +4,14 @@
 
 mod harness;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use harness::Stack;
 
-/// Runs a Python script with `HOST` set to the proxy's URL and checks that
-/// it ran to its end: a script can also stop early with exit status 0.
+/// A Python script of the `openai` and `ollama` clients against the proxy.
 async fn assert_python_passes(stack: &Stack, script: &str) {
-    let child = tokio::process::Command::new("python3")
-        .arg("-c")
-        .arg(format!("{script}\nprint(\"ok\")\n"))
-        .env("HOST", stack.proxy().url())
-        .env("OPENAI_API_KEY", "unused-by-ollama")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 not found; run scripts/setup");
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("python client timed out")
-        .expect("python client failed to run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "python client failed (missing packages? run scripts/setup):\n{stderr}"
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    let env = [("OPENAI_API_KEY", "unused-by-ollama")];
+    harness::assert_python_passes(stack, script, &env, Duration::from_secs(60)).await;
 }
 
 /// Runs `curl` as the tutorial does, plus `extra` flags, to POST `body` to

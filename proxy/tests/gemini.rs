@@ -6,7 +6,6 @@
 mod example_plugins;
 mod harness;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use example_plugins::plugin;
@@ -24,30 +23,9 @@ def make(key, headers=None):
     return genai.Client(api_key=key, http_options=types.HttpOptions(base_url=os.environ["HOST"], api_version="v1beta", headers=headers))
 client = make(os.environ["KEY"])
 "#;
-    let child = tokio::process::Command::new("python3")
-        .arg("-c")
-        .arg(format!("{prelude}\n{script}\nprint(\"ok\")\n"))
-        .env("HOST", stack.proxy().url())
-        .env("KEY", key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 not found; run scripts/setup");
-    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
-        .await
-        .expect("python client timed out")
-        .expect("python client failed to run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "google-genai client failed (missing packages? run scripts/setup):\n{stderr}"
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "ok",
-        "{stderr}"
-    );
+    let script = format!("{prelude}\n{script}");
+    let env = [("KEY", key)];
+    harness::assert_python_passes(stack, &script, &env, Duration::from_secs(90)).await;
 }
 
 #[tokio::test]

@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 
 use super::{Method, error_json};
 use crate::body::{BoxError, RespBody};
-use crate::framing::{Format, Framer};
+use crate::framing::{Format, Framer, sse_data};
+use crate::response::codec::frame_event;
 
 /// How one answer is translated.
 #[derive(Clone, Debug)]
@@ -206,12 +207,12 @@ impl Translated {
         };
         while let Some(line) = framer.next_frame()? {
             match self.plan.chunk(&line) {
-                Some(json) => event(&mut out, &json),
+                Some(json) => frame_event(&mut out, &[], &json),
                 // Thinking the client did not ask for is not sent; after a
                 // while of it, an empty chunk tells the client (and the
                 // proxy's own idle timeout) that the answer is alive.
                 None if self.last_sent.elapsed() >= KEEPALIVE => {
-                    event(&mut out, &self.plan.empty_chunk());
+                    frame_event(&mut out, &[], &self.plan.empty_chunk());
                 }
                 None => {}
             }
@@ -221,12 +222,6 @@ impl Translated {
         }
         Ok(out)
     }
-}
-
-fn event(out: &mut Vec<u8>, json: &[u8]) {
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(json);
-    out.extend_from_slice(b"\n\n");
 }
 
 impl Body for Translated {
@@ -276,7 +271,7 @@ impl Body for Translated {
                             let mut out = Vec::new();
                             if let Some(rest) = framer.finish()? {
                                 if let Some(json) = this.plan.chunk(&rest) {
-                                    event(&mut out, &json);
+                                    frame_event(&mut out, &[], &json);
                                 }
                             }
                             out
@@ -329,23 +324,6 @@ impl ToArray {
         self.started = true;
         out.extend_from_slice(&data);
     }
-}
-
-/// The data of an SSE event (its `data:` lines joined).
-fn sse_data(event: &[u8]) -> Option<Vec<u8>> {
-    let mut data: Option<Vec<u8>> = None;
-    for line in event.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(d) = line.strip_prefix(b"data:") {
-            let d = d.strip_prefix(b" ").unwrap_or(d);
-            let buf = data.get_or_insert_with(Vec::new);
-            if !buf.is_empty() {
-                buf.push(b'\n');
-            }
-            buf.extend_from_slice(d);
-        }
-    }
-    data
 }
 
 impl Body for ToArray {

@@ -40,20 +40,11 @@ const NAMES: &[(&str, &[RouteKind])] = &[
 /// that reaches Ollama unless its entry narrows it.
 const ALL: &[RouteKind] = &RouteKind::ALL;
 
-/// The routes that run a model.
-const INFERENCE: &[RouteKind] = &[
-    RouteKind::OllamaGenerate,
-    RouteKind::OllamaChat,
-    RouteKind::OllamaEmbed,
-    RouteKind::OpenaiChat,
-    RouteKind::OpenaiCompletions,
-    RouteKind::OpenaiEmbeddings,
-    RouteKind::OpenaiResponses,
-    RouteKind::AnthropicMessages,
-    RouteKind::GeminiGenerate,
-    RouteKind::GeminiCountTokens,
-    RouteKind::GeminiEmbed,
-];
+/// The routes that run a model: every kind but `Other`, which `ALL` lists last.
+const INFERENCE: &[RouteKind] = match RouteKind::ALL.split_last() {
+    Some((RouteKind::Other, inference)) => inference,
+    _ => panic!("RouteKind::ALL lists the inference kinds, then Other"),
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteSet(Vec<RouteKind>);

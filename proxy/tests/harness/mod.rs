@@ -162,6 +162,41 @@ impl Stack {
 }
 
 /// Polls `cond` every 10 ms for up to `within`.
+/// Runs a Python script with `HOST` set to the proxy's URL (and `env`), for
+/// at most `within`, and checks that it ran to its end: a script can also
+/// stop early with exit status 0, so it must print `ok` last.
+pub async fn assert_python_passes(
+    stack: &Stack,
+    script: &str,
+    env: &[(&str, &str)],
+    within: Duration,
+) {
+    let child = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!("{script}\nprint(\"ok\")\n"))
+        .env("HOST", stack.proxy().url())
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 not found; run scripts/setup");
+    let out = tokio::time::timeout(within, child.wait_with_output())
+        .await
+        .expect("python client timed out")
+        .expect("python client failed to run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python client failed (missing packages? run scripts/setup):\n{stderr}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok",
+        "{stderr}"
+    );
+}
+
 pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = tokio::time::Instant::now() + within;
     while tokio::time::Instant::now() < end {
