@@ -96,15 +96,6 @@ impl Answer {
 /// `function`s and its turns' roles and texts (a function's output and a
 /// `tool_result` are `tool` turns).
 pub fn as_chat(req: &Value, messages_api: bool) -> Value {
-    let text_of = |content: Option<&Value>| match content {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(" "),
-        _ => String::new(),
-    };
     let tools: Vec<Value> = req
         .get("tools")
         .and_then(Value::as_array)
@@ -131,7 +122,7 @@ pub fn as_chat(req: &Value, messages_api: bool) -> Value {
                 } else {
                     m.get("role").and_then(Value::as_str).unwrap_or("user")
                 };
-                json!({"role": role, "content": text_of(content)})
+                json!({"role": role, "content": content_text(content)})
             })
             .collect()
     } else {
@@ -142,7 +133,7 @@ pub fn as_chat(req: &Value, messages_api: bool) -> Value {
                 .map(|item| match item.get("type").and_then(Value::as_str) {
                     Some("function_call_output") => json!({"role": "tool", "content": item.get("output")}),
                     Some("function_call") => json!({"role": "assistant", "content": ""}),
-                    _ => json!({"role": item.get("role").and_then(Value::as_str).unwrap_or("user"), "content": text_of(item.get("content"))}),
+                    _ => json!({"role": item.get("role").and_then(Value::as_str).unwrap_or("user"), "content": content_text(item.get("content"))}),
                 })
                 .collect(),
             _ => Vec::new(),
@@ -197,7 +188,13 @@ fn last_user_text(req: &Value) -> String {
     else {
         return String::new();
     };
-    match m.get("content") {
+    content_text(m.get("content"))
+}
+
+/// A turn's text: string content, or the text parts (blocks) of a content
+/// array joined.
+fn content_text(content: Option<&Value>) -> String {
+    match content {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(parts)) => parts
             .iter()

@@ -251,9 +251,7 @@ impl Responses {
             .iter()
             .enumerate()
             .map(|(k, call)| {
-                let arguments = call
-                    .pointer("/function/arguments")
-                    .map_or("{}".into(), Value::to_string);
+                let arguments = arguments_json(call);
                 json!({
                     "id": format!("fc_{n}_{k}"), "type": "function_call", "status": "completed",
                     "call_id": call.get("id"), "name": call.pointer("/function/name"),
@@ -540,16 +538,7 @@ impl Messages {
             // one `input_json_delta`, closed at once.
             for (k, call) in self.calls.iter().enumerate() {
                 let index = index + k;
-                let block = ordered(&[
-                    ("type", j("tool_use")),
-                    ("id", call["id"].to_string()),
-                    (
-                        "name",
-                        call.pointer("/function/name")
-                            .map_or("\"\"".into(), Value::to_string),
-                    ),
-                    ("input", "{}".into()),
-                ]);
+                let block = tool_use_block(call, "{}".into());
                 event_raw(
                     &mut out,
                     "content_block_start",
@@ -557,9 +546,7 @@ impl Messages {
                         r#"{{"type":"content_block_start","index":{index},"content_block":{block}}}"#
                     ),
                 );
-                let input = call
-                    .pointer("/function/arguments")
-                    .map_or("{}".into(), Value::to_string);
+                let input = arguments_json(call);
                 event_raw(
                     &mut out,
                     "content_block_delta",
@@ -659,20 +646,7 @@ impl Messages {
             blocks.push(format!(r#"{{"type":"text","text":{}}}"#, j(text(n))));
         }
         for call in self.calls.iter().filter(|_| n > 0) {
-            blocks.push(ordered(&[
-                ("type", j("tool_use")),
-                ("id", call["id"].to_string()),
-                (
-                    "name",
-                    call.pointer("/function/name")
-                        .map_or("\"\"".into(), Value::to_string),
-                ),
-                (
-                    "input",
-                    call.pointer("/function/arguments")
-                        .map_or("{}".into(), Value::to_string),
-                ),
-            ]));
+            blocks.push(tool_use_block(call, arguments_json(call)));
         }
         let content = if blocks.is_empty() {
             "null".to_owned()
@@ -696,6 +670,26 @@ impl Messages {
         ]);
         format!("{body}\n")
     }
+}
+
+/// An Ollama tool call's arguments as JSON text.
+fn arguments_json(call: &Value) -> String {
+    call.pointer("/function/arguments")
+        .map_or("{}".into(), Value::to_string)
+}
+
+/// A `tool_use` content block (a Go struct: fields in declared order) of
+/// an Ollama tool call, with `input` (JSON text).
+fn tool_use_block(call: &Value, input: String) -> String {
+    let name = call
+        .pointer("/function/name")
+        .map_or("\"\"".into(), Value::to_string);
+    ordered(&[
+        ("type", j("tool_use")),
+        ("id", call["id"].to_string()),
+        ("name", name),
+        ("input", input),
+    ])
 }
 
 /// `anthropic.NewError`: `{"type":"error","error":{"type":…,"message":…},"request_id":"req_…"}`.
