@@ -19,6 +19,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kiln_bench_common::process_cpu;
 use kiln_proxy::filter::NoFilters;
 use kiln_proxy::gemini::{Method, answer::Plan, request};
 use serde_json::json;
@@ -90,7 +91,7 @@ async fn measure(
     load: &Load,
     per_task: usize,
 ) -> anyhow::Result<(f64, Duration)> {
-    let (start, cpu0) = (Instant::now(), cpu_time());
+    let (start, cpu0) = (Instant::now(), process_cpu());
     let mut tasks = Vec::new();
     for _ in 0..load.streams {
         let (client, base, tokens) = (client.clone(), base.to_owned(), load.tokens);
@@ -106,19 +107,8 @@ async fn measure(
     for t in tasks {
         units += t.await??;
     }
-    let (wall, cpu) = (start.elapsed(), cpu_time() - cpu0);
+    let (wall, cpu) = (start.elapsed(), process_cpu() - cpu0);
     Ok((units as f64 / wall.as_secs_f64(), cpu / units as u32))
-}
-
-/// CPU time (user + system) of this whole process so far.
-fn cpu_time() -> Duration {
-    // SAFETY: getrusage only writes the struct it is given.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
-        return Duration::ZERO;
-    }
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {

@@ -12,35 +12,12 @@
 //!
 //! For a profile: `perf record -g target/release/kiln-bench-plugin-calls`.
 
+use kiln_bench_common::{example_plugin, process_cpu};
 use kiln_proxy::filter::{FilterRequest, RouteKind, Verdict};
-use kiln_proxy::plugins::{OnError, PluginOptions, PluginSpec, load_chain};
-use serde_json::{Value, json};
-use std::path::PathBuf;
-use std::time::Duration;
+use kiln_proxy::plugins::{PluginOptions, load_chain};
+use serde_json::json;
 
 const KEY: &str = "bench-key-0123456789";
-
-fn spec(name: &str, config: Value) -> anyhow::Result<PluginSpec> {
-    // PLUGINS_DIR: plugin files built elsewhere (scripts/build-plugins --out DIR).
-    let dir = std::env::var_os("PLUGINS_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins"),
-        PathBuf::from,
-    );
-    let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
-    anyhow::ensure!(
-        path.exists(),
-        "{} is missing: run scripts/build-plugins first",
-        path.display()
-    );
-    Ok(PluginSpec {
-        name: name.into(),
-        path,
-        sha256: None,
-        on_error: OnError::Deny,
-        routes: None,
-        config,
-    })
-}
 
 fn request() -> FilterRequest {
     let body = br#"{"model":"gemma3:4b","messages":[{"role":"user","content":"Why is the sky blue?"}],"stream":false}"#;
@@ -59,17 +36,6 @@ fn request() -> FilterRequest {
     }
 }
 
-/// CPU time of the whole process (every thread).
-fn process_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec to a valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 fn main() -> anyhow::Result<()> {
     let n: u32 = std::env::args()
         .nth(1)
@@ -78,12 +44,12 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(20_000);
     let key_sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(KEY.as_bytes()));
     let plugins = [
-        spec(
+        example_plugin(
             "api-key",
             json!({"keys": [{"name": "bench", "sha256": key_sha}]}),
         )?,
-        spec("model-allowlist", json!({"allow": ["gemma3:4b"]}))?,
-        spec("token-cap", json!({"max_tokens": 512}))?,
+        example_plugin("model-allowlist", json!({"allow": ["gemma3:4b"]}))?,
+        example_plugin("token-cap", json!({"max_tokens": 512}))?,
     ];
     let cache =
         std::env::temp_dir().join(format!("kiln-bench-plugin-calls-{}", std::process::id()));

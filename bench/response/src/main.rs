@@ -24,15 +24,15 @@
 
 mod hooks;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use kiln_bench_common::{example_plugin, process_cpu};
 use kiln_proxy::filter::{NoFilters, RequestFilter};
-use kiln_proxy::plugins::{OnError, PluginSpec};
+use kiln_proxy::plugins::PluginSpec;
 use kiln_proxy::plugins::{PluginOptions, load_chain};
-use serde_json::{Value, json};
+use serde_json::json;
 
 struct Setup {
     name: &'static str,
@@ -61,26 +61,6 @@ impl Setup {
             _proxy: Some(proxy),
         })
     }
-}
-
-fn plugin(name: &str, config: Value) -> anyhow::Result<PluginSpec> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
-        "../../target/plugins/{}.wasm",
-        name.replace('-', "_")
-    ));
-    anyhow::ensure!(
-        path.exists(),
-        "{} is missing: run scripts/build-plugins first",
-        path.display()
-    );
-    Ok(PluginSpec {
-        name: name.into(),
-        path,
-        sha256: None,
-        on_error: OnError::Deny,
-        routes: None,
-        config,
-    })
 }
 
 async fn proxy(
@@ -176,19 +156,6 @@ async fn throughput(
     Ok(chunks as f64 / start.elapsed().as_secs_f64())
 }
 
-/// CPU time (user + system) of this whole process so far: the client, the
-/// emulator and the proxies all run here, so differences between setups are
-/// the proxies' own, whatever else the machine is doing.
-fn cpu_time() -> Duration {
-    // SAFETY: getrusage only writes the struct it is given.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
-        return Duration::ZERO;
-    }
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(u.ru_utime) + tv(u.ru_stime)
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -224,11 +191,11 @@ async fn run(quick: bool, hooks_only: bool) -> anyhow::Result<()> {
     let chain = |specs: Vec<PluginSpec>| -> anyhow::Result<Arc<dyn RequestFilter>> {
         Ok(load_chain(&specs, &options).context("loading the example plugins")?)
     };
-    let guard = |config| chain(vec![plugin("output-guard", config)?]);
+    let guard = |config| chain(vec![example_plugin("output-guard", config)?]);
     let chains: Vec<(&'static str, Arc<dyn RequestFilter>)> = vec![
         (
             "budget",
-            chain(vec![plugin(
+            chain(vec![example_plugin(
                 "token-budget",
                 json!({"budget": u64::MAX / 2}),
             )?])?,
@@ -384,9 +351,9 @@ async fn report(
     let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
     for _ in 0..rounds {
         for (i, s) in setups.iter().enumerate() {
-            let before = cpu_time();
+            let before = process_cpu();
             let t = throughput(client, &s.url, sse, load).await?;
-            let used = cpu_time().saturating_sub(before);
+            let used = process_cpu().saturating_sub(before);
             tput[i].push(t);
             cpu[i].push(used.as_secs_f64() * 1e6 / (load.streams * load.tokens) as f64);
         }
