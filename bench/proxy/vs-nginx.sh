@@ -160,7 +160,7 @@ def ms(v):
         sys.exit(f"{name}: cannot read wrk's p99 {v!r}:\n{out}")
     n, unit = m.groups()
     return float(n) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}[unit]
-p99 = ms(re.search(r"99%\s+(\S+)", out).group(1))
+p99 = ms(re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1))
 bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
 errs = re.search(r"Socket errors:.*", out)
 cpu_us = ticks * 1e6 / hz / reqs if ticks else 0

@@ -11,16 +11,18 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// RFC 9110 §7.6.1 connection-specific fields, plus the legacy ones proxies strip.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Names, not strings: removing by `&str` parses and validates the name on
+/// every call, nine times per request and hop.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
@@ -35,8 +37,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    strip_fixed(headers);
+}
+
+fn strip_fixed(headers: &mut HeaderMap) {
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
     }
 }
 
@@ -66,9 +72,7 @@ pub fn for_upstream(
     allowed_origins: &[String],
     request_id: &HeaderValue,
 ) {
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
-    }
+    strip_fixed(headers);
     // `Expect: 100-continue` was answered on the client's hop when the proxy
     // started reading the body; Ollama gets the body without asking.
     headers.remove(header::EXPECT);
