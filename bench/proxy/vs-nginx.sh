@@ -16,7 +16,7 @@
 #   base, base+3 the same two with the kiln-proxy binary BASELINE_PROXY, when set
 #                (to compare two builds in one run on a shared machine)
 # Reported per row: median requests/s over the rounds and its ratio to nginx's
-# in the same round, median p99, non-2xx answers, and kiln-proxy's CPU time
+# in the same round, median p99, non-2xx answers, and each proxy's CPU time
 # (user + system) per request. Not part of the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -75,6 +75,7 @@ nginx_conf proxy "upstream ollama { server 127.0.0.1:$up_port; keepalive 64; }
     server { listen 127.0.0.1:$nginx_port; keepalive_requests 1000000;
         location / { proxy_pass http://ollama; proxy_http_version 1.1; proxy_set_header Connection \"\";
                      proxy_set_header Host localhost; } }"
+nginx_pid=${pids[-1]}
 
 key=bench-key-0123456789
 key_sha=$(printf %s "$key" | sha256sum | cut -d' ' -f1)
@@ -114,7 +115,7 @@ start_kiln() { # start_kiln PORT CONFIG [BINARY]; its pid in $started
 start_kiln "$kiln_port" "$work/empty.toml"; kiln_pid=$started
 start_kiln "$kiln3_port" "$work/plugins.toml"; kiln3_pid=$started
 kiln_ports="$kiln_port $kiln3_port"
-rows=("nginx $nginx_port" "kiln $kiln_port $kiln_pid" "kiln+3 $kiln3_port $kiln3_pid")
+rows=("nginx $nginx_port $nginx_pid" "kiln $kiln_port $kiln_pid" "kiln+3 $kiln3_port $kiln3_pid")
 if [ -n "$baseline" ]; then
     start_kiln "$base_port" "$work/empty.toml" "$baseline"; base_pid=$started
     start_kiln "$base3_port" "$work/base-plugins.toml" "$baseline"; base3_pid=$started
@@ -139,7 +140,11 @@ EOF
 status=$(curl -s -o /dev/null -w '%{http_code}' -d '{"model":"gemma3:4b","messages":[]}' "http://127.0.0.1:$kiln3_port/api/chat")
 [ "$status" = 401 ] || die "the plugin row answered $status without a key; expected 401"
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu_ticks() { # user + system ticks of a process and its children (nginx's workers)
+    local t=0 p
+    for p in "$1" $(pgrep -P "$1"); do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+    echo "$t"
+}
 hz=$(getconf CLK_TCK)
 results=$work/results
 : >"$results"
@@ -184,7 +189,7 @@ for rnd, name, rps, p99, bad, cpu, errs in rows:
     by.setdefault(name, {})[rnd] = (float(rps), float(p99), int(bad), float(cpu), errs)
 nginx = by["nginx"]
 print(f"\nkiln-proxy vs nginx, wrk -t1 -c64, small non-streaming /api/chat, {len(nginx)} rounds; {sys.argv[2]} cores, {sys.argv[3]}\n")
-print("| path | req/s (median) | ratio to nginx (median of rounds) | with plugins / without (median of rounds) | p99 ms (median) | non-2xx | kiln CPU per request |")
+print("| path | req/s (median) | ratio to nginx (median of rounds) | with plugins / without (median of rounds) | p99 ms (median) | non-2xx | proxy CPU per request |")
 print("|---|---|---|---|---|---|---|")
 for name in ["nginx", "kiln", "kiln+3", "base", "base+3"]:
     if name not in by:
@@ -198,6 +203,6 @@ for name in ["nginx", "kiln", "kiln+3", "base", "base+3"]:
     p99 = statistics.median(v[1] for v in r.values())
     bad = sum(v[2] for v in r.values())
     cpu = statistics.median(v[3] for v in r.values())
-    cpu_s = f"{cpu:.0f} µs" if name != "nginx" else "–"
+    cpu_s = f"{cpu:.1f} µs"
     print(f"| {name} | {rps:,.0f} | {ratio:.2f}× | {vs_plain} | {p99:.2f} | {bad} | {cpu_s} |")
 PY
