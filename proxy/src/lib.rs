@@ -34,10 +34,4 @@ pub mod upstream;
 pub mod write_stall;
 
 pub use config::Config;
-/// The global allocator kiln-proxy runs with, for the binary and the
-/// benchmarks that run the proxy in process: mimalloc rather than glibc's
-/// malloc, which spent ~10 % of the process's CPU on a proxied request's many
-/// small buffers across two worker threads (`bench/proxy/vs-nginx.sh` under
-/// `perf`). Each binary names it: `#[global_allocator] static A: Allocator = Allocator;`
-pub use mimalloc::MiMalloc as Allocator;
 pub use server::{RunningProxy, run, start};

@@ -118,9 +118,6 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-#[global_allocator]
-static ALLOCATOR: kiln_proxy::Allocator = kiln_proxy::Allocator;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

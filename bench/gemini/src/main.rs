@@ -130,10 +130,6 @@ fn per_call(n: u32, mut f: impl FnMut()) -> f64 {
     median(batches)
 }
 
-// The allocator the shipped kiln-proxy runs with, so the proxy measured here is that one.
-#[global_allocator]
-static ALLOCATOR: kiln_proxy::Allocator = kiln_proxy::Allocator;
-
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let quick = std::env::args().any(|a| a == "--quick");

@@ -26,10 +26,6 @@ use kiln_proxy::plugins::{PluginOptions, load_chain};
 
 const PASSWORD: &str = "bench-pass";
 
-// The allocator the shipped kiln-proxy runs with, so the proxy measured here is that one.
-#[global_allocator]
-static ALLOCATOR: kiln_proxy::Allocator = kiln_proxy::Allocator;
-
 fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     if std::env::var_os("RUST_LOG").is_none() {

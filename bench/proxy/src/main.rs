@@ -14,10 +14,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-// The allocator the shipped kiln-proxy runs with, so the proxy measured here is that one.
-#[global_allocator]
-static ALLOCATOR: kiln_proxy::Allocator = kiln_proxy::Allocator;
-
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rt = tokio::runtime::Builder::new_multi_thread()

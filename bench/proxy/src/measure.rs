@@ -40,6 +40,8 @@ pub struct Streaming {
     pub proxied: f64,
     /// Median of the per-round proxy/direct ratios.
     pub ratio: f64,
+    /// The pair ratios' lower and upper quartiles: how far one pair strays.
+    pub quartiles: (f64, f64),
 }
 
 pub struct Idle {
@@ -166,16 +168,17 @@ pub async fn streaming(b: &Arc<Bench>) -> anyhow::Result<Streaming> {
         proxied.push(p);
         ratios.push(p / d);
     }
-    let median = |mut v: Vec<f64>| {
+    let quantile = |v: &mut Vec<f64>, q: f64| {
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        v[((v.len() - 1) as f64 * q).round() as usize]
     };
     Ok(Streaming {
         chunks,
         rounds,
-        direct: median(direct),
-        proxied: median(proxied),
-        ratio: median(ratios),
+        direct: quantile(&mut direct, 0.5),
+        proxied: quantile(&mut proxied, 0.5),
+        ratio: quantile(&mut ratios, 0.5),
+        quartiles: (quantile(&mut ratios, 0.25), quantile(&mut ratios, 0.75)),
     })
 }
 
@@ -247,12 +250,14 @@ impl Report {
         }
         if let Some(st) = &self.streaming {
             s.push_str(&format!(
-                "\n| streaming (one stream of {} NDJSON chunks, {} pairs of rounds) | direct | proxy | proxy / direct |\n|---|---|---|---|\n| chunks per second (medians; ratio: median of the pairs) | {:.0} | {:.0} | {:.1} % |\n",
+                "\n| streaming (one stream of {} NDJSON chunks, {} pairs of rounds) | direct | proxy | proxy / direct | middle half of the pairs |\n|---|---|---|---|---|\n| chunks per second (medians; ratio: median of the pairs) | {:.0} | {:.0} | {:.1} % | {:.1}–{:.1} % |\n",
                 st.chunks,
                 st.rounds,
                 st.direct,
                 st.proxied,
-                100.0 * st.ratio
+                100.0 * st.ratio,
+                100.0 * st.quartiles.0,
+                100.0 * st.quartiles.1
             ));
         }
         if let Some(i) = &self.idle {

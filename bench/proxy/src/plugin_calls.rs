@@ -36,10 +36,6 @@ fn request() -> FilterRequest {
     }
 }
 
-// The allocator the shipped kiln-proxy runs with, so the proxy measured here is that one.
-#[global_allocator]
-static ALLOCATOR: kiln_proxy::Allocator = kiln_proxy::Allocator;
-
 fn main() -> anyhow::Result<()> {
     let n: u32 = std::env::args()
         .nth(1)

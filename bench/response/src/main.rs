@@ -161,10 +161,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-// The allocator the shipped kiln-proxy runs with, so the proxy measured here is that one.
-#[global_allocator]
-static ALLOCATOR: kiln_proxy::Allocator = kiln_proxy::Allocator;
-
 fn main() -> anyhow::Result<()> {
     // reqwest may be built with rustls and no provider (workspace feature
     // unification); ring is the workspace's one provider.
