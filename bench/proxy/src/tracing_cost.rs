@@ -84,10 +84,18 @@ pub async fn measure(upstream: &str, quick: bool) -> anyhow::Result<String> {
         ),
     ];
     // Another build's proxy (BENCH_BASELINE_BIN: a kiln-bench-proxy built
-    // from the commit before the traces), to show what the code costs when off.
+    // from the commit before the traces), to show what the code costs when
+    // off; with BENCH_BASELINE_SAMPLED=1 it runs with every request sampled
+    // instead, to compare two builds' traces in one run.
+    let baseline_sampled = std::env::var("BENCH_BASELINE_SAMPLED").is_ok_and(|v| v == "1");
     if let Ok(exe) = std::env::var("BENCH_BASELINE_BIN") {
-        let base = ProxyChild::start_exe(exe.as_ref(), upstream, "info", &[]).await?;
-        children.push(("baseline build (BENCH_BASELINE_BIN)", base));
+        let (label, env) = if baseline_sampled {
+            ("baseline build, every request sampled", &on[..])
+        } else {
+            ("baseline build (BENCH_BASELINE_BIN)", &[][..])
+        };
+        let base = ProxyChild::start_exe(exe.as_ref(), upstream, "info", env).await?;
+        children.push((label, base));
     }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
@@ -100,6 +108,11 @@ pub async fn measure(upstream: &str, quick: bool) -> anyhow::Result<String> {
         quick,
     });
     let (concurrency, per_worker, rounds) = if quick { (8, 25, 3) } else { (8, 125, 15) };
+    // More rounds narrow the medians on a busy machine.
+    let rounds = std::env::var("BENCH_TRACING_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(rounds);
     for (_, c) in &children {
         run(&bench, &c.url(), concurrency, per_worker / 4).await?;
     }
@@ -125,8 +138,14 @@ pub async fn measure(upstream: &str, quick: bool) -> anyhow::Result<String> {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    // The sampled child's requests: its rounds and its warm-up.
-    let sampled = rounds * concurrency * per_worker + concurrency * (per_worker / 4);
+    // The sampled children's requests: their rounds and their warm-up.
+    let sampled_children = if baseline_sampled && children.len() > 3 {
+        2
+    } else {
+        1
+    };
+    let sampled =
+        sampled_children * (rounds * concurrency * per_worker + concurrency * (per_worker / 4));
     let mut s = format!(
         "| proxy CPU per request, {rounds} rotating rounds of {} requests each (concurrency {concurrency}) | median | added (median of round differences) |\n|---|---|---|\n",
         concurrency * per_worker

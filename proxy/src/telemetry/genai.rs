@@ -4,6 +4,9 @@
 //! answered with. Only these named scalar fields are read; message and
 //! completion text never leave the body.
 
+use std::sync::LazyLock;
+
+use memchr::memmem;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use serde::Deserialize;
@@ -82,6 +85,32 @@ pub fn request_params(body: &[u8]) -> Vec<KeyValue> {
     }
     if let Some(k) = pick(p.top_k, |o| o.top_k) {
         out.push(KeyValue::new("gen_ai.request.top_k", k));
+    }
+    out
+}
+
+/// `gen_ai.request.*` attributes of an Ollama request, from its `options`
+/// as the request's view already parsed them (Ollama reads its sampling
+/// parameters there only), so the body is not parsed a second time.
+pub fn ollama_params(
+    options: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> Vec<KeyValue> {
+    let Some(o) = options else {
+        return Vec::new();
+    };
+    let num = |k: &str| o.get(k).and_then(serde_json::Value::as_f64);
+    let mut out = Vec::new();
+    if let Some(n) = num("num_predict").filter(|n| *n >= 0.0) {
+        out.push(KeyValue::new("gen_ai.request.max_tokens", n as i64));
+    }
+    for (key, attr) in [
+        ("temperature", "gen_ai.request.temperature"),
+        ("top_p", "gen_ai.request.top_p"),
+        ("top_k", "gen_ai.request.top_k"),
+    ] {
+        if let Some(v) = num(key) {
+            out.push(KeyValue::new(attr, v));
+        }
     }
     out
 }
@@ -165,7 +194,10 @@ pub fn note_final_chunk(chunk: &[u8]) {
 /// Whether a passing chunk may name an OpenAI finish reason, with traces
 /// on: a byte search, so chunks of token text are not parsed.
 pub fn may_finish(chunk: &[u8]) -> bool {
-    super::enabled() && memchr::memmem::find(chunk, b"\"finish_reason\":\"").is_some()
+    // One searcher for the process: building one per chunk cost more than the search.
+    static FINDER: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\"finish_reason\":\""));
+    super::enabled() && FINDER.find(chunk).is_some()
 }
 
 /// The JSON of a chunk: itself, or the `data:` line of an SSE event.
@@ -227,6 +259,24 @@ mod tests {
         );
         assert!(attrs(r#"{"model":"m","temperature":"hot"}"#).is_empty());
         assert!(attrs("not json").is_empty());
+    }
+
+    #[test]
+    fn ollama_parameters_come_from_the_parsed_options() {
+        let body = r#"{"model":"m","options":{"num_predict":5,"temperature":0.2,"top_k":"x"}}"#;
+        let view = crate::request_view::parse(RouteKind::OllamaChat, body.as_bytes()).unwrap();
+        let got: Vec<(String, String)> = ollama_params(view.options.as_ref())
+            .into_iter()
+            .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("gen_ai.request.max_tokens".into(), "5".into()),
+                ("gen_ai.request.temperature".into(), "0.2".into())
+            ]
+        );
+        assert!(ollama_params(None).is_empty());
     }
 
     #[test]
