@@ -11,6 +11,7 @@ use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use serde::Deserialize;
 
+use crate::response::codec::{List, Obj};
 use crate::routes::RouteKind;
 
 /// `gen_ai.operation.name` of a route; `None` for routes that run no model.
@@ -126,11 +127,14 @@ struct Final {
     stop_reason: Option<String>,
     /// OpenAI.
     #[serde(default)]
-    choices: Vec<Choice>,
-    /// Anthropic's `message_delta`.
-    delta: Option<Delta>,
-    /// The Responses API's `response.completed`.
-    response: Option<Response>,
+    choices: List<Choice>,
+    /// Anthropic's `message_delta` (a Responses API event's `delta` is text).
+    #[serde(default)]
+    delta: Obj<Delta>,
+    /// The Responses API's `response.completed` (Ollama's `response` is
+    /// the answer's text: read only when it is an object).
+    #[serde(default)]
+    response: Obj<Response>,
 }
 
 #[derive(Deserialize)]
@@ -161,34 +165,46 @@ pub fn note_final_chunk(chunk: &[u8]) {
         if !span.is_recording() {
             return;
         }
-        let json = sse_data(chunk);
-        let Ok(f) = serde_json::from_slice::<Final>(json) else {
-            return;
-        };
-        let model = f
-            .model
-            .or_else(|| f.response.as_ref().and_then(|r| r.model.clone()));
-        if let Some(m) = model {
-            span.set_attribute(KeyValue::new("gen_ai.response.model", m));
-        }
-        let mut reasons: Vec<StringValue> = f
-            .choices
-            .into_iter()
-            .filter_map(|c| c.finish_reason)
-            .chain(f.done_reason)
-            .chain(f.stop_reason)
-            .chain(f.delta.and_then(|d| d.stop_reason))
-            .chain(f.response.and_then(|r| r.status))
-            .map(StringValue::from)
-            .collect();
-        reasons.dedup();
-        if !reasons.is_empty() {
-            span.set_attribute(KeyValue::new(
-                "gen_ai.response.finish_reasons",
-                Value::Array(Array::String(reasons)),
-            ));
+        let attrs = final_attributes(sse_data(chunk));
+        if !attrs.is_empty() {
+            span.set_attributes(attrs);
         }
     });
+}
+
+/// `gen_ai.response.model` and `gen_ai.response.finish_reasons` of an
+/// answer's last chunk (its JSON).
+fn final_attributes(json: &[u8]) -> Vec<KeyValue> {
+    let Ok(f) = serde_json::from_slice::<Final>(json) else {
+        return Vec::new();
+    };
+    let response = f.response.0;
+    let mut out = Vec::new();
+    let model = f
+        .model
+        .or_else(|| response.as_ref().and_then(|r| r.model.clone()));
+    if let Some(m) = model {
+        out.push(KeyValue::new("gen_ai.response.model", m));
+    }
+    let mut reasons: Vec<StringValue> = f
+        .choices
+        .0
+        .into_iter()
+        .filter_map(|c| c.finish_reason)
+        .chain(f.done_reason)
+        .chain(f.stop_reason)
+        .chain(f.delta.0.and_then(|d| d.stop_reason))
+        .chain(response.and_then(|r| r.status))
+        .map(StringValue::from)
+        .collect();
+    reasons.dedup();
+    if !reasons.is_empty() {
+        out.push(KeyValue::new(
+            "gen_ai.response.finish_reasons",
+            Value::Array(Array::String(reasons)),
+        ));
+    }
+    out
 }
 
 /// Whether a passing chunk may name an OpenAI finish reason, with traces
@@ -277,6 +293,53 @@ mod tests {
             ]
         );
         assert!(ollama_params(None).is_empty());
+    }
+
+    #[test]
+    fn every_api_names_its_model_and_finish_reason() {
+        let read = |json: &str| -> Vec<(String, String)> {
+            final_attributes(json.as_bytes())
+                .into_iter()
+                .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+                .collect()
+        };
+        let named = |model: &str, reason: &str| {
+            vec![
+                ("gen_ai.response.model".to_string(), model.to_string()),
+                (
+                    "gen_ai.response.finish_reasons".to_string(),
+                    format!("[\"{reason}\"]"),
+                ),
+            ]
+        };
+        // Ollama's /api/generate: `response` is the answer's text.
+        assert_eq!(
+            read(
+                r#"{"model":"m","response":"Hi","done":true,"done_reason":"stop","context":[1,2],"eval_count":1}"#
+            ),
+            named("m", "stop")
+        );
+        assert_eq!(
+            read(
+                r#"{"model":"m","message":{"role":"assistant","content":""},"done":true,"done_reason":"length"}"#
+            ),
+            named("m", "length")
+        );
+        assert_eq!(
+            read(r#"{"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#),
+            named("m", "stop")
+        );
+        assert_eq!(
+            read(r#"{"type":"response.completed","response":{"model":"m","status":"completed"}}"#),
+            named("m", "completed")
+        );
+        assert_eq!(
+            read(r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{}}"#)[0],
+            (
+                "gen_ai.response.finish_reasons".to_string(),
+                "[\"end_turn\"]".to_string()
+            )
+        );
     }
 
     #[test]
