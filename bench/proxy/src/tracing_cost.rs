@@ -87,14 +87,20 @@ pub async fn measure(upstream: &str, quick: bool) -> anyhow::Result<String> {
     // from the commit before the traces), to show what the code costs when
     // off; with BENCH_BASELINE_SAMPLED=1 it runs with every request sampled
     // instead, to compare two builds' traces in one run.
+    // It exports to a sink of its own, so each build's bytes are counted apart.
     let baseline_sampled = std::env::var("BENCH_BASELINE_SAMPLED").is_ok_and(|v| v == "1");
+    let mut baseline_exported = None;
     if let Ok(exe) = std::env::var("BENCH_BASELINE_BIN") {
         let (label, env) = if baseline_sampled {
-            ("baseline build, every request sampled", &on[..])
+            let (url, bytes) = sink().await?;
+            baseline_exported = Some(bytes);
+            let mut env = on.to_vec();
+            env[0].1 = url;
+            ("baseline build, every request sampled", env)
         } else {
-            ("baseline build (BENCH_BASELINE_BIN)", &[][..])
+            ("baseline build (BENCH_BASELINE_BIN)", Vec::new())
         };
-        let base = ProxyChild::start_exe(exe.as_ref(), upstream, "info", env).await?;
+        let base = ProxyChild::start_exe(exe.as_ref(), upstream, "info", &env).await?;
         children.push((label, base));
     }
     let client = reqwest::Client::builder()
@@ -138,14 +144,8 @@ pub async fn measure(upstream: &str, quick: bool) -> anyhow::Result<String> {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    // The sampled children's requests: their rounds and their warm-up.
-    let sampled_children = if baseline_sampled && children.len() > 3 {
-        2
-    } else {
-        1
-    };
-    let sampled =
-        sampled_children * (rounds * concurrency * per_worker + concurrency * (per_worker / 4));
+    // A sampled child's requests: its rounds and its warm-up.
+    let sampled = rounds * concurrency * per_worker + concurrency * (per_worker / 4);
     let mut s = format!(
         "| proxy CPU per request, {rounds} rotating rounds of {} requests each (concurrency {concurrency}) | median | added (median of round differences) |\n|---|---|---|\n",
         concurrency * per_worker
@@ -166,10 +166,17 @@ pub async fn measure(upstream: &str, quick: bool) -> anyhow::Result<String> {
             median(&per_round[i])
         ));
     }
-    s.push_str(&format!(
-        "\nOTLP bytes exported: {} ({:.0} B per sampled request)\n",
-        exported.load(Ordering::Relaxed),
-        exported.load(Ordering::Relaxed) as f64 / sampled as f64
-    ));
+    for (who, bytes) in [
+        ("", Some(&exported)),
+        (" by the baseline build", baseline_exported.as_ref()),
+    ] {
+        if let Some(bytes) = bytes {
+            let n = bytes.load(Ordering::Relaxed);
+            s.push_str(&format!(
+                "\nOTLP bytes exported{who}: {n} ({:.0} B per sampled request)\n",
+                n as f64 / sampled as f64
+            ));
+        }
+    }
     Ok(s)
 }
