@@ -42,10 +42,10 @@ use crate::config::TracingConfig;
 use crate::routes::RouteKind;
 
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
 /// Spans per OTLP export when `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` is not set.
 const EXPORT_BATCH: usize = 2048;
-static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
 /// Whether spans are being made (an OTLP endpoint was configured).
 #[inline]
@@ -297,10 +297,10 @@ impl RequestTrace {
     pub fn start(headers: &HeaderMap, method: &Method, path: &str) -> Option<RequestTrace> {
         let tracer = TRACER.get()?;
         let parent = cloud_trace::extract(headers);
-        // Names and attributes are given once the span is known to be
-        // recorded: an unsampled request pays for no strings.
-        // The method's attribute is static, and its vector is the span's
-        // own (sized for all its attributes) when the span is recorded.
+        // The name and the other attributes are given once the span is
+        // known to be recorded: an unsampled request pays for no strings,
+        // only for this vector (sized for all the span's attributes, and
+        // the span's own when it is recorded) and the static method in it.
         let mut attrs = Vec::with_capacity(SERVER_ATTRIBUTES);
         attrs.push(KeyValue::new("http.request.method", method_value(method)));
         let builder = tracer
@@ -514,4 +514,35 @@ pub fn current_log_ids() -> Option<LogIds> {
         let sc = cx.span().span_context().clone();
         sc.is_valid().then(|| LogIds::of(&sc))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{TraceFlags, TraceState};
+
+    #[test]
+    fn ids_are_written_in_lower_case_hex() {
+        let trace = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        let span = SpanId::from_hex("00f067aa0ba902b7").unwrap();
+        assert_eq!(
+            traceparent(trace, span, true),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        assert_eq!(
+            traceparent(trace, span, false),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+        );
+        let sc = SpanContext::new(
+            trace,
+            span,
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        let ids = LogIds::of(&sc);
+        assert_eq!(ids.trace(), trace.to_string());
+        assert_eq!(ids.span(), span.to_string());
+        assert!(ids.sampled);
+    }
 }
