@@ -124,20 +124,22 @@ pub(crate) fn access_log(
     let request_id = ctx.request_id.to_str().unwrap_or("");
     // With traces on, the line names the request's span; else only the
     // client's trace ID is known.
-    let (trace, span_id, sampled) = match &ctx.span {
-        Some(s) => {
-            let (t, s, on) = s.log_ids();
-            (t, s, if on { "true" } else { "false" })
-        }
-        None => (ctx.trace.clone().unwrap_or_default(), String::new(), ""),
+    let ids = ctx.span.as_ref().map(|s| s.log_ids());
+    let (trace, span_id, sampled) = match &ids {
+        Some(ids) => (
+            ids.trace(),
+            ids.span(),
+            if ids.sampled { "true" } else { "false" },
+        ),
+        None => (ctx.trace.as_deref().unwrap_or_default(), "", ""),
     };
     macro_rules! log {
         ($level:ident) => {
             tracing::$level!(
                 target: "kiln_proxy::access",
                 http_request = %http_request,
-                trace = trace.as_str(),
-                span_id = span_id.as_str(),
+                trace,
+                span_id,
                 trace_sampled = sampled,
                 request_id,
                 route = ctx.route,

@@ -211,9 +211,13 @@ impl CloudLogging {
             other => other,
         };
         if trace.is_none()
-            && let Some((t, s, on)) = crate::telemetry::current_log_ids()
+            && let Some(ids) = crate::telemetry::current_log_ids()
         {
-            (trace, span, sampled) = (Some(t.into()), Some(s.into()), Some(on.into()));
+            (trace, span, sampled) = (
+                Some(ids.trace().into()),
+                Some(ids.span().into()),
+                Some(ids.sampled.into()),
+            );
         }
         if let Some(Value::String(t)) = trace {
             let full = match self.project.as_ref().or(PROJECT.get()) {

@@ -230,7 +230,7 @@ async fn inference(
     };
     ctx.stream = view.stream;
     if let Some(span) = &ctx.span {
-        span.request(route.kind, &view.model, &body);
+        span.request(&view, &body);
     }
     // Stage: admit.
     let span_start = crate::telemetry::span_start();

@@ -84,10 +84,24 @@ pub async fn measure(upstream: &str, quick: bool) -> anyhow::Result<String> {
         ),
     ];
     // Another build's proxy (BENCH_BASELINE_BIN: a kiln-bench-proxy built
-    // from the commit before the traces), to show what the code costs when off.
+    // from the commit before the traces), to show what the code costs when
+    // off; with BENCH_BASELINE_SAMPLED=1 it runs with every request sampled
+    // instead, to compare two builds' traces in one run.
+    // It exports to a sink of its own, so each build's bytes are counted apart.
+    let baseline_sampled = std::env::var("BENCH_BASELINE_SAMPLED").is_ok_and(|v| v == "1");
+    let mut baseline_exported = None;
     if let Ok(exe) = std::env::var("BENCH_BASELINE_BIN") {
-        let base = ProxyChild::start_exe(exe.as_ref(), upstream, "info", &[]).await?;
-        children.push(("baseline build (BENCH_BASELINE_BIN)", base));
+        let (label, env) = if baseline_sampled {
+            let (url, bytes) = sink().await?;
+            baseline_exported = Some(bytes);
+            let mut env = on.to_vec();
+            env[0].1 = url;
+            ("baseline build, every request sampled", env)
+        } else {
+            ("baseline build (BENCH_BASELINE_BIN)", Vec::new())
+        };
+        let base = ProxyChild::start_exe(exe.as_ref(), upstream, "info", &env).await?;
+        children.push((label, base));
     }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
@@ -100,6 +114,11 @@ pub async fn measure(upstream: &str, quick: bool) -> anyhow::Result<String> {
         quick,
     });
     let (concurrency, per_worker, rounds) = if quick { (8, 25, 3) } else { (8, 125, 15) };
+    // More rounds narrow the medians on a busy machine.
+    let rounds = std::env::var("BENCH_TRACING_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(rounds);
     for (_, c) in &children {
         run(&bench, &c.url(), concurrency, per_worker / 4).await?;
     }
@@ -125,7 +144,7 @@ pub async fn measure(upstream: &str, quick: bool) -> anyhow::Result<String> {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    // The sampled child's requests: its rounds and its warm-up.
+    // A sampled child's requests: its rounds and its warm-up.
     let sampled = rounds * concurrency * per_worker + concurrency * (per_worker / 4);
     let mut s = format!(
         "| proxy CPU per request, {rounds} rotating rounds of {} requests each (concurrency {concurrency}) | median | added (median of round differences) |\n|---|---|---|\n",
@@ -147,10 +166,17 @@ pub async fn measure(upstream: &str, quick: bool) -> anyhow::Result<String> {
             median(&per_round[i])
         ));
     }
-    s.push_str(&format!(
-        "\nOTLP bytes exported: {} ({:.0} B per sampled request)\n",
-        exported.load(Ordering::Relaxed),
-        exported.load(Ordering::Relaxed) as f64 / sampled as f64
-    ));
+    for (who, bytes) in [
+        ("", Some(&exported)),
+        (" by the baseline build", baseline_exported.as_ref()),
+    ] {
+        if let Some(bytes) = bytes {
+            let n = bytes.load(Ordering::Relaxed);
+            s.push_str(&format!(
+                "\nOTLP bytes exported{who}: {n} ({:.0} B per sampled request)\n",
+                n as f64 / sampled as f64
+            ));
+        }
+    }
     Ok(s)
 }

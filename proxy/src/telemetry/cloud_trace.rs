@@ -14,14 +14,14 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 
 /// The context a request's server span continues (empty: a new trace).
 pub fn extract(headers: &HeaderMap) -> Context {
-    if headers.contains_key("traceparent") {
+    if headers.contains_key(super::TRACEPARENT) {
         let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
         if cx.span().span_context().is_valid() {
             return cx;
         }
     }
     headers
-        .get("x-cloud-trace-context")
+        .get(super::CLOUD_TRACE)
         .and_then(|v| v.to_str().ok())
         .and_then(parse)
         .map_or_else(Context::new, |sc| {

@@ -4,10 +4,14 @@
 //! answered with. Only these named scalar fields are read; message and
 //! completion text never leave the body.
 
+use std::sync::LazyLock;
+
+use memchr::memmem;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use serde::Deserialize;
 
+use crate::response::codec::{List, Obj};
 use crate::routes::RouteKind;
 
 /// `gen_ai.operation.name` of a route; `None` for routes that run no model.
@@ -86,6 +90,32 @@ pub fn request_params(body: &[u8]) -> Vec<KeyValue> {
     out
 }
 
+/// `gen_ai.request.*` attributes of an Ollama request, from its `options`
+/// as the request's view already parsed them (Ollama reads its sampling
+/// parameters there only), so the body is not parsed a second time.
+pub fn ollama_params(
+    options: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> Vec<KeyValue> {
+    let Some(o) = options else {
+        return Vec::new();
+    };
+    let num = |k: &str| o.get(k).and_then(serde_json::Value::as_f64);
+    let mut out = Vec::new();
+    if let Some(n) = num("num_predict").filter(|n| *n >= 0.0) {
+        out.push(KeyValue::new("gen_ai.request.max_tokens", n as i64));
+    }
+    for (key, attr) in [
+        ("temperature", "gen_ai.request.temperature"),
+        ("top_p", "gen_ai.request.top_p"),
+        ("top_k", "gen_ai.request.top_k"),
+    ] {
+        if let Some(v) = num(key) {
+            out.push(KeyValue::new(attr, v));
+        }
+    }
+    out
+}
+
 /// The scalar fields of an answer's last chunk (the one with the token
 /// counts) that name its model and why generation stopped, in every API.
 #[derive(Deserialize, Default)]
@@ -97,11 +127,14 @@ struct Final {
     stop_reason: Option<String>,
     /// OpenAI.
     #[serde(default)]
-    choices: Vec<Choice>,
-    /// Anthropic's `message_delta`.
-    delta: Option<Delta>,
-    /// The Responses API's `response.completed`.
-    response: Option<Response>,
+    choices: List<Choice>,
+    /// Anthropic's `message_delta` (a Responses API event's `delta` is text).
+    #[serde(default)]
+    delta: Obj<Delta>,
+    /// The Responses API's `response.completed` (Ollama's `response` is
+    /// the answer's text: read only when it is an object).
+    #[serde(default)]
+    response: Obj<Response>,
 }
 
 #[derive(Deserialize)]
@@ -132,40 +165,55 @@ pub fn note_final_chunk(chunk: &[u8]) {
         if !span.is_recording() {
             return;
         }
-        let json = sse_data(chunk);
-        let Ok(f) = serde_json::from_slice::<Final>(json) else {
-            return;
-        };
-        let model = f
-            .model
-            .or_else(|| f.response.as_ref().and_then(|r| r.model.clone()));
-        if let Some(m) = model {
-            span.set_attribute(KeyValue::new("gen_ai.response.model", m));
-        }
-        let mut reasons: Vec<StringValue> = f
-            .choices
-            .into_iter()
-            .filter_map(|c| c.finish_reason)
-            .chain(f.done_reason)
-            .chain(f.stop_reason)
-            .chain(f.delta.and_then(|d| d.stop_reason))
-            .chain(f.response.and_then(|r| r.status))
-            .map(StringValue::from)
-            .collect();
-        reasons.dedup();
-        if !reasons.is_empty() {
-            span.set_attribute(KeyValue::new(
-                "gen_ai.response.finish_reasons",
-                Value::Array(Array::String(reasons)),
-            ));
+        let attrs = final_attributes(sse_data(chunk));
+        if !attrs.is_empty() {
+            span.set_attributes(attrs);
         }
     });
+}
+
+/// `gen_ai.response.model` and `gen_ai.response.finish_reasons` of an
+/// answer's last chunk (its JSON).
+fn final_attributes(json: &[u8]) -> Vec<KeyValue> {
+    let Ok(f) = serde_json::from_slice::<Final>(json) else {
+        return Vec::new();
+    };
+    let response = f.response.0;
+    let mut out = Vec::new();
+    let model = f
+        .model
+        .or_else(|| response.as_ref().and_then(|r| r.model.clone()));
+    if let Some(m) = model {
+        out.push(KeyValue::new("gen_ai.response.model", m));
+    }
+    let mut reasons: Vec<StringValue> = f
+        .choices
+        .0
+        .into_iter()
+        .filter_map(|c| c.finish_reason)
+        .chain(f.done_reason)
+        .chain(f.stop_reason)
+        .chain(f.delta.0.and_then(|d| d.stop_reason))
+        .chain(response.and_then(|r| r.status))
+        .map(StringValue::from)
+        .collect();
+    reasons.dedup();
+    if !reasons.is_empty() {
+        out.push(KeyValue::new(
+            "gen_ai.response.finish_reasons",
+            Value::Array(Array::String(reasons)),
+        ));
+    }
+    out
 }
 
 /// Whether a passing chunk may name an OpenAI finish reason, with traces
 /// on: a byte search, so chunks of token text are not parsed.
 pub fn may_finish(chunk: &[u8]) -> bool {
-    super::enabled() && memchr::memmem::find(chunk, b"\"finish_reason\":\"").is_some()
+    // One searcher for the process: building one per chunk cost more than the search.
+    static FINDER: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\"finish_reason\":\""));
+    super::enabled() && FINDER.find(chunk).is_some()
 }
 
 /// The JSON of a chunk: itself, or the `data:` line of an SSE event.
@@ -227,6 +275,71 @@ mod tests {
         );
         assert!(attrs(r#"{"model":"m","temperature":"hot"}"#).is_empty());
         assert!(attrs("not json").is_empty());
+    }
+
+    #[test]
+    fn ollama_parameters_come_from_the_parsed_options() {
+        let body = r#"{"model":"m","options":{"num_predict":5,"temperature":0.2,"top_k":"x"}}"#;
+        let view = crate::request_view::parse(RouteKind::OllamaChat, body.as_bytes()).unwrap();
+        let got: Vec<(String, String)> = ollama_params(view.options.as_ref())
+            .into_iter()
+            .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("gen_ai.request.max_tokens".into(), "5".into()),
+                ("gen_ai.request.temperature".into(), "0.2".into())
+            ]
+        );
+        assert!(ollama_params(None).is_empty());
+    }
+
+    #[test]
+    fn every_api_names_its_model_and_finish_reason() {
+        let read = |json: &str| -> Vec<(String, String)> {
+            final_attributes(json.as_bytes())
+                .into_iter()
+                .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+                .collect()
+        };
+        let named = |model: &str, reason: &str| {
+            vec![
+                ("gen_ai.response.model".to_string(), model.to_string()),
+                (
+                    "gen_ai.response.finish_reasons".to_string(),
+                    format!("[\"{reason}\"]"),
+                ),
+            ]
+        };
+        // Ollama's /api/generate: `response` is the answer's text.
+        assert_eq!(
+            read(
+                r#"{"model":"m","response":"Hi","done":true,"done_reason":"stop","context":[1,2],"eval_count":1}"#
+            ),
+            named("m", "stop")
+        );
+        assert_eq!(
+            read(
+                r#"{"model":"m","message":{"role":"assistant","content":""},"done":true,"done_reason":"length"}"#
+            ),
+            named("m", "length")
+        );
+        assert_eq!(
+            read(r#"{"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#),
+            named("m", "stop")
+        );
+        assert_eq!(
+            read(r#"{"type":"response.completed","response":{"model":"m","status":"completed"}}"#),
+            named("m", "completed")
+        );
+        assert_eq!(
+            read(r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{}}"#)[0],
+            (
+                "gen_ai.response.finish_reasons".to_string(),
+                "[\"end_turn\"]".to_string()
+            )
+        );
     }
 
     #[test]

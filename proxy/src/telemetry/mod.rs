@@ -2,7 +2,8 @@
 //! (HTTP/protobuf) when `OTEL_EXPORTER_OTLP_ENDPOINT` or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set; everything else about the
 //! exporter (headers, timeout, compression, batching) comes from the
-//! standard `OTEL_*` variables, read by the OpenTelemetry SDK itself.
+//! standard `OTEL_*` variables, read by the OpenTelemetry SDK itself (the
+//! proxy only exports 2,048 spans a batch where the SDK would 512).
 //!
 //! A request's spans: one server span (named after its GenAI operation and
 //! model, carrying the `gen_ai.*` attributes), and under it one span per
@@ -23,13 +24,16 @@ mod cloud_trace;
 mod genai;
 mod project;
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderMap, HeaderValue, Method};
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer, TracerProvider as _};
-use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceId, Tracer,
+    TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue, Value};
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span as SdkSpan};
 
 pub use body::traced;
 pub use genai::{may_finish, note_final_chunk};
@@ -39,6 +43,9 @@ use crate::routes::RouteKind;
 
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// Spans per OTLP export when `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` is not set.
+const EXPORT_BATCH: usize = 2048;
 
 /// Whether spans are being made (an OTLP endpoint was configured).
 #[inline]
@@ -124,8 +131,23 @@ pub async fn init(config: &TracingConfig) -> anyhow::Result<bool> {
             KeyValue::new("faas.version", var("K_REVISION").unwrap_or_default()),
         ]);
     }
+    // Larger batches than the SDK's 512 spans, unless the OTEL_BSP_*
+    // variables say otherwise: each export has a fixed cost (the HTTP
+    // exchange through the blocking client's thread), about 1 µs per
+    // request at 512. The queue holds two batches (its slots are
+    // allocated up front: about 1.5 MB).
+    let mut batch = opentelemetry_sdk::trace::BatchConfigBuilder::default();
+    if var("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").is_none() {
+        batch = batch.with_max_export_batch_size(EXPORT_BATCH);
+        if var("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+            batch = batch.with_max_queue_size(2 * EXPORT_BATCH);
+        }
+    }
+    let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
+        .with_batch_config(batch.build())
+        .build();
     let provider = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
+        .with_span_processor(processor)
         .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
             config.sample_ratio,
         ))))
@@ -187,11 +209,12 @@ pub fn plugin_span(
     calls: u64,
 ) {
     let Some(tracer) = TRACER.get() else { return };
-    let mut attrs = vec![
+    let mut attrs = Vec::with_capacity(4);
+    attrs.extend([
         KeyValue::new("kiln.plugin.name", plugin.to_owned()),
         KeyValue::new("kiln.plugin.hook", hook),
         KeyValue::new("kiln.plugin.decision", decision),
-    ];
+    ]);
     if hook == "response" {
         attrs.push(KeyValue::new("kiln.plugin.calls", calls as i64));
     }
@@ -200,16 +223,16 @@ pub fn plugin_span(
         .with_kind(SpanKind::Internal)
         .with_start_time(started)
         .with_attributes(attrs);
-    let span = match parent {
+    // The SDK span itself, not a Context around it: a span that ends here
+    // needs no shared, locked handle (two allocations fewer).
+    let mut span = match parent {
         Some(cx) => tracer.build_with_context(builder, cx),
         None => Context::map_current(|cx| tracer.build_with_context(builder, cx)),
     };
-    let cx = Context::new().with_span(span);
     if decision == "failure" {
-        cx.span()
-            .set_status(Status::error("the plugin call failed"));
+        span.set_status(Status::error("the plugin call failed"));
     }
-    cx.span().end();
+    span.end();
 }
 
 /// The admission wait as a child span of the current request.
@@ -227,12 +250,11 @@ pub fn admission_span(started: SystemTime, admitted: bool, in_flight: usize, que
             KeyValue::new("kiln.admission.in_flight", in_flight as i64),
             KeyValue::new("kiln.admission.queued", queued as i64),
         ]);
-    let span = Context::map_current(|cx| tracer.build_with_context(builder, cx));
-    let cx = Context::new().with_span(span);
+    let mut span = Context::map_current(|cx| tracer.build_with_context(builder, cx));
     if !admitted {
-        cx.span().set_status(Status::error("queue full"));
+        span.set_status(Status::error("queue full"));
     }
-    cx.span().end();
+    span.end();
 }
 
 /// A span's first name, without an allocation.
@@ -246,10 +268,27 @@ fn method_name(method: &Method) -> &'static str {
     }
 }
 
+/// `http.request.method`: a static string for the methods the routes take.
+fn method_value(method: &Method) -> Value {
+    match method_name(method) {
+        "HTTP" => method.as_str().to_owned().into(),
+        m => m.into(),
+    }
+}
+
+/// Attributes a recorded server span ends up with (request, route, GenAI
+/// request and answer, outcome): its vector is sized once.
+const SERVER_ATTRIBUTES: usize = 18;
+
 /// One request's spans: the server span, and the upstream call's once it starts.
 pub struct RequestTrace {
     cx: Context,
-    upstream: Option<Context>,
+    /// Whether the server span is recorded (known at its start; read
+    /// here rather than through the span's lock at every stage).
+    recording: bool,
+    /// The upstream call's span, ended with the request's. Kept as the SDK
+    /// span (no Context around it: nothing runs under it here).
+    upstream: Mutex<Option<SdkSpan>>,
 }
 
 impl RequestTrace {
@@ -258,22 +297,29 @@ impl RequestTrace {
     pub fn start(headers: &HeaderMap, method: &Method, path: &str) -> Option<RequestTrace> {
         let tracer = TRACER.get()?;
         let parent = cloud_trace::extract(headers);
-        // Names and attributes are given once the span is known to be
-        // recorded: an unsampled request pays for no strings.
+        // The name and the other attributes are given once the span is
+        // known to be recorded: an unsampled request pays for no strings,
+        // only for this vector (sized for all the span's attributes, and
+        // the span's own when it is recorded) and the static method in it.
+        let mut attrs = Vec::with_capacity(SERVER_ATTRIBUTES);
+        attrs.push(KeyValue::new("http.request.method", method_value(method)));
         let builder = tracer
             .span_builder(method_name(method))
-            .with_kind(SpanKind::Server);
+            .with_kind(SpanKind::Server)
+            .with_attributes(attrs);
         let span = tracer.build_with_context(builder, &parent);
         let cx = parent.with_span(span);
         let span = cx.span();
-        if span.is_recording() {
+        let recording = span.is_recording();
+        if recording {
             span.update_name(format!("{method} {path}"));
-            span.set_attributes([
-                KeyValue::new("http.request.method", method.as_str().to_owned()),
-                KeyValue::new("url.path", path.to_owned()),
-            ]);
+            span.set_attribute(KeyValue::new("url.path", path.to_owned()));
         }
-        Some(RequestTrace { cx, upstream: None })
+        Some(RequestTrace {
+            cx,
+            recording,
+            upstream: Mutex::new(None),
+        })
     }
 
     pub fn context(&self) -> &Context {
@@ -281,7 +327,7 @@ impl RequestTrace {
     }
 
     fn recording(&self) -> bool {
-        self.cx.span().is_recording()
+        self.recording
     }
 
     /// The route is known: its label, and the GenAI operation it performs.
@@ -289,60 +335,81 @@ impl RequestTrace {
         if !self.recording() {
             return;
         }
-        let span = self.cx.span();
-        span.set_attribute(KeyValue::new("http.route", label));
-        if let Some(op) = genai::operation(kind) {
-            span.set_attribute(KeyValue::new("gen_ai.operation.name", op));
-            span.set_attribute(KeyValue::new("gen_ai.provider.name", "ollama"));
-            span.set_attribute(KeyValue::new("gen_ai.system", "ollama"));
-        }
+        // One call, one turn of the span's lock.
+        let route = KeyValue::new("http.route", label);
+        let genai = genai::operation(kind).map(|op| {
+            [
+                KeyValue::new("gen_ai.operation.name", op),
+                KeyValue::new("gen_ai.provider.name", "ollama"),
+                KeyValue::new("gen_ai.system", "ollama"),
+            ]
+        });
+        self.cx
+            .span()
+            .set_attributes(std::iter::once(route).chain(genai.into_iter().flatten()));
     }
 
     /// The request as Ollama will get it: the model and the sampling
     /// parameters named in the GenAI conventions (never the messages).
-    pub fn request(&self, kind: RouteKind, model: &str, body: &[u8]) {
+    pub fn request(&self, view: &crate::request_view::InferenceView, body: &[u8]) {
         if !self.recording() {
             return;
         }
         let span = self.cx.span();
-        if let Some(op) = genai::operation(kind) {
+        let model = &view.model;
+        if let Some(op) = genai::operation(view.route) {
             span.update_name(format!("{op} {model}"));
         }
-        span.set_attribute(KeyValue::new("gen_ai.request.model", model.to_owned()));
-        span.set_attributes(genai::request_params(body));
+        let params = match view.route {
+            RouteKind::OllamaChat | RouteKind::OllamaGenerate | RouteKind::OllamaEmbed => {
+                genai::ollama_params(view.options.as_ref())
+            }
+            _ => genai::request_params(body),
+        };
+        let model = KeyValue::new("gen_ai.request.model", model.clone());
+        span.set_attributes(std::iter::once(model).chain(params));
     }
 
     /// Starts the upstream call's span and names it in `traceparent` for Ollama.
     pub fn start_upstream(&mut self, method: &Method, path: &str, headers: &mut HeaderMap) {
         let Some(tracer) = TRACER.get() else { return };
-        let builder = tracer
-            .span_builder(method_name(method))
-            .with_kind(SpanKind::Client);
-        let span = tracer.build_with_context(builder, &self.cx);
-        let cx = self.cx.with_span(span);
-        if cx.span().is_recording() {
-            cx.span().update_name(format!("{method} {path}"));
-            cx.span().set_attributes([
-                KeyValue::new("http.request.method", method.as_str().to_owned()),
+        // Named and given its attributes up front when the parent is
+        // recorded (then this span is too: the sampler follows the parent).
+        let builder = if self.recording() {
+            // Room for the status code Ollama answers with.
+            let mut attrs = Vec::with_capacity(4);
+            attrs.extend([
+                KeyValue::new("http.request.method", method_value(method)),
                 KeyValue::new("url.path", path.to_owned()),
                 KeyValue::new("peer.service", "ollama"),
             ]);
+            tracer
+                .span_builder(format!("{method} {path}"))
+                .with_attributes(attrs)
+        } else {
+            tracer.span_builder(method_name(method))
         }
-        let sc = cx.span().span_context().clone();
-        let flags = if sc.is_sampled() { "01" } else { "00" };
-        let value = format!("00-{}-{}-{flags}", sc.trace_id(), sc.span_id());
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert("traceparent", v);
-        }
+        .with_kind(SpanKind::Client);
+        let span = tracer.build_with_context(builder, &self.cx);
+        let sc = span.span_context();
+        headers.insert(
+            TRACEPARENT,
+            traceparent(sc.trace_id(), sc.span_id(), sc.is_sampled()),
+        );
         // Cloud Run's header would name the client's span, not this one.
-        headers.remove("x-cloud-trace-context");
-        self.upstream = Some(cx);
+        headers.remove(CLOUD_TRACE);
+        *self.upstream.lock().unwrap_or_else(|e| e.into_inner()) = Some(span);
     }
 
     /// Ollama's response head arrived.
     pub fn upstream_answered(&self, status: u16) {
-        if let Some(cx) = &self.upstream {
-            cx.span().set_attribute(KeyValue::new(
+        if let Some(span) = self
+            .upstream
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            span.set_attribute(KeyValue::new(
                 "http.response.status_code",
                 i64::from(status),
             ));
@@ -350,58 +417,132 @@ impl RequestTrace {
     }
 
     /// `trace id, span id, sampled` of the server span, for log lines.
-    pub fn log_ids(&self) -> (String, String, bool) {
-        let sc = self.cx.span().span_context().clone();
-        (
-            sc.trace_id().to_string(),
-            sc.span_id().to_string(),
-            sc.is_sampled(),
-        )
+    pub fn log_ids(&self) -> LogIds {
+        LogIds::of(self.cx.span().span_context())
     }
 
     /// Ends the request's spans: its status, how the body ended, the token counts.
     /// Later calls do nothing (a span ends once).
-    pub fn end(&self, status: u16, outcome: &str, error: bool, tokens: Option<(u64, u64)>) {
+    pub fn end(&self, status: u16, outcome: &'static str, error: bool, tokens: Option<(u64, u64)>) {
         let failed = status >= 500 || error;
         let span = self.cx.span();
-        if span.is_recording() {
-            span.set_attribute(KeyValue::new(
-                "http.response.status_code",
-                i64::from(status),
-            ));
-            span.set_attribute(KeyValue::new("kiln.outcome", outcome.to_owned()));
-            if let Some((input, output)) = tokens {
-                span.set_attribute(KeyValue::new("gen_ai.usage.input_tokens", input as i64));
-                span.set_attribute(KeyValue::new("gen_ai.usage.output_tokens", output as i64));
-            }
+        if self.recording {
+            let usage = tokens.map(|(input, output)| {
+                [
+                    KeyValue::new("gen_ai.usage.input_tokens", input as i64),
+                    KeyValue::new("gen_ai.usage.output_tokens", output as i64),
+                ]
+            });
+            span.set_attributes(
+                [
+                    KeyValue::new("http.response.status_code", i64::from(status)),
+                    KeyValue::new("kiln.outcome", outcome),
+                ]
+                .into_iter()
+                .chain(usage.into_iter().flatten()),
+            );
             if failed {
                 span.set_status(Status::error(format!("{status} {outcome}")));
             }
         }
-        if let Some(up) = &self.upstream {
+        if let Some(mut up) = self
+            .upstream
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             if failed {
-                up.span().set_status(Status::error(outcome.to_owned()));
+                up.set_status(Status::error(outcome));
             }
-            up.span().end();
+            up.end();
         }
         span.end();
     }
 }
 
-/// The trace a log line written now belongs to: `trace id, span id,
-/// sampled` of the current request's span, when tracing is on.
-pub fn current_log_ids() -> Option<(String, String, bool)> {
+/// The trace headers, named once (no parse of the name at each use).
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const CLOUD_TRACE: HeaderName = HeaderName::from_static("x-cloud-trace-context");
+
+/// `traceparent` naming a span, written without the formatter.
+fn traceparent(trace: TraceId, span: SpanId, sampled: bool) -> HeaderValue {
+    let mut v = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    // Both encodings write exactly their slices' lengths: they cannot fail.
+    let _ = hex::encode_to_slice(trace.to_bytes(), &mut v[3..35]);
+    let _ = hex::encode_to_slice(span.to_bytes(), &mut v[36..52]);
+    if sampled {
+        v[54] = b'1';
+    }
+    HeaderValue::from_bytes(&v).expect("hex digits and dashes are a valid header value")
+}
+
+/// A span's IDs for a log line, in lower-case hex, on the stack.
+pub struct LogIds {
+    trace: [u8; 32],
+    span: [u8; 16],
+    pub sampled: bool,
+}
+
+impl LogIds {
+    fn of(sc: &SpanContext) -> LogIds {
+        let mut ids = LogIds {
+            trace: [0; 32],
+            span: [0; 16],
+            sampled: sc.is_sampled(),
+        };
+        let _ = hex::encode_to_slice(sc.trace_id().to_bytes(), &mut ids.trace);
+        let _ = hex::encode_to_slice(sc.span_id().to_bytes(), &mut ids.span);
+        ids
+    }
+
+    pub fn trace(&self) -> &str {
+        std::str::from_utf8(&self.trace).unwrap_or_default()
+    }
+
+    pub fn span(&self) -> &str {
+        std::str::from_utf8(&self.span).unwrap_or_default()
+    }
+}
+
+/// The trace a log line written now belongs to: the IDs of the current
+/// request's span, when tracing is on.
+pub fn current_log_ids() -> Option<LogIds> {
     if !enabled() {
         return None;
     }
     Context::map_current(|cx| {
         let sc = cx.span().span_context().clone();
-        sc.is_valid().then(|| {
-            (
-                sc.trace_id().to_string(),
-                sc.span_id().to_string(),
-                sc.is_sampled(),
-            )
-        })
+        sc.is_valid().then(|| LogIds::of(&sc))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{TraceFlags, TraceState};
+
+    #[test]
+    fn ids_are_written_in_lower_case_hex() {
+        let trace = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        let span = SpanId::from_hex("00f067aa0ba902b7").unwrap();
+        assert_eq!(
+            traceparent(trace, span, true),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        assert_eq!(
+            traceparent(trace, span, false),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+        );
+        let sc = SpanContext::new(
+            trace,
+            span,
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        let ids = LogIds::of(&sc);
+        assert_eq!(ids.trace(), trace.to_string());
+        assert_eq!(ids.span(), span.to_string());
+        assert!(ids.sampled);
+    }
 }
