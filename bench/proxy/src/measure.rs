@@ -155,7 +155,7 @@ async fn stream_rate(b: &Bench, base: &str, chunks: usize) -> anyhow::Result<f64
 }
 
 pub async fn streaming(b: &Arc<Bench>) -> anyhow::Result<Streaming> {
-    let (chunks, rounds) = if b.quick { (2_000, 3) } else { (10_000, 15) };
+    let (chunks, rounds) = if b.quick { (2_000, 3) } else { (20_000, 41) };
     stream_rate(b, &b.direct, chunks / 10).await?;
     stream_rate(b, &b.proxied, chunks / 10).await?;
     // Many short back-to-back pairs: a burst of load from elsewhere on the
