@@ -6,18 +6,14 @@
 //! error) is one JSON object, read whole within `limits.max_body_bytes` and
 //! rewritten once.
 //!
-//! Hand-written bodies over `http_body::Body`: the translation is per line
-//! and needs the line framing the response plugins use (`framing`).
-
-use std::pin::Pin;
-use std::task::{Context, Poll};
+//! Both are [`Transform`]s: the translation is per line and needs the line
+//! framing the response plugins use (`framing`).
 
 use bytes::{Bytes, BytesMut};
-use hyper::body::{Body, Frame, SizeHint};
 use serde_json::{Value, json};
 
 use super::{Method, error_json};
-use crate::body::{BoxError, RespBody};
+use crate::body::{BoxError, RespBody, Transform, Transformed};
 use crate::framing::{Format, Framer, sse_data};
 use crate::response::codec::frame_event;
 
@@ -37,18 +33,17 @@ pub struct Plan {
 impl Plan {
     /// Ollama's answer with this status, as Gemini's: a streamed 200 goes
     /// line by line; everything else is read whole.
-    pub fn translate(&self, status: u16, inner: RespBody, max: usize) -> Translated {
+    pub fn translate(&self, status: u16, inner: RespBody, max: usize) -> Transformed<Translate> {
         let streamed = status == 200 && self.method == Method::StreamGenerate;
-        Translated {
-            inner,
+        let translate = Translate {
             plan: self.clone(),
             status,
             framer: streamed.then(|| Framer::new(Format::Ndjson, max)),
             whole: BytesMut::new(),
             max,
-            ended: false,
             last_sent: std::time::Instant::now(),
-        }
+        };
+        Transformed::new(inner, translate)
     }
 
     /// The Content-Type of the translated answer, as the proxy's response
@@ -182,8 +177,7 @@ fn usage(v: &Value) -> Value {
 }
 
 /// Ollama's answer translated as it arrives (see [`Plan::translate`]).
-pub struct Translated {
-    inner: RespBody,
+pub struct Translate {
     plan: Plan,
     status: u16,
     /// Streamed: Ollama's lines.
@@ -191,14 +185,13 @@ pub struct Translated {
     /// Not streamed: the body so far.
     whole: BytesMut,
     max: usize,
-    ended: bool,
     last_sent: std::time::Instant,
 }
 
 /// How long hidden thinking goes without a chunk to the client.
 const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10);
 
-impl Translated {
+impl Translate {
     /// SSE events for the whole lines framed so far.
     fn drain(&mut self) -> Result<Vec<u8>, BoxError> {
         let mut out = Vec::new();
@@ -224,75 +217,32 @@ impl Translated {
     }
 }
 
-impl Body for Translated {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        loop {
-            if this.ended {
-                return Poll::Ready(None);
-            }
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    match &mut this.framer {
-                        Some(framer) => {
-                            framer.push_bytes(data);
-                            let out = this.drain()?;
-                            if !out.is_empty() {
-                                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
-                            }
-                        }
-                        None => {
-                            if this.whole.len() + data.len() > this.max {
-                                return Poll::Ready(Some(Err(format!(
-                                    "Ollama's answer is larger than limits.max_body_bytes = {} bytes",
-                                    this.max
-                                )
-                                .into())));
-                            }
-                            this.whole.extend_from_slice(&data);
-                        }
-                    }
-                }
-                Poll::Ready(None) => {
-                    this.ended = true;
-                    let out = match &mut this.framer {
-                        Some(framer) => {
-                            let mut out = Vec::new();
-                            if let Some(rest) = framer.finish()? {
-                                if let Some(json) = this.plan.chunk(&rest) {
-                                    frame_event(&mut out, &[], &json);
-                                }
-                            }
-                            out
-                        }
-                        None => this.plan.whole(this.status, &this.whole).1,
-                    };
-                    if out.is_empty() {
-                        return Poll::Ready(None);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
-                }
-            }
+impl Transform for Translate {
+    fn data(&mut self, data: Bytes) -> Result<Vec<u8>, BoxError> {
+        if let Some(framer) = &mut self.framer {
+            framer.push_bytes(data);
+            return self.drain();
         }
+        if self.whole.len() + data.len() > self.max {
+            return Err(format!(
+                "Ollama's answer is larger than limits.max_body_bytes = {} bytes",
+                self.max
+            )
+            .into());
+        }
+        self.whole.extend_from_slice(&data);
+        Ok(Vec::new())
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.ended
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
+    fn end(&mut self) -> Result<Vec<u8>, BoxError> {
+        let Some(framer) = &mut self.framer else {
+            return Ok(self.plan.whole(self.status, &self.whole).1);
+        };
+        let mut out = Vec::new();
+        if let Some(json) = framer.finish()?.and_then(|rest| self.plan.chunk(&rest)) {
+            frame_event(&mut out, &[], &json);
+        }
+        Ok(out)
     }
 }
 
@@ -300,20 +250,17 @@ impl Body for Translated {
 /// sends without `alt=sse`: `[`, the chunks separated by `,\r\n`, `]`,
 /// each chunk as soon as its event is whole.
 pub struct ToArray {
-    inner: RespBody,
     framer: Framer,
     started: bool,
-    ended: bool,
 }
 
 impl ToArray {
-    pub fn new(inner: RespBody, max: usize) -> ToArray {
-        ToArray {
-            inner,
+    pub fn new(inner: RespBody, max: usize) -> Transformed<ToArray> {
+        let to_array = ToArray {
             framer: Framer::new(Format::Sse, max),
             started: false,
-            ended: false,
-        }
+        };
+        Transformed::new(inner, to_array)
     }
 
     fn element(&mut self, out: &mut Vec<u8>, event: &[u8]) {
@@ -326,53 +273,26 @@ impl ToArray {
     }
 }
 
-impl Body for ToArray {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        loop {
-            if this.ended {
-                return Poll::Ready(None);
-            }
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    this.framer.push_bytes(data);
-                    let mut out = Vec::new();
-                    while let Some(ev) = this.framer.next_frame()? {
-                        this.element(&mut out, &ev);
-                    }
-                    if !out.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
-                    }
-                }
-                Poll::Ready(None) => {
-                    this.ended = true;
-                    let mut out = Vec::new();
-                    if let Some(rest) = this.framer.finish()? {
-                        this.element(&mut out, &rest);
-                    }
-                    if !this.started {
-                        out.push(b'[');
-                    }
-                    out.extend_from_slice(b"]");
-                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
-                }
-            }
+impl Transform for ToArray {
+    fn data(&mut self, data: Bytes) -> Result<Vec<u8>, BoxError> {
+        self.framer.push_bytes(data);
+        let mut out = Vec::new();
+        while let Some(event) = self.framer.next_frame()? {
+            self.element(&mut out, &event);
         }
+        Ok(out)
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.ended
+    fn end(&mut self) -> Result<Vec<u8>, BoxError> {
+        let mut out = Vec::new();
+        if let Some(rest) = self.framer.finish()? {
+            self.element(&mut out, &rest);
+        }
+        if !self.started {
+            out.push(b'[');
+        }
+        out.extend_from_slice(b"]");
+        Ok(out)
     }
 }
 
@@ -380,6 +300,7 @@ impl Body for ToArray {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use hyper::body::Frame;
 
     fn plan(method: Method) -> Plan {
         Plan {
@@ -447,8 +368,9 @@ mod tests {
     #[tokio::test]
     async fn hidden_thinking_sends_an_empty_chunk_now_and_then() {
         let thinking = "{\"model\":\"m\",\"message\":{\"role\":\"assistant\",\"content\":\"\",\"thinking\":\"hm\"},\"done\":false}\n";
-        let mut t =
+        let mut body =
             plan(Method::StreamGenerate).translate(200, body(&[thinking, thinking]), 1 << 20);
+        let t = body.transform_mut();
         assert!(t.framer.as_mut().unwrap().next_frame().unwrap().is_none());
         t.framer.as_mut().unwrap().push(thinking.as_bytes());
         assert!(
