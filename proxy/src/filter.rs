@@ -45,6 +45,13 @@ pub type VerdictFuture<'a> = Pin<Box<dyn Future<Output = Verdict> + Send + 'a>>;
 pub trait RequestFilter: Send + Sync {
     fn apply(&self, request: FilterRequest) -> VerdictFuture<'_>;
 
+    /// Whether [`apply`](Self::apply) may do anything to a request of this
+    /// route. When not, the pipeline forwards the request as it came, and
+    /// builds no [`FilterRequest`] (header pairs, a copy of the body) for it.
+    fn filters(&self, _route: RouteKind) -> bool {
+        true
+    }
+
     /// The response stage that goes with these filters (response plugins),
     /// if any. `None` keeps every response on the plain passthrough path.
     fn responses(&self) -> Option<&dyn crate::response::ResponseStage> {
@@ -62,5 +69,9 @@ pub struct NoFilters;
 impl RequestFilter for NoFilters {
     fn apply(&self, request: FilterRequest) -> VerdictFuture<'_> {
         Box::pin(async move { Verdict::Forward(request) })
+    }
+
+    fn filters(&self, _route: RouteKind) -> bool {
+        false
     }
 }

@@ -509,6 +509,15 @@ async fn filter(
     body: &Bytes,
     model: Option<String>,
 ) -> Result<(HeaderMap, Vec<(String, String)>, Option<Bytes>), Early> {
+    if !state.filter.filters(kind) {
+        // No request plugin for this route: the headers go on as they came
+        // (no round trip through strings), paired only for response plugins.
+        let pairs = match state.filter.responses() {
+            Some(_) => headers::to_pairs(&parts.headers),
+            None => Vec::new(),
+        };
+        return Ok((parts.headers.clone(), pairs, None));
+    }
     let request = FilterRequest {
         route: kind,
         method: parts.method.to_string(),

@@ -53,6 +53,13 @@ impl Chain {
         self.plugins.iter()
     }
 
+    /// Whether a plugin with a request hook is configured for this route.
+    pub fn filters(&self, route: RouteKind) -> bool {
+        self.plugins
+            .iter()
+            .any(|p| p.pre.is_some() && p.routes.contains(route))
+    }
+
     /// Runs every plugin whose routes match, in order, on this thread. Each
     /// call is bounded by the deadline, so this blocks for at most
     /// (plugins × deadline).

@@ -18,7 +18,7 @@ use super::pace::Pace;
 use super::runtime::{Runtime, thread_cpu_time};
 use super::{PluginError, PluginSpec};
 use crate::counters_config::CounterBackend;
-use crate::filter::{FilterRequest, RequestFilter, Verdict, VerdictFuture};
+use crate::filter::{FilterRequest, RequestFilter, RouteKind, Verdict, VerdictFuture};
 use arc_swap::ArcSwap;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::path::PathBuf;
@@ -269,16 +269,17 @@ impl RequestFilter for PluginStage {
         Some(self)
     }
 
+    fn filters(&self, route: RouteKind) -> bool {
+        self.chain().filters(route)
+    }
+
     fn apply(&self, request: FilterRequest) -> VerdictFuture<'_> {
         let chain = self.chain();
         let options = &self.runtime.options;
         let (max_bytes, max_values) = (options.max_body_bytes, options.max_json_values);
         Box::pin(async move {
             let route = request.route;
-            if !chain
-                .plugins()
-                .any(|p| p.pre.is_some() && p.routes.contains(route))
-            {
+            if !chain.filters(route) {
                 return Verdict::Forward(request);
             }
             if let Some(message) = too_large_to_check(&request.body, max_bytes, max_values) {
