@@ -226,6 +226,12 @@ impl ResponseHooks for ResponseRun {
                 if done_with_chunks(slot) {
                     break;
                 }
+                // The first call on a live instance starts when the batch's
+                // clock was read; later ones (or after instantiating) read it.
+                let now = match (k, &*slot) {
+                    (0, Slot::Live { .. }) => started,
+                    _ => Instant::now(),
+                };
                 if let Err(reason) = Self::live(&chain, plugin, slot, ctx) {
                     tally.calls[ChunkOutcome::Failure as usize] += 1;
                     if let Err(stop) = Self::failed(plugin, slot, &reason) {
@@ -241,9 +247,9 @@ impl ResponseHooks for ResponseRun {
                 else {
                     break;
                 };
-                chain.runtime.rearm(store);
+                chain.runtime.rearm(store, now);
                 // Each plugin sees the chunk as rewritten by the ones before it.
-                let raw = chunk.raw();
+                let raw = chunk.raw_bytes();
                 let wchunk = wit::Chunk {
                     text: chunk.text(),
                     thinking: chunk.thinking(),
@@ -339,8 +345,8 @@ impl ResponseHooks for ResponseRun {
                         store, instance, ..
                     } = slot
                     {
-                        chain.runtime.rearm(store);
                         let started = Instant::now();
+                        chain.runtime.rearm(store, started);
                         let result = instance
                             .kiln_filter_response()
                             .call_on_response_complete(&mut **store, completion.clone());

@@ -139,8 +139,9 @@ impl Runtime {
     /// of what a response plugin's call per chunk cost), so calls in quick
     /// succession share one reading of it, at most `budget / 50` old: a call
     /// is then stopped after at least 98 % of its budget, never later.
-    pub fn rearm(&self, store: &mut Store<CallState>) {
-        store.data_mut().started = CallClock::recent(self.budget / 50);
+    /// `now`: the wall time, just read by the caller.
+    pub fn rearm(&self, store: &mut Store<CallState>, now: Instant) {
+        store.data_mut().started = CallClock::recent(now, self.budget / 50);
         store.set_epoch_deadline(self.deadline_ticks);
     }
 }
@@ -171,13 +172,16 @@ impl CallClock {
     /// Like [`CallClock::now`], with the thread's last CPU reading if it is
     /// at most `stale` old: the thread can have used at most `stale` of CPU
     /// since, which the call is then charged on top of its own.
-    fn recent(stale: Duration) -> CallClock {
-        let wall = Instant::now();
+    fn recent(wall: Instant, stale: Duration) -> CallClock {
         match CPU_READING.get() {
             Some((at, cpu)) if wall.saturating_duration_since(at) <= stale => {
                 CallClock { cpu, wall }
             }
-            _ => CallClock::now(),
+            _ => {
+                let cpu = thread_cpu_time();
+                CPU_READING.set(Some((wall, cpu)));
+                CallClock { cpu, wall }
+            }
         }
     }
 

@@ -490,12 +490,32 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for First<T> {
     }
 }
 
+/// Where `key` (one of the codecs' splice keys) first is in `haystack`.
+/// The searcher is built once per thread and key: building it took about
+/// as long as the search.
+fn find_key(key: &'static [u8], haystack: &[u8]) -> Option<usize> {
+    std::thread_local! {
+        static FINDERS: std::cell::RefCell<Vec<memchr::memmem::Finder<'static>>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    FINDERS.with_borrow_mut(|finders| {
+        let i = match finders.iter().position(|f| f.needle() == key) {
+            Some(i) => i,
+            None => {
+                finders.push(memchr::memmem::Finder::new(key));
+                finders.len() - 1
+            }
+        };
+        finders[i].find(haystack)
+    })
+}
+
 /// `raw` with the JSON string value of the first object key `key`
 /// (`"name":`, quotes and colon included) replaced by `text`. `None` when
 /// there is no such key with a string value.
-pub fn splice_string(raw: &[u8], key: &[u8], text: &str) -> Option<Vec<u8>> {
+pub fn splice_string(raw: &[u8], key: &'static [u8], text: &str) -> Option<Vec<u8>> {
     let mut from = 0;
-    while let Some(found) = memchr::memmem::find(&raw[from..], key) {
+    while let Some(found) = find_key(key, &raw[from..]) {
         let at = from + found;
         from = at + 1;
         // A key follows `{` or `,`; anything else is inside a longer name.
