@@ -1,11 +1,12 @@
 //! In-process: what the response stage costs per chunk, with no sockets,
 //! client or emulator in the way. Each chunk of Ollama's body arrives on
 //! its own, as hyper hands it over, and goes through what kiln-proxy's
-//! filtered stream does with it (framing, reading it, the plugins' calls,
-//! the output), timed on one thread.
+//! filtered stream does with it (the framer, then the answer: reading the
+//! chunk, the plugins' calls, the output), timed on one thread.
 //!
 //! `framing` runs the same path with hooks that do nothing: the host's
-//! share, which every response plugin pays.
+//! share, which every response plugin pays (the answer reads every chunk,
+//! to count what was generated).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use bytes::Bytes;
 use kiln_proxy::filter::{RequestFilter, RouteKind};
 use kiln_proxy::framing::{Format, Framer};
 use kiln_proxy::response::Kind;
+use kiln_proxy::response::answer::{Answer, Output};
 use kiln_proxy::response::{
     Chunk, Ended, ResponseContext, ResponseHooks, ResponseOutcome, ResponseStage, Usage,
 };
@@ -149,25 +151,18 @@ pub fn ns_per_chunk(hooks: &Hooks, api: &Api, rounds: usize) -> f64 {
     let mut samples: Vec<f64> = (0..rounds)
         .map(|_| {
             let start = thread_cpu();
-            let mut answer = hooks.begin(&ctx);
+            let mut answer = Answer::of(codec, kind, hooks.begin(&ctx), ctx.clone(), false);
             let mut framer = Framer::new(api.format, 1 << 20);
             for read in &api.chunks {
                 framer.push_bytes(read.clone());
-                let frame = framer
-                    .next_frame()
-                    .expect("well-formed")
-                    .expect("a whole chunk");
-                let mut chunk = [Chunk::new(frame, kind, codec)];
-                black_box(chunk[0].usage());
-                answer
-                    .on_chunks(&ctx, &mut chunk)
-                    .expect("no plugin ends the answer");
-                if let Some(before) = chunk[0].inserted() {
-                    black_box(before);
+                while let Some(frame) = framer.next_frame().expect("well-formed") {
+                    answer.push(frame);
                 }
-                black_box(chunk[0].raw());
+                let mut out = Output::default();
+                answer.run(&mut out).expect("no plugin ends the answer");
+                black_box(out.freeze());
             }
-            answer.on_complete(&ctx, ResponseOutcome::Completed, None);
+            answer.complete(ResponseOutcome::Completed);
             thread_cpu().saturating_sub(start).as_nanos() as f64 / api.chunks.len() as f64
         })
         .collect();

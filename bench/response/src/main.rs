@@ -218,8 +218,8 @@ fn report_hooks(quick: bool, chains: &[(&'static str, Arc<dyn RequestFilter>)]) 
     println!(
         "`cargo run --release -p kiln-bench-response -- --hooks-only` — answers of 400 tokens, one \
          chunk per read (as hyper hands Ollama's body over), median of {rounds} answers, CPU time of \
-         one thread, no sockets. `framing` is the host's share (cutting chunks out of the body and \
-         checking them for usage) with hooks that do nothing. The last column is a whole short \
+         one thread, no sockets. `framing` is the host's share (cutting chunks out of the body, \
+         reading each one, as the answer counts what was generated) with hooks that do nothing. The last column is a whole short \
          answer (20 tokens), where what a plugin costs per answer (a fresh instance, its start) shows.\n"
     );
     let mut setups = vec![("framing", hooks::Hooks::Framing)];

@@ -54,9 +54,6 @@ pub struct ResponseRun {
     /// Per slot: the calls and time of this answer, added to the plugin's
     /// shared metrics once at completion rather than per chunk.
     tallies: Vec<Tally>,
-    /// The context as the plugins get it at their start, built when the
-    /// first one starts (it does not change during an answer).
-    wctx: Option<wit::ResponseContext>,
     /// The request's trace context, when its span is recorded: each
     /// plugin's calls on this answer become one span under it.
     trace: Option<opentelemetry::Context>,
@@ -79,18 +76,17 @@ impl ResponseStage for PluginStage {
             chain,
             tallies: vec![Tally::default(); slots.len()],
             slots,
-            wctx: None,
             trace: crate::telemetry::recording_context(),
         }))
     }
 }
 
-fn wit_context(ctx: &ResponseContext) -> wit::ResponseContext {
+fn wit_context(ctx: &ResponseContext) -> wit::ResponseContext<'_> {
     wit::ResponseContext {
-        request_id: ctx.request_id.clone(),
+        request_id: &ctx.request_id,
         route: wit_route(ctx.route),
-        path: ctx.path.clone(),
-        model: ctx.model.clone(),
+        path: &ctx.path,
+        model: ctx.model.as_deref(),
         stream: ctx.stream,
         status: ctx.status,
     }
@@ -153,7 +149,7 @@ impl ResponseRun {
         chain: &Chain,
         plugin: &LoadedPlugin,
         slot: &mut Slot,
-        wctx: &wit::ResponseContext,
+        ctx: &ResponseContext,
     ) -> Result<(), String> {
         if !matches!(slot, Slot::Fresh) {
             return Ok(());
@@ -167,7 +163,7 @@ impl ResponseRun {
         let started = pre.instantiate(&mut store).and_then(|instance| {
             instance
                 .kiln_filter_response()
-                .call_on_response_start(&mut store, wctx)?;
+                .call_on_response_start(&mut store, wit_context(ctx))?;
             Ok(instance)
         });
         match started {
@@ -230,8 +226,13 @@ impl ResponseHooks for ResponseRun {
                 if done_with_chunks(slot) {
                     break;
                 }
-                let wctx = self.wctx.get_or_insert_with(|| wit_context(ctx));
-                if let Err(reason) = Self::live(&chain, plugin, slot, wctx) {
+                // The first call on a live instance starts when the batch's
+                // clock was read; later ones (or after instantiating) read it.
+                let now = match (k, &*slot) {
+                    (0, Slot::Live { .. }) => started,
+                    _ => Instant::now(),
+                };
+                if let Err(reason) = Self::live(&chain, plugin, slot, ctx) {
                     tally.calls[ChunkOutcome::Failure as usize] += 1;
                     if let Err(stop) = Self::failed(plugin, slot, &reason) {
                         (live, ended) = (k, Some(stop));
@@ -246,19 +247,20 @@ impl ResponseHooks for ResponseRun {
                 else {
                     break;
                 };
-                chain.runtime.rearm(store);
+                chain.runtime.rearm(store, now);
                 // Each plugin sees the chunk as rewritten by the ones before it.
+                let raw = chunk.raw_bytes();
                 let wchunk = wit::Chunk {
-                    text: chunk.text().map(str::to_owned),
-                    thinking: chunk.thinking().map(str::to_owned),
-                    raw: chunk.raw().to_vec(),
+                    text: chunk.text(),
+                    thinking: chunk.thinking(),
+                    raw: &raw,
                     done: chunk.done(),
                     thinking_done: chunk.thinking_done(),
-                    tool_arguments: chunk.tool_arguments().map(str::to_owned),
+                    tool_arguments: chunk.tool_arguments(),
                 };
                 let action = instance
                     .kiln_filter_response()
-                    .call_on_response_chunk(&mut **store, &wchunk);
+                    .call_on_response_chunk(&mut **store, wchunk);
                 let outcome = match action {
                     Ok(wit::ChunkAction::Pass) => ChunkOutcome::Pass,
                     Ok(wit::ChunkAction::PassRest) => {
@@ -314,25 +316,26 @@ impl ResponseHooks for ResponseRun {
         usage: Option<Usage>,
     ) {
         let chain = self.chain.clone();
-        let wctx = self.wctx.get_or_insert_with(|| wit_context(ctx));
+        let headers: Vec<types::Header> = ctx
+            .headers
+            .iter()
+            .map(|(name, value)| types::Header {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect();
+        let headers: Vec<&types::Header> = headers.iter().collect();
         let completion = wit::Completion {
             outcome: wit_outcome(outcome),
             usage: usage.map(|u| wit::Usage {
                 prompt_tokens: u.prompt_tokens,
                 completion_tokens: u.completion_tokens,
             }),
-            headers: ctx
-                .headers
-                .iter()
-                .map(|(name, value)| types::Header {
-                    name: name.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
+            headers: &headers,
         };
         for ((index, slot), tally) in self.slots.iter_mut().zip(&mut self.tallies) {
             let plugin = &chain.plugins[*index];
-            match Self::live(&chain, plugin, slot, wctx) {
+            match Self::live(&chain, plugin, slot, ctx) {
                 Err(reason) => {
                     tally.calls[ChunkOutcome::Failure as usize] += 1;
                     tracing::warn!(plugin = %plugin.name, reason, "response plugin could not be called at completion");
@@ -342,11 +345,11 @@ impl ResponseHooks for ResponseRun {
                         store, instance, ..
                     } = slot
                     {
-                        chain.runtime.rearm(store);
                         let started = Instant::now();
+                        chain.runtime.rearm(store, started);
                         let result = instance
                             .kiln_filter_response()
-                            .call_on_response_complete(&mut **store, &completion);
+                            .call_on_response_complete(&mut **store, completion.clone());
                         tally.time += started.elapsed();
                         if let Err(e) = result {
                             tally.calls[ChunkOutcome::Failure as usize] += 1;

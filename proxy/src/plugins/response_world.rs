@@ -6,6 +6,9 @@
 wasmtime::component::bindgen!({
     path: "../plugins/wit",
     world: "response-filter",
+    // What the host passes in (a chunk's text and bytes) is lowered straight
+    // from where it lies: no owned copy per chunk first.
+    ownership: Borrowing { duplicate_if_necessary: false },
     with: {
         "kiln:filter/types": super::runtime::kiln::filter::types,
         "kiln:filter/host": super::runtime::kiln::filter::host,

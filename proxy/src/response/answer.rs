@@ -97,10 +97,11 @@ impl Answer {
             Ok(()) => self.batch.len(),
             Err(ended) => ended.sent,
         };
-        // Draining drops the chunks past `sent` too: they never go out.
-        for mut chunk in self.batch.drain(..).take(sent) {
+        // In place (a chunk is a large struct, not moved out to be sent);
+        // clearing drops the chunks past `sent` too: they never go out.
+        for chunk in self.batch.iter_mut().take(sent) {
             if let Some(s) = &mut self.state {
-                s.after_hooks(&mut chunk);
+                s.after_hooks(chunk);
             }
             // A whole body has one place for everything: itself.
             if let Some(inserted) = chunk.inserted().filter(|_| self.kind != Kind::Whole) {
@@ -110,6 +111,7 @@ impl Answer {
                 out.push(chunk.raw());
             }
         }
+        self.batch.clear();
         result.map_err(|ended| ended.stop)
     }
 

@@ -267,6 +267,15 @@ impl Chunk {
         self.framed(&serde_json::to_vec(v).unwrap_or_default())
     }
 
+    /// [`Chunk::raw`], borrowed while the chunk is not rebuilt from its
+    /// tree: what a hook reads, with no reference count touched per hook.
+    pub fn raw_bytes(&self) -> Cow<'_, [u8]> {
+        match self.tree.as_ref().filter(|_| self.changed) {
+            None => Cow::Borrowed(self.canonical.get().unwrap_or(&self.raw)),
+            Some(_) => Cow::Owned(self.raw().to_vec()),
+        }
+    }
+
     /// Replaces the generated text. A chunk with no place for text (a usage
     /// chunk, `[DONE]`, an error line) gets a text chunk of its API sent
     /// just before it instead. `false` where the API has no text.

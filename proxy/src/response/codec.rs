@@ -242,10 +242,13 @@ pub trait AnswerState: Send {
 /// A typed parse of a JSON object; `None` for anything else. Valid UTF-8
 /// (every chunk Ollama writes) is checked once, so the parser does not
 /// check each string again.
-pub fn typed<'a, P: Deserialize<'a>>(json: &'a [u8]) -> Option<P> {
+///
+/// Boxed where it is made: the readings are large structs of borrowed
+/// fields, which every layer of the parse would otherwise copy again.
+pub fn typed<'a, P: Deserialize<'a>>(json: &'a [u8]) -> Option<Box<P>> {
     let parsed = match std::str::from_utf8(json) {
-        Ok(text) => serde_json::from_str::<Obj<P>>(text),
-        Err(_) => serde_json::from_slice::<Obj<P>>(json),
+        Ok(text) => serde_json::from_str::<Obj<Box<P>>>(text),
+        Err(_) => serde_json::from_slice::<Obj<Box<P>>>(json),
     };
     parsed.ok()?.0
 }
@@ -434,7 +437,11 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for List<T> {
 /// (no allocation per chunk), and how many items the list has.
 #[derive(Debug)]
 pub struct First<T> {
-    pub first: Option<T>,
+    /// Boxed: a chunk's first choice is a large struct of borrowed
+    /// fields, and each layer of the typed reading (the list, the object,
+    /// the chunk) would move it again; these copies took a fifth of reading
+    /// an OpenAI event.
+    pub first: Option<Box<T>>,
     pub len: usize,
     /// The field held a list.
     pub list: bool,
@@ -463,7 +470,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for First<T> {
                     list: true,
                     ..First::default()
                 };
-                if let Some(Obj(first)) = seq.next_element::<Obj<T>>()? {
+                if let Some(Obj(first)) = seq.next_element::<Obj<Box<T>>>()? {
                     (list.first, list.len) = (first, 1);
                 }
                 while seq.next_element::<IgnoredAny>()?.is_some() {
@@ -483,12 +490,32 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for First<T> {
     }
 }
 
+/// Where `key` (one of the codecs' splice keys) first is in `haystack`.
+/// The searcher is built once per thread and key: building it took about
+/// as long as the search.
+fn find_key(key: &'static [u8], haystack: &[u8]) -> Option<usize> {
+    std::thread_local! {
+        static FINDERS: std::cell::RefCell<Vec<memchr::memmem::Finder<'static>>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    FINDERS.with_borrow_mut(|finders| {
+        let i = match finders.iter().position(|f| f.needle() == key) {
+            Some(i) => i,
+            None => {
+                finders.push(memchr::memmem::Finder::new(key));
+                finders.len() - 1
+            }
+        };
+        finders[i].find(haystack)
+    })
+}
+
 /// `raw` with the JSON string value of the first object key `key`
 /// (`"name":`, quotes and colon included) replaced by `text`. `None` when
 /// there is no such key with a string value.
-pub fn splice_string(raw: &[u8], key: &[u8], text: &str) -> Option<Vec<u8>> {
+pub fn splice_string(raw: &[u8], key: &'static [u8], text: &str) -> Option<Vec<u8>> {
     let mut from = 0;
-    while let Some(found) = memchr::memmem::find(&raw[from..], key) {
+    while let Some(found) = find_key(key, &raw[from..]) {
         let at = from + found;
         from = at + 1;
         // A key follows `{` or `,`; anything else is inside a longer name.

@@ -159,7 +159,11 @@ impl Guard {
             self.restart_runs();
         }
         let mut release = self.resolve(false);
-        let held_chars = self.held[release..].chars().count();
+        // A char is at least a byte: no count while the bytes fit (per chunk).
+        let held_chars = match self.held.len() - release {
+            bytes if bytes <= self.window => bytes,
+            _ => self.held[release..].chars().count(),
+        };
         if held_chars > self.window {
             // Over the window: the oldest text goes out as it is now.
             let excess = held_chars - self.window;
