@@ -106,7 +106,9 @@ impl Runtime {
                 plugin,
                 memory_cap: self.options.memory_cap,
                 memory_exceeded: false,
-                started: CallClock::now(),
+                // A chain's calls follow each other within microseconds:
+                // they share a reading, as `rearm`'s calls do.
+                started: CallClock::recent(Instant::now(), self.budget / 50),
                 counted_locally: false,
             },
         );
@@ -162,16 +164,10 @@ std::thread_local! {
 }
 
 impl CallClock {
-    fn now() -> CallClock {
-        let wall = Instant::now();
-        let cpu = thread_cpu_time();
-        CPU_READING.set(Some((wall, cpu)));
-        CallClock { cpu, wall }
-    }
-
-    /// Like [`CallClock::now`], with the thread's last CPU reading if it is
-    /// at most `stale` old: the thread can have used at most `stale` of CPU
-    /// since, which the call is then charged on top of its own.
+    /// When a call starts: `wall`, and the thread's CPU time, or the
+    /// thread's last reading of it if that is at most `stale` old (the
+    /// reading is a system call): the thread can have used at most `stale`
+    /// of CPU since, which the call is then charged on top of its own.
     fn recent(wall: Instant, stale: Duration) -> CallClock {
         match CPU_READING.get() {
             Some((at, cpu)) if wall.saturating_duration_since(at) <= stale => {
