@@ -5,6 +5,10 @@
 
 #[path = "../../../proxy/src/response/codec.rs"]
 pub mod codec;
+#[path = "../../../proxy/src/response/lenient.rs"]
+pub mod lenient;
+#[path = "../../../proxy/src/response/wire.rs"]
+pub mod wire;
 #[path = "../../../proxy/src/response/chunk.rs"]
 pub mod chunk;
 #[path = "../../../proxy/src/response/ollama.rs"]

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::{Method, error_json};
 use crate::body::{BoxError, RespBody, Transform, Transformed};
 use crate::framing::{Format, Framer, sse_data};
-use crate::response::codec::frame_event;
+use crate::response::wire::frame_event;
 
 /// How one answer is translated.
 #[derive(Clone, Debug)]

@@ -17,7 +17,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use memchr::memmem::Finder;
 use serde_json::Value;
 
-use super::codec::{Channel, Codec, Kind, Usage, View, event_lines, frame_event, object_tree};
+use super::codec::{Channel, Codec, Kind, Usage, View};
+use super::wire::{event_lines, frame_event, object_tree};
 use crate::framing::sse_data;
 
 pub struct Chunk {
@@ -339,7 +340,7 @@ impl Chunk {
         let (codec, kind) = (self.codec, self.kind);
         let placed = self
             .tree()
-            .is_some_and(|v| super::codec::set_arguments(codec.tool_arguments(v, kind), &value));
+            .is_some_and(|v| super::wire::set_arguments(codec.tool_arguments(v, kind), &value));
         if placed {
             self.changed = true;
             self.edited[Channel::ToolArguments.index()] = true;
@@ -361,7 +362,7 @@ impl Chunk {
         let Some(key) = self.codec.splice_key(channel, self.kind) else {
             return false;
         };
-        let Some(spliced) = super::codec::splice_string(&self.raw, key, value) else {
+        let Some(spliced) = super::wire::splice_string(&self.raw, key, value) else {
             return false;
         };
         let candidate = Chunk::new(Bytes::from(spliced), self.kind, self.codec);

@@ -13,10 +13,9 @@ use memchr::memmem::Finder;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::codec::{
-    AnswerState, Channel, Codec, First, Kind, List, Obj, Scalar, ThinkingEnd, Usage, View,
-    arguments_text, each_at, frame_event, typed,
-};
+use super::codec::{AnswerState, Channel, Codec, Kind, ThinkingEnd, Usage, View};
+use super::lenient::{First, List, Obj, Scalar, typed};
+use super::wire::{arguments_text, each_at, frame_event};
 
 static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usageMetadata\""));
 static THOUGHT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"thought\""));
@@ -187,7 +186,7 @@ impl Codec for Gemini {
             let json = serde_json::to_vec(&v).unwrap_or_default();
             match kind {
                 Kind::Event => frame_event(&mut out, &[], &json),
-                Kind::Line | Kind::Whole => out.extend(super::codec::frame(kind, &json)),
+                Kind::Line | Kind::Whole => out.extend(super::wire::frame(kind, &json)),
             }
         }
         out

@@ -4,7 +4,7 @@
 //! events with a `text_delta`, thinking in `thinking_delta`s; whole, the
 //! `text` and `thinking` blocks of `content[]`. Usage: the input tokens in
 //! `message_start`, the output tokens in `message_delta` (see
-//! [`Usage::merged`]). Errors are Anthropic's own (`routes::ApiStyle`).
+//! [`Usage::merged`](super::codec::Usage::merged)). Errors are Anthropic's own (`routes::ApiStyle`).
 //!
 //! The answer's state is [`Blocks`]: which block a stop closes.
 
@@ -15,10 +15,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::chunk::Chunk;
-use super::codec::{
-    AnswerState, Channel, Codec, Kind, List, Obj, Scalar, View, arguments_text, frame_event, typed,
-};
+use super::codec::{AnswerState, Channel, Codec, Kind, View};
+use super::lenient::{List, Obj, Scalar, typed};
 use super::responses::{Part, Tokens, fill, joined};
+use super::wire::{arguments_text, frame_event};
 
 static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
 

@@ -22,12 +22,14 @@ pub mod answer;
 pub mod chunk;
 pub mod codec;
 pub mod gemini;
+pub mod lenient;
 pub mod messages;
 pub mod ollama;
 pub mod openai;
 pub mod respond;
 pub mod responses;
 pub mod stream;
+pub mod wire;
 
 pub use chunk::Chunk;
 pub use codec::{Channel, Codec, Kind, Usage};

@@ -12,10 +12,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::chunk::Chunk;
-use super::codec::{
-    AnswerState, Channel, Codec, Kind, Obj, Scalar, ThinkingEnd, Usage, View, arguments_text,
-    each_at, frame, typed,
-};
+use super::codec::{AnswerState, Channel, Codec, Kind, ThinkingEnd, Usage, View};
+use super::lenient::{Obj, Scalar, typed};
+use super::wire::{arguments_text, each_at, frame};
 use crate::framing::Format;
 
 /// Only chunks with these bytes can carry token counts, thinking, the

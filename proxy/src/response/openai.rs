@@ -14,11 +14,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::chunk::Chunk;
-use super::codec::{
-    AnswerState, Channel, Codec, First, Kind, Obj, Scalar, ThinkingEnd, Usage, UsagePlan, View,
-    arguments_text, each_at, frame, typed, unix_now,
-};
+use super::codec::{AnswerState, Channel, Codec, Kind, ThinkingEnd, Usage, UsagePlan, View};
+use super::lenient::{First, Obj, Scalar, typed};
 use super::ollama::LOGPROBS;
+use super::wire::{arguments_text, each_at, frame, unix_now};
 
 static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
 static REASONING: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"reasoning\""));

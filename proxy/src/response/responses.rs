@@ -52,10 +52,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::chunk::Chunk;
-use super::codec::{
-    AnswerState, Channel, Codec, Kind, List, Obj, Scalar, Usage, View, arguments_text, frame_event,
-    typed,
-};
+use super::codec::{AnswerState, Channel, Codec, Kind, Usage, View};
+use super::lenient::{List, Obj, Scalar, typed};
+use super::wire::{arguments_text, frame_event};
 
 static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
 

@@ -11,7 +11,7 @@ use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use serde::Deserialize;
 
-use crate::response::codec::{List, Obj};
+use crate::response::lenient::{List, Obj};
 use crate::routes::RouteKind;
 
 /// `gen_ai.operation.name` of a route; `None` for routes that run no model.
