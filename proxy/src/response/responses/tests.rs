@@ -1,5 +1,6 @@
 use super::*;
 use crate::response::RESPONSES;
+use crate::response::chunk::Chunk;
 
 fn event(name: &str, json: &str) -> Chunk {
     Chunk::named_event(RESPONSES, name, json)
