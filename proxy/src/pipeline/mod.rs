@@ -34,11 +34,17 @@ use crate::headers;
 use crate::metrics::Metrics;
 use crate::passthrough::Passthrough;
 use crate::readiness::Readiness;
-use crate::request_body::{self, BodyBudget, ReadError};
+use crate::request_body::BodyBudget;
 use crate::request_view::{self, InferenceView};
 use crate::response_body::{Framing, Outcome, Slot, Tracker};
 use crate::routes::{self, ApiStyle, Route, RouteKind};
 use crate::upstream::Upstream;
+
+mod gemini_routes;
+mod read;
+
+use gemini_routes::{gemini_models, gemini_view};
+use read::read_body;
 
 /// What every request handler shares.
 pub struct AppState {
@@ -300,76 +306,6 @@ async fn inference(
     .await
 }
 
-fn gemini_view(
-    state: &Arc<AppState>,
-    ctx: &mut Ctx,
-    call: &gemini::Call,
-    kind: RouteKind,
-    body: &[u8],
-) -> Result<InferenceView, Early> {
-    ctx.model = Some(call.model.clone());
-    call.view(kind, body)
-        .map_err(|msg| reject(state, ctx, 400, msg, "bad_request", &[]))
-}
-
-/// `GET models` and `GET models/{m}` of the Gemini API, from Ollama's
-/// `/api/tags` (small: read whole, under `limits.max_body_bytes`), with
-/// the head filtered as on every other route.
-async fn gemini_models(
-    state: &Arc<AppState>,
-    ctx: &mut Ctx,
-    route: Route,
-    parts: http::request::Parts,
-) -> Result<Response<RespBody>, Early> {
-    let Ok(_slot) = state.other_slots.clone().try_acquire_owned() else {
-        let msg = "server busy: too many non-inference requests (limits.max_other_in_flight); retry shortly";
-        let retry = [("retry-after".to_string(), "1".to_string())];
-        return Err(reject(state, ctx, 429, msg, "other_busy", &retry));
-    };
-    let (mut headers, ..) = filter(state, ctx, route.kind, &parts, &Bytes::new(), None).await?;
-    let (up, config) = (&state.upstream, &state.config);
-    headers::for_upstream(
-        &mut headers,
-        up.authority(),
-        &config.allowed_origins,
-        &ctx.request_id,
-    );
-    let (max, idle) = (config.limits.max_body_bytes, config.idle_timeout());
-    let tags = match gemini::fetch_tags(up, headers, ctx.deadline, max, idle).await {
-        Ok(tags) => tags,
-        Err((status, msg, reason)) => {
-            if status != 500 {
-                let kind = if status == 504 {
-                    "timeout"
-                } else {
-                    "unreachable"
-                };
-                state.metrics.upstream_error(kind);
-            }
-            return Err(reject(state, ctx, status, &msg, reason, &[]));
-        }
-    };
-    let wanted = crate::gemini::models_path(parts.uri.path()).flatten();
-    let (status, out) =
-        crate::gemini::models::answer(&config.gemini.aliases, wanted.as_deref(), &tags);
-    state
-        .metrics
-        .request(ctx.route, status, ctx.start.elapsed());
-    access_log(ctx, status, out.len() as u64, Outcome::Completed, None);
-    if let Some(span) = &ctx.span {
-        span.end(status, Outcome::Completed.as_str(), false, None);
-    }
-    let mut resp = Response::new(body::full(out));
-    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    h.insert(headers::REQUEST_ID, ctx.request_id.clone());
-    Ok(resp)
-}
-
 fn parse_view(
     state: &Arc<AppState>,
     ctx: &mut Ctx,
@@ -383,76 +319,6 @@ fn parse_view(
         }
         Err(e) => Err(reject(state, ctx, 400, &e.to_string(), "bad_request", &[])),
     }
-}
-
-/// Stage: read. The body held in memory (decoded, when it came compressed),
-/// and its bytes' hold on the shared budget.
-async fn read_body(
-    state: &Arc<AppState>,
-    ctx: &mut Ctx,
-    route: Route,
-    headers: &mut HeaderMap,
-    body: Incoming,
-) -> Result<(Bytes, request_body::Reservation), Early> {
-    let l = &state.config.limits;
-    let limits = request_body::Limits {
-        max_body: l.max_body_bytes,
-        idle: state.config.idle_timeout(),
-        deadline: ctx.deadline,
-        timeout_s: l.request_timeout_s,
-    };
-    let declared = header_str(headers, header::CONTENT_LENGTH).parse().ok();
-    let (body, mut reserved) =
-        match request_body::read(body, declared, &limits, &state.body_budget).await {
-            Ok(b) => b,
-            Err(ReadError::TooLarge(_)) => return Err(too_large(state, ctx)),
-            Err(e @ (ReadError::Idle(_) | ReadError::Deadline(_))) => {
-                return Err(reject(state, ctx, 408, &e.to_string(), "slow_body", &[]));
-            }
-            Err(e @ ReadError::Busy(_)) => return Err(buffers_full(state, ctx, &e)),
-            Err(e) => return Err(reject(state, ctx, 400, &e.to_string(), "bad_body", &[])),
-        };
-    ctx.request_size = body.len() as u64;
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    use crate::decompress::{self, DecodeError};
-    let decoded = match decompress::decode(route.kind, encoding.as_deref(), &body, l.max_body_bytes)
-    {
-        Ok(None) => return Ok((body, reserved)),
-        Ok(Some(decoded)) => decoded,
-        Err(e @ DecodeError::TooLarge(_)) => {
-            return Err(reject(
-                state,
-                ctx,
-                413,
-                &e.to_string(),
-                "body_too_large",
-                &[],
-            ));
-        }
-        Err(e @ DecodeError::Unsupported(..)) => {
-            return Err(reject(
-                state,
-                ctx,
-                415,
-                &e.to_string(),
-                "content_encoding",
-                &[],
-            ));
-        }
-        Err(e) => return Err(reject(state, ctx, 400, &e.to_string(), "bad_body", &[])),
-    };
-    if !reserved.grow(decoded.len()) {
-        return Err(buffers_full(
-            state,
-            ctx,
-            &ReadError::Busy(l.max_buffered_bytes),
-        ));
-    }
-    // Ollama gets (and plugins see) the decoded body.
-    headers.remove(header::CONTENT_ENCODING);
-    Ok((Bytes::from(decoded), reserved))
 }
 
 /// Requests that run no model (tags, ps, show, version, pull…): filtered on
@@ -755,13 +621,6 @@ fn too_large(state: &AppState, ctx: &Ctx) -> Early {
     let limit = state.config.limits.max_body_bytes;
     let msg = format!("request body is larger than limits.max_body_bytes = {limit} bytes");
     reject(state, ctx, 413, &msg, "body_too_large", &[])
-}
-
-/// 503 with Retry-After: the bodies held across requests reached
-/// `limits.max_buffered_bytes`.
-fn buffers_full(state: &AppState, ctx: &Ctx, e: &ReadError) -> Early {
-    let retry = [("retry-after".to_string(), "1".to_string())];
-    reject(state, ctx, 503, &e.to_string(), "bodies_buffered", &retry)
 }
 
 fn header_str(h: &HeaderMap, name: HeaderName) -> &str {
