@@ -26,8 +26,8 @@ pub struct Gemini;
 struct Peek<'a> {
     #[serde(borrow, default)]
     candidates: First<Candidate<'a>>,
-    #[serde(rename = "usageMetadata", default)]
-    usage: Obj<UsageMetadata>,
+    #[serde(rename = "usageMetadata", borrow, default)]
+    usage: Obj<UsageMetadata<'a>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -56,14 +56,16 @@ struct Part<'a> {
     function_call: Option<Scalar<'a>>,
 }
 
+/// Counts read leniently, as every other field: one out of range must not
+/// hide the chunk's text from the hooks.
 #[derive(Deserialize, Default)]
-struct UsageMetadata {
-    #[serde(rename = "promptTokenCount", default)]
-    prompt: u64,
-    #[serde(rename = "candidatesTokenCount", default)]
-    candidates: u64,
-    #[serde(rename = "thoughtsTokenCount", default)]
-    thoughts: u64,
+struct UsageMetadata<'a> {
+    #[serde(rename = "promptTokenCount", borrow, default)]
+    prompt: Scalar<'a>,
+    #[serde(rename = "candidatesTokenCount", borrow, default)]
+    candidates: Scalar<'a>,
+    #[serde(rename = "thoughtsTokenCount", borrow, default)]
+    thoughts: Scalar<'a>,
 }
 
 impl Codec for Gemini {
@@ -76,9 +78,12 @@ impl Codec for Gemini {
             return View::default();
         };
         let mut view = View {
-            usage: p.usage.0.map(|u| Usage {
-                prompt_tokens: u.prompt,
-                completion_tokens: u.candidates + u.thoughts,
+            usage: p.usage.0.map(|u| {
+                let count = |n: Scalar| n.u64().unwrap_or(0);
+                Usage {
+                    prompt_tokens: count(u.prompt),
+                    completion_tokens: count(u.candidates).saturating_add(count(u.thoughts)),
+                }
             }),
             ..View::default()
         };
@@ -245,6 +250,34 @@ mod tests {
         assert_eq!(v.tool_arguments.as_deref(), Some(r#"{"a":1}"#));
         let error = Gemini.read(br#"{"error":{"code":500,"message":"x"}}"#, Kind::Event);
         assert_eq!(error, View::default());
+    }
+
+    #[test]
+    fn a_count_out_of_range_does_not_hide_the_text() {
+        // Found by the response_codecs fuzz target: a usage count past u64
+        // failed the whole typed reading, so the hooks saw no text.
+        let json = br#"{"candidates":[{"content":{"parts":[{"text":"secret"}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":41111111111111111111111111}}"#;
+        let v = Gemini.read(json, Kind::Line);
+        assert_eq!(v.text.as_deref(), Some("secret"));
+        assert!(v.done);
+        assert_eq!(
+            v.usage,
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 0
+            })
+        );
+        let mut c = Chunk::new(
+            Bytes::from(format!("{}\n", std::str::from_utf8(json).unwrap())),
+            Kind::Line,
+            GEMINI,
+        );
+        assert!(c.set_thinking("[plan]".into()));
+        let mut out = bytes::BytesMut::new();
+        c.write_to(&mut out);
+        let sent = Chunk::new(out.freeze(), Kind::Line, GEMINI);
+        assert_eq!(sent.thinking(), Some("[plan]"));
+        assert_eq!(sent.text(), Some("secret"));
     }
 
     #[test]
