@@ -152,8 +152,9 @@ impl Codec for Ollama {
             }
             v.get_mut("message")
         } else {
-            // Only a response object (not an error line) gets text.
-            (is_ollama_chunk || v.get("response").is_some()).then_some(v)
+            // Only a response object (not an error line) gets text; one
+            // that has the field (which `read` read) is one.
+            (is_ollama_chunk || v.get("response").is_some() || v.get(field).is_some()).then_some(v)
         };
         match parent.and_then(Value::as_object_mut) {
             Some(o) => {

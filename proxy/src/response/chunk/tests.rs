@@ -957,3 +957,20 @@ fn a_duplicated_key_reads_as_clients_read_it() {
     let v: serde_json::Value = serde_json::from_slice(&c.raw()).unwrap();
     assert_eq!(v["response"], "[REDACTED]");
 }
+
+/// Found by the response_codecs fuzz target: a line whose only Ollama field
+/// is `thinking` (here: not UTF-8, its other keys misspelled) is read as
+/// carrying thinking, so a rewrite of it must land in it, not in a chunk
+/// inserted before (the original would then reach the client too).
+#[test]
+fn thinking_read_from_an_odd_line_is_rewritten_in_it() {
+    let raw = b"{\"moeel\":\"m\",\"thinking\":\"\xa9\xa9secret\",\"do\xb5ne\":true}\n";
+    let mut c = Chunk::new(Bytes::from_static(raw), Kind::Line, OLLAMA_GENERATE);
+    assert_eq!(c.thinking(), Some("\u{FFFD}\u{FFFD}secret"));
+    assert!(c.set_thinking("[REDACTED]".into()));
+    assert!(c.inserted().is_none());
+    let out = c.raw();
+    assert!(!out.windows(6).any(|w| w == b"secret"), "{out:?}");
+    let sent = Chunk::new(out, Kind::Line, OLLAMA_GENERATE);
+    assert_eq!(sent.thinking(), Some("[REDACTED]"));
+}
