@@ -25,35 +25,54 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load the configuration (file, KILN_* variables, flags), check it, and print it.
-    CheckConfig,
-    /// Tools for plugin authors: check or run a wasm plugin without a proxy.
+    CheckConfig(RunArgs),
+    /// Tools for plugin authors: check or run a wasm plugin without a proxy
+    /// (the proxy's own configuration is not read).
     #[command(subcommand)]
     Plugin(kiln_proxy::plugins::tool::PluginCommand),
 }
 
+/// The proxy's flags: before any subcommand to run it, or after
+/// `check-config`. Not on `plugin …`, which runs no proxy.
 #[derive(Args)]
 struct RunArgs {
     /// TOML config file (keys in the README; see docs/ARCHITECTURE.md).
-    #[arg(long, env = "KILN_CONFIG", global = true)]
+    #[arg(long, env = "KILN_CONFIG")]
     config: Option<PathBuf>,
     /// Address to listen on [default: 0.0.0.0:$PORT, else 0.0.0.0:8080].
-    #[arg(long, global = true)]
+    #[arg(long)]
     listen: Option<String>,
     /// Ollama's URL [default: http://127.0.0.1:11434].
-    #[arg(long, global = true)]
+    #[arg(long)]
     upstream: Option<String>,
     /// Start and supervise `ollama serve` (single-container mode).
-    #[arg(long, global = true)]
+    #[arg(long)]
     spawn_ollama: bool,
     /// Model to load and pin before reporting ready (repeatable).
-    #[arg(long, global = true)]
+    #[arg(long)]
     preload: Vec<String>,
     /// The program started by --spawn-ollama [default: ollama].
-    #[arg(long, global = true)]
+    #[arg(long)]
     ollama_command: Option<PathBuf>,
     /// Any config key, e.g. --set limits.max_queue=8 (repeatable; beats file and KILN_*).
-    #[arg(long, value_name = "KEY=VALUE", global = true)]
+    #[arg(long, value_name = "KEY=VALUE")]
     set: Vec<String>,
+}
+
+impl RunArgs {
+    /// `kiln-proxy [FLAGS] check-config [FLAGS]`: the flags after the
+    /// subcommand win, those before it still count.
+    fn or(self, before: RunArgs) -> RunArgs {
+        RunArgs {
+            config: self.config.or(before.config),
+            listen: self.listen.or(before.listen),
+            upstream: self.upstream.or(before.upstream),
+            spawn_ollama: self.spawn_ollama || before.spawn_ollama,
+            preload: [before.preload, self.preload].concat(),
+            ollama_command: self.ollama_command.or(before.ollama_command),
+            set: [before.set, self.set].concat(),
+        }
+    }
 }
 
 fn load_config(a: &RunArgs) -> anyhow::Result<Config> {
@@ -96,9 +115,9 @@ fn filter_stage(config: &Config, file: Option<PathBuf>) -> anyhow::Result<Arc<dy
 }
 
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
-    let config = load_config(&cli.run).context("invalid configuration")?;
     match cli.command {
-        Some(Command::CheckConfig) => {
+        Some(Command::CheckConfig(args)) => {
+            let config = load_config(&args.or(cli.run)).context("invalid configuration")?;
             let listen = config.listen_addr(std::env::var("PORT").ok().as_deref())?;
             println!(
                 "configuration OK: listen {listen}, upstream {}",
@@ -112,6 +131,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         None => {
+            let config = load_config(&cli.run).context("invalid configuration")?;
             let filter = filter_stage(&config, cli.run.config.clone())?;
             kiln_proxy::run(config, filter).await
         }

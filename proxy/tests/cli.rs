@@ -252,3 +252,62 @@ fn an_https_trace_endpoint_is_refused_with_what_to_do() {
         "{stderr}"
     );
 }
+
+/// The plugin tools run no proxy: a broken proxy configuration in the
+/// environment does not stop them, and the proxy's flags are not theirs.
+#[test]
+fn plugin_tools_do_not_read_the_proxy_config() {
+    let plugin =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/hello.wasm");
+    assert!(
+        plugin.exists(),
+        "{} is missing: run scripts/build-plugins first",
+        plugin.display()
+    );
+    let out = kiln_proxy()
+        .args(["plugin", "check"])
+        .arg(&plugin)
+        .env("KILN_LIMITS_MAX_QUEUE", "not a number")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(": ok"), "{stdout}");
+    let out = kiln_proxy()
+        .args(["plugin", "check", "--upstream", "http://127.0.0.1:1"])
+        .arg(&plugin)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--upstream"));
+}
+
+/// `kiln-proxy [FLAGS] check-config [FLAGS]`: both places count, the later wins.
+#[test]
+fn check_config_takes_flags_before_and_after_it() {
+    let out = kiln_proxy()
+        .args([
+            "--set",
+            "limits.max_queue=7",
+            "--upstream",
+            "http://127.0.0.1:1111",
+        ])
+        .args(["check-config", "--upstream", "http://127.0.0.1:2222"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("max_queue: 7"), "{stdout}");
+    assert!(
+        stdout.contains("upstream http://127.0.0.1:2222"),
+        "{stdout}"
+    );
+}

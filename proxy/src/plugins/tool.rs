@@ -33,6 +33,7 @@ pub enum PluginCommand {
     /// replay a recorded answer through its response hooks and print what
     /// the client would receive.
     Run {
+        /// The plugin: a component, or a core module built with the kiln-plugin SDK.
         file: PathBuf,
         /// The plugin's config as JSON.
         #[arg(id = "plugin_config", long = "plugin-config", value_name = "JSON")]
