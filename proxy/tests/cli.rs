@@ -11,6 +11,29 @@ fn kiln_proxy() -> Command {
     c
 }
 
+/// The standard output of a command that must succeed (its stderr shown if not).
+fn succeeded(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An example plugin as `scripts/build-plugins` leaves it.
+fn built_plugin(file: &str) -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/plugins")
+        .join(file);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build-plugins first",
+        path.display()
+    );
+    path
+}
+
 #[test]
 fn flags_override_env_which_overrides_the_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -35,12 +58,7 @@ fn flags_override_env_which_overrides_the_file() {
         .env("PORT", "9000")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(out);
     assert!(
         stdout.contains("listen 0.0.0.0:9000, upstream http://127.0.0.1:2222"),
         "{stdout}"
@@ -89,13 +107,7 @@ fn refused_configs_exit_2_with_the_key_to_fix() {
 /// with bounds-checked memories, and the log says so.
 #[test]
 fn plugins_load_where_address_space_is_limited() {
-    let plugin =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/hello.wasm");
-    assert!(
-        plugin.exists(),
-        "{} is missing: run scripts/build-plugins first",
-        plugin.display()
-    );
+    let plugin = built_plugin("hello.wasm");
     let out = Command::new("sh")
         .args(["-c", "ulimit -v 16000000 && exec \"$0\" \"$@\""])
         .arg(env!("CARGO_BIN_EXE_kiln-proxy"))
@@ -149,12 +161,7 @@ fn check_config_does_not_print_plugin_secrets() {
         .arg(&file)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(out);
     for secret in ["tok-secret-1", "sk-live-secret-2", "sk-live-secret-3"] {
         assert!(!stdout.contains(secret), "{secret} printed:\n{stdout}");
     }
@@ -168,13 +175,7 @@ fn check_config_does_not_print_plugin_secrets() {
 /// hooks, printed as the client would receive it, for each framing.
 #[test]
 fn plugin_run_replays_a_recorded_answer_through_the_response_hooks() {
-    let guard = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/plugins/output_guard.wasm");
-    assert!(
-        guard.exists(),
-        "{} is missing: run scripts/build-plugins first",
-        guard.display()
-    );
+    let guard = built_plugin("output_guard.wasm");
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         (
@@ -257,25 +258,14 @@ fn an_https_trace_endpoint_is_refused_with_what_to_do() {
 /// environment does not stop them, and the proxy's flags are not theirs.
 #[test]
 fn plugin_tools_do_not_read_the_proxy_config() {
-    let plugin =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/hello.wasm");
-    assert!(
-        plugin.exists(),
-        "{} is missing: run scripts/build-plugins first",
-        plugin.display()
-    );
+    let plugin = built_plugin("hello.wasm");
     let out = kiln_proxy()
         .args(["plugin", "check"])
         .arg(&plugin)
         .env("KILN_LIMITS_MAX_QUEUE", "not a number")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(out);
     assert!(stdout.contains(": ok"), "{stdout}");
     let out = kiln_proxy()
         .args(["plugin", "check", "--upstream", "http://127.0.0.1:1"])
@@ -299,12 +289,7 @@ fn check_config_takes_flags_before_and_after_it() {
         .args(["check-config", "--upstream", "http://127.0.0.1:2222"])
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(out);
     assert!(stdout.contains("max_queue: 7"), "{stdout}");
     assert!(
         stdout.contains("upstream http://127.0.0.1:2222"),
