@@ -7,6 +7,8 @@ use std::fmt;
 /// Docker Hub's canonical name, and the host its API actually lives on.
 pub const DOCKER_HUB: &str = "docker.io";
 const DOCKER_HUB_API: &str = "registry-1.docker.io";
+/// The longest `registry/repository` a registry accepts.
+const NAME_MAX: usize = 255;
 
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -97,6 +99,13 @@ impl ImageRef {
             .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
         if !host_ok {
             return Err(err("bad registry host"));
+        }
+        // Docker's limit (distribution's NameTotalLengthMax), on the name as
+        // printed: `x` is `docker.io/library/x`, which must parse back too.
+        if registry.len() + 1 + repository.len() > NAME_MAX {
+            return Err(err(
+                "the name (registry/repository) is longer than 255 characters",
+            ));
         }
         Ok(ImageRef {
             registry,
@@ -256,6 +265,10 @@ mod tests {
             "x//y",
             "host.example/../etc",
             "x/y:-tag",
+            // Found by the image_ref fuzz target: 4,000 characters passed the
+            // input's limit, then failed to parse as `docker.io/library/…`.
+            &"a".repeat(4000),
+            &format!("registry.example/{}", "a".repeat(239)),
         ] {
             assert!(
                 ImageRef::parse(input).is_err(),
@@ -266,7 +279,12 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for input in ["docker.io/ollama/ollama:latest", "127.0.0.1:5000/a/b:c"] {
+        let longest = format!("registry.example/{}", "a".repeat(238));
+        for input in [
+            "docker.io/ollama/ollama:latest",
+            "127.0.0.1:5000/a/b:c",
+            &longest,
+        ] {
             assert_eq!(ImageRef::parse(input).unwrap().to_string(), input);
         }
     }
