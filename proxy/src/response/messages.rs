@@ -18,7 +18,7 @@ use super::chunk::Chunk;
 use super::codec::{AnswerState, Channel, Codec, Kind, View};
 use super::lenient::{List, Obj, Scalar, typed};
 use super::responses::{Part, Tokens, fill, joined};
-use super::wire::{arguments_text, frame_event};
+use super::wire::{arguments_text, frame_event, put_string};
 
 static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
 
@@ -152,15 +152,11 @@ impl Codec for Messages {
             Channel::ToolArguments => return false,
         };
         match (kind, channel) {
-            (Kind::Event | Kind::Line, _) if had => {
-                match v.pointer_mut("/delta").and_then(Value::as_object_mut) {
-                    Some(o) => {
-                        o.insert(field.into(), Value::String(value.into()));
-                        true
-                    }
-                    None => false,
-                }
-            }
+            (Kind::Event | Kind::Line, _) if had => put_string(
+                v.pointer_mut("/delta").and_then(Value::as_object_mut),
+                field,
+                value,
+            ),
             (Kind::Whole, Channel::Text) => place_in_body(v, value),
             (Kind::Whole, Channel::Thinking) => think_in_body(v, value),
             _ => false,

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::chunk::Chunk;
 use super::codec::{AnswerState, Channel, Codec, Kind, ThinkingEnd, Usage, View};
 use super::lenient::{Obj, Scalar, typed};
-use super::wire::{arguments_text, each_at, frame};
+use super::wire::{arguments_text, each_at, frame, put_string};
 use crate::framing::Format;
 
 /// Only chunks with these bytes can carry token counts, thinking, the
@@ -156,13 +156,7 @@ impl Codec for Ollama {
             // that has the field (which `read` read) is one.
             (is_ollama_chunk || v.get("response").is_some() || v.get(field).is_some()).then_some(v)
         };
-        match parent.and_then(Value::as_object_mut) {
-            Some(o) => {
-                o.insert(field.into(), Value::String(value.into()));
-                true
-            }
-            None => false,
-        }
+        put_string(parent.and_then(Value::as_object_mut), field, value)
     }
 
     /// Chunks as Ollama writes them; thinking ones with an empty text.

@@ -17,7 +17,7 @@ use super::chunk::Chunk;
 use super::codec::{AnswerState, Channel, Codec, Kind, ThinkingEnd, Usage, UsagePlan, View};
 use super::lenient::{First, Obj, Scalar, typed};
 use super::ollama::LOGPROBS;
-use super::wire::{arguments_text, each_at, frame, unix_now};
+use super::wire::{arguments_text, each_at, frame, put_string, unix_now};
 
 static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
 static REASONING: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"reasoning\""));
@@ -179,13 +179,7 @@ impl Codec for OpenAi {
             (Channel::Thinking, _) => "reasoning",
             (Channel::ToolArguments, _) => return false,
         };
-        match parent {
-            Some(o) => {
-                o.insert(field.into(), Value::String(value.into()));
-                true
-            }
-            None => false,
-        }
+        put_string(parent, field, value)
     }
 
     fn synthesize(

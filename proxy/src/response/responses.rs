@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use super::codec::{AnswerState, Channel, Codec, Kind, Usage, View};
 use super::lenient::{List, Obj, Scalar, typed};
-use super::wire::{arguments_text, frame_event};
+use super::wire::{arguments_text, frame_event, put_string};
 
 pub use transcript::Transcript;
 
@@ -237,13 +237,7 @@ impl Codec for Responses {
     fn place(&self, v: &mut Value, channel: Channel, kind: Kind, had: bool, value: &str) -> bool {
         match (kind, channel) {
             (_, Channel::ToolArguments) => false,
-            (Kind::Event | Kind::Line, _) if had => match v.as_object_mut() {
-                Some(o) => {
-                    o.insert("delta".into(), Value::String(value.into()));
-                    true
-                }
-                None => false,
-            },
+            (Kind::Event | Kind::Line, _) if had => put_string(v.as_object_mut(), "delta", value),
             (Kind::Whole, Channel::Text) => place_in_body(v, value),
             (Kind::Whole, Channel::Thinking) => think_in_body(v, value),
             _ => false,

@@ -131,6 +131,13 @@ pub fn each_at<'v>(v: &'v mut Value, pointer: &str, key: &str) -> Vec<&'v mut Va
         .collect()
 }
 
+/// Sets `key` of the object `o` to the string `value` (where a codec
+/// places a channel); `false` when there is no object there.
+pub fn put_string(o: Option<&mut serde_json::Map<String, Value>>, key: &str, value: &str) -> bool {
+    o.map(|o| o.insert(key.into(), Value::String(value.into())))
+        .is_some()
+}
+
 /// An SSE event: its `event:`/`id:` lines (`lines`, each with its line
 /// end), then `json` as its data.
 pub fn frame_event(out: &mut Vec<u8>, lines: &[u8], json: &[u8]) {
