@@ -36,8 +36,8 @@ enum Command {
 /// `check-config`. Not on `plugin …`, which runs no proxy.
 #[derive(Args)]
 struct RunArgs {
-    /// TOML config file (keys in the README; see docs/ARCHITECTURE.md).
-    #[arg(long, env = "KILN_CONFIG")]
+    /// TOML config file (keys in the README; see docs/ARCHITECTURE.md) [env: KILN_CONFIG=].
+    #[arg(long)]
     config: Option<PathBuf>,
     /// Address to listen on [default: 0.0.0.0:$PORT, else 0.0.0.0:8080].
     #[arg(long)]
@@ -72,6 +72,16 @@ impl RunArgs {
             ollama_command: self.ollama_command.or(before.ollama_command),
             set: [before.set, self.set].concat(),
         }
+    }
+
+    /// `--config`, else `KILN_CONFIG`. Read here rather than by clap (`env`),
+    /// which would fill the `check-config` flags from the variable and so
+    /// let it beat a `--config` given before the subcommand.
+    fn with_env_config(mut self) -> RunArgs {
+        self.config = self
+            .config
+            .or_else(|| std::env::var_os("KILN_CONFIG").map(PathBuf::from));
+        self
     }
 }
 
@@ -117,7 +127,8 @@ fn filter_stage(config: &Config, file: Option<PathBuf>) -> anyhow::Result<Arc<dy
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::CheckConfig(args)) => {
-            let config = load_config(&args.or(cli.run)).context("invalid configuration")?;
+            let args = args.or(cli.run).with_env_config();
+            let config = load_config(&args).context("invalid configuration")?;
             let listen = config.listen_addr(std::env::var("PORT").ok().as_deref())?;
             println!(
                 "configuration OK: listen {listen}, upstream {}",
@@ -131,8 +142,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         None => {
-            let config = load_config(&cli.run).context("invalid configuration")?;
-            let filter = filter_stage(&config, cli.run.config.clone())?;
+            let args = cli.run.with_env_config();
+            let config = load_config(&args).context("invalid configuration")?;
+            let filter = filter_stage(&config, args.config)?;
             kiln_proxy::run(config, filter).await
         }
     }

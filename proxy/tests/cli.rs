@@ -295,4 +295,22 @@ fn check_config_takes_flags_before_and_after_it() {
         stdout.contains("upstream http://127.0.0.1:2222"),
         "{stdout}"
     );
+
+    // A --config before the subcommand still beats KILN_CONFIG.
+    let dir = tempfile::tempdir().unwrap();
+    let (from_env, from_flag) = (dir.path().join("env.toml"), dir.path().join("flag.toml"));
+    std::fs::write(&from_env, "upstream = \"http://127.0.0.1:3333\"\n").unwrap();
+    std::fs::write(&from_flag, "upstream = \"http://127.0.0.1:4444\"\n").unwrap();
+    let out = kiln_proxy()
+        .arg("--config")
+        .arg(&from_flag)
+        .arg("check-config")
+        .env("KILN_CONFIG", &from_env)
+        .output()
+        .unwrap();
+    let stdout = succeeded(out);
+    assert!(
+        stdout.contains("upstream http://127.0.0.1:4444"),
+        "{stdout}"
+    );
 }
