@@ -49,9 +49,9 @@ pub async fn run(args: &InspectArgs) -> anyhow::Result<()> {
     if args.json {
         let out = serde_json::json!({"name": inspected.name, "digest": inspected.digest,
             "manifest": inspected.manifest, "config": inspected.config});
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        crate::stdout::print(format_args!("{}\n", serde_json::to_string_pretty(&out)?))?;
     } else {
-        print!("{}", render(&inspected));
+        crate::stdout::print(render(&inspected))?;
     }
     Ok(())
 }

@@ -21,3 +21,4 @@ pub mod progress;
 pub mod pull;
 pub mod registry;
 pub mod sinks;
+pub mod stdout;

@@ -190,6 +190,25 @@ fn cli_prints_yaml_on_stdout_and_gcloud_command_on_stderr() {
 }
 
 #[test]
+fn a_reader_that_leaves_early_is_not_an_error() {
+    // `kiln deploy render … | head -3`: the reader closed before the YAML
+    // was written, so every write fails with EPIPE.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["deploy", "render", "--image", IMAGE])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+        .wait_with_output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
 fn cli_warns_above_num_parallel_and_refuses_above_twice() {
     let warn = kiln(&[
         "deploy",

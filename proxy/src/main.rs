@@ -124,23 +124,31 @@ fn filter_stage(config: &Config, file: Option<PathBuf>) -> anyhow::Result<Arc<dy
     Ok(stage)
 }
 
+/// Writes a tool's result to stdout. A reader that went away early
+/// (`kiln-proxy check-config | head -1`) is not an error: it took what it
+/// wanted. `print!` would panic there, after the work had succeeded.
+fn print(text: impl std::fmt::Display) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match write!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => result.context("cannot write to stdout"),
+    }
+}
+
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::CheckConfig(args)) => {
             let args = args.or(cli.run).with_env_config();
             let config = load_config(&args).context("invalid configuration")?;
             let listen = config.listen_addr(std::env::var("PORT").ok().as_deref())?;
-            println!(
-                "configuration OK: listen {listen}, upstream {}",
-                config.upstream
-            );
-            println!("{:#?}", config.redacted());
-            Ok(())
+            print(format_args!(
+                "configuration OK: listen {listen}, upstream {}\n{:#?}\n",
+                config.upstream,
+                config.redacted()
+            ))
         }
-        Some(Command::Plugin(tool)) => {
-            print!("{}", tool.execute()?);
-            Ok(())
-        }
+        Some(Command::Plugin(tool)) => print(tool.execute()?),
         None => {
             let args = cli.run.with_env_config();
             let config = load_config(&args).context("invalid configuration")?;

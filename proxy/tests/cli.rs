@@ -314,3 +314,22 @@ fn check_config_takes_flags_before_and_after_it() {
         "{stdout}"
     );
 }
+
+#[test]
+fn a_reader_that_leaves_early_is_not_an_error() {
+    // `kiln-proxy check-config | head -1`: the reader closed before the
+    // output was written, so every write fails with EPIPE.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = kiln_proxy()
+        .arg("check-config")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+        .wait_with_output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

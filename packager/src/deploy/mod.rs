@@ -236,7 +236,7 @@ pub fn run_render(args: &RenderArgs) -> anyhow::Result<()> {
     match &args.output {
         Some(path) => std::fs::write(path, &rendered.yaml)
             .with_context(|| format!("writing {}", path.display()))?,
-        None => print!("{}", rendered.yaml),
+        None => crate::stdout::print(&rendered.yaml)?,
     }
     eprintln!(
         "# Deploy with: gcloud run services replace service.yaml --region {}",

@@ -248,9 +248,9 @@ pub async fn run(args: &PackArgs) -> anyhow::Result<()> {
                 report.mounted,
                 report.present
             );
-            println!("{reference}");
+            crate::stdout::print(format_args!("{reference}\n"))?;
         }
-        _ => println!("{}", outcome.manifest_digest),
+        _ => crate::stdout::print(format_args!("{}\n", outcome.manifest_digest))?,
     }
     Ok(())
 }

@@ -144,12 +144,12 @@ pub async fn run(args: &PullArgs) -> anyhow::Result<()> {
             Some(dir) => format!("in {}", dir.display()),
             None => format!("cached in {}", options.cache_dir.display()),
         };
-        println!(
-            "{}  id {}  {}  {place}",
+        crate::stdout::print(format_args!(
+            "{}  id {}  {}  {place}\n",
             model.reference.short(),
             &id[..12.min(id.len())],
             indicatif::HumanBytes(size)
-        );
+        ))?;
     }
     Ok(())
 }
