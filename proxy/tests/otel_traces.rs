@@ -29,11 +29,14 @@ struct Receiver {
 }
 
 impl Receiver {
-    async fn start() -> Receiver {
+    /// `refuse_first`: the first export is answered 503, as by a collector
+    /// still starting.
+    async fn start(refuse_first: bool) -> Receiver {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/otlp_receiver.py");
         let mut child = tokio::process::Command::new("python3")
             .arg(script)
             .arg(PROMPT_MARKER)
+            .args(refuse_first.then_some("refuse-first"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -99,9 +102,53 @@ fn by_name<'a>(spans: &'a [Value], name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no span named {name:?} in {spans:#?}"))
 }
 
+/// The real `kiln-proxy` with `config` (listening on `port`), exporting as
+/// the `otel` variables say, once it answers: the process, its log file,
+/// its base URL.
+async fn start_proxy(
+    dir: &tempfile::TempDir,
+    config: &Path,
+    port: u16,
+    otel: &[(&str, String)],
+) -> (tokio::process::Child, std::path::PathBuf, String) {
+    let log_path = dir.path().join("stderr.log");
+    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugin-cache-tests");
+    let mut proxy = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln-proxy"))
+        .arg("--config")
+        .arg(config)
+        .env("KILN_PLUGIN_CACHE_DIR", cache)
+        .envs(otel.iter().map(|(k, v)| (k, v)))
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+        .env("KILN_TRACING_PROJECT_ID", "test-project")
+        .env("RUST_LOG", "info")
+        .env_remove("K_SERVICE")
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run kiln-proxy");
+    let client = harness::http_client();
+    let base = format!("http://127.0.0.1:{port}");
+    // Compiling the plugins (the first time, in a debug build) takes a while.
+    let end = Instant::now() + Duration::from_secs(90);
+    while client
+        .get(format!("{base}/api/version"))
+        .send()
+        .await
+        .is_err()
+    {
+        if let Ok(Some(status)) = proxy.try_wait() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            panic!("kiln-proxy exited ({status}):\n{log}");
+        }
+        assert!(Instant::now() < end, "kiln-proxy never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (proxy, log_path, base)
+}
+
 #[tokio::test]
 async fn streamed_chat_through_two_plugins_is_one_trace_with_genai_attributes() {
-    let mut receiver = Receiver::start().await;
+    let mut receiver = Receiver::start(false).await;
     let models = harness::models_dir();
     let emulator = ollama_emulator::Emulator::start(ollama_emulator::Config {
         models_dir: Some(models.path().to_path_buf()),
@@ -122,42 +169,17 @@ async fn streamed_chat_through_two_plugins_is_one_trace_with_genai_attributes() 
         plugin_table("output-guard", "patterns = [\"never-generated-word\"]"),
     );
     std::fs::write(&config, text).unwrap();
-    let log_path = dir.path().join("stderr.log");
-    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugin-cache-tests");
-    let mut proxy = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln-proxy"))
-        .arg("--config")
-        .arg(&config)
-        .env("KILN_PLUGIN_CACHE_DIR", cache)
-        .env(
+    let (mut proxy, log_path, base) = start_proxy(
+        &dir,
+        &config,
+        port,
+        &[(
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             format!("http://127.0.0.1:{}", receiver.port),
-        )
-        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
-        .env("KILN_TRACING_PROJECT_ID", "test-project")
-        .env("RUST_LOG", "info")
-        .env_remove("K_SERVICE")
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run kiln-proxy");
-
+        )],
+    )
+    .await;
     let client = harness::http_client();
-    let base = format!("http://127.0.0.1:{port}");
-    // Compiling the plugins (the first time, in a debug build) takes a while.
-    let end = Instant::now() + Duration::from_secs(90);
-    while client
-        .get(format!("{base}/api/version"))
-        .send()
-        .await
-        .is_err()
-    {
-        if let Ok(Some(status)) = proxy.try_wait() {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            panic!("kiln-proxy exited ({status}):\n{log}");
-        }
-        assert!(Instant::now() < end, "kiln-proxy never answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     let body = json!({
         "model": "gemma3:4b",
@@ -381,6 +403,93 @@ async fn streamed_chat_through_two_plugins_is_one_trace_with_genai_attributes() 
         );
     }
 
+    let _ = proxy.kill().await;
+    let _ = receiver.child.kill().await;
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_exporter_follows_the_standard_otlp_variables_and_retries_a_starting_collector() {
+    let mut receiver = Receiver::start(true).await;
+    let emulator = ollama_emulator::Emulator::start(ollama_emulator::Config::default())
+        .await
+        .expect("start emulator");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.toml");
+    let port = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nupstream = \"{}\"\n",
+            emulator.url()
+        ),
+    )
+    .unwrap();
+    let (mut proxy, _log, base) = start_proxy(
+        &dir,
+        &config,
+        port,
+        &[
+            // The traces URL is taken as it is; the general one would lose.
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                format!("http://127.0.0.1:{}/v1/traces", receiver.port),
+            ),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9".into()),
+            // Percent-encoded, as the specification writes header values.
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "authorization=Bearer%20abc%3D%3D, x-other = 1".into(),
+            ),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip".into()),
+        ],
+    )
+    .await;
+    let resp = harness::http_client()
+        .post(format!("{base}/api/generate"))
+        .header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN}-01"))
+        .json(&json!({"model": "gemma3:4b", "prompt": "hi", "stream": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let spans = receiver
+        .spans_until(|got| {
+            got.iter()
+                .any(|s| s["trace_id"] == TRACE_ID && s["kind"] == 2)
+        })
+        .await;
+    // What the first export held came again once the collector took it.
+    let refused = spans
+        .iter()
+        .find(|s| s["refused"] == 1)
+        .unwrap_or_else(|| panic!("the receiver refused no export: {spans:#?}"));
+    let ids = refused["span_ids"].as_array().unwrap();
+    assert!(!ids.is_empty(), "{refused}");
+    let spans = receiver
+        .spans_until(|got| {
+            ids.iter()
+                .all(|id| spans.iter().chain(got).any(|s| s["span_id"] == *id))
+        })
+        .await
+        .into_iter()
+        .chain(spans.iter().cloned())
+        .collect::<Vec<_>>();
+    for id in ids {
+        let again = spans.iter().find(|s| s["span_id"] == *id);
+        assert!(
+            again.is_some_and(|s| s["post"].as_i64() > Some(1)),
+            "span {id} was not sent again: {spans:#?}"
+        );
+    }
+    let server = spans
+        .iter()
+        .find(|s| s["trace_id"] == TRACE_ID && s["kind"] == 2)
+        .unwrap_or_else(|| panic!("no request span: {spans:#?}"));
+    assert_eq!(server["name"], "text_completion gemma3:4b");
+    assert_eq!(server["authorization"], "Bearer abc==");
+    assert_eq!(server["content_encoding"], "gzip");
+    assert_eq!(server["content_type"], "application/x-protobuf");
     let _ = proxy.kill().await;
     let _ = receiver.child.kill().await;
     emulator.shutdown().await;

@@ -1,9 +1,9 @@
 //! Traces: OpenTelemetry spans for each request, exported over OTLP
 //! (HTTP/protobuf) when `OTEL_EXPORTER_OTLP_ENDPOINT` or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set; everything else about the
-//! exporter (headers, timeout, compression, batching) comes from the
-//! standard `OTEL_*` variables, read by the OpenTelemetry SDK itself (the
-//! proxy only exports 2,048 spans a batch where the SDK would 512).
+//! exporter comes from the standard `OTEL_*` variables: headers, timeout
+//! and compression read by [`otlp`], batching by the OpenTelemetry SDK
+//! itself (the proxy exports 2,048 spans a batch where the SDK would 512).
 //!
 //! A request's spans: one server span (named after its GenAI operation and
 //! model, carrying the `gen_ai.*` attributes), and under it one span per
@@ -22,6 +22,8 @@
 mod body;
 mod cloud_trace;
 mod genai;
+mod otlp;
+mod otlp_wire;
 mod project;
 
 use std::sync::{Mutex, OnceLock};
@@ -53,16 +55,6 @@ pub fn enabled() -> bool {
     TRACER.get().is_some()
 }
 
-/// Whether the environment names an OTLP endpoint for traces.
-fn endpoint_configured(var: &impl Fn(&str) -> Option<String>) -> bool {
-    [
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-    ]
-    .iter()
-    .any(|k| var(k).is_some_and(|v| !v.trim().is_empty()))
-}
-
 /// Starts the exporter when an OTLP endpoint is configured (once per
 /// process; later calls do nothing). On Cloud Run without
 /// `tracing.project_id`, asks the metadata server for the project first
@@ -72,26 +64,10 @@ pub async fn init(config: &TracingConfig) -> anyhow::Result<bool> {
     if enabled() {
         return Ok(true);
     }
-    if !endpoint_configured(&var) {
+    // A refused setting is a config error: exit 2, as for any other.
+    let Some(settings) = otlp::Settings::from_env(&var)? else {
         return Ok(false);
-    }
-    for key in [
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-    ] {
-        if let Some(url) = var(key).filter(|u| u.trim().starts_with("https:")) {
-            // A refused configuration: exit 2, as for any other.
-            return Err(crate::config::ConfigError::Value {
-                key: key.into(),
-                value: url,
-                reason: "kiln-proxy exports traces over plain HTTP to a collector beside it \
-                         (e.g. http://localhost:4318); let the collector hold the TLS and credentials \
-                         (deploy/otel-collector.yaml)"
-                    .into(),
-            }
-            .into());
-        }
-    }
+    };
     // The metadata server is asked last, and only on Cloud Run.
     let project = match config
         .project_id
@@ -104,14 +80,8 @@ pub async fn init(config: &TracingConfig) -> anyhow::Result<bool> {
     if let Some(p) = &project {
         crate::logging::set_project(p);
     }
-    // The exporter's HTTP client (reqwest) builds its TLS config even for
-    // plain HTTP, and the workspace builds reqwest with rustls and no
-    // provider chosen: ring is the one the proxy links already.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .build()
-        .map_err(|e| anyhow::anyhow!("cannot build the OTLP trace exporter: {e}; check OTEL_EXPORTER_OTLP_* (traces are sent as http/protobuf)"))?;
+    let endpoint = settings.url.clone();
+    let exporter = otlp::Exporter::new(settings);
     let mut resource = opentelemetry_sdk::Resource::builder()
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
     if var("OTEL_SERVICE_NAME").is_none() {
@@ -159,6 +129,7 @@ pub async fn init(config: &TracingConfig) -> anyhow::Result<bool> {
     tracing::info!(
         sample_ratio = config.sample_ratio,
         project = project.as_deref().unwrap_or(""),
+        endpoint,
         "OpenTelemetry traces on (OTLP http/protobuf)"
     );
     Ok(true)

@@ -4,6 +4,8 @@ Decodes each POST /v1/traces (protobuf, as the OpenTelemetry SDKs send it)
 with the `opentelemetry-proto` package and prints one JSON object per span
 on stdout; prints `PORT n` first. Argument: a marker string; every payload
 is searched for it as raw bytes, and a hit is printed as {"marker_found": true}.
+With a second argument `refuse-first`, the first POST is answered 503 (as a
+collector that is starting) and printed as {"refused": 1, "span_ids": [...]}.
 Stops by itself after 60 s, or when stdin closes (the test went away).
 """
 
@@ -17,7 +19,9 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 
 MARKER = sys.argv[1].encode() if len(sys.argv) > 1 else None
+REFUSE_FIRST = len(sys.argv) > 2 and sys.argv[2] == "refuse-first"
 out_lock = threading.Lock()
+posts = 0
 
 
 def emit(obj):
@@ -37,7 +41,21 @@ def value(v: common_pb2.AnyValue):
 
 class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
+        global posts
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        with out_lock:
+            posts += 1
+            post = posts
+        if REFUSE_FIRST and post == 1:
+            req = trace_service_pb2.ExportTraceServiceRequest()
+            req.ParseFromString(gzip.decompress(body) if self.headers.get("content-encoding") == "gzip" else body)
+            ids = [s.span_id.hex() for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans]
+            emit({"refused": post, "span_ids": ids})
+            self.send_response(503)
+            self.send_header("retry-after", "0")
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
         if self.headers.get("content-encoding") == "gzip":
             body = gzip.decompress(body)
         if self.path != "/v1/traces":
@@ -64,6 +82,9 @@ class Handler(BaseHTTPRequestHandler):
                         "attributes": {a.key: value(a.value) for a in s.attributes},
                         "resource": resource,
                         "content_type": self.headers.get("content-type"),
+                        "content_encoding": self.headers.get("content-encoding"),
+                        "authorization": self.headers.get("authorization"),
+                        "post": post,
                     })
         reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
         self.send_response(200)
