@@ -102,10 +102,9 @@ pub async fn init(config: &TracingConfig) -> anyhow::Result<bool> {
         ]);
     }
     // Larger batches than the SDK's 512 spans, unless the OTEL_BSP_*
-    // variables say otherwise: each export has a fixed cost (the HTTP
-    // exchange through the blocking client's thread), about 1 µs per
-    // request at 512. The queue holds two batches (its slots are
-    // allocated up front: about 1.5 MB).
+    // variables say otherwise: each export has a fixed cost (an HTTP
+    // exchange). The queue holds two batches (its slots are allocated up
+    // front: about 1.5 MB).
     let mut batch = opentelemetry_sdk::trace::BatchConfigBuilder::default();
     if var("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").is_none() {
         batch = batch.with_max_export_batch_size(EXPORT_BATCH);
