@@ -192,7 +192,6 @@ impl std::fmt::Debug for Exporter {
 impl Exporter {
     pub fn new(settings: Settings) -> Exporter {
         let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(settings.timeout))
             // Statuses are read here: some are retried.
             .http_status_as_error(false)
             .user_agent(concat!("kiln-proxy/", env!("CARGO_PKG_VERSION")))
@@ -206,8 +205,8 @@ impl Exporter {
         }
     }
 
-    /// One POST of `body`, retried as the specification says until the
-    /// export timeout.
+    /// One POST of `body`, retried as the specification says, all within
+    /// the export timeout.
     fn send(&self, body: &[u8]) -> OTelSdkResult {
         let deadline = Instant::now() + self.settings.timeout;
         let mut wait = FIRST_RETRY;
@@ -223,6 +222,9 @@ impl Exporter {
             for (name, value) in &self.settings.headers {
                 request = request.header(name, value);
             }
+            // Each attempt within what is left of the export's time.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let request = request.config().timeout_global(Some(left)).build();
             let (failure, retry_after) = match request.send(body) {
                 Ok(mut answer) => {
                     let status = answer.status();
