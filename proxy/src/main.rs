@@ -12,7 +12,7 @@ use kiln_proxy::Config;
 use kiln_proxy::config::Overrides;
 use kiln_proxy::filter::{NoFilters, RequestFilter};
 
-/// Ollama-fronting sidecar: auth, admission control, readiness and wasm request filters.
+/// Ollama-fronting sidecar: auth, admission control, readiness, wasm request and response plugins, metrics and traces.
 #[derive(Parser)]
 #[command(name = "kiln-proxy", version, about, long_about = None)]
 struct Cli {
