@@ -27,7 +27,7 @@ pub enum ConfigError {
     },
 }
 
-fn bad(key: &str, value: &str, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn bad(key: &str, value: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Value {
         key: key.into(),
         value: value.into(),

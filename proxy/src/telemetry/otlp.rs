@@ -19,7 +19,7 @@ use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 
 use super::otlp_wire::{self, EncodedResource};
-use crate::config::ConfigError;
+use crate::config::{ConfigError, bad};
 
 /// The export timeout when no `OTEL_EXPORTER_OTLP_*TIMEOUT` says (the specification's 10 s).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -134,14 +134,6 @@ impl Settings {
             timeout,
             gzip,
         }))
-    }
-}
-
-fn bad(key: &str, value: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Value {
-        key: key.into(),
-        value: value.into(),
-        reason: reason.into(),
     }
 }
 
