@@ -366,6 +366,106 @@ mod tests {
         assert!(settings(&[base, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]).is_ok());
     }
 
+    /// A collector on loopback that reads each request and answers with
+    /// `answer` (or never, when `None`); counts the requests.
+    fn collector(
+        answer: Option<&'static str>,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{BufRead, BufReader, Read};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    loop {
+                        let mut len = 0;
+                        let mut line = String::new();
+                        while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                            if let Some(v) =
+                                line.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
+                                len = v.trim().parse().unwrap_or(0);
+                            }
+                            line.clear();
+                        }
+                        if line != "\r\n" {
+                            return;
+                        }
+                        let mut body = vec![0; len];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        seen.fetch_add(1, Ordering::SeqCst);
+                        match answer {
+                            Some(a) => {
+                                if conn.write_all(a.as_bytes()).is_err() {
+                                    return;
+                                }
+                            }
+                            None => std::thread::sleep(Duration::from_secs(5)),
+                        }
+                    }
+                });
+            }
+        });
+        (url, count)
+    }
+
+    fn exporter_for(url: &str, timeout_ms: &str) -> Exporter {
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", url),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", timeout_ms),
+        ];
+        Exporter::new(settings(&vars).unwrap().unwrap())
+    }
+
+    #[test]
+    fn an_export_gives_up_within_its_timeout_retries_included() {
+        use std::sync::atomic::Ordering;
+        // A collector that takes the spans and never answers.
+        let (url, _) = collector(None);
+        let started = Instant::now();
+        let result = exporter_for(&url, "300").send(b"spans");
+        let took = started.elapsed();
+        assert!(result.is_err());
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+
+        // One that is starting: 503 to every export. Retried (100, 200 ms
+        // apart), then the error says what the collector answered.
+        let (url, count) = collector(Some(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n",
+        ));
+        let started = Instant::now();
+        let error = exporter_for(&url, "1000")
+            .send(b"spans")
+            .unwrap_err()
+            .to_string();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(error.contains("503"), "{error}");
+        let tries = count.load(Ordering::SeqCst);
+        assert!((3..=4).contains(&tries), "{tries} tries");
+
+        // A refusal that retrying will not change is not retried.
+        let (url, count) = collector(Some(
+            "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n",
+        ));
+        let error = exporter_for(&url, "1000")
+            .send(b"spans")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("400"), "{error}");
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
     #[test]
     fn headers_timeout_and_compression_come_from_the_traces_variable_over_the_general_one() {
         let s = settings(&[
