@@ -83,6 +83,11 @@ struct Reason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Kind {
     kind: &'static str,
 }
@@ -114,6 +119,7 @@ pub struct Metrics {
     ollama_restarts: Counter,
     model_load: Family<ModelLabel, Gauge<f64, AtomicU64>>,
     log_lines_dropped: Counter,
+    trace_spans: Family<Outcome, Counter>,
     in_flight: Gauge,
     queue_depth: Gauge,
     max_in_flight: Gauge,
@@ -226,6 +232,12 @@ impl Metrics {
             "Log lines dropped because stderr could not keep up.",
             log_lines_dropped.clone(),
         );
+        let trace_spans = Family::default();
+        r.register(
+            "kiln_trace_spans",
+            "Spans sent over OTLP: exported (the collector took them) or failed (given up after retries, so lost).",
+            trace_spans.clone(),
+        );
         let gauge = |r: &mut Registry, name: &str, help: &str| {
             let g = Gauge::default();
             r.register(name, help, g.clone());
@@ -270,6 +282,7 @@ impl Metrics {
             ollama_restarts,
             model_load,
             log_lines_dropped,
+            trace_spans,
             in_flight,
             queue_depth,
             max_in_flight,
@@ -401,6 +414,14 @@ impl Metrics {
         let counted = self.log_lines_dropped.get();
         self.log_lines_dropped
             .inc_by(dropped.saturating_sub(counted));
+        // Only once traces are on: a proxy without them shows no such series.
+        if crate::telemetry::enabled() {
+            let (exported, failed) = crate::telemetry::span_counts();
+            for (outcome, total) in [("exported", exported), ("failed", failed)] {
+                let c = self.trace_spans.get_or_create(&Outcome { outcome });
+                c.inc_by(total.saturating_sub(c.get()));
+            }
+        }
         let mut out = String::with_capacity(8192);
         let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry);
         out

@@ -146,6 +146,25 @@ async fn start_proxy(
     (proxy, log_path, base)
 }
 
+/// `kiln_trace_spans_total{outcome=...}` as the proxy at `base` reports it now.
+async fn trace_spans(base: &str, outcome: &str) -> u64 {
+    let text = harness::http_client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("kiln_trace_spans_total{{outcome=\"{outcome}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .unwrap_or_else(|| panic!("no {series}in /metrics:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn streamed_chat_through_two_plugins_is_one_trace_with_genai_attributes() {
     let mut receiver = Receiver::start(false).await;
@@ -403,6 +422,9 @@ async fn streamed_chat_through_two_plugins_is_one_trace_with_genai_attributes() 
         );
     }
 
+    // What reached the receiver is counted as exported; nothing was lost.
+    assert!(trace_spans(&base, "exported").await >= expected.len() as u64);
+    assert_eq!(trace_spans(&base, "failed").await, 0);
     let _ = proxy.kill().await;
     let _ = receiver.child.kill().await;
     emulator.shutdown().await;
@@ -492,5 +514,56 @@ async fn the_exporter_follows_the_standard_otlp_variables_and_retries_a_starting
     assert_eq!(server["content_type"], "application/x-protobuf");
     let _ = proxy.kill().await;
     let _ = receiver.child.kill().await;
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn spans_the_collector_never_takes_are_counted_as_failed() {
+    let emulator = ollama_emulator::Emulator::start(ollama_emulator::Config::default())
+        .await
+        .expect("start emulator");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.toml");
+    let port = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nupstream = \"{}\"\n",
+            emulator.url()
+        ),
+    )
+    .unwrap();
+    // Nothing listens there: every export and its retries are refused.
+    let (mut proxy, _log, base) = start_proxy(
+        &dir,
+        &config,
+        port,
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{}", free_port()),
+            ),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "500".into()),
+        ],
+    )
+    .await;
+    let resp = harness::http_client()
+        .post(format!("{base}/api/generate"))
+        .json(&json!({"model": "gemma3:4b", "prompt": "hi", "stream": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "a collector that is down does not fail requests"
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    while trace_spans(&base, "failed").await < 3 {
+        assert!(Instant::now() < end, "the lost spans were never counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(trace_spans(&base, "exported").await, 0);
+    let _ = proxy.kill().await;
     emulator.shutdown().await;
 }

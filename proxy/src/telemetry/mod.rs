@@ -39,6 +39,7 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span as Sd
 
 pub use body::traced;
 pub use genai::{may_finish, note_final_chunk};
+pub use otlp::span_counts;
 
 use crate::config::TracingConfig;
 use crate::routes::RouteKind;

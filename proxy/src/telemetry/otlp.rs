@@ -12,6 +12,7 @@
 
 use std::io::Write;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use opentelemetry_sdk::Resource;
@@ -27,6 +28,19 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 /// Retries of one export at most (as `opentelemetry-otlp`'s default policy).
 const RETRIES: u32 = 3;
+
+/// Spans the collector took, and spans given up on (their export failed
+/// after its retries), since the process started: `kiln_trace_spans_total`.
+static EXPORTED: AtomicU64 = AtomicU64::new(0);
+static FAILED: AtomicU64 = AtomicU64::new(0);
+
+/// `(exported, failed)` spans so far.
+pub fn span_counts() -> (u64, u64) {
+    (
+        EXPORTED.load(Ordering::Relaxed),
+        FAILED.load(Ordering::Relaxed),
+    )
+}
 
 /// Where and how spans are sent, from the environment.
 pub struct Settings {
@@ -259,27 +273,33 @@ impl Exporter {
     }
 }
 
+fn gzip(body: &[u8]) -> Result<Vec<u8>, OTelSdkError> {
+    let mut gz = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4),
+        flate2::Compression::fast(),
+    );
+    gz.write_all(body)
+        .and_then(|()| gz.finish())
+        .map_err(|e| OTelSdkError::InternalFailure(format!("cannot gzip spans: {e}")))
+}
+
 impl SpanExporter for Exporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         // The SDK calls one export at a time: the lock is never contended.
         let mut body = self.body.lock().unwrap_or_else(|e| e.into_inner());
         body.clear();
         otlp_wire::request(&self.resource, &batch, &mut body);
+        let spans = batch.len() as u64;
         // The spans are freed before the wait on the network.
         drop(batch);
-        if self.settings.gzip {
-            let mut gz = flate2::write::GzEncoder::new(
-                Vec::with_capacity(body.len() / 4),
-                flate2::Compression::fast(),
-            );
-            gz.write_all(&body)
-                .map_err(|e| OTelSdkError::InternalFailure(format!("cannot gzip spans: {e}")))?;
-            let zipped = gz
-                .finish()
-                .map_err(|e| OTelSdkError::InternalFailure(format!("cannot gzip spans: {e}")))?;
-            return self.send(&zipped);
-        }
-        self.send(&body)
+        let sent = if self.settings.gzip {
+            gzip(&body).and_then(|zipped| self.send(&zipped))
+        } else {
+            self.send(&body)
+        };
+        let counter = if sent.is_ok() { &EXPORTED } else { &FAILED };
+        counter.fetch_add(spans, Ordering::Relaxed);
+        sent
     }
 
     fn set_resource(&mut self, resource: &Resource) {
