@@ -24,7 +24,7 @@ use crate::config::{ConfigError, bad};
 
 /// The export timeout when no `OTEL_EXPORTER_OTLP_*TIMEOUT` says (the specification's 10 s).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The first wait before a retry; each next one doubles.
+/// The wait before the first retry; each next one doubles.
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 /// Retries of one export at most (as `opentelemetry-otlp`'s default policy).
 const RETRIES: u32 = 3;
@@ -215,7 +215,6 @@ impl Exporter {
     /// the export timeout.
     fn send(&self, body: &[u8]) -> OTelSdkResult {
         let deadline = Instant::now() + self.settings.timeout;
-        let mut wait = FIRST_RETRY;
         let mut retries = 0;
         loop {
             let mut request = self
@@ -262,13 +261,12 @@ impl Exporter {
                     None,
                 ),
             };
-            let pause = retry_after.unwrap_or(wait);
+            let pause = retry_after.unwrap_or(FIRST_RETRY * 2u32.pow(retries));
             if retries == RETRIES || Instant::now() + pause >= deadline {
                 return Err(OTelSdkError::InternalFailure(failure));
             }
             std::thread::sleep(pause);
             retries += 1;
-            wait *= 2;
         }
     }
 }
