@@ -146,6 +146,35 @@ async fn start_proxy(
     (proxy, log_path, base)
 }
 
+/// The emulator, and the real `kiln-proxy` in front of it without plugins,
+/// exporting as the `otel` variables say: the emulator, the proxy's
+/// directory (kept while it runs), the process, its base URL.
+async fn plain_proxy(
+    otel: &[(&str, String)],
+) -> (
+    ollama_emulator::Emulator,
+    tempfile::TempDir,
+    tokio::process::Child,
+    String,
+) {
+    let emulator = ollama_emulator::Emulator::start(ollama_emulator::Config::default())
+        .await
+        .expect("start emulator");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.toml");
+    let port = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nupstream = \"{}\"\n",
+            emulator.url()
+        ),
+    )
+    .unwrap();
+    let (proxy, _log, base) = start_proxy(&dir, &config, port, otel).await;
+    (emulator, dir, proxy, base)
+}
+
 /// `kiln_trace_spans_total{outcome=...}` as the proxy at `base` reports it now.
 async fn trace_spans(base: &str, outcome: &str) -> u64 {
     let text = harness::http_client()
@@ -433,39 +462,20 @@ async fn streamed_chat_through_two_plugins_is_one_trace_with_genai_attributes() 
 #[tokio::test]
 async fn the_exporter_follows_the_standard_otlp_variables_and_retries_a_starting_collector() {
     let mut receiver = Receiver::start(true).await;
-    let emulator = ollama_emulator::Emulator::start(ollama_emulator::Config::default())
-        .await
-        .expect("start emulator");
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("proxy.toml");
-    let port = free_port();
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\nupstream = \"{}\"\n",
-            emulator.url()
+    let (emulator, _dir, mut proxy, base) = plain_proxy(&[
+        // The traces URL is taken as it is; the general one would lose.
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            format!("http://127.0.0.1:{}/v1/traces", receiver.port),
         ),
-    )
-    .unwrap();
-    let (mut proxy, _log, base) = start_proxy(
-        &dir,
-        &config,
-        port,
-        &[
-            // The traces URL is taken as it is; the general one would lose.
-            (
-                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                format!("http://127.0.0.1:{}/v1/traces", receiver.port),
-            ),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9".into()),
-            // Percent-encoded, as the specification writes header values.
-            (
-                "OTEL_EXPORTER_OTLP_HEADERS",
-                "authorization=Bearer%20abc%3D%3D, x-other = 1".into(),
-            ),
-            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip".into()),
-        ],
-    )
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9".into()),
+        // Percent-encoded, as the specification writes header values.
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "authorization=Bearer%20abc%3D%3D, x-other = 1".into(),
+        ),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip".into()),
+    ])
     .await;
     let resp = harness::http_client()
         .post(format!("{base}/api/generate"))
@@ -519,33 +529,14 @@ async fn the_exporter_follows_the_standard_otlp_variables_and_retries_a_starting
 
 #[tokio::test]
 async fn spans_the_collector_never_takes_are_counted_as_failed() {
-    let emulator = ollama_emulator::Emulator::start(ollama_emulator::Config::default())
-        .await
-        .expect("start emulator");
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("proxy.toml");
-    let port = free_port();
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\nupstream = \"{}\"\n",
-            emulator.url()
-        ),
-    )
-    .unwrap();
     // Nothing listens there: every export and its retries are refused.
-    let (mut proxy, _log, base) = start_proxy(
-        &dir,
-        &config,
-        port,
-        &[
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                format!("http://127.0.0.1:{}", free_port()),
-            ),
-            ("OTEL_EXPORTER_OTLP_TIMEOUT", "500".into()),
-        ],
-    )
+    let (emulator, _dir, mut proxy, base) = plain_proxy(&[
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", free_port()),
+        ),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "500".into()),
+    ])
     .await;
     let resp = harness::http_client()
         .post(format!("{base}/api/generate"))
